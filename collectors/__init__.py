@@ -1,0 +1,1 @@
+"""Stateless HTTP collectors that turn touchpoints into events on Kafka."""

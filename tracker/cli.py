@@ -1,0 +1,195 @@
+"""The ``tracker`` command. It configures logging once, reads settings once, and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import orjson
+
+from tracker.console import QUERY_FORMATS
+from tracker.errors import TrackerError
+from tracker.logs import configure_logging
+from tracker.settings import Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("tracker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except TrackerError as exc:
+        sys.stderr.write(f"tracker: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        result: int = args.run(settings, args)
+        return result
+    except TrackerError as exc:
+        sys.stderr.write(f"tracker: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tracker", description="Customer touchpoint pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run the whole pipeline on this machine")
+    up.set_defaults(run=_up)
+
+    worker = commands.add_parser("worker", help="run one Faust worker (with the console)")
+    worker.set_defaults(run=_worker)
+
+    serve = commands.add_parser("serve", help="run one collector")
+    serve.add_argument("collector", choices=["beacon"])
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
+    migrate.set_defaults(run=_migrate)
+
+    query = commands.add_parser("query", help="run read-only SQL; tab-separated rows, no header")
+    query.add_argument("sql")
+    query.add_argument("--format", choices=sorted(QUERY_FORMATS), default="tsv")
+    query.set_defaults(run=_query)
+
+    demo = commands.add_parser(
+        "demo", help="send a synthetic multi-channel load to a running instance"
+    )
+    demo.add_argument("--customers", type=int, default=200)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--wait", type=float, default=60.0, help="seconds to wait for events to land")
+    demo.set_defaults(run=_demo)
+
+    check = commands.add_parser("check", help="exit 0 when the running instance is ready")
+    check.set_defaults(run=_check)
+    return parser
+
+
+def _up(settings: Settings, _: argparse.Namespace) -> int:
+    from tracker.runtime import run_up
+
+    return run_up(settings)
+
+
+def _worker(settings: Settings, _: argparse.Namespace) -> int:
+    from agents.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from collectors.beacon import create_app
+    from tracker.producer import KafkaPublisher
+
+    app = create_app(settings, KafkaPublisher(settings))
+    log.info("beacon listening", extra={"host": settings.host, "port": settings.beacon_port})
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.beacon_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10.0,
+    )
+    return 0
+
+
+def _migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from tracker.store import ClickHouseStore
+
+    store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        applied = store.run_sync(store.migrate_sync)
+    finally:
+        store.close()
+    sys.stdout.write(
+        f"applied {len(applied)} migration(s): {applied}\n" if applied else "up to date\n"
+    )
+    return 0
+
+
+def _query(settings: Settings, args: argparse.Namespace) -> int:
+    output = run_query(settings, args.sql, args.format)
+    sys.stdout.write(output)
+    return 0
+
+
+def run_query(settings: Settings, sql: str, format_name: str = "tsv") -> str:
+    """Through the running instance's console for embedded chDB; straight to a ClickHouse server otherwise."""
+    if not settings.uses_embedded_clickhouse:
+        from tracker.store import ClickHouseStore
+
+        store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+        try:
+            data: bytes = store.run_sync(
+                store.raw_query_sync, sql, QUERY_FORMATS[format_name], True
+            )
+        finally:
+            store.close()
+        return data.decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.console_port}/api/query",
+        data=orjson.dumps({"sql": sql, "format": format_name}),
+        headers={
+            "Content-Type": "application/json",
+            **(
+                {"Authorization": f"Bearer {settings.api_token.value}"}
+                if settings.api_token
+                else {}
+            ),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body: bytes = response.read()
+            return body.decode()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+            detail = orjson.loads(detail)["error"]
+        raise TrackerError(f"query failed: {detail}") from None
+    except urllib.error.URLError as exc:
+        raise TrackerError(
+            f"no running instance answers on port {settings.console_port} ({exc.reason}); "
+            "start one with `tracker up`, or set TRACKER_CLICKHOUSE_URL to a ClickHouse server"
+        ) from None
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.demo import run_demo
+
+    sys.stdout.write(run_demo(settings, customers=args.customers, seed=args.seed, wait=args.wait))
+    return 0
+
+
+def _check(settings: Settings, _: argparse.Namespace) -> int:
+    targets = {
+        "console": f"http://127.0.0.1:{settings.console_port}/readyz",
+        "beacon": f"http://127.0.0.1:{settings.beacon_port}/readyz",
+    }
+    healthy = True
+    for name, url in targets.items():
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                status = "ready" if response.status == 200 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            status = f"not ready (HTTP {exc.code})"
+        except urllib.error.URLError as exc:
+            status = f"unreachable ({exc.reason})"
+        healthy = healthy and status == "ready"
+        sys.stdout.write(f"{name}\t{status}\n")
+    return 0 if healthy else 1

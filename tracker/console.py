@@ -1,0 +1,94 @@
+"""The console: a small page, the read-only query API, health and metrics.
+
+It runs in the process that holds ClickHouse (with embedded chDB, only that process can read it),
+bound to localhost unless ``TRACKER_CONSOLE_HOST`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from tracker.errors import StoreError
+from tracker.http import add_health_routes, json_error, request_metrics
+from tracker.settings import Settings
+from tracker.store import ClickHouseStore
+
+__all__ = ["QUERY_FORMATS", "create_console"]
+
+QUERY_FORMATS = {
+    "tsv": "TabSeparated",
+    "tsv-header": "TabSeparatedWithNames",
+    "csv": "CSVWithNames",
+    "json": "JSONEachRow",
+    "pretty": "PrettyCompactMonoBlock",
+    "vertical": "Vertical",
+}
+STORE_KEY = web.AppKey("store", ClickHouseStore)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+
+def create_console(
+    settings: Settings, store: ClickHouseStore, ready: Callable[[], Awaitable[bool] | bool]
+) -> web.Application:
+    app = web.Application(middlewares=[request_metrics("console")])
+    app[STORE_KEY] = store
+    app[SETTINGS_KEY] = settings
+    app.router.add_get("/", page)
+    app.router.add_post("/api/query", query)
+    add_health_routes(app, ready)
+    return app
+
+
+async def query(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
+    if settings.api_token:
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(supplied.encode(), settings.api_token.value.encode()):
+            return json_error(401, "a valid bearer token (TRACKER_API_TOKEN) is required")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return json_error(400, 'body must be JSON: {"sql": "...", "format": "tsv"}')
+    sql = body.get("sql") if isinstance(body, dict) else None
+    if not isinstance(sql, str) or not sql.strip():
+        return json_error(400, '"sql" must be a non-empty string')
+    format_name = body.get("format", "tsv")
+    if format_name not in QUERY_FORMATS:
+        return json_error(400, f"format must be one of {', '.join(QUERY_FORMATS)}")
+    store = request.app[STORE_KEY]
+    sql = sql.strip().rstrip(";")
+    try:
+        output = await store.raw_query(sql, QUERY_FORMATS[format_name])
+    except StoreError as exc:
+        return json_error(400, str(exc))
+    return web.Response(body=output, content_type="text/plain", charset="utf-8")
+
+
+async def page(_: web.Request) -> web.Response:
+    return web.Response(text=_PAGE, content_type="text/html")
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Tracker console</title>
+<style>
+body{font:15px system-ui,sans-serif;margin:2rem;max-width:72rem;color:#1b1f24}
+textarea{width:100%;height:6rem;font:14px ui-monospace,monospace}
+pre{background:#f4f5f7;padding:1rem;overflow:auto}button{font-size:15px;padding:.3rem 1rem}
+</style></head><body>
+<h1>Tracker</h1>
+<p>Read-only SQL against the <code>tracker</code> database. Tables: touchpoints, dead_letters.</p>
+<textarea id="sql">SELECT channel, type, count() AS events FROM tracker.touchpoints GROUP BY channel, type ORDER BY events DESC</textarea>
+<p><button id="run">Run</button></p><pre id="out"></pre>
+<script>
+const run = async () => {
+  const r = await fetch('/api/query', {method: 'POST',
+    body: JSON.stringify({sql: document.getElementById('sql').value, format: 'pretty'})});
+  document.getElementById('out').textContent = await r.text();
+};
+document.getElementById('run').onclick = run; run();
+</script></body></html>
+"""

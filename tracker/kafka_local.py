@@ -1,0 +1,221 @@
+"""A single-node Apache Kafka broker (KRaft) for ``tracker up`` and the integration tests.
+
+The jars come from Maven Central through Maven, pinned in ``deploy/kafka/pom.xml``, and are
+cached under ``~/.cache/tracker/kafka/<version>`` (or ``TRACKER_KAFKA_CACHE``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import tracker
+
+__all__ = ["KAFKA_VERSION", "LocalKafka", "fetch_kafka", "kafka_files"]
+
+log = logging.getLogger(__name__)
+
+
+def kafka_files() -> Path:
+    """The folder holding the pinned pom and log config: shipped in the wheel, or in the checkout."""
+    package = Path(tracker.__file__).parent
+    for candidate in (package / "_kafka", package.parent / "deploy" / "kafka"):
+        if (candidate / "pom.xml").exists():
+            return candidate
+    raise FileNotFoundError("deploy/kafka/pom.xml is missing from this installation")
+
+
+def _pinned_version() -> str:
+    match = re.search(
+        r"<artifactId>kafka_2\.13</artifactId>\s*<version>([^<]+)</version>",
+        (kafka_files() / "pom.xml").read_text(),
+    )
+    if not match:
+        raise RuntimeError("deploy/kafka/pom.xml does not pin kafka_2.13")
+    return match.group(1)
+
+
+KAFKA_VERSION = _pinned_version()
+
+
+def _cache_root() -> Path:
+    if configured := os.environ.get("TRACKER_KAFKA_CACHE"):
+        return Path(configured)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tracker" / "kafka"
+
+
+def fetch_kafka() -> Path:
+    """The folder of broker jars, fetched with Maven on first use."""
+    libs = _cache_root() / KAFKA_VERSION / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    java = shutil.which("java")
+    if not mvn or not java:
+        raise RuntimeError("the local Kafka broker needs Java 17 and Maven (mvn) on PATH")
+    staging = libs.with_name(f"libs.{uuid.uuid4().hex}")
+    log.info("fetching Apache Kafka from Maven Central", extra={"version": KAFKA_VERSION})
+    started = time.monotonic()
+    subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "--no-transfer-progress",
+            "-Dstyle.color=never",
+            "-f",
+            str(kafka_files() / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (staging / ".complete").write_text(KAFKA_VERSION)
+    try:
+        staging.rename(libs)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # a parallel fetch won the race
+    log.info("fetched Apache Kafka", extra={"seconds": round(time.monotonic() - started, 1)})
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalKafka:
+    """One broker-and-controller process with its data in ``folder``. Start and stop it at will."""
+
+    def __init__(
+        self, folder: Path, port: int, controller_port: int | None = None, heap: str = "512m"
+    ) -> None:
+        self.folder = folder
+        self.port = port
+        self.controller_port = controller_port or free_port()
+        self.heap = heap
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _config(self) -> Path:
+        path = self.folder / "server.properties"
+        path.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.folder / 'data'}",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "num.partitions=4",
+                    "",
+                ]
+            )
+        )
+        return path
+
+    def _java(self, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j.configuration=file:{kafka_files() / 'log4j.properties'}",
+            f"-Dkafka.logs.dir={self.folder}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+
+    def start(self, timeout: float = 90.0) -> None:
+        libs = fetch_kafka()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = self._config()
+        if not (self.folder / "data" / "meta.properties").exists():
+            subprocess.run(
+                self._java(
+                    libs,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(config),
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        self._process = subprocess.Popen(
+            self._java(libs, "kafka.Kafka", str(config)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"Kafka exited with {self._process.returncode}; see {self.folder / 'kafka.log'}"
+                )
+            if _port_open(self.port):
+                log.info(
+                    "kafka started", extra={"bootstrap": self.bootstrap, "version": KAFKA_VERSION}
+                )
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"Kafka did not open port {self.port} within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.info("kafka stopped", extra={"bootstrap": self.bootstrap})
+
+
+def _cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

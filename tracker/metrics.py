@@ -1,0 +1,58 @@
+"""Every Prometheus metric Tracker exports, defined once. Labels are bounded: never a user id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "COLLECTOR_EVENTS",
+    "COLLECTOR_REQUESTS",
+    "COLLECTOR_REQUEST_SECONDS",
+    "KAFKA_PRODUCE_FAILURES",
+    "SINK_FAILURES",
+    "SINK_FLUSH_SECONDS",
+    "SINK_ROWS",
+    "WORKER_EVENTS",
+    "WORKER_READY",
+]
+
+COLLECTOR_REQUESTS = Counter(
+    "tracker_collector_requests_total",
+    "HTTP requests a collector answered, by collector, route and status code.",
+    ["collector", "route", "status"],
+)
+COLLECTOR_REQUEST_SECONDS = Histogram(
+    "tracker_collector_request_seconds",
+    "Time from request to answer, including the Kafka acknowledgement.",
+    ["collector", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+COLLECTOR_EVENTS = Counter(
+    "tracker_collector_events_total",
+    "Events a collector handled: accepted (acknowledged by Kafka) or rejected (sent to dead letters).",
+    ["collector", "outcome"],
+)
+KAFKA_PRODUCE_FAILURES = Counter(
+    "tracker_kafka_produce_failures_total",
+    "Writes Kafka did not acknowledge in time; the client was told to retry.",
+    ["topic"],
+)
+WORKER_EVENTS = Counter(
+    "tracker_worker_events_total",
+    "Events the worker consumed: written, duplicate (already stored) or dead_letter.",
+    ["outcome"],
+)
+WORKER_READY = Gauge(
+    "tracker_worker_ready", "1 once the worker has applied migrations and started."
+)
+SINK_ROWS = Counter("tracker_sink_rows_total", "Rows written to ClickHouse.", ["table"])
+SINK_FLUSH_SECONDS = Histogram(
+    "tracker_sink_flush_seconds",
+    "Time to write one batch to ClickHouse, including the duplicate check.",
+    ["table"],
+)
+SINK_FAILURES = Counter(
+    "tracker_sink_failures_total",
+    "Batch writes ClickHouse refused; the batch is retried, never dropped.",
+    ["table"],
+)

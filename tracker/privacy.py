@@ -1,0 +1,58 @@
+"""Privacy by default: truncated IPs and salted identifier hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+import phonenumbers
+
+__all__ = [
+    "InvalidIdentifier",
+    "hash_identifier",
+    "normalize_email",
+    "normalize_phone",
+    "truncate_ip",
+]
+
+
+class InvalidIdentifier(ValueError):
+    """An email or phone number that cannot be normalized."""
+
+
+def truncate_ip(raw: str) -> str:
+    """Keep the network, drop the host: IPv4 to /24, IPv6 to /48. Unparseable input gives ``""``."""
+    try:
+        address = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        return ""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def normalize_email(raw: str) -> str:
+    email = raw.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or "." not in domain or " " in email:
+        raise InvalidIdentifier("is not an email address")
+    return email
+
+
+def normalize_phone(raw: str, default_region: str) -> str:
+    """E.164, so that the same number always hashes the same way."""
+    try:
+        number = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException:
+        raise InvalidIdentifier("is not a phone number") from None
+    if not phonenumbers.is_possible_number(number):
+        raise InvalidIdentifier("is not a possible phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def hash_identifier(kind: str, normalized: str, salt: str) -> str:
+    """HMAC-SHA256 under the deployment's secret salt: stable for joins, useless without the salt."""
+    message = f"{kind}:{normalized}".encode()
+    return hmac.new(salt.encode(), message, hashlib.sha256).hexdigest()

@@ -1,0 +1,152 @@
+"""Kafka producer for collectors: acks from all in-sync replicas, idempotent, batched.
+
+:class:`KafkaPublisher` returns only once Kafka has acknowledged every record, or raises
+:class:`~tracker.errors.BackpressureError` so the caller can answer 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from tracker.deadletter import DeadLetter
+from tracker.errors import BackpressureError
+from tracker.metrics import KAFKA_PRODUCE_FAILURES
+from tracker.settings import Settings
+from tracker.topology import Topology
+from tracker.touchpoint import Touchpoint
+
+__all__ = ["KafkaPublisher", "MemoryPublisher", "Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where collectors hand events. ``publish`` returns only after the write is durable."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(
+        self, touchpoints: Sequence[Touchpoint], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None: ...
+
+
+class KafkaPublisher:
+    def __init__(self, settings: Settings, topology: Topology | None = None) -> None:
+        self._settings = settings
+        self._topology = topology or Topology.from_settings(settings)
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect in the background: a collector starts, and answers 503, while Kafka is away."""
+        self._connecting = asyncio.create_task(self._connect_until_up())
+
+    async def _connect_until_up(self) -> None:
+        delay = 0.5
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._settings.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=256 * 1024,
+                request_timeout_ms=int(self._settings.produce_timeout_seconds * 1000),
+                client_id="tracker-collector",
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning("kafka not reachable yet", extra={"error": str(exc), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._producer = producer
+            log.info(
+                "kafka producer connected", extra={"bootstrap": self._settings.bootstrap_servers}
+            )
+            return
+
+    async def stop(self) -> None:
+        """Flush what is in flight, then disconnect."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(
+        self, touchpoints: Sequence[Touchpoint], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        producer = self._producer
+        retry_after = float(self._settings.retry_after_seconds)
+        if producer is None:
+            raise BackpressureError("Kafka is not connected yet", retry_after)
+        raw, dead = self._topology.raw.name, self._topology.dead_letters.name
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                pending = [
+                    await producer.send(
+                        raw, orjson.dumps(t.to_wire()), key=t.identity_hint.encode()
+                    )
+                    for t in touchpoints
+                ]
+                pending += [
+                    await producer.send(
+                        dead, orjson.dumps(d.to_wire()), key=d.dead_letter_id.encode()
+                    )
+                    for d in dead_letters
+                ]
+                await asyncio.gather(*pending)
+        except (KafkaError, TimeoutError) as exc:
+            KAFKA_PRODUCE_FAILURES.labels(raw).inc()
+            log.warning("kafka did not acknowledge", extra={"error": repr(exc)})
+            raise BackpressureError(
+                "Kafka did not acknowledge the events in time; nothing was accepted", retry_after
+            ) from exc
+
+
+class MemoryPublisher:
+    """An in-memory publisher for unit tests of collector logic."""
+
+    def __init__(self) -> None:
+        self.touchpoints: list[Touchpoint] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.unavailable = False
+
+    @property
+    def ready(self) -> bool:
+        return not self.unavailable
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def publish(
+        self, touchpoints: Sequence[Touchpoint], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        if self.unavailable:
+            raise BackpressureError("memory publisher marked unavailable", 1.0)
+        self.touchpoints.extend(touchpoints)
+        self.dead_letters.extend(dead_letters)

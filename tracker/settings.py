@@ -1,0 +1,197 @@
+"""Settings: one frozen object, read from ``TRACKER_*`` environment variables once at the entry point.
+
+Every variable is documented in docs/settings.md.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tracker.errors import ConfigError
+
+__all__ = ["Secret", "Settings"]
+
+LOCAL_KAFKA = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A value that must never reach logs or reprs."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self.value else "Secret('')"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    clickhouse_url: str
+    clickhouse_database: str
+    kafka_bootstrap: str
+    kafka_local_port: int
+    topic_prefix: str
+    topic_partitions: int
+    topic_replication: int
+    worker_id: str
+    host: str
+    console_host: str
+    console_port: int
+    beacon_port: int
+    links_port: int
+    calls_port: int
+    api_token: Secret
+    hash_salt: Secret
+    max_body_bytes: int
+    max_events_per_request: int
+    produce_timeout_seconds: float
+    retry_after_seconds: int
+    sink_batch_size: int
+    sink_flush_seconds: float
+    trust_forwarded_for: bool
+    default_phone_region: str
+    cors_origins: tuple[str, ...]
+    log_level: str
+
+    @property
+    def uses_local_kafka(self) -> bool:
+        return self.kafka_bootstrap == LOCAL_KAFKA
+
+    @property
+    def local_kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_local_port}"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where clients connect: the local broker's address, or the configured cluster."""
+        return self.local_kafka_bootstrap if self.uses_local_kafka else self.kafka_bootstrap
+
+    @property
+    def uses_embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        data_dir = Path(reader.text("TRACKER_DATA_DIR", ".tracker")).expanduser().resolve()
+        salt = reader.text("TRACKER_HASH_SALT", "") or _local_salt(data_dir)
+        return cls(
+            data_dir=data_dir,
+            clickhouse_url=reader.text(
+                "TRACKER_CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}"
+            ),
+            clickhouse_database=reader.identifier("TRACKER_CLICKHOUSE_DATABASE", "tracker"),
+            kafka_bootstrap=reader.text("TRACKER_KAFKA_BOOTSTRAP", LOCAL_KAFKA),
+            kafka_local_port=reader.port("TRACKER_KAFKA_LOCAL_PORT", 9092),
+            topic_prefix=reader.text("TRACKER_TOPIC_PREFIX", ""),
+            topic_partitions=reader.integer("TRACKER_TOPIC_PARTITIONS", 4, minimum=1),
+            topic_replication=reader.integer("TRACKER_TOPIC_REPLICATION", 1, minimum=1),
+            worker_id=reader.text("TRACKER_WORKER_ID", "tracker"),
+            host=reader.text("TRACKER_HOST", "127.0.0.1"),
+            console_host=reader.text("TRACKER_CONSOLE_HOST", "127.0.0.1"),
+            console_port=reader.port("TRACKER_CONSOLE_PORT", 8000),
+            beacon_port=reader.port("TRACKER_BEACON_PORT", 8001),
+            links_port=reader.port("TRACKER_LINKS_PORT", 8002),
+            calls_port=reader.port("TRACKER_CALLS_PORT", 8003),
+            api_token=Secret(reader.text("TRACKER_API_TOKEN", "")),
+            hash_salt=Secret(salt),
+            max_body_bytes=reader.integer("TRACKER_MAX_BODY_BYTES", 1_048_576, minimum=1024),
+            max_events_per_request=reader.integer("TRACKER_MAX_EVENTS_PER_REQUEST", 500, minimum=1),
+            produce_timeout_seconds=reader.number("TRACKER_PRODUCE_TIMEOUT_SECONDS", 5.0),
+            retry_after_seconds=reader.integer("TRACKER_RETRY_AFTER_SECONDS", 5, minimum=1),
+            sink_batch_size=reader.integer("TRACKER_SINK_BATCH_SIZE", 5000, minimum=1),
+            sink_flush_seconds=reader.number("TRACKER_SINK_FLUSH_SECONDS", 1.0),
+            trust_forwarded_for=reader.flag("TRACKER_TRUST_FORWARDED_FOR", False),
+            default_phone_region=reader.text("TRACKER_DEFAULT_PHONE_REGION", "US").upper(),
+            cors_origins=tuple(
+                o.strip() for o in reader.text("TRACKER_CORS_ORIGINS", "*").split(",") if o.strip()
+            ),
+            log_level=reader.text("TRACKER_LOG_LEVEL", "INFO").upper(),
+        )
+
+
+def _local_salt(data_dir: Path) -> str:
+    """The salt for identifier hashes on a single machine: made once, kept under the data directory."""
+    path = data_dir / "hash_salt"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    salt = secrets.token_hex(32)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(salt)
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)  # atomic: a racing process keeps the first salt
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name, default).strip()
+
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        raw = self._env.get(name)
+        if raw is None or not raw.strip():
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        value = self.integer(name, default)
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{name} must be a TCP port (0-65535), got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._env.get(name)
+        if raw is None or not raw.strip():
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name)
+        if raw is None or not raw.strip():
+            return default
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def identifier(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if not value.replace("_", "").isalnum() or value[0].isdigit():
+            raise ConfigError(f"{name} must be letters, digits and underscores, got {value!r}")
+        return value

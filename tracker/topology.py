@@ -1,0 +1,84 @@
+"""The Kafka topology in one place, read from ``schemas/topics.toml``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from tracker.settings import Settings
+
+__all__ = ["TopicSpec", "Topology", "ensure_topics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    cleanup_policy: str
+    retention_hours: int
+    key: str
+
+    @property
+    def configs(self) -> dict[str, str]:
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_hours * 3_600_000),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    raw: TopicSpec
+    dead_letters: TopicSpec
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        text = resources.files("schemas").joinpath("topics.toml").read_text()
+        defined = tomllib.loads(text)
+
+        def spec(role: str) -> TopicSpec:
+            entry = defined[role]
+            return TopicSpec(
+                name=settings.topic_prefix + entry["name"],
+                partitions=entry["partitions"] or settings.topic_partitions,
+                replication=settings.topic_replication,
+                cleanup_policy=entry["cleanup_policy"],
+                retention_hours=entry["retention_hours"],
+                key=entry["key"],
+            )
+
+        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"))
+
+    def all(self) -> list[TopicSpec]:
+        return [self.raw, self.dead_letters]
+
+
+async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:
+    """Create whichever topics are missing; existing ones are left as they are."""
+    topology = topology or Topology.from_settings(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topology.all() if t.name not in existing]
+        if not missing:
+            return
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
+            await admin.create_topics(
+                [
+                    NewTopic(t.name, t.partitions, t.replication, topic_configs=t.configs)
+                    for t in missing
+                ]
+            )
+        log.info("created topics", extra={"topics": [t.name for t in missing]})
+    finally:
+        await admin.close()

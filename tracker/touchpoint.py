@@ -1,0 +1,321 @@
+"""The touchpoint event v1: validation of what clients send, and the typed model the pipeline carries.
+
+A collector turns a client's JSON into a :class:`Touchpoint` with :func:`accept`. That validates
+against ``schemas/touchpoint/1-0-0.json``, corrects the device clock, hashes email and phone, and
+applies consent. The raw topic carries :meth:`Touchpoint.to_wire`; the worker reads it back with
+:meth:`Touchpoint.from_wire`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+import fastjsonschema
+
+from tracker.errors import FieldError, ValidationError
+from tracker.privacy import (
+    InvalidIdentifier,
+    hash_identifier,
+    normalize_email,
+    normalize_phone,
+    truncate_ip,
+)
+
+__all__ = ["SCHEMA_ID", "RequestContext", "Touchpoint", "accept", "load_schema"]
+
+SCHEMA_ID: Final = "tracker/touchpoint/1-0-0"
+MAX_FUTURE_SKEW: Final = timedelta(hours=24)
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    text = resources.files("schemas").joinpath("touchpoint/1-0-0.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> Any:
+    return fastjsonschema.compile(load_schema())
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the collector knows about the request, beyond the event itself."""
+
+    source: str
+    received_ts: datetime
+    ip: str = ""
+    user_agent: str = ""
+    hash_salt: str = ""
+    phone_region: str = "US"
+
+
+@dataclass(slots=True)
+class Touchpoint:
+    event_id: str
+    type: str
+    name: str
+    source: str
+    channel: str
+    ts: datetime
+    device_ts: datetime
+    received_ts: datetime
+    sent_ts: datetime | None = None
+    anonymous_id: str = ""
+    user_id: str = ""
+    email_hash: str = ""
+    phone_hash: str = ""
+    session_id: str = ""
+    click_id: str = ""
+    ad_click_ids: dict[str, str] = field(default_factory=dict)
+    page: dict[str, str] = field(default_factory=dict)
+    campaign: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+    value: float | None = None
+    currency: str = ""
+    survey: dict[str, Any] = field(default_factory=dict)
+    consent: dict[str, bool] = field(default_factory=dict)
+    context: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identity_hint(self) -> str:
+        """The Kafka key: the strongest identifier the event carries, so a customer's events share a partition."""
+        for kind, value in (
+            ("user", self.user_id),
+            ("anon", self.anonymous_id),
+            ("email", self.email_hash),
+            ("phone", self.phone_hash),
+            ("click", self.click_id),
+        ):
+            if value:
+                return f"{kind}:{value}"
+        return f"event:{self.event_id}"
+
+    def to_wire(self) -> dict[str, Any]:
+        """The raw-topic form: the contract's shape, with identifiers hashed and collector fields added."""
+        wire: dict[str, Any] = {
+            "schema": SCHEMA_ID,
+            "event_id": self.event_id,
+            "type": self.type,
+            "name": self.name,
+            "source": self.source,
+            "channel": self.channel,
+            "ts": _format_ts(self.ts),
+            "device_ts": _format_ts(self.device_ts),
+            "received_ts": _format_ts(self.received_ts),
+        }
+        if self.sent_ts is not None:
+            wire["sent_ts"] = _format_ts(self.sent_ts)
+        for name in (
+            "anonymous_id",
+            "user_id",
+            "email_hash",
+            "phone_hash",
+            "session_id",
+            "click_id",
+            "currency",
+        ):
+            if value := getattr(self, name):
+                wire[name] = value
+        for name in (
+            "ad_click_ids",
+            "page",
+            "campaign",
+            "properties",
+            "survey",
+            "consent",
+            "context",
+        ):
+            if value := getattr(self, name):
+                wire[name] = value
+        if self.value is not None:
+            wire["value"] = self.value
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Touchpoint:
+        """Read a raw-topic event back. Raises ``KeyError``, ``TypeError`` or ``ValueError`` on a malformed one."""
+        if wire.get("schema") != SCHEMA_ID:
+            raise ValueError(f"unknown schema {wire.get('schema')!r}")
+        sent = wire.get("sent_ts")
+        value = wire.get("value")
+        return cls(
+            event_id=str(wire["event_id"]),
+            type=str(wire["type"]),
+            name=str(wire.get("name", "")),
+            source=str(wire["source"]),
+            channel=str(wire.get("channel", "")),
+            ts=_parse_ts(wire["ts"]),
+            device_ts=_parse_ts(wire["device_ts"]),
+            received_ts=_parse_ts(wire["received_ts"]),
+            sent_ts=_parse_ts(sent) if sent else None,
+            anonymous_id=str(wire.get("anonymous_id", "")),
+            user_id=str(wire.get("user_id", "")),
+            email_hash=str(wire.get("email_hash", "")),
+            phone_hash=str(wire.get("phone_hash", "")),
+            session_id=str(wire.get("session_id", "")),
+            click_id=str(wire.get("click_id", "")),
+            ad_click_ids=_str_map(wire.get("ad_click_ids")),
+            page=_str_map(wire.get("page")),
+            campaign=_str_map(wire.get("campaign")),
+            properties=_str_map(wire.get("properties")),
+            value=float(value) if value is not None else None,
+            currency=str(wire.get("currency", "")),
+            survey=dict(wire.get("survey") or {}),
+            consent={k: bool(v) for k, v in (wire.get("consent") or {}).items()},
+            context=_str_map(wire.get("context")),
+        )
+
+
+def accept(payload: Any, request: RequestContext) -> Touchpoint:
+    """Validate one client event and normalize it. Raises :class:`ValidationError` naming each bad field."""
+    if not isinstance(payload, dict):
+        raise ValidationError([FieldError("$", "an event must be a JSON object")])
+    try:
+        _validator()(payload)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise ValidationError([_field_error(exc)]) from None
+
+    errors: list[FieldError] = []
+    device_ts = _checked_ts(payload, "ts", errors)
+    sent_ts = _checked_ts(payload, "sent_ts", errors) if "sent_ts" in payload else None
+    email_hash = _hashed(payload, "email", request, errors)
+    phone_hash = _hashed(payload, "phone", request, errors)
+    if errors:
+        raise ValidationError(errors)
+    assert device_ts is not None
+
+    ts = device_ts
+    if sent_ts is not None:
+        if sent_ts < device_ts:
+            raise ValidationError(
+                [
+                    FieldError(
+                        "sent_ts", "is earlier than ts; send the time the batch left the device"
+                    )
+                ]
+            )
+        # The device clock may be wrong, but the delay it measured between event and send is right.
+        ts = request.received_ts - (sent_ts - device_ts)
+    if ts - request.received_ts > MAX_FUTURE_SKEW:
+        raise ValidationError(
+            [FieldError("ts", "is more than 24 hours ahead of the collector's clock")]
+        )
+
+    context = dict(payload.get("context") or {})
+    if request.user_agent and "user_agent" not in context:
+        context["user_agent"] = request.user_agent
+    if request.ip:
+        context["ip"] = truncate_ip(request.ip)
+
+    touchpoint = Touchpoint(
+        event_id=payload["event_id"].lower(),
+        type=payload["type"],
+        name=payload.get("name") or payload["type"],
+        source=payload.get("source") or request.source,
+        channel=payload.get("channel", ""),
+        ts=ts,
+        device_ts=device_ts,
+        received_ts=request.received_ts,
+        sent_ts=sent_ts,
+        anonymous_id=payload.get("anonymous_id", ""),
+        user_id=payload.get("user_id", ""),
+        email_hash=email_hash,
+        phone_hash=phone_hash,
+        session_id=payload.get("session_id", ""),
+        click_id=payload.get("click_id", ""),
+        ad_click_ids=dict(payload.get("ad_click_ids") or {}),
+        page=dict(payload.get("page") or {}),
+        campaign=dict(payload.get("campaign") or {}),
+        properties=dict(payload.get("properties") or {}),
+        value=payload.get("value"),
+        currency=payload.get("currency", ""),
+        survey=dict(payload.get("survey") or {}),
+        consent=dict(payload.get("consent") or {}),
+        context=context,
+    )
+    if touchpoint.consent.get("analytics") is False:
+        _strip_identifiers(touchpoint)
+    return touchpoint
+
+
+def _strip_identifiers(touchpoint: Touchpoint) -> None:
+    """Without analytics consent an event still counts, but can never be tied to a person."""
+    touchpoint.anonymous_id = touchpoint.user_id = touchpoint.session_id = ""
+    touchpoint.email_hash = touchpoint.phone_hash = touchpoint.click_id = ""
+    touchpoint.ad_click_ids = {}
+    touchpoint.context.pop("ip", None)
+
+
+def _field_error(exc: Any) -> FieldError:
+    path = str(exc.name)
+    path = path[len("data") :].lstrip(".") if path.startswith("data") else path
+    message = str(exc.message)
+    if message.startswith(str(exc.name)):
+        message = message[len(str(exc.name)) :].strip()
+    value, definition = exc.value, exc.definition or {}
+    if exc.rule == "additionalProperties" and isinstance(value, dict):
+        unknown = sorted(set(value) - set(definition.get("properties", {})))
+        return FieldError(
+            _join(path, unknown[0]), "is not a touchpoint field; see docs/touchpoint.md"
+        )
+    if exc.rule == "required" and isinstance(value, dict):
+        missing = [name for name in definition.get("required", []) if name not in value]
+        return FieldError(_join(path, missing[0]), "is required")
+    if exc.rule == "pattern" and path == "event_id":
+        message = "must be a UUID made by the client, e.g. 0b8f3c2e-5d7a-4e1b-9c3f-2a6d8e4f1b7c"
+    return FieldError(path or "$", message)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _checked_ts(payload: dict[str, Any], name: str, errors: list[FieldError]) -> datetime | None:
+    try:
+        return _parse_ts(payload[name])
+    except ValueError as exc:
+        errors.append(FieldError(name, str(exc)))
+        return None
+
+
+def _hashed(
+    payload: dict[str, Any], name: str, request: RequestContext, errors: list[FieldError]
+) -> str:
+    raw = payload.get(name)
+    if not raw:
+        return ""
+    try:
+        normalized = (
+            normalize_email(raw) if name == "email" else normalize_phone(raw, request.phone_region)
+        )
+    except InvalidIdentifier as exc:
+        errors.append(FieldError(name, str(exc)))
+        return ""
+    return hash_identifier(name, normalized, request.hash_salt)
+
+
+def _parse_ts(raw: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"must be an RFC 3339 timestamp such as 2026-11-22T10:00:00Z, got {raw!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ValueError("must carry a UTC offset, such as a trailing Z")
+    return parsed.astimezone(UTC)
+
+
+def _format_ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _str_map(raw: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (raw or {}).items()}
