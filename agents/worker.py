@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -16,7 +17,7 @@ from tracker.logs import logging_config
 from tracker.metrics import WORKER_READY
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
-from tracker.topology import Topology
+from tracker.topology import Topology, ensure_topics
 
 __all__ = ["build_worker", "run_worker"]
 
@@ -114,6 +115,7 @@ def _raw(event: Any) -> RawMessage:
 def run_worker(settings: Settings) -> None:
     """Apply migrations, then run the worker until SIGINT or SIGTERM."""
     app, console, store = build_worker(settings)
+    asyncio.run(ensure_topics(settings))
     applied = store.run_sync(store.migrate_sync)
     log.info(
         "clickhouse ready",

@@ -7,6 +7,7 @@ bound to localhost unless ``TRACKER_CONSOLE_HOST`` says otherwise.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -27,6 +28,7 @@ QUERY_FORMATS = {
     "pretty": "PrettyCompactMonoBlock",
     "vertical": "Vertical",
 }
+_TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*$", re.IGNORECASE)
 STORE_KEY = web.AppKey("store", ClickHouseStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
@@ -60,9 +62,11 @@ async def query(request: web.Request) -> web.StreamResponse:
     if format_name not in QUERY_FORMATS:
         return json_error(400, f"format must be one of {', '.join(QUERY_FORMATS)}")
     store = request.app[STORE_KEY]
-    sql = sql.strip().rstrip(";")
+    sql, clickhouse_format = sql.strip().rstrip(";"), QUERY_FORMATS[format_name]
+    if trailing := _TRAILING_FORMAT.search(sql):  # as in clickhouse-client, FORMAT in the SQL wins
+        sql, clickhouse_format = sql[: trailing.start()], trailing.group(1)
     try:
-        output = await store.raw_query(sql, QUERY_FORMATS[format_name])
+        output = await store.raw_query(sql, clickhouse_format)
     except StoreError as exc:
         return json_error(400, str(exc))
     return web.Response(body=output, content_type="text/plain", charset="utf-8")

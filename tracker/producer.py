@@ -20,7 +20,7 @@ from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError
 from tracker.metrics import KAFKA_PRODUCE_FAILURES
 from tracker.settings import Settings
-from tracker.topology import Topology
+from tracker.topology import Topology, ensure_topics
 from tracker.touchpoint import Touchpoint
 
 __all__ = ["KafkaPublisher", "MemoryPublisher", "Publisher"]
@@ -72,6 +72,7 @@ class KafkaPublisher:
             )
             try:
                 await producer.start()
+                await ensure_topics(self._settings, self._topology)
             except KafkaError as exc:
                 await producer.stop()
                 log.warning("kafka not reachable yet", extra={"error": str(exc), "retry_in": delay})

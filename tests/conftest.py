@@ -1,0 +1,214 @@
+"""Fixtures shared by every test layer: a real Kafka broker per session and running components."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tracker.kafka_local import LocalKafka, free_port
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A real Apache Kafka broker (KRaft) for the whole session. It never skips: no broker, no pass."""
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def component_env(kafka_bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, str]:
+    """Environment for one isolated pipeline: its own topics, consumer group, database and ports."""
+    suffix = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    env.update(
+        {
+            "TRACKER_DATA_DIR": str(data_dir),
+            "TRACKER_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "TRACKER_TOPIC_PREFIX": f"t{suffix}.",
+            "TRACKER_WORKER_ID": f"tracker-test-{suffix}",
+            "TRACKER_CLICKHOUSE_URL": f"chdb://{data_dir / 'clickhouse'}",
+            "TRACKER_CONSOLE_PORT": str(free_port()),
+            "TRACKER_BEACON_PORT": str(free_port()),
+            "TRACKER_SINK_FLUSH_SECONDS": "0.2",
+            "TRACKER_PRODUCE_TIMEOUT_SECONDS": "3",
+            "TRACKER_RETRY_AFTER_SECONDS": "2",
+            "TRACKER_HASH_SALT": "test-salt",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Component:
+    """A Tracker process started as a user would start it: ``python -m tracker ...``."""
+
+    args: list[str]
+    env: dict[str, str]
+    ready_url: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Component:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tracker", *self.args], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.args} exited early:\n{self.log_path.read_text()[-4000:]}"
+                )
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.args} not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+
+
+@dataclass
+class Pipeline:
+    """A beacon and a worker on their own topics and database, driven over HTTP."""
+
+    env: dict[str, str]
+    data_dir: Path
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def beacon_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['TRACKER_BEACON_PORT']}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['TRACKER_CONSOLE_PORT']}"
+
+    def worker(self, **overrides: str) -> Component:
+        env = {**self.env, **overrides}
+        return Component(
+            ["worker"],
+            env,
+            f"http://127.0.0.1:{env['TRACKER_CONSOLE_PORT']}/readyz",
+            self.data_dir / "worker.log",
+        )
+
+    def beacon(self) -> Component:
+        return Component(
+            ["serve", "beacon"], self.env, f"{self.beacon_url}/readyz", self.data_dir / "beacon.log"
+        )
+
+    def start(self) -> Pipeline:
+        self.components = [self.worker().start(), self.beacon().start()]
+        return self
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+
+    def post(self, body: Any, path: str = "/v1/events") -> tuple[int, Any, dict[str, str]]:
+        return http("POST", self.beacon_url + path, orjson.dumps(body))
+
+    def query(self, sql: str) -> str:
+        status, body, _ = http(
+            "POST", self.console_url + "/api/query", orjson.dumps({"sql": sql, "format": "tsv"})
+        )
+        assert status == 200, body
+        text: str = body
+        return text
+
+    def wait_for(self, sql: str, expected: str, timeout: float = 30.0) -> str:
+        """Poll until ``sql`` answers ``expected``; return the last answer either way."""
+        deadline = time.monotonic() + timeout
+        answer = ""
+        while time.monotonic() < deadline:
+            answer = self.query(sql).strip()
+            if answer == expected:
+                return answer
+            time.sleep(0.2)
+        return answer
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
+    """A plain HTTP call returning (status, parsed JSON or text, headers)."""
+    request = urllib.request.Request(url, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, raw, headers = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, raw, headers = exc.code, exc.read(), dict(exc.headers)
+    if headers.get("Content-Type", "").startswith("application/json"):
+        return status, orjson.loads(raw), headers
+    if headers.get("Content-Type", "").startswith("image/"):
+        return status, raw, headers
+    return status, raw.decode(), headers
+
+
+def make_event(**fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "type": "page_view",
+        "ts": "2026-11-20T09:30:00Z",
+        "anonymous_id": "anon-" + uuid.uuid4().hex[:8],
+        "page": {"url": "https://shop.example.com/?utm_source=news&utm_medium=email"},
+    }
+    event.update(fields)
+    return event
+
+
+@pytest.fixture
+def pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
+    running = Pipeline(component_env(kafka.bootstrap, tmp_path), tmp_path).start()
+    yield running
+    running.stop()
+
+
+def metric_value(base_url: str, sample: str) -> float:
+    """One sample from a component's /metrics, e.g. ``tracker_worker_events_total{outcome="written"}``."""
+    _, text, _ = http("GET", base_url + "/metrics")
+    for line in str(text).splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for_metric(base_url: str, sample: str, expected: float, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric_value(base_url, sample) >= expected:
+            return True
+        time.sleep(0.2)
+    return False
