@@ -1,0 +1,78 @@
+"""The ClickHouse store and sink against the real engine (embedded chDB, one per test session)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agents.ingest import TOUCHPOINT_COLUMNS, touchpoint_row
+from agents.sink import ClickHouseSink
+from tracker.errors import StoreError
+from tracker.store import ClickHouseStore, load_migrations
+from tracker.touchpoint import RequestContext, accept
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def store(chdb_path: Path) -> Iterator[ClickHouseStore]:
+    fresh = ClickHouseStore(f"chdb://{chdb_path}", f"test_{uuid.uuid4().hex[:12]}")
+    yield fresh
+    fresh.close()
+
+
+def test_migrate_is_idempotent(store: ClickHouseStore) -> None:
+    every = [m.version for m in load_migrations()]
+    assert store.run_sync(store.migrate_sync) == every
+    assert store.run_sync(store.migrate_sync) == []
+    tables = store.run_sync(store.query_sync, "SHOW TABLES").rows
+    assert {"touchpoints", "dead_letters", "schema_migrations"} <= {t[0] for t in tables}
+
+
+def test_contract_columns_exist(store: ClickHouseStore) -> None:
+    store.run_sync(store.migrate_sync)
+    columns = {r[0] for r in store.run_sync(store.query_sync, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'touchpoints'").rows}
+    assert {"event_id", "type", "name", "source", "channel", "ts", "customer_id", "session_id", "stage", "is_bot"} <= columns
+    dead = {r[0] for r in store.run_sync(store.query_sync, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'dead_letters'").rows}
+    assert {"reason", "payload"} <= dead
+
+
+def test_read_only_queries_cannot_write(store: ClickHouseStore) -> None:
+    store.run_sync(store.migrate_sync)
+    with pytest.raises(StoreError, match="readonly"):
+        store.run_sync(store.raw_query_sync, "DROP TABLE touchpoints", "TabSeparated", True)
+    assert store.run_sync(store.query_sync, "SELECT count() FROM touchpoints").rows == [(0,)]
+
+
+async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHouseStore) -> None:
+    await store.migrate()
+    sink = ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts")
+    received = datetime(2026, 11, 22, 10, tzinfo=UTC)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+
+    def add(event_id: str, received_ts: datetime) -> None:
+        context = RequestContext(source="web_beacon", received_ts=received_ts, hash_salt="s")
+        touchpoint = accept({"event_id": event_id, "type": "page_view", "ts": "2026-11-22T09:00:00Z", "sent_ts": "2026-11-22T09:00:05Z"}, context)
+        sink.add(touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint))
+
+    add(ids[0], received)
+    add(ids[1], received)
+    assert (await sink.flush()).written == 2
+
+    # A client retry an hour later: the corrected time differs, the event does not.
+    add(ids[1], received + timedelta(hours=1))
+    add(ids[2], received)
+    result = await sink.flush()
+
+    assert (result.written, result.duplicates) == (1, 1)
+    rows = (await store.query("SELECT toString(event_id), count() FROM touchpoints GROUP BY event_id")).rows
+    assert sorted(rows) == sorted((i, 1) for i in ids)

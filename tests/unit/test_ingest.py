@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.sink import MemorySink
+from tracker.deadletter import DeadLetter
+from tracker.errors import FieldError
+from tracker.touchpoint import RequestContext, accept
+
+CONTEXT = RequestContext(source="web_beacon", received_ts=datetime(2026, 11, 22, tzinfo=UTC), hash_salt="s")
+
+
+def raw(event_id: str, offset: int) -> RawMessage:
+    touchpoint = accept({"event_id": event_id, "type": "page_view", "ts": "2026-11-21T10:00:00Z"}, CONTEXT)
+    return RawMessage(orjson.dumps(touchpoint.to_wire()), "touchpoints.raw", 0, offset)
+
+
+IDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(4)]
+
+
+async def test_each_event_id_is_written_once_across_batches() -> None:
+    touchpoints, dead = MemorySink(), MemorySink()
+    pipeline = IngestPipeline(touchpoints, dead)
+
+    await pipeline.handle_touchpoints([raw(IDS[0], 0), raw(IDS[1], 1), raw(IDS[0], 2)])
+    await pipeline.handle_touchpoints([raw(IDS[1], 3), raw(IDS[2], 4)])
+
+    assert sorted(touchpoints.rows) == sorted(IDS[:3])
+    assert dead.rows == {}
+
+
+async def test_rows_follow_the_column_order() -> None:
+    touchpoints = MemorySink()
+    await IngestPipeline(touchpoints, MemorySink()).handle_touchpoints([raw(IDS[0], 0)])
+    row = dict(zip(TOUCHPOINT_COLUMNS, touchpoints.rows[IDS[0]], strict=True))
+    assert (row["event_id"], row["type"], row["source"], row["channel"]) == (IDS[0], "page_view", "web_beacon", "web")
+
+
+async def test_malformed_raw_records_become_one_dead_letter_each_even_when_replayed() -> None:
+    touchpoints, dead = MemorySink(), MemorySink()
+    pipeline = IngestPipeline(touchpoints, dead)
+    broken = RawMessage(b"{not json", "touchpoints.raw", 3, 17)
+
+    await pipeline.handle_touchpoints([broken, raw(IDS[0], 18)])
+    await pipeline.handle_touchpoints([broken])
+
+    assert list(touchpoints.rows) == [IDS[0]]
+    [(_, row)] = dead.rows.items()
+    letter = dict(zip(DEAD_LETTER_COLUMNS, row, strict=True))
+    assert letter["stage"] == "ingest" and letter["payload"] == "{not json"
+    assert "malformed" in letter["reason"]
+
+
+async def test_dead_letters_from_collectors_are_stored_as_sent() -> None:
+    dead = MemorySink()
+    letter = DeadLetter.for_payload(
+        {"event_id": "x", "ts": "soon"}, source="beacon", stage="collect", errors=[FieldError("ts", "bad")]
+    )
+    message = RawMessage(orjson.dumps(letter.to_wire()), "touchpoints.dead_letters", 0, 0)
+
+    await IngestPipeline(MemorySink(), dead).handle_dead_letters([message, message])
+
+    stored = dict(zip(DEAD_LETTER_COLUMNS, dead.rows[letter.dead_letter_id], strict=True))
+    assert (stored["reason"], stored["error_fields"], stored["event_id"]) == ("ts: bad", ["ts"], "x")
+    assert len(dead.rows) == 1
