@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TOUCHPOINT_COLUMNS = (
     "event_id",
+    "version",
     "schema",
     "type",
     "name",
@@ -128,7 +129,9 @@ class IngestPipeline:
                 invalid += 1
                 self._add_dead_letter(_undecodable(message, f"raw event is malformed: {exc!r}"))
                 continue
-            self.touchpoints.add(touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint))
+            self.touchpoints.add(
+                touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), touchpoint.version
+            )
         dead = await self.dead_letters.flush()
         stored = await self.touchpoints.flush()
         WORKER_EVENTS.labels("written").inc(stored.written)
@@ -175,6 +178,7 @@ def touchpoint_row(t: Touchpoint) -> tuple[Any, ...]:
     page, survey, consent, context = t.page, t.survey, t.consent, t.context
     return (
         t.event_id,
+        t.version,
         "tracker/touchpoint/1-0-0",
         t.type,
         t.name,

@@ -14,7 +14,7 @@ from tracker.errors import StoreError
 from tracker.metrics import SINK_FAILURES, SINK_FLUSH_SECONDS, SINK_ROWS
 from tracker.store import ClickHouseStore
 
-__all__ = ["ClickHouseSink", "FlushResult", "MemorySink", "Sink"]
+__all__ = ["ClickHouseSink", "FlushResult", "Key", "MemorySink", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +28,25 @@ class FlushResult:
     duplicates: int
 
 
+Key = tuple[str, int]
+
+
 class Sink(Protocol):
-    """Rows keyed by an idempotency key. ``flush`` writes each key at most once, ever."""
+    """Rows keyed by an idempotency key and a version. ``flush`` writes each pair at most once, ever.
+
+    A higher version of a key is an update: it is written, and the table keeps the highest.
+    """
 
     async def setup(self) -> None: ...
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any]) -> None: ...
+    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None: ...
 
     async def flush(self) -> FlushResult: ...
 
 
 class ClickHouseSink:
-    """Buffers rows for one table and writes them in one insert, skipping keys already stored.
+    """Buffers rows for one table and writes them in one insert, skipping (key, version) pairs
+    already stored.
 
     ``flush`` retries until ClickHouse takes the batch: an outage delays the pipeline, and because
     offsets are committed only after a flush, it never loses or duplicates rows.
@@ -52,6 +59,7 @@ class ClickHouseSink:
         columns: Sequence[str],
         key_column: str,
         time_column: str,
+        version_column: str | None = None,
         max_backoff_seconds: float = 10.0,
     ) -> None:
         self._store = store
@@ -59,16 +67,17 @@ class ClickHouseSink:
         self._columns = list(columns)
         self._key_column = key_column
         self._time_column = time_column
+        self._version_sql = f"toUInt64({version_column})" if version_column else "toUInt64(0)"
         self._max_backoff = max_backoff_seconds
-        self._rows: dict[str, Sequence[Any]] = {}
+        self._rows: dict[Key, Sequence[Any]] = {}
         self._times: list[datetime] = []
 
     async def setup(self) -> None:
         await self._store.migrate()
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any]) -> None:
-        if key not in self._rows:
-            self._rows[key] = row
+    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+        if (key, version) not in self._rows:
+            self._rows[(key, version)] = row
             self._times.append(ts)
 
     async def flush(self) -> FlushResult:
@@ -99,7 +108,7 @@ class ClickHouseSink:
     async def _write_once(self) -> FlushResult:
         started = time.perf_counter()
         keys = list(self._rows)
-        existing = await self._existing_keys(keys)
+        existing = await self._existing_keys(sorted({key for key, _ in keys}))
         fresh = [row for key, row in self._rows.items() if key not in existing]
         if fresh:
             await self._store.insert(self._table, fresh, self._columns)
@@ -107,10 +116,10 @@ class ClickHouseSink:
         SINK_ROWS.labels(self._table).inc(len(fresh))
         return FlushResult(written=len(fresh), duplicates=len(keys) - len(fresh))
 
-    async def _existing_keys(self, keys: list[str]) -> set[str]:
+    async def _existing_keys(self, keys: list[str]) -> set[Key]:
         db = self._store.database
         result = await self._store.query(
-            f"SELECT toString({self._key_column}) FROM `{db}`.{self._table} "
+            f"SELECT toString({self._key_column}), {self._version_sql} FROM `{db}`.{self._table} "
             f"WHERE {self._time_column} BETWEEN {{start:DateTime64(3)}} AND {{end:DateTime64(3)}} "
             f"AND {self._key_column} IN {{keys:Array(String)}}",
             parameters={
@@ -119,27 +128,23 @@ class ClickHouseSink:
                 "keys": keys,
             },
         )
-        return {row[0] for row in result.rows}
+        return {(row[0], int(row[1])) for row in result.rows}
 
 
 class MemorySink:
     """An in-memory sink for unit tests: same contract, a dict for a table."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, Sequence[Any]] = {}
-        self._pending: dict[str, Sequence[Any]] = {}
-        self.fail_next = 0
+        self.rows: dict[Key, Sequence[Any]] = {}
+        self._pending: dict[Key, Sequence[Any]] = {}
 
     async def setup(self) -> None:
         return None
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any]) -> None:
-        self._pending.setdefault(key, row)
+    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+        self._pending.setdefault((key, version), row)
 
     async def flush(self) -> FlushResult:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise StoreError("memory sink told to fail")
         fresh = {k: v for k, v in self._pending.items() if k not in self.rows}
         self.rows.update(fresh)
         duplicates = len(self._pending) - len(fresh)

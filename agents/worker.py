@@ -60,7 +60,9 @@ def build_worker(settings: Settings) -> tuple[faust.App, ConsoleService, ClickHo
     topology = Topology.from_settings(settings)
     store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
     pipeline = IngestPipeline(
-        touchpoints=ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts"),
+        touchpoints=ClickHouseSink(
+            store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version_column="version"
+        ),
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),

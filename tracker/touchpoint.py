@@ -67,6 +67,7 @@ class Touchpoint:
     device_ts: datetime
     received_ts: datetime
     sent_ts: datetime | None = None
+    version: int = 0
     anonymous_id: str = ""
     user_id: str = ""
     email_hash: str = ""
@@ -112,6 +113,8 @@ class Touchpoint:
         }
         if self.sent_ts is not None:
             wire["sent_ts"] = _format_ts(self.sent_ts)
+        if self.version:
+            wire["version"] = self.version
         for name in (
             "anonymous_id",
             "user_id",
@@ -155,6 +158,7 @@ class Touchpoint:
             device_ts=_parse_ts(wire["device_ts"]),
             received_ts=_parse_ts(wire["received_ts"]),
             sent_ts=_parse_ts(sent) if sent else None,
+            version=int(wire.get("version", 0)),
             anonymous_id=str(wire.get("anonymous_id", "")),
             user_id=str(wire.get("user_id", "")),
             email_hash=str(wire.get("email_hash", "")),

@@ -1,8 +1,10 @@
--- One row per touchpoint. The worker writes each event_id once; ReplacingMergeTree is the
--- second line of defence should a replay ever slip past it.
+-- One row per touchpoint version. The worker writes each (event_id, version) once. A touchpoint
+-- that is updated (a call whose record converges, say) gets a higher version; ReplacingMergeTree
+-- keeps the highest, so read with FINAL, or argMax(..., version), where updates matter.
 CREATE TABLE IF NOT EXISTS {db}.touchpoints
 (
     event_id          UUID,
+    version           UInt64 COMMENT 'higher replaces lower for the same event_id',
     schema            LowCardinality(String),
     type              LowCardinality(String),
     name              String,
@@ -54,6 +56,6 @@ CREATE TABLE IF NOT EXISTS {db}.touchpoints
     inserted_at       DateTime64(3, 'UTC') DEFAULT now64(3),
     INDEX event_id_bloom event_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (toDate(ts), event_id);

@@ -35,11 +35,19 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "tracker up was not ready in 180 s"
             time.sleep(0.5)
 
-        check = subprocess.run([TRACKER, "check"], env=env, capture_output=True, text=True, timeout=30)
+        check = subprocess.run(
+            [TRACKER, "check"], env=env, capture_output=True, text=True, timeout=30
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout.splitlines() == ["console\tready", "beacon\tready"]
 
-        demo = subprocess.run([TRACKER, "demo", "--customers", "40"], env=env, capture_output=True, text=True, timeout=180)
+        demo = subprocess.run(
+            [TRACKER, "demo", "--customers", "40"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert demo.returncode == 0, demo.stderr
         first_line, landed_line = demo.stdout.splitlines()[:2]
         accepted = int(first_line.split(": ")[1].split(" accepted")[0])
@@ -49,12 +57,21 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
 
         query = subprocess.run(
             [TRACKER, "query", "SELECT count(), countIf(is_bot) FROM touchpoints"],
-            env=env, capture_output=True, text=True, timeout=30,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert query.returncode == 0, query.stderr
         assert query.stdout == f"{accepted}\t1\n"
 
-        refused = subprocess.run([TRACKER, "query", "DROP TABLE touchpoints"], env=env, capture_output=True, text=True, timeout=30)
+        refused = subprocess.run(
+            [TRACKER, "query", "DROP TABLE touchpoints"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert refused.returncode == 1 and "readonly" in refused.stderr.lower()
     finally:
         up.send_signal(signal.SIGINT)

@@ -40,9 +40,32 @@ def test_migrate_is_idempotent(store: ClickHouseStore) -> None:
 
 def test_contract_columns_exist(store: ClickHouseStore) -> None:
     store.run_sync(store.migrate_sync)
-    columns = {r[0] for r in store.run_sync(store.query_sync, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'touchpoints'").rows}
-    assert {"event_id", "type", "name", "source", "channel", "ts", "customer_id", "session_id", "stage", "is_bot"} <= columns
-    dead = {r[0] for r in store.run_sync(store.query_sync, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'dead_letters'").rows}
+    columns = {
+        r[0]
+        for r in store.run_sync(
+            store.query_sync,
+            "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'touchpoints'",
+        ).rows
+    }
+    assert {
+        "event_id",
+        "type",
+        "name",
+        "source",
+        "channel",
+        "ts",
+        "customer_id",
+        "session_id",
+        "stage",
+        "is_bot",
+    } <= columns
+    dead = {
+        r[0]
+        for r in store.run_sync(
+            store.query_sync,
+            "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'dead_letters'",
+        ).rows
+    }
     assert {"reason", "payload"} <= dead
 
 
@@ -55,14 +78,23 @@ def test_read_only_queries_cannot_write(store: ClickHouseStore) -> None:
 
 async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHouseStore) -> None:
     await store.migrate()
-    sink = ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts")
+    sink = ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", "version")
     received = datetime(2026, 11, 22, 10, tzinfo=UTC)
     ids = [str(uuid.uuid4()) for _ in range(3)]
 
-    def add(event_id: str, received_ts: datetime) -> None:
+    def add(event_id: str, received_ts: datetime, version: int = 0) -> None:
         context = RequestContext(source="web_beacon", received_ts=received_ts, hash_salt="s")
-        touchpoint = accept({"event_id": event_id, "type": "page_view", "ts": "2026-11-22T09:00:00Z", "sent_ts": "2026-11-22T09:00:05Z"}, context)
-        sink.add(touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint))
+        touchpoint = accept(
+            {
+                "event_id": event_id,
+                "type": "page_view",
+                "ts": "2026-11-22T09:00:00Z",
+                "sent_ts": "2026-11-22T09:00:05Z",
+            },
+            context,
+        )
+        touchpoint.version = version
+        sink.add(touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), version)
 
     add(ids[0], received)
     add(ids[1], received)
@@ -74,5 +106,29 @@ async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHo
     result = await sink.flush()
 
     assert (result.written, result.duplicates) == (1, 1)
-    rows = (await store.query("SELECT toString(event_id), count() FROM touchpoints GROUP BY event_id")).rows
+    rows = (
+        await store.query("SELECT toString(event_id), count() FROM touchpoints GROUP BY event_id")
+    ).rows
     assert sorted(rows) == sorted((i, 1) for i in ids)
+
+
+async def test_a_new_version_replaces_the_old_one(store: ClickHouseStore) -> None:
+    await store.migrate()
+    sink = ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", "version")
+    context = RequestContext(
+        source="server", received_ts=datetime(2026, 11, 22, 10, tzinfo=UTC), hash_salt="s"
+    )
+    event_id = str(uuid.uuid4())
+    for version, name in ((1, "ringing"), (2, "answered"), (1, "ringing")):
+        touchpoint = accept(
+            {"event_id": event_id, "type": "call", "name": name, "ts": "2026-11-22T09:00:00Z"},
+            context,
+        )
+        touchpoint.version = version
+        sink.add(event_id, touchpoint.ts, touchpoint_row(touchpoint), version)
+        await sink.flush()
+
+    assert (await store.query("SELECT count() FROM touchpoints")).rows == [(2,)]
+    assert (await store.query("SELECT name, version FROM touchpoints FINAL")).rows == [
+        ("answered", 2)
+    ]

@@ -24,36 +24,62 @@ def publisher() -> MemoryPublisher:
 @pytest.fixture
 async def client(publisher: MemoryPublisher, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     settings = Settings.from_env(
-        {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_HASH_SALT": "s", "TRACKER_MAX_BODY_BYTES": "4096",
-         "TRACKER_MAX_EVENTS_PER_REQUEST": "5", "TRACKER_CORS_ORIGINS": "https://shop.example"}
+        {
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_HASH_SALT": "s",
+            "TRACKER_MAX_BODY_BYTES": "4096",
+            "TRACKER_MAX_EVENTS_PER_REQUEST": "5",
+            "TRACKER_CORS_ORIGINS": "https://shop.example",
+        }
     )
     async with TestClient(TestServer(create_app(settings, publisher))) as test_client:
         yield test_client
 
 
 def event(**fields: Any) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": "page_view", "ts": "2026-11-21T10:00:00Z", **fields}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "page_view",
+        "ts": "2026-11-21T10:00:00Z",
+        **fields,
+    }
 
 
-async def test_a_batch_is_accepted_once_published(client: TestClient[Any, Any], publisher: MemoryPublisher) -> None:
+async def test_a_batch_is_accepted_once_published(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
     batch = [event(), event()]
     response = await client.post("/v1/events", json=batch)
     assert response.status == 200 and await response.json() == {"accepted": 2}
     assert [t.event_id for t in publisher.touchpoints] == [e["event_id"] for e in batch]
 
 
-async def test_the_events_envelope_and_text_plain_bodies_work(client: TestClient[Any, Any], publisher: MemoryPublisher) -> None:
-    response = await client.post("/v1/events", data=orjson.dumps({"events": [event()]}), headers={"Content-Type": "text/plain"})
+async def test_the_events_envelope_and_text_plain_bodies_work(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    response = await client.post(
+        "/v1/events",
+        data=orjson.dumps({"events": [event()]}),
+        headers={"Content-Type": "text/plain"},
+    )
     assert response.status == 200 and len(publisher.touchpoints) == 1
 
 
-async def test_a_mixed_batch_accepts_the_good_and_names_the_bad(client: TestClient[Any, Any], publisher: MemoryPublisher) -> None:
+async def test_a_mixed_batch_accepts_the_good_and_names_the_bad(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
     good, bad = event(), event(type="Page View")
     response = await client.post("/v1/events", json=[good, bad])
     body = await response.json()
     assert response.status == 400
     assert body["accepted"] == 1
-    assert body["rejected"] == [{"index": 1, "event_id": bad["event_id"], "errors": [{"field": "type", "reason": "must match pattern ^[a-z][a-z0-9_]{0,63}$"}]}]
+    assert body["rejected"] == [
+        {
+            "index": 1,
+            "event_id": bad["event_id"],
+            "errors": [{"field": "type", "reason": "must match pattern ^[a-z][a-z0-9_]{0,63}$"}],
+        }
+    ]
     assert [t.event_id for t in publisher.touchpoints] == [good["event_id"]]
     assert [d.event_id for d in publisher.dead_letters] == [bad["event_id"]]
 
@@ -68,13 +94,17 @@ async def test_a_mixed_batch_accepts_the_good_and_names_the_bad(client: TestClie
         (b"[" + b" " * 5000 + b"]", 413, "body is larger than 4096 bytes; send smaller batches"),
     ],
 )
-async def test_bad_requests_get_a_reason(client: TestClient[Any, Any], body: bytes, status: int, error: str) -> None:
+async def test_bad_requests_get_a_reason(
+    client: TestClient[Any, Any], body: bytes, status: int, error: str
+) -> None:
     response = await client.post("/v1/events", data=body)
     assert response.status == status
     assert (await response.json())["error"].startswith(error)
 
 
-async def test_kafka_unavailable_means_503_with_retry_after(client: TestClient[Any, Any], publisher: MemoryPublisher) -> None:
+async def test_kafka_unavailable_means_503_with_retry_after(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
     publisher.unavailable = True
     response = await client.post("/v1/events", json=[event()])
     assert response.status == 503 and response.headers["Retry-After"] == "1"
@@ -82,7 +112,9 @@ async def test_kafka_unavailable_means_503_with_retry_after(client: TestClient[A
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_pixel_answers_a_gif_and_reads_the_query(client: TestClient[Any, Any], publisher: MemoryPublisher) -> None:
+async def test_pixel_answers_a_gif_and_reads_the_query(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
     response = await client.get(
         "/v1/p.gif?type=email_open&channel=email&utm_campaign=autumn&utm_source=news&p.list=weekly&email=A@b.co",
         headers={"Referer": "https://mail.example/"},
@@ -97,7 +129,9 @@ async def test_pixel_answers_a_gif_and_reads_the_query(client: TestClient[Any, A
     assert touchpoint.email_hash and uuid.UUID(touchpoint.event_id)
 
 
-async def test_invalid_pixel_is_a_dead_letter_without_the_clear_email(client: TestClient[Any, Any], publisher: MemoryPublisher) -> None:
+async def test_invalid_pixel_is_a_dead_letter_without_the_clear_email(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
     response = await client.get("/v1/p.gif?type=Bad!&email=a@b.co")
     assert response.status == 400
     [letter] = publisher.dead_letters
@@ -106,7 +140,10 @@ async def test_invalid_pixel_is_a_dead_letter_without_the_clear_email(client: Te
 
 async def test_cors_preflight_for_allowed_origins_only(client: TestClient[Any, Any]) -> None:
     allowed = await client.options("/v1/events", headers={"Origin": "https://shop.example"})
-    assert allowed.status == 204 and allowed.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert (
+        allowed.status == 204
+        and allowed.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    )
     other = await client.options("/v1/events", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers
 
@@ -114,4 +151,7 @@ async def test_cors_preflight_for_allowed_origins_only(client: TestClient[Any, A
 async def test_metrics_count_answers_by_route(client: TestClient[Any, Any]) -> None:
     await client.post("/v1/events", json=[event()])
     text = await (await client.get("/metrics")).text()
-    assert 'tracker_collector_requests_total{collector="beacon",route="/v1/events",status="200"}' in text
+    assert (
+        'tracker_collector_requests_total{collector="beacon",route="/v1/events",status="200"}'
+        in text
+    )

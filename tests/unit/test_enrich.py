@@ -16,20 +16,38 @@ IPAD = "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTM
 
 def touchpoint(**fields: Any) -> Touchpoint:
     return Touchpoint(
-        event_id="e", type="page_view", name="page_view", source=fields.pop("source", "web_beacon"),
-        channel=fields.pop("channel", ""), ts=NOW, device_ts=NOW, received_ts=NOW, **fields,
+        event_id="e",
+        type="page_view",
+        name="page_view",
+        source=fields.pop("source", "web_beacon"),
+        channel=fields.pop("channel", ""),
+        ts=NOW,
+        device_ts=NOW,
+        received_ts=NOW,
+        **fields,
     )
 
 
 def test_utm_parameters_and_ad_click_ids_come_from_the_landing_url() -> None:
-    e = enrich(touchpoint(page={"url": "https://www.shop.example/kettles?utm_source=google&utm_medium=cpc&utm_campaign=kettles&gclid=abc"}))
+    e = enrich(
+        touchpoint(
+            page={
+                "url": "https://www.shop.example/kettles?utm_source=google&utm_medium=cpc&utm_campaign=kettles&gclid=abc"
+            }
+        )
+    )
     assert e.campaign == {"source": "google", "medium": "cpc", "name": "kettles"}
     assert e.ad_click_ids == {"gclid": "abc"}
     assert (e.channel, e.page_host, e.page_path) == ("paid", "shop.example", "/kettles")
 
 
 def test_campaign_sent_by_the_client_wins_over_the_url() -> None:
-    e = enrich(touchpoint(page={"url": "https://x.example/?utm_source=a"}, campaign={"source": "b", "medium": "email"}))
+    e = enrich(
+        touchpoint(
+            page={"url": "https://x.example/?utm_source=a"},
+            campaign={"source": "b", "medium": "email"},
+        )
+    )
     assert e.campaign == {"source": "b", "medium": "email"} and e.channel == "email"
 
 
@@ -51,16 +69,24 @@ def test_channel_sent_by_the_client_is_kept() -> None:
         ("call_webhook", "", False, "", "phone"),
     ],
 )
-def test_channel_derivation(source: str, medium: str, ad_click: bool, referrer: str, channel: str) -> None:
+def test_channel_derivation(
+    source: str, medium: str, ad_click: bool, referrer: str, channel: str
+) -> None:
     assert derive_channel(source, medium, ad_click, referrer, "shop.example") == channel
 
 
 @pytest.mark.parametrize(
     ("agent", "reason"),
     [
-        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "crawler:googlebot"),
+        (
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "crawler:googlebot",
+        ),
         ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", "crawler:slackbot"),
-        ("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)", "crawler:facebookexternalhit"),
+        (
+            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+            "crawler:facebookexternalhit",
+        ),
     ],
 )
 def test_crawlers_are_flagged_with_a_reason(agent: str, reason: str) -> None:
@@ -68,7 +94,10 @@ def test_crawlers_are_flagged_with_a_reason(agent: str, reason: str) -> None:
     assert info.is_bot and info.bot_reason == reason and info.device_type == "bot"
 
 
-@pytest.mark.parametrize(("agent", "device", "os"), [(CHROME, "desktop", "Windows"), (IPHONE, "mobile", "iOS"), (IPAD, "tablet", "iOS")])
+@pytest.mark.parametrize(
+    ("agent", "device", "os"),
+    [(CHROME, "desktop", "Windows"), (IPHONE, "mobile", "iOS"), (IPAD, "tablet", "iOS")],
+)
 def test_people_are_not_bots(agent: str, device: str, os: str) -> None:
     info = classify_user_agent(agent)
     assert not info.is_bot and (info.device_type, info.os) == (device, os)

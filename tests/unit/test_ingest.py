@@ -10,11 +10,16 @@ from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.touchpoint import RequestContext, accept
 
-CONTEXT = RequestContext(source="web_beacon", received_ts=datetime(2026, 11, 22, tzinfo=UTC), hash_salt="s")
+CONTEXT = RequestContext(
+    source="web_beacon", received_ts=datetime(2026, 11, 22, tzinfo=UTC), hash_salt="s"
+)
 
 
-def raw(event_id: str, offset: int) -> RawMessage:
-    touchpoint = accept({"event_id": event_id, "type": "page_view", "ts": "2026-11-21T10:00:00Z"}, CONTEXT)
+def raw(event_id: str, offset: int, version: int = 0) -> RawMessage:
+    touchpoint = accept(
+        {"event_id": event_id, "type": "page_view", "ts": "2026-11-21T10:00:00Z"}, CONTEXT
+    )
+    touchpoint.version = version
     return RawMessage(orjson.dumps(touchpoint.to_wire()), "touchpoints.raw", 0, offset)
 
 
@@ -28,15 +33,30 @@ async def test_each_event_id_is_written_once_across_batches() -> None:
     await pipeline.handle_touchpoints([raw(IDS[0], 0), raw(IDS[1], 1), raw(IDS[0], 2)])
     await pipeline.handle_touchpoints([raw(IDS[1], 3), raw(IDS[2], 4)])
 
-    assert sorted(touchpoints.rows) == sorted(IDS[:3])
+    assert sorted(touchpoints.rows) == [(i, 0) for i in IDS[:3]]
     assert dead.rows == {}
+
+
+async def test_a_higher_version_is_an_update_not_a_duplicate() -> None:
+    touchpoints = MemorySink()
+    pipeline = IngestPipeline(touchpoints, MemorySink())
+
+    await pipeline.handle_touchpoints([raw(IDS[0], 0, version=1), raw(IDS[0], 1, version=2)])
+    await pipeline.handle_touchpoints([raw(IDS[0], 2, version=2)])
+
+    assert sorted(touchpoints.rows) == [(IDS[0], 1), (IDS[0], 2)]
 
 
 async def test_rows_follow_the_column_order() -> None:
     touchpoints = MemorySink()
     await IngestPipeline(touchpoints, MemorySink()).handle_touchpoints([raw(IDS[0], 0)])
-    row = dict(zip(TOUCHPOINT_COLUMNS, touchpoints.rows[IDS[0]], strict=True))
-    assert (row["event_id"], row["type"], row["source"], row["channel"]) == (IDS[0], "page_view", "web_beacon", "web")
+    row = dict(zip(TOUCHPOINT_COLUMNS, touchpoints.rows[(IDS[0], 0)], strict=True))
+    assert (row["event_id"], row["type"], row["source"], row["channel"]) == (
+        IDS[0],
+        "page_view",
+        "web_beacon",
+        "web",
+    )
 
 
 async def test_malformed_raw_records_become_one_dead_letter_each_even_when_replayed() -> None:
@@ -47,7 +67,7 @@ async def test_malformed_raw_records_become_one_dead_letter_each_even_when_repla
     await pipeline.handle_touchpoints([broken, raw(IDS[0], 18)])
     await pipeline.handle_touchpoints([broken])
 
-    assert list(touchpoints.rows) == [IDS[0]]
+    assert list(touchpoints.rows) == [(IDS[0], 0)]
     [(_, row)] = dead.rows.items()
     letter = dict(zip(DEAD_LETTER_COLUMNS, row, strict=True))
     assert letter["stage"] == "ingest" and letter["payload"] == "{not json"
@@ -57,12 +77,19 @@ async def test_malformed_raw_records_become_one_dead_letter_each_even_when_repla
 async def test_dead_letters_from_collectors_are_stored_as_sent() -> None:
     dead = MemorySink()
     letter = DeadLetter.for_payload(
-        {"event_id": "x", "ts": "soon"}, source="beacon", stage="collect", errors=[FieldError("ts", "bad")]
+        {"event_id": "x", "ts": "soon"},
+        source="beacon",
+        stage="collect",
+        errors=[FieldError("ts", "bad")],
     )
     message = RawMessage(orjson.dumps(letter.to_wire()), "touchpoints.dead_letters", 0, 0)
 
     await IngestPipeline(MemorySink(), dead).handle_dead_letters([message, message])
 
-    stored = dict(zip(DEAD_LETTER_COLUMNS, dead.rows[letter.dead_letter_id], strict=True))
-    assert (stored["reason"], stored["error_fields"], stored["event_id"]) == ("ts: bad", ["ts"], "x")
+    stored = dict(zip(DEAD_LETTER_COLUMNS, dead.rows[(letter.dead_letter_id, 0)], strict=True))
+    assert (stored["reason"], stored["error_fields"], stored["event_id"]) == (
+        "ts: bad",
+        ["ts"],
+        "x",
+    )
     assert len(dead.rows) == 1

@@ -40,7 +40,12 @@ def test_defaults_run_everything_locally(tmp_path: Path) -> None:
     settings = Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path)})
     assert settings.uses_local_kafka and settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.clickhouse_url == f"chdb://{tmp_path}/clickhouse"
-    assert (settings.console_port, settings.beacon_port, settings.links_port, settings.calls_port) == (
+    assert (
+        settings.console_port,
+        settings.beacon_port,
+        settings.links_port,
+        settings.calls_port,
+    ) == (
         8000,
         8001,
         8002,
@@ -56,7 +61,11 @@ def test_local_salt_is_made_once_and_kept(tmp_path: Path) -> None:
 
 def test_secrets_never_show_in_reprs(tmp_path: Path) -> None:
     settings = Settings.from_env(
-        {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_API_TOKEN": "hunter2", "TRACKER_HASH_SALT": "pepper"}
+        {
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_API_TOKEN": "hunter2",
+            "TRACKER_HASH_SALT": "pepper",
+        }
     )
     assert "hunter2" not in repr(settings) and "pepper" not in repr(settings)
     assert settings.api_token.value == "hunter2"
@@ -65,13 +74,31 @@ def test_secrets_never_show_in_reprs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("TRACKER_BEACON_PORT", "eighty", "TRACKER_BEACON_PORT must be a whole number, got 'eighty'"),
-        ("TRACKER_BEACON_PORT", "70000", "TRACKER_BEACON_PORT must be a TCP port (0-65535), got 70000"),
-        ("TRACKER_TRUST_FORWARDED_FOR", "maybe", "TRACKER_TRUST_FORWARDED_FOR must be true or false, got 'maybe'"),
-        ("TRACKER_CLICKHOUSE_DATABASE", "drop;table", "TRACKER_CLICKHOUSE_DATABASE must be letters, digits and underscores, got 'drop;table'"),
+        (
+            "TRACKER_BEACON_PORT",
+            "eighty",
+            "TRACKER_BEACON_PORT must be a whole number, got 'eighty'",
+        ),
+        (
+            "TRACKER_BEACON_PORT",
+            "70000",
+            "TRACKER_BEACON_PORT must be a TCP port (0-65535), got 70000",
+        ),
+        (
+            "TRACKER_TRUST_FORWARDED_FOR",
+            "maybe",
+            "TRACKER_TRUST_FORWARDED_FOR must be true or false, got 'maybe'",
+        ),
+        (
+            "TRACKER_CLICKHOUSE_DATABASE",
+            "drop;table",
+            "TRACKER_CLICKHOUSE_DATABASE must be letters, digits and underscores, got 'drop;table'",
+        ),
     ],
 )
-def test_bad_settings_name_the_variable(tmp_path: Path, name: str, value: str, message: str) -> None:
+def test_bad_settings_name_the_variable(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path), name: value})
     assert str(caught.value) == message

@@ -11,7 +11,11 @@ from tracker.touchpoint import RequestContext, Touchpoint, accept
 
 RECEIVED = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CONTEXT = RequestContext(
-    source="web_beacon", received_ts=RECEIVED, ip="203.0.113.77", user_agent="UA/1", hash_salt="salt"
+    source="web_beacon",
+    received_ts=RECEIVED,
+    ip="203.0.113.77",
+    user_agent="UA/1",
+    hash_salt="salt",
 )
 
 
@@ -43,29 +47,60 @@ def test_minimal_event_gets_defaults_from_the_collector() -> None:
     ("payload", "expected"),
     [
         ({"type": "page_view", "ts": "2026-11-22T09:59:00Z"}, [("event_id", "is required")]),
-        (event(event_id="42"), [("event_id", "must be a UUID made by the client, e.g. 0b8f3c2e-5d7a-4e1b-9c3f-2a6d8e4f1b7c")]),
+        (
+            event(event_id="42"),
+            [
+                (
+                    "event_id",
+                    "must be a UUID made by the client, e.g. 0b8f3c2e-5d7a-4e1b-9c3f-2a6d8e4f1b7c",
+                )
+            ],
+        ),
         (event(page={"url": 7}), [("page.url", "must be string")]),
         (event(pgae={}), [("pgae", "is not a touchpoint field; see docs/touchpoint.md")]),
-        (event(page={"uri": "x"}), [("page.uri", "is not a touchpoint field; see docs/touchpoint.md")]),
-        (event(source="fax"), [("source", "must be one of ['web_beacon', 'shortlink', 'call_webhook', 'server']")]),
-        (event(ts="2026-11-22T09:59:00"), [("ts", "must carry a UTC offset, such as a trailing Z")]),
-        (event(ts="soon"), [("ts", "must be an RFC 3339 timestamp such as 2026-11-22T10:00:00Z, got 'soon'")]),
-        (event(survey={"kind": "nps", "score": 11}), [("survey.score", "must be smaller than or equal to 10")]),
-        (event(survey={"kind": "csat", "score": 0}), [("survey.score", "must be bigger than or equal to 1")]),
+        (
+            event(page={"uri": "x"}),
+            [("page.uri", "is not a touchpoint field; see docs/touchpoint.md")],
+        ),
+        (
+            event(source="fax"),
+            [("source", "must be one of ['web_beacon', 'shortlink', 'call_webhook', 'server']")],
+        ),
+        (
+            event(ts="2026-11-22T09:59:00"),
+            [("ts", "must carry a UTC offset, such as a trailing Z")],
+        ),
+        (
+            event(ts="soon"),
+            [("ts", "must be an RFC 3339 timestamp such as 2026-11-22T10:00:00Z, got 'soon'")],
+        ),
+        (
+            event(survey={"kind": "nps", "score": 11}),
+            [("survey.score", "must be smaller than or equal to 10")],
+        ),
+        (
+            event(survey={"kind": "csat", "score": 0}),
+            [("survey.score", "must be bigger than or equal to 1")],
+        ),
         (event(email="not-an-address"), [("email", "is not an email address")]),
         (event(phone="call me"), [("phone", "is not a phone number")]),
         (event(phone="+1 555"), [("phone", "is not a possible phone number")]),
         ([1, 2], [("$", "an event must be a JSON object")]),
     ],
 )
-def test_rejections_name_the_field_and_the_reason(payload: Any, expected: list[tuple[str, str]]) -> None:
+def test_rejections_name_the_field_and_the_reason(
+    payload: Any, expected: list[tuple[str, str]]
+) -> None:
     assert rejection(payload) == expected
 
 
 def test_every_survey_scale_accepts_its_own_range() -> None:
     for kind, low, high in (("nps", 0, 10), ("csat", 1, 5), ("ces", 1, 7)):
         for score in (low, high):
-            assert accept(event(survey={"kind": kind, "score": score}), CONTEXT).survey["score"] == score
+            assert (
+                accept(event(survey={"kind": kind, "score": score}), CONTEXT).survey["score"]
+                == score
+            )
 
 
 def test_device_clock_skew_is_corrected_with_sent_ts() -> None:
@@ -76,7 +111,10 @@ def test_device_clock_skew_is_corrected_with_sent_ts() -> None:
 
 
 def test_sent_before_the_event_is_rejected() -> None:
-    assert rejection(event(ts="2026-11-22T09:59:00Z", sent_ts="2026-11-22T09:58:00Z"))[0][0] == "sent_ts"
+    assert (
+        rejection(event(ts="2026-11-22T09:59:00Z", sent_ts="2026-11-22T09:58:00Z"))[0][0]
+        == "sent_ts"
+    )
 
 
 def test_event_far_in_the_future_is_rejected() -> None:
