@@ -9,24 +9,10 @@ from urllib.parse import parse_qsl, urlsplit
 from crawlerdetect import CrawlerDetect
 from ua_parser import parse as parse_user_agent
 
-from tracker.touchpoint import Touchpoint
+from tracker.touchpoint import AD_CLICK_ID_PARAMS, Touchpoint
 
-__all__ = ["AD_CLICK_ID_PARAMS", "Enrichment", "classify_user_agent", "derive_channel", "enrich"]
+__all__ = ["Enrichment", "classify_user_agent", "derive_channel", "enrich"]
 
-AD_CLICK_ID_PARAMS = (
-    "gclid",
-    "gbraid",
-    "wbraid",
-    "dclid",
-    "fbclid",
-    "msclkid",
-    "ttclid",
-    "twclid",
-    "li_fat_id",
-    "epik",
-    "rdt_cid",
-    "sccid",
-)
 _UTM = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
 _MEDIUM_CHANNEL = {
     "email": "email",
@@ -54,31 +40,43 @@ _MEDIUM_CHANNEL = {
     "offline": "offline",
     "chat": "chat",
 }
-_SOCIAL_HOSTS = (
-    "facebook.",
-    "instagram.",
-    "t.co",
-    "twitter.",
-    "x.com",
-    "linkedin.",
-    "lnkd.in",
-    "reddit.",
-    "youtube.",
-    "tiktok.",
-    "pinterest.",
-    "threads.net",
-    "mastodon.",
+# Sites by registrable name: "facebook" matches facebook.com, m.facebook.com and facebook.co.uk.
+_SOCIAL_SITES = frozenset(
+    {
+        "facebook",
+        "fb",
+        "instagram",
+        "twitter",
+        "x",
+        "t",
+        "linkedin",
+        "lnkd",
+        "reddit",
+        "youtube",
+        "tiktok",
+        "pinterest",
+        "threads",
+        "mastodon",
+        "snapchat",
+        "quora",
+    }
 )
-_SEARCH_HOSTS = (
-    "google.",
-    "bing.",
-    "duckduckgo.",
-    "yahoo.",
-    "baidu.",
-    "yandex.",
-    "ecosia.",
-    "search.brave.com",
+_SEARCH_SITES = frozenset(
+    {"google", "bing", "duckduckgo", "yahoo", "baidu", "yandex", "ecosia", "brave"}
 )
+_WEBMAIL_HOSTS = frozenset(
+    {
+        "mail.google.com",
+        "outlook.live.com",
+        "outlook.office.com",
+        "outlook.office365.com",
+        "mail.yahoo.com",
+        "mail.proton.me",
+        "mail.aol.com",
+        "app.fastmail.com",
+    }
+)
+_SECOND_LEVEL_SUFFIXES = frozenset({"co", "com", "org", "net", "ac", "gov", "edu"})
 _SOURCE_CHANNEL = {
     "call_webhook": "phone",
     "shortlink": "web",
@@ -114,11 +112,10 @@ class UserAgentInfo:
 def enrich(touchpoint: Touchpoint) -> Enrichment:
     url = touchpoint.page.get("url", "")
     query = _query(url)
-    campaign = dict(touchpoint.campaign) or {
-        _UTM[k]: v for k, v in query.items() if k in _UTM and v
-    }
-    if "campaign" in campaign:
-        campaign["name"] = campaign.pop("campaign")
+    from_url = {_UTM[k]: v for k, v in query.items() if k in _UTM and v}
+    if "campaign" in from_url:
+        from_url["name"] = from_url.pop("campaign")
+    campaign = {**from_url, **touchpoint.campaign}  # what the client sent wins
     ad_click_ids = dict(touchpoint.ad_click_ids)
     for param in AD_CLICK_ID_PARAMS:
         if query.get(param):
@@ -153,9 +150,12 @@ def derive_channel(
     if has_ad_click:
         return "paid"
     if referrer_host and referrer_host != page_host:
-        if _matches(referrer_host, _SOCIAL_HOSTS):
+        if referrer_host in _WEBMAIL_HOSTS:
+            return "email"
+        site = _site_name(referrer_host)
+        if site in _SOCIAL_SITES:
             return "social"
-        if _matches(referrer_host, _SEARCH_HOSTS):
+        if site in _SEARCH_SITES and not referrer_host.startswith(("mail.", "news.", "maps.")):
             return "search"
         return "referral"
     return _SOURCE_CHANNEL.get(source, "web")
@@ -210,5 +210,9 @@ def _query(url: str) -> dict[str, str]:
         return {}
 
 
-def _matches(host: str, needles: tuple[str, ...]) -> bool:
-    return any(host == n or host.startswith(n) or f".{n}" in f".{host}" for n in needles)
+def _site_name(host: str) -> str:
+    """The registrable name: shop.example.co.uk gives "example", t.co gives "t"."""
+    labels = host.split(".")
+    if len(labels) >= 3 and labels[-2] in _SECOND_LEVEL_SUFFIXES and len(labels[-1]) == 2:
+        return labels[-3]
+    return labels[-2] if len(labels) >= 2 else host

@@ -122,30 +122,44 @@ class IngestPipeline:
 
     async def handle_touchpoints(self, messages: Sequence[RawMessage]) -> None:
         invalid = 0
+        sources: dict[tuple[str, int], RawMessage] = {}
         for message in messages:
             try:
                 touchpoint = _decode_touchpoint(message.value)
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
                 invalid += 1
-                self._add_dead_letter(_undecodable(message, f"raw event is malformed: {exc!r}"))
+                self._add_dead_letter(_undeliverable(message, f"raw event is malformed: {exc!r}"))
                 continue
+            sources.setdefault((touchpoint.event_id, touchpoint.version), message)
             self.touchpoints.add(
                 touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), touchpoint.version
             )
         dead = await self.dead_letters.flush()
         stored = await self.touchpoints.flush()
+        for key, reason in stored.refused.items():
+            self._add_dead_letter(
+                _undeliverable(sources[key], f"ClickHouse refused the row: {reason}")
+            )
+        if stored.refused:
+            dead = await self.dead_letters.flush()
         WORKER_EVENTS.labels("written").inc(stored.written)
-        WORKER_EVENTS.labels("duplicate").inc(len(messages) - invalid - stored.written)
-        WORKER_EVENTS.labels("dead_letter").inc(dead.written)
+        WORKER_EVENTS.labels("duplicate").inc(
+            len(messages) - invalid - stored.written - len(stored.refused)
+        )
+        WORKER_EVENTS.labels("dead_letter").inc(invalid + len(stored.refused))
+        for reason in dead.refused.values():
+            log.error("ClickHouse refused a dead letter", extra={"reason": reason})
 
     async def handle_dead_letters(self, messages: Sequence[RawMessage]) -> None:
         for message in messages:
             try:
                 letter = DeadLetter.from_wire(orjson.loads(message.value))
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-                letter = _undecodable(message, f"dead letter is malformed: {exc!r}")
+                letter = _undeliverable(message, f"dead letter is malformed: {exc!r}")
             self._add_dead_letter(letter)
-        await self.dead_letters.flush()
+        result = await self.dead_letters.flush()
+        for reason in result.refused.values():
+            log.error("ClickHouse refused a dead letter", extra={"reason": reason})
 
     def _add_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
@@ -160,7 +174,7 @@ def _decode_touchpoint(value: bytes) -> Touchpoint:
     return touchpoint
 
 
-def _undecodable(message: RawMessage, reason: str) -> DeadLetter:
+def _undeliverable(message: RawMessage, reason: str) -> DeadLetter:
     # The id follows from the record's position, so a replay of the same record is one dead letter.
     return DeadLetter(
         dead_letter_id=str(uuid.uuid5(_DEAD_LETTER_NAMESPACE, message.coordinates)),

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -22,10 +22,16 @@ log = logging.getLogger(__name__)
 _KEY_WINDOW = timedelta(days=1)
 
 
+# After this many refusals of a whole batch, rows are written one at a time to find the bad ones.
+_REFUSALS_BEFORE_SPLIT = 3
+
+
 @dataclass(frozen=True, slots=True)
 class FlushResult:
     written: int
     duplicates: int
+    refused: dict[tuple[str, int], str] = field(default_factory=dict)
+    """Rows ClickHouse refused on their own, with its reason: the caller dead-letters them."""
 
 
 Key = tuple[str, int]
@@ -49,7 +55,9 @@ class ClickHouseSink:
     already stored.
 
     ``flush`` retries until ClickHouse takes the batch: an outage delays the pipeline, and because
-    offsets are committed only after a flush, it never loses or duplicates rows.
+    offsets are committed only after a flush, it never loses or duplicates rows. A batch that
+    ClickHouse keeps refusing is written row by row, and the rows it refuses on their own are
+    handed back in ``FlushResult.refused`` instead of blocking everything behind them.
     """
 
     def __init__(
@@ -83,11 +91,15 @@ class ClickHouseSink:
     async def flush(self) -> FlushResult:
         if not self._rows:
             return FlushResult(0, 0)
-        backoff = 0.2
+        backoff, refusals = 0.2, 0
         while True:
             try:
-                result = await self._write_once()
+                if refusals >= _REFUSALS_BEFORE_SPLIT:
+                    result = await self._write_rows_apart()
+                else:
+                    result = await self._write_once()
             except StoreError as exc:
+                refusals += 0 if exc.retriable else 1
                 SINK_FAILURES.labels(self._table).inc()
                 log.warning(
                     "clickhouse write failed; retrying",
@@ -115,6 +127,30 @@ class ClickHouseSink:
         SINK_FLUSH_SECONDS.labels(self._table).observe(time.perf_counter() - started)
         SINK_ROWS.labels(self._table).inc(len(fresh))
         return FlushResult(written=len(fresh), duplicates=len(keys) - len(fresh))
+
+    async def _write_rows_apart(self) -> FlushResult:
+        """Slow path for a refused batch: check and write each row alone, so one bad row (even a
+        malformed key) cannot block the rest. An outage midway raises, and the retry skips what
+        landed."""
+        written, duplicates, refused = 0, 0, {}
+        for key, row in self._rows.items():
+            try:
+                if key in await self._existing_keys([key[0]]):
+                    duplicates += 1
+                    continue
+                await self._store.insert(self._table, [row], self._columns)
+            except StoreError as exc:
+                if exc.retriable:
+                    raise
+                refused[key] = str(exc)[:1000]
+                continue
+            written += 1
+        SINK_ROWS.labels(self._table).inc(written)
+        log.error(
+            "clickhouse refused rows; they go to dead letters",
+            extra={"table": self._table, "refused": len(refused), "written": written},
+        )
+        return FlushResult(written, duplicates, refused)
 
     async def _existing_keys(self, keys: list[str]) -> set[Key]:
         db = self._store.database

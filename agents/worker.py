@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import faust
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from mode import Service
 
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
@@ -114,10 +116,23 @@ def _raw(event: Any) -> RawMessage:
     return RawMessage(event.value, message.topic, message.partition, message.offset)
 
 
+def _wait_for_topics(settings: Settings) -> None:
+    """Kafka may still be starting: wait for it, as the collectors do, rather than crash."""
+    delay = 0.5
+    while True:
+        try:
+            asyncio.run(ensure_topics(settings))
+            return
+        except KafkaError as exc:
+            log.warning("kafka not reachable yet", extra={"error": str(exc), "retry_in": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def run_worker(settings: Settings) -> None:
     """Apply migrations, then run the worker until SIGINT or SIGTERM."""
     app, console, store = build_worker(settings)
-    asyncio.run(ensure_topics(settings))
+    _wait_for_topics(settings)
     applied = store.run_sync(store.migrate_sync)
     log.info(
         "clickhouse ready",

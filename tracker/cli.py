@@ -79,13 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 def _up(settings: Settings, _: argparse.Namespace) -> int:
     from tracker.runtime import run_up
 
-    return run_up(settings)
+    return run_up(settings.with_hash_salt())
 
 
 def _worker(settings: Settings, _: argparse.Namespace) -> int:
     from agents.worker import run_worker
 
-    run_worker(settings)
+    run_worker(settings.with_hash_salt())
     return 0
 
 
@@ -95,6 +95,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from collectors.beacon import create_app
     from tracker.producer import KafkaPublisher
 
+    settings = settings.with_hash_salt()
     app = create_app(settings, KafkaPublisher(settings))
     log.info("beacon listening", extra={"host": settings.host, "port": settings.beacon_port})
     web.run_app(

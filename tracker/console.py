@@ -18,7 +18,7 @@ from tracker.http import add_health_routes, json_error, request_metrics
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 
-__all__ = ["QUERY_FORMATS", "create_console"]
+__all__ = ["QUERY_FORMATS", "create_console", "split_format"]
 
 QUERY_FORMATS = {
     "tsv": "TabSeparated",
@@ -62,14 +62,20 @@ async def query(request: web.Request) -> web.StreamResponse:
     if format_name not in QUERY_FORMATS:
         return json_error(400, f"format must be one of {', '.join(QUERY_FORMATS)}")
     store = request.app[STORE_KEY]
-    sql, clickhouse_format = sql.strip().rstrip(";"), QUERY_FORMATS[format_name]
-    if trailing := _TRAILING_FORMAT.search(sql):  # as in clickhouse-client, FORMAT in the SQL wins
-        sql, clickhouse_format = sql[: trailing.start()], trailing.group(1)
+    sql, clickhouse_format = split_format(sql, QUERY_FORMATS[format_name])
     try:
         output = await store.raw_query(sql, clickhouse_format)
     except StoreError as exc:
         return json_error(400, str(exc))
     return web.Response(body=output, content_type="text/plain", charset="utf-8")
+
+
+def split_format(sql: str, default: str) -> tuple[str, str]:
+    """The statement and its output format: as in clickhouse-client, a trailing FORMAT wins."""
+    sql = sql.strip().rstrip(";")
+    if trailing := _TRAILING_FORMAT.search(sql):
+        return sql[: trailing.start()], trailing.group(1)
+    return sql, default
 
 
 async def page(_: web.Request) -> web.Response:
@@ -86,10 +92,14 @@ pre{background:#f4f5f7;padding:1rem;overflow:auto}button{font-size:15px;padding:
 <h1>Tracker</h1>
 <p>Read-only SQL against the <code>tracker</code> database. Tables: touchpoints, dead_letters.</p>
 <textarea id="sql">SELECT channel, type, count() AS events FROM tracker.touchpoints GROUP BY channel, type ORDER BY events DESC</textarea>
-<p><button id="run">Run</button></p><pre id="out"></pre>
+<p><button id="run">Run</button>
+<input id="token" type="password" placeholder="API token, if TRACKER_API_TOKEN is set"></p>
+<pre id="out"></pre>
 <script>
 const run = async () => {
+  const token = document.getElementById('token').value;
   const r = await fetch('/api/query', {method: 'POST',
+    headers: token ? {Authorization: 'Bearer ' + token} : {},
     body: JSON.stringify({sql: document.getElementById('sql').value, format: 'pretty'})});
   document.getElementById('out').textContent = await r.text();
 };

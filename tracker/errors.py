@@ -54,6 +54,8 @@ class BackpressureError(TrackerError):
 
 
 class StoreError(TrackerError):
-    """ClickHouse refused or could not be reached."""
+    """ClickHouse could not be reached (``retriable``), or refused the statement (not retriable)."""
 
-    retriable = True
+    def __init__(self, message: str, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable

@@ -18,8 +18,21 @@ import uuid
 from pathlib import Path
 
 import tracker
+from tracker.errors import TrackerError
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "fetch_kafka", "kafka_files"]
+__all__ = [
+    "KAFKA_VERSION",
+    "LocalKafka",
+    "LocalKafkaError",
+    "fetch_kafka",
+    "free_port",
+    "kafka_files",
+]
+
+
+class LocalKafkaError(TrackerError):
+    """The local broker could not be fetched or started; the message says what to do."""
+
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +74,14 @@ def fetch_kafka() -> Path:
     mvn = shutil.which("mvn")
     java = shutil.which("java")
     if not mvn or not java:
-        raise RuntimeError("the local Kafka broker needs Java 17 and Maven (mvn) on PATH")
+        raise LocalKafkaError(
+            "the local Kafka broker needs Java 17 and Maven (mvn) on PATH; "
+            "or point TRACKER_KAFKA_BOOTSTRAP at a running Kafka"
+        )
     staging = libs.with_name(f"libs.{uuid.uuid4().hex}")
     log.info("fetching Apache Kafka from Maven Central", extra={"version": KAFKA_VERSION})
     started = time.monotonic()
-    subprocess.run(
+    fetched = subprocess.run(
         [
             mvn,
             "-q",
@@ -78,9 +94,15 @@ def fetch_kafka() -> Path:
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
         ],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    if fetched.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LocalKafkaError(
+            f"Maven could not fetch Apache Kafka {KAFKA_VERSION}: {fetched.stdout.strip()[-2000:]}"
+        )
     (staging / ".complete").write_text(KAFKA_VERSION)
     try:
         staging.rename(libs)
@@ -158,6 +180,10 @@ class LocalKafka:
         ]
 
     def start(self, timeout: float = 90.0) -> None:
+        if _port_open(self.port):
+            raise LocalKafkaError(
+                f"port {self.port} is already in use; stop what holds it, or set TRACKER_KAFKA_LOCAL_PORT"
+            )
         libs = fetch_kafka()
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self._config()
@@ -184,7 +210,7 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(
+                raise LocalKafkaError(
                     f"Kafka exited with {self._process.returncode}; see {self.folder / 'kafka.log'}"
                 )
             if _port_open(self.port):
@@ -194,7 +220,9 @@ class LocalKafka:
                 return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"Kafka did not open port {self.port} within {timeout:.0f}s")
+        raise LocalKafkaError(
+            f"Kafka did not open port {self.port} within {timeout:.0f}s; see {self.folder / 'kafka.log'}"
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         process, self._process = self._process, None

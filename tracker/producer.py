@@ -122,7 +122,9 @@ class KafkaPublisher:
             KAFKA_PRODUCE_FAILURES.labels(raw).inc()
             log.warning("kafka did not acknowledge", extra={"error": repr(exc)})
             raise BackpressureError(
-                "Kafka did not acknowledge the events in time; nothing was accepted", retry_after
+                "Kafka did not acknowledge the events in time; send them again with the same "
+                "event ids (duplicates are dropped)",
+                retry_after,
             ) from exc
 
 

@@ -48,6 +48,7 @@ def run_up(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    failed = False
     kafka: LocalKafka | None = None
     if settings.uses_local_kafka:
         kafka = LocalKafka(
@@ -74,7 +75,10 @@ def run_up(settings: Settings) -> int:
         for child in children:
             # Own process groups: Ctrl-C reaches only this supervisor, which stops them in order.
             child.process = subprocess.Popen(child.args, env=env, start_new_session=True)
-        if _wait_ready(children, lambda: stopping):
+        if not _wait_ready(children, lambda: stopping):
+            failed = not stopping
+            stopping = True
+        else:
             log.info(
                 "tracker is ready",
                 extra={
@@ -95,15 +99,15 @@ def run_up(settings: Settings) -> int:
                         "a component exited; stopping",
                         extra={"component": child.name, "code": child.process.returncode},
                     )
-                    stopping = True
+                    stopping = failed = True
             time.sleep(0.2)
     finally:
         for child in reversed(children):  # collectors first, then the worker
             _stop(child)
         if kafka is not None:
             kafka.stop()
-    log.info("tracker stopped")
-    return 0
+    log.info("tracker stopped", extra={"failed": failed})
+    return 1 if failed else 0
 
 
 def _wait_ready(children: list[Child], stopping: object, timeout: float = 120.0) -> bool:

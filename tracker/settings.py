@@ -58,6 +58,7 @@ class Settings:
     sink_batch_size: int
     sink_flush_seconds: float
     trust_forwarded_for: bool
+    max_event_age_days: int
     default_phone_region: str
     cors_origins: tuple[str, ...]
     log_level: str
@@ -82,12 +83,21 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
+    def with_hash_salt(self) -> Settings:
+        """These settings, with a local salt made under the data directory if none is configured.
+
+        Only components that hash identifiers call this, so reading settings has no side effects.
+        """
+        if self.hash_salt:
+            return self
+        return replace(self, hash_salt=Secret(_local_salt(self.data_dir)))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         data_dir = Path(reader.text("TRACKER_DATA_DIR", ".tracker")).expanduser().resolve()
-        salt = reader.text("TRACKER_HASH_SALT", "") or _local_salt(data_dir)
+        salt = reader.text("TRACKER_HASH_SALT", "") or _read_local_salt(data_dir)
         return cls(
             data_dir=data_dir,
             clickhouse_url=reader.text(
@@ -115,12 +125,18 @@ class Settings:
             sink_batch_size=reader.integer("TRACKER_SINK_BATCH_SIZE", 5000, minimum=1),
             sink_flush_seconds=reader.number("TRACKER_SINK_FLUSH_SECONDS", 1.0),
             trust_forwarded_for=reader.flag("TRACKER_TRUST_FORWARDED_FOR", False),
+            max_event_age_days=reader.integer("TRACKER_MAX_EVENT_AGE_DAYS", 730, minimum=1),
             default_phone_region=reader.text("TRACKER_DEFAULT_PHONE_REGION", "US").upper(),
             cors_origins=tuple(
                 o.strip() for o in reader.text("TRACKER_CORS_ORIGINS", "*").split(",") if o.strip()
             ),
             log_level=reader.text("TRACKER_LOG_LEVEL", "INFO").upper(),
         )
+
+
+def _read_local_salt(data_dir: Path) -> str:
+    path = data_dir / "hash_salt"
+    return path.read_text().strip() if path.exists() else ""
 
 
 def _local_salt(data_dir: Path) -> str:

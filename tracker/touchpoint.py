@@ -9,11 +9,13 @@ applies consent. The raw topic carries :meth:`Touchpoint.to_wire`; the worker re
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fastjsonschema
 
@@ -26,10 +28,35 @@ from tracker.privacy import (
     truncate_ip,
 )
 
-__all__ = ["SCHEMA_ID", "RequestContext", "Touchpoint", "accept", "load_schema"]
+__all__ = [
+    "AD_CLICK_ID_PARAMS",
+    "SCHEMA_ID",
+    "RequestContext",
+    "Touchpoint",
+    "accept",
+    "load_schema",
+]
 
 SCHEMA_ID: Final = "tracker/touchpoint/1-0-0"
 MAX_FUTURE_SKEW: Final = timedelta(hours=24)
+# Query parameters that identify one ad click, and so one person.
+AD_CLICK_ID_PARAMS: Final = (
+    "gclid",
+    "gbraid",
+    "wbraid",
+    "dclid",
+    "fbclid",
+    "msclkid",
+    "ttclid",
+    "twclid",
+    "li_fat_id",
+    "epik",
+    "rdt_cid",
+    "sccid",
+)
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
+)
 
 
 @cache
@@ -54,6 +81,7 @@ class RequestContext:
     user_agent: str = ""
     hash_salt: str = ""
     phone_region: str = "US"
+    max_event_age: timedelta = timedelta(days=730)
 
 
 @dataclass(slots=True)
@@ -255,6 +283,24 @@ def _strip_identifiers(touchpoint: Touchpoint) -> None:
     touchpoint.email_hash = touchpoint.phone_hash = touchpoint.click_id = ""
     touchpoint.ad_click_ids = {}
     touchpoint.context.pop("ip", None)
+    for part in ("url", "referrer"):
+        if part in touchpoint.page:
+            touchpoint.page[part] = _without_click_ids(touchpoint.page[part])
+
+
+def _without_click_ids(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if not parts.query:
+        return url
+    kept = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k not in AD_CLICK_ID_PARAMS
+    ]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
 def _field_error(exc: Any) -> FieldError:
@@ -307,6 +353,8 @@ def _hashed(
 
 def _parse_ts(raw: str) -> datetime:
     try:
+        if not _RFC3339.match(raw):
+            raise ValueError
         parsed = datetime.fromisoformat(raw)
     except (TypeError, ValueError):
         raise ValueError(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -46,7 +46,7 @@ def create_app(settings: Settings, publisher: Publisher) -> web.Application:
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
     app.router.add_post("/v1/events", post_events)
-    app.router.add_get("/v1/p.gif", get_pixel)
+    app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
     add_health_routes(app, lambda: publisher.ready)
 
     async def lifecycle(app: web.Application) -> Any:
@@ -131,10 +131,13 @@ async def _publish(
     COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(accepted))
     if rejected:
         COLLECTOR_EVENTS.labels(COLLECTOR, "rejected").inc(len(rejected))
+        total = len(accepted) + len(rejected)
+        error = f"{len(rejected)} of {total} events were rejected"
+        if accepted:
+            error += "; the others were accepted"
         return json_response(
             {
-                "error": f"{len(rejected)} of {len(accepted) + len(rejected)} events were rejected; "
-                "the others were accepted",
+                "error": error,
                 "accepted": len(accepted),
                 "rejected": rejected,
             },
@@ -174,6 +177,7 @@ def _request_context(request: web.Request, settings: Settings) -> RequestContext
         user_agent=request.headers.get("User-Agent", ""),
         hash_salt=settings.hash_salt.value,
         phone_region=settings.default_phone_region,
+        max_event_age=timedelta(days=settings.max_event_age_days),
     )
 
 
@@ -216,8 +220,8 @@ def _cors(settings: Settings) -> Any:
         else:
             response = await handler(request)
         if origin and ("*" in allowed or origin in allowed):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
+            # No credentials: the snippet keeps its ids itself and sends no cookies.
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"

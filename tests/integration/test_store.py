@@ -7,9 +7,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
-from agents.ingest import TOUCHPOINT_COLUMNS, touchpoint_row
+from agents.ingest import (
+    DEAD_LETTER_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    IngestPipeline,
+    RawMessage,
+    touchpoint_row,
+)
 from agents.sink import ClickHouseSink
 from tracker.errors import StoreError
 from tracker.store import ClickHouseStore, load_migrations
@@ -132,3 +139,52 @@ async def test_a_new_version_replaces_the_old_one(store: ClickHouseStore) -> Non
     assert (await store.query("SELECT name, version FROM touchpoints FINAL")).rows == [
         ("answered", 2)
     ]
+
+
+async def test_a_batch_clickhouse_refuses_is_written_row_by_row(store: ClickHouseStore) -> None:
+    # 101 events in 101 different months: more partitions than one INSERT may touch.
+    await store.migrate()
+    pipeline = IngestPipeline(
+        ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", "version"),
+        ClickHouseSink(store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"),
+    )
+    context = RequestContext(
+        source="server",
+        received_ts=datetime(2026, 11, 22, tzinfo=UTC),
+        hash_salt="s",
+        max_event_age=timedelta(days=3700),
+    )
+    messages = []
+    for month in range(101):
+        ts = datetime(2018, 1, 15, tzinfo=UTC) + timedelta(days=31 * month)
+        touchpoint = accept(
+            {"event_id": str(uuid.uuid4()), "type": "purchase", "ts": ts.isoformat()}, context
+        )
+        messages.append(RawMessage(orjson.dumps(touchpoint.to_wire()), "raw", 0, month))
+
+    await pipeline.handle_touchpoints(messages)
+
+    assert (await store.query("SELECT count(), uniqExact(toYYYYMM(ts)) FROM touchpoints")).rows == [
+        (101, 101)
+    ]
+    assert (await store.query("SELECT count() FROM dead_letters")).rows == [(0,)]
+
+
+async def test_rows_clickhouse_refuses_on_their_own_are_handed_back(store: ClickHouseStore) -> None:
+    await store.migrate()
+    sink = ClickHouseSink(
+        store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
+    )
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    good = [str(uuid.uuid4()) for _ in range(2)]
+    for dead_letter_id in good:
+        sink.add(dead_letter_id, now, (dead_letter_id, now, "beacon", "collect", "r", [], "", "{}"))
+    sink.add("not-a-uuid", now, ("not-a-uuid", now, "beacon", "collect", "r", [], "", "{}"))
+
+    result = await sink.flush()
+
+    assert result.written == 2 and list(result.refused) == [("not-a-uuid", 0)]
+    stored = {
+        r[0] for r in (await store.query("SELECT toString(dead_letter_id) FROM dead_letters")).rows
+    }
+    assert stored == set(good)

@@ -138,6 +138,13 @@ async def test_invalid_pixel_is_a_dead_letter_without_the_clear_email(
     assert "a@b.co" not in letter.payload and letter.reason.startswith("type:")
 
 
+async def test_a_head_request_records_no_email_open(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    response = await client.head("/v1/p.gif?type=email_open")
+    assert response.status == 405 and publisher.touchpoints == []
+
+
 async def test_cors_preflight_for_allowed_origins_only(client: TestClient[Any, Any]) -> None:
     allowed = await client.options("/v1/events", headers={"Origin": "https://shop.example"})
     assert (

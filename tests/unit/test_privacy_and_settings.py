@@ -54,7 +54,10 @@ def test_defaults_run_everything_locally(tmp_path: Path) -> None:
 
 
 def test_local_salt_is_made_once_and_kept(tmp_path: Path) -> None:
-    first = Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path)}).hash_salt
+    assert not Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path)}).hash_salt
+    assert not (tmp_path / "hash_salt").exists()  # reading settings writes nothing
+
+    first = Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path)}).with_hash_salt().hash_salt
     second = Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path)}).hash_salt
     assert first.value == second.value and len(first.value) == 64
 

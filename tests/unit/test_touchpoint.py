@@ -155,6 +155,23 @@ def test_without_analytics_consent_nothing_ties_the_event_to_a_person() -> None:
     assert touchpoint.identity_hint == f"event:{touchpoint.event_id}"
 
 
+def test_without_analytics_consent_ad_click_ids_leave_the_urls_too() -> None:
+    touchpoint = accept(
+        event(
+            page={
+                "url": "https://shop.example/?utm_source=g&gclid=abc&fbclid=def",
+                "referrer": "https://r.example/?msclkid=x",
+            },
+            consent={"analytics": False},
+        ),
+        CONTEXT,
+    )
+    assert touchpoint.page == {
+        "url": "https://shop.example/?utm_source=g",
+        "referrer": "https://r.example/",
+    }
+
+
 def test_identity_hint_prefers_the_strongest_identifier() -> None:
     assert accept(event(anonymous_id="a1", user_id="u1"), CONTEXT).identity_hint == "user:u1"
     assert accept(event(anonymous_id="a1"), CONTEXT).identity_hint == "anon:a1"

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import clickhouse_connect
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from tracker.errors import ConfigError, StoreError
 from tracker.store._migrations import load_migrations
@@ -80,8 +81,10 @@ class ClickHouseStore:
             return getattr(self._reader if readonly else client, fn)(*args, **kwargs)
         except ConfigError:
             raise
+        except OperationalError as exc:
+            raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
         except Exception as exc:
-            raise StoreError(f"ClickHouse {fn} failed: {exc}") from exc
+            raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
 
     def migrate_sync(self) -> list[int]:
         """Apply the migrations not yet applied; return their numbers. Safe to run again."""
