@@ -111,7 +111,7 @@ class UserAgentInfo:
 
 def enrich(touchpoint: Touchpoint) -> Enrichment:
     url = touchpoint.page.get("url", "")
-    query = _query(url)
+    page_host, page_path, query = _url_parts(url)
     from_url = {_UTM[k]: v for k, v in query.items() if k in _UTM and v}
     if "campaign" in from_url:
         from_url["name"] = from_url.pop("campaign")
@@ -120,8 +120,7 @@ def enrich(touchpoint: Touchpoint) -> Enrichment:
     for param in AD_CLICK_ID_PARAMS:
         if query.get(param):
             ad_click_ids.setdefault(param, query[param])
-    page_host, page_path = _host_and_path(url)
-    referrer_host, _ = _host_and_path(touchpoint.page.get("referrer", ""))
+    referrer_host, _, _ = _url_parts(touchpoint.page.get("referrer", ""))
     agent = classify_user_agent(touchpoint.context.get("user_agent", ""))
     channel = touchpoint.channel or derive_channel(
         touchpoint.source, campaign.get("medium", ""), bool(ad_click_ids), referrer_host, page_host
@@ -190,24 +189,18 @@ def _device_type(device: str, os_name: str, user_agent: str) -> str:
     return "other"
 
 
-def _host_and_path(url: str) -> tuple[str, str]:
+@lru_cache(maxsize=16384)
+def _url_parts(url: str) -> tuple[str, str, dict[str, str]]:
+    """Host (without www.), path and query of a URL; landing pages repeat, so this is cached."""
     if not url:
-        return "", ""
+        return "", "", {}
     try:
         parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query)) if parts.query else {}
     except ValueError:
-        return "", ""
+        return "", "", {}
     host = (parts.hostname or "").lower()
-    return host.removeprefix("www."), parts.path or "/"
-
-
-def _query(url: str) -> dict[str, str]:
-    if "?" not in url:
-        return {}
-    try:
-        return dict(parse_qsl(urlsplit(url).query))
-    except ValueError:
-        return {}
+    return host.removeprefix("www."), parts.path or "/", query
 
 
 def _site_name(host: str) -> str:

@@ -182,10 +182,10 @@ class Touchpoint:
             name=str(wire.get("name", "")),
             source=str(wire["source"]),
             channel=str(wire.get("channel", "")),
-            ts=_parse_ts(wire["ts"]),
-            device_ts=_parse_ts(wire["device_ts"]),
-            received_ts=_parse_ts(wire["received_ts"]),
-            sent_ts=_parse_ts(sent) if sent else None,
+            ts=_parse_wire_ts(wire["ts"]),
+            device_ts=_parse_wire_ts(wire["device_ts"]),
+            received_ts=_parse_wire_ts(wire["received_ts"]),
+            sent_ts=_parse_wire_ts(sent) if sent else None,
             version=int(wire.get("version", 0)),
             anonymous_id=str(wire.get("anonymous_id", "")),
             user_id=str(wire.get("user_id", "")),
@@ -363,6 +363,14 @@ def _parse_ts(raw: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError("must carry a UTC offset, such as a trailing Z")
     return parsed.astimezone(UTC)
+
+
+def _parse_wire_ts(raw: str) -> datetime:
+    """Timestamps Tracker wrote itself: RFC 3339 in UTC, so only the offset is checked."""
+    parsed = datetime.fromisoformat(raw)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without offset: {raw!r}")
+    return parsed
 
 
 def _format_ts(value: datetime) -> str:
