@@ -9,6 +9,7 @@ volume and stateful work: dead letters now, identity and journeys next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -43,6 +44,8 @@ class RawIngestService(Service):
         self._topic = topic
         self._pipeline = pipeline
         self._consumer: AIOKafkaConsumer | None = None
+        self._idle = asyncio.Event()  # set whenever no batch is in hand
+        self._idle.set()
         self.consuming = False
         super().__init__(**kwargs)
 
@@ -60,7 +63,10 @@ class RawIngestService(Service):
         self.consuming = True
 
     async def on_stop(self) -> None:
+        """Graceful: the batch in hand is written and committed before the consumer leaves."""
         self.consuming = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=30.0)
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -68,10 +74,16 @@ class RawIngestService(Service):
     async def _ingest(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        while not self.should_stop:
-            records = await self._next_batch(consumer)
-            if not records:
-                continue
+        self._idle.clear()
+        try:
+            while not self.should_stop:
+                await self._ingest_batch(consumer)
+        finally:
+            self._idle.set()
+
+    async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
+        records = await self._next_batch(consumer)
+        if records:
             await self._pipeline.handle_touchpoints(
                 [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
             )

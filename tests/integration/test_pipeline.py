@@ -171,3 +171,19 @@ def test_broker_outage_answers_503_and_loses_nothing_acknowledged(tmp_path: Path
     finally:
         outage.stop()
         broker.stop()
+
+
+def test_sigterm_mid_stream_stops_cleanly_and_loses_nothing(pipeline: Pipeline) -> None:
+    events = [make_event() for _ in range(2000)]
+    for start in range(0, len(events), 500):
+        assert pipeline.post(events[start : start + 500])[0] == 200
+
+    started = time.monotonic()
+    assert pipeline.components[0].stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 30
+
+    pipeline.components[0] = pipeline.worker().start()
+    assert (
+        pipeline.wait_for("SELECT count(), uniqExact(event_id) FROM touchpoints", "2000\t2000")
+        == "2000\t2000"
+    )
