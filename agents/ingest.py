@@ -116,10 +116,6 @@ class IngestPipeline:
         self.touchpoints = touchpoints
         self.dead_letters = dead_letters
 
-    async def setup(self) -> None:
-        await self.touchpoints.setup()
-        await self.dead_letters.setup()
-
     async def handle_touchpoints(self, messages: Sequence[RawMessage]) -> None:
         invalid = 0
         sources: dict[tuple[str, int], RawMessage] = {}

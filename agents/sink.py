@@ -26,15 +26,16 @@ _KEY_WINDOW = timedelta(days=1)
 _REFUSALS_BEFORE_SPLIT = 3
 
 
+Key = tuple[str, int]
+"""An idempotency key and its version."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlushResult:
     written: int
     duplicates: int
-    refused: dict[tuple[str, int], str] = field(default_factory=dict)
+    refused: dict[Key, str] = field(default_factory=dict)
     """Rows ClickHouse refused on their own, with its reason: the caller dead-letters them."""
-
-
-Key = tuple[str, int]
 
 
 class Sink(Protocol):
@@ -42,8 +43,6 @@ class Sink(Protocol):
 
     A higher version of a key is an update: it is written, and the table keeps the highest.
     """
-
-    async def setup(self) -> None: ...
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None: ...
 
@@ -79,9 +78,6 @@ class ClickHouseSink:
         self._max_backoff = max_backoff_seconds
         self._rows: dict[Key, Sequence[Any]] = {}
         self._times: list[datetime] = []
-
-    async def setup(self) -> None:
-        await self._store.migrate()
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
         if (key, version) not in self._rows:
@@ -173,9 +169,6 @@ class MemorySink:
     def __init__(self) -> None:
         self.rows: dict[Key, Sequence[Any]] = {}
         self._pending: dict[Key, Sequence[Any]] = {}
-
-    async def setup(self) -> None:
-        return None
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
         self._pending.setdefault((key, version), row)
