@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -47,6 +49,7 @@ def create_app(settings: Settings, publisher: Publisher) -> web.Application:
     app[SETTINGS_KEY] = settings
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
+    app.router.add_get("/t.js", _snippet_handler())
     add_health_routes(app, lambda: publisher.ready)
 
     async def lifecycle(app: web.Application) -> Any:
@@ -167,6 +170,23 @@ def _pixel_event(request: web.Request, received_ts: datetime) -> dict[str, Any]:
     if properties:
         event["properties"] = properties
     return event
+
+
+def _snippet_handler() -> Any:
+    """``GET /t.js``: the web snippet, cached by browsers for a few minutes and revalidated by ETag."""
+    body = resources.files("collectors.beacon").joinpath("t.js").read_bytes()
+    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
+
+    async def get_snippet(request: web.Request) -> web.Response:
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(
+            body=body,
+            headers={**headers, "Content-Type": "application/javascript; charset=utf-8"},
+        )
+
+    return get_snippet
 
 
 def _request_context(request: web.Request, settings: Settings) -> RequestContext:
