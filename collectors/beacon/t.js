@@ -250,7 +250,7 @@
       record("identify", { user_id: f.user_id && String(f.user_id), email: f.email, phone: f.phone });
     },
     survey: (f = {}) => {
-      const survey = { kind: f.kind, score: f.score };
+      const survey = { kind: f.kind, score: typeof f.score === "string" ? Number(f.score) : f.score };
       if (f.comment) survey.comment = String(f.comment).slice(0, 4096);
       record("survey_response", { survey });
     },

@@ -6,14 +6,23 @@ import asyncio
 import hashlib
 import hmac
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from playwright.sync_api import Browser
 
+from collectors.beacon import create_app
 from tests.conftest import Pipeline
+from tracker.deadletter import DeadLetter
 from tracker.kafka_local import free_port
+from tracker.producer import MemoryPublisher
+from tracker.settings import Settings
+from tracker.touchpoint import Touchpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +30,7 @@ EMAIL = "Ada.Lovelace@Example.com"
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
-<script>window.tracker=window.tracker||function(){{(tracker.q=tracker.q||[]).push(arguments)}};</script>
+<script>window.tracker=window.tracker||function(){{(tracker.q=tracker.q||[]).push(arguments)}};{early}</script>
 <script async src="{beacon}/t.js" data-endpoint="{beacon}" data-flush-ms="{flush_ms}"></script>
 </head><body>{body}</body></html>"""
 
@@ -51,76 +60,81 @@ document.getElementById("decline").addEventListener("click", () => {
 </script>"""
 
 
-class Site:
-    """A small website on its own port and event loop, embedding the beacon's snippet."""
+class Server:
+    """An aiohttp application on its own port and event loop, beside the synchronous browser."""
 
-    def __init__(self, beacon_url: str) -> None:
+    def __init__(self, app: web.Application) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
-        self._beacon_url = beacon_url
+        self._app = app
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    def _page(self, title: str, body: str, flush_ms: int) -> web.Response:
-        html = PAGE.format(title=title, beacon=self._beacon_url, body=body, flush_ms=flush_ms)
-        return web.Response(text=html, content_type="text/html")
+        self._runner = web.AppRunner(app)
 
     async def _start(self) -> None:
-        async def landing(request: web.Request) -> web.Response:
-            return self._page("Kettles", LANDING, 1000)
-
-        async def pricing(request: web.Request) -> web.Response:
-            # Events here wait ten minutes to be batched: only the page-exit flush can send them.
-            return self._page("Pricing", PRICING, 600_000)
-
-        app = web.Application()
-        app.router.add_get("/", landing)
-        app.router.add_get("/pricing", pricing)
-        app.router.add_get("/pricing/annual", pricing)
-        self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", int(self.url.rsplit(":", 1)[1])).start()
 
-    def __enter__(self) -> Site:
+    def __enter__(self) -> Server:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
         self._loop.close()
 
 
+def page(title: str, body: str, beacon_url: str, flush_ms: int, early: str = "") -> web.Response:
+    html = PAGE.format(title=title, beacon=beacon_url, body=body, flush_ms=flush_ms, early=early)
+    return web.Response(text=html, content_type="text/html")
+
+
+def shop(beacon_url: str) -> web.Application:
+    """A small website embedding the snippet: a landing page with a form, and a pricing page."""
+
+    async def landing(request: web.Request) -> web.Response:
+        return page("Kettles", LANDING, beacon_url, 1000)
+
+    async def pricing(request: web.Request) -> web.Response:
+        # Events here wait ten minutes to be batched: only the page-exit flush can send them.
+        return page("Pricing", PRICING, beacon_url, 600_000)
+
+    app = web.Application()
+    app.router.add_get("/", landing)
+    app.router.add_get("/pricing", pricing)
+    app.router.add_get("/pricing/annual", pricing)
+    return app
+
+
 @pytest.fixture
-def site(pipeline: Pipeline) -> Iterator[Site]:
-    with Site(pipeline.beacon_url) as running:
+def site(pipeline: Pipeline) -> Iterator[Server]:
+    with Server(shop(pipeline.beacon_url)) as running:
         yield running
 
 
 def test_a_visit_lands_in_clickhouse_as_one_journey(
-    browser: Browser, site: Site, pipeline: Pipeline
+    browser: Browser, site: Server, pipeline: Pipeline
 ) -> None:
-    page = browser.new_page()
-    page.goto(site.url + "/?utm_source=news&utm_medium=email&tc_id=abc123")
-    page.wait_for_function("window.tracker && window.tracker.loaded === true")
+    tab = browser.new_page()
+    tab.goto(site.url + "/?utm_source=news&utm_medium=email&tc_id=abc123")
+    tab.wait_for_function("window.tracker && window.tracker.loaded === true")
     # The landing page view leaves on the batching timer, by fetch.
     landed = pipeline.wait_for("SELECT count() FROM touchpoints WHERE type = 'page_view'", "1")
     assert landed == "1"
 
-    page.fill("#email", EMAIL)
-    page.click("#subscribe")
-    page.wait_for_selector("body[data-subscribed=yes]")
-    page.click("#to-pricing")
-    page.wait_for_url(site.url + "/pricing")
-    page.wait_for_function("window.tracker && window.tracker.loaded === true")
-    page.click("#annual")
-    page.wait_for_url(site.url + "/pricing/annual")
-    page.wait_for_function("document.readyState === 'complete'")
-    page.click("#decline")
-    page.close()  # pagehide: the events still queued go out by sendBeacon
+    tab.fill("#email", EMAIL)
+    tab.click("#subscribe")
+    tab.wait_for_selector("body[data-subscribed=yes]")
+    tab.click("#to-pricing")
+    tab.wait_for_url(site.url + "/pricing")
+    tab.wait_for_function("window.tracker && window.tracker.loaded === true")
+    tab.click("#annual")
+    tab.wait_for_url(site.url + "/pricing/annual")
+    tab.wait_for_function("document.readyState === 'complete'")
+    tab.click("#decline")
+    tab.close()  # pagehide: the events still queued go out by sendBeacon
 
     assert pipeline.wait_for("SELECT count() FROM touchpoints", "6", timeout=60) == "6"
     events = pipeline.query(
@@ -174,3 +188,92 @@ def test_a_visit_lands_in_clickhouse_as_one_journey(
         "WHERE name = 'after_consent'"
     )
     assert after.strip("\n") == "\t\t\tfalse"
+
+
+@dataclass
+class Attempt:
+    at: float
+    names: list[str]
+    event_ids: list[str]
+    dead_letters: int
+    answered: int
+
+
+class FlakyPublisher(MemoryPublisher):
+    """Kafka as the beacon sees it, failing the first ``failures`` writes with backpressure."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts: list[Attempt] = []
+
+    async def publish(
+        self, touchpoints: Sequence[Touchpoint], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        self.unavailable = len(self.attempts) < self.failures
+        attempt = Attempt(
+            time.monotonic(),
+            [t.name for t in touchpoints],
+            [t.event_id for t in touchpoints],
+            len(dead_letters),
+            503 if self.unavailable else (400 if dead_letters else 200),
+        )
+        self.attempts.append(attempt)
+        await super().publish(touchpoints, dead_letters)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_calls_before_load_a_503_and_a_400_are_handled_as_the_beacon_asks(
+    browser: Browser, tmp_path: Path
+) -> None:
+    publisher = FlakyPublisher(failures=1)
+    settings = Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_HASH_SALT": "s"})
+    with Server(create_app(settings, publisher)) as beacon:
+
+        async def landing(request: web.Request) -> web.Response:
+            early = 'tracker("track", "custom", {name: "early", value: 9.5, currency: "EUR"});'
+            return page("Queue", "<h1>Queue</h1>", beacon.url, 100, early)
+
+        app = web.Application()
+        app.router.add_get("/", landing)
+        with Server(app) as site:
+            tab = browser.new_page()
+            # A visitor whose browser sends Global Privacy Control.
+            tab.add_init_script(
+                "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"
+            )
+            tab.goto(site.url + "/")
+
+            # The first batch meets Kafka trouble: 503, Retry-After: 1. The same events come back.
+            assert eventually(lambda: len(publisher.attempts) >= 2)
+            first, second = publisher.attempts[:2]
+            assert (first.answered, first.names) == (503, ["page_view", "early"])
+            assert (second.answered, second.event_ids) == (200, first.event_ids)
+            assert second.at - first.at >= 0.9
+            assert [t.consent for t in publisher.touchpoints] == [{"marketing": False}] * 2
+            early = publisher.touchpoints[1]
+            assert (early.value, early.currency) == (9.5, "EUR")
+            assert early.sent_ts is not None and early.sent_ts - early.device_ts >= timedelta(
+                seconds=0.9
+            )  # sent_ts is stamped when the batch finally leaves
+
+            # An invalid event is answered 400 and kept as a dead letter: it is not sent again.
+            tab.evaluate('tracker("track", "Not A Type")')
+            assert eventually(lambda: len(publisher.attempts) >= 3)
+            tab.evaluate('tracker("track", "custom", {name: "after"})')
+            assert eventually(lambda: len(publisher.attempts) >= 4)
+            time.sleep(3)  # long enough for a wrongful retry of the 400 to show
+            assert [(a.answered, a.names, a.dead_letters) for a in publisher.attempts[2:]] == [
+                (400, [], 1),
+                (200, ["after"], 0),
+            ]
+            assert [t.name for t in publisher.touchpoints] == ["page_view", "early", "after"]
+            tab.close()
