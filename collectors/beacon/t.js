@@ -78,13 +78,17 @@
     return id;
   };
 
+  // A short-link click id is read from the address when a page is entered, and kept by the session.
+  const clickIdParam = () => new URL(location.href).searchParams.get("tc_id");
+  let landingClickId = clickIdParam();
+
   // The session rotates after 30 idle minutes; it keeps the short-link click id it started with.
   const session = () => {
     const t = Date.now();
     let s = store.json(KEY.session);
     if (!s || !s.id || t - s.last > SESSION_MS) s = { id: uuid(), click_id: "" };
-    const clickId = new URL(location.href).searchParams.get("tc_id");
-    if (clickId && clickId.length <= 256) s.click_id = clickId;
+    if (landingClickId && landingClickId.length <= 256) s.click_id = landingClickId;
+    landingClickId = null;
     s.last = t;
     store.set(KEY.session, JSON.stringify(s));
     return s;
@@ -230,7 +234,11 @@
     record("page_view", fields);
     lastUrl = location.href;
   };
-  const onUrlChange = () => setTimeout(() => { if (location.href !== lastUrl) pageView(); }, 0);
+  const onUrlChange = () => setTimeout(() => {
+    if (location.href === lastUrl) return;
+    landingClickId = clickIdParam();
+    pageView();
+  }, 0);
   for (const method of ["pushState", "replaceState"]) {
     const original = history[method];
     history[method] = function (...args) {

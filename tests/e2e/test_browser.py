@@ -231,49 +231,121 @@ def eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
     return check()
 
 
-def test_calls_before_load_a_503_and_a_400_are_handled_as_the_beacon_asks(
-    browser: Browser, tmp_path: Path
-) -> None:
-    publisher = FlakyPublisher(failures=1)
+def quiet_site(beacon_url: str, early: str = "") -> web.Application:
+    """One page, served at any path, embedding the snippet; events leave after 100 ms."""
+
+    async def any_page(request: web.Request) -> web.Response:
+        return page("Quiet", "<h1>Quiet</h1>", beacon_url, 100, early)
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", any_page)
+    return app
+
+
+@pytest.fixture
+def memory_beacon(tmp_path: Path) -> Iterator[tuple[Server, FlakyPublisher]]:
+    """The real beacon application, publishing to memory instead of Kafka."""
+    publisher = FlakyPublisher(failures=0)
     settings = Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_HASH_SALT": "s"})
     with Server(create_app(settings, publisher)) as beacon:
+        yield beacon, publisher
 
-        async def landing(request: web.Request) -> web.Response:
-            early = 'tracker("track", "custom", {name: "early", value: 9.5, currency: "EUR"});'
-            return page("Queue", "<h1>Queue</h1>", beacon.url, 100, early)
 
-        app = web.Application()
-        app.router.add_get("/", landing)
-        with Server(app) as site:
-            tab = browser.new_page()
-            # A visitor whose browser sends Global Privacy Control.
-            tab.add_init_script(
-                "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"
-            )
-            tab.goto(site.url + "/")
+def test_calls_before_load_a_503_and_a_400_are_handled_as_the_beacon_asks(
+    browser: Browser, memory_beacon: tuple[Server, FlakyPublisher]
+) -> None:
+    beacon, publisher = memory_beacon
+    publisher.failures = 1
+    early = 'tracker("track", "custom", {name: "early", value: 9.5, currency: "EUR"});'
+    with Server(quiet_site(beacon.url, early)) as site:
+        tab = browser.new_page()
+        # A visitor whose browser sends Global Privacy Control.
+        tab.add_init_script(
+            "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"
+        )
+        tab.goto(site.url + "/")
 
-            # The first batch meets Kafka trouble: 503, Retry-After: 1. The same events come back.
-            assert eventually(lambda: len(publisher.attempts) >= 2)
-            first, second = publisher.attempts[:2]
-            assert (first.answered, first.names) == (503, ["page_view", "early"])
-            assert (second.answered, second.event_ids) == (200, first.event_ids)
-            assert second.at - first.at >= 0.9
-            assert [t.consent for t in publisher.touchpoints] == [{"marketing": False}] * 2
-            early = publisher.touchpoints[1]
-            assert (early.value, early.currency) == (9.5, "EUR")
-            assert early.sent_ts is not None and early.sent_ts - early.device_ts >= timedelta(
-                seconds=0.9
-            )  # sent_ts is stamped when the batch finally leaves
+        # The first batch meets Kafka trouble: 503, Retry-After: 1. The same events come back.
+        assert eventually(lambda: len(publisher.attempts) >= 2)
+        first, second = publisher.attempts[:2]
+        assert (first.answered, first.names) == (503, ["page_view", "early"])
+        assert (second.answered, second.event_ids) == (200, first.event_ids)
+        assert second.at - first.at >= 0.9
+        assert [t.consent for t in publisher.touchpoints] == [{"marketing": False}] * 2
+        early = publisher.touchpoints[1]
+        assert (early.value, early.currency) == (9.5, "EUR")
+        assert early.sent_ts is not None and early.sent_ts - early.device_ts >= timedelta(
+            seconds=0.9
+        )  # sent_ts is stamped when the batch finally leaves
 
-            # An invalid event is answered 400 and kept as a dead letter: it is not sent again.
-            tab.evaluate('tracker("track", "Not A Type")')
-            assert eventually(lambda: len(publisher.attempts) >= 3)
-            tab.evaluate('tracker("track", "custom", {name: "after"})')
-            assert eventually(lambda: len(publisher.attempts) >= 4)
-            time.sleep(3)  # long enough for a wrongful retry of the 400 to show
-            assert [(a.answered, a.names, a.dead_letters) for a in publisher.attempts[2:]] == [
-                (400, [], 1),
-                (200, ["after"], 0),
-            ]
-            assert [t.name for t in publisher.touchpoints] == ["page_view", "early", "after"]
-            tab.close()
+        # An invalid event is answered 400 and kept as a dead letter: it is not sent again.
+        tab.evaluate('tracker("track", "Not A Type")')
+        assert eventually(lambda: len(publisher.attempts) >= 3)
+        tab.evaluate('tracker("track", "custom", {name: "after"})')
+        assert eventually(lambda: len(publisher.attempts) >= 4)
+        time.sleep(3)  # long enough for a wrongful retry of the 400 to show
+        assert [(a.answered, a.names, a.dead_letters) for a in publisher.attempts[2:]] == [
+            (400, [], 1),
+            (200, ["after"], 0),
+        ]
+        assert [t.name for t in publisher.touchpoints] == ["page_view", "early", "after"]
+        tab.close()
+
+
+def test_a_session_ends_after_30_idle_minutes_and_keeps_its_click_id_until_then(
+    browser: Browser, memory_beacon: tuple[Server, FlakyPublisher]
+) -> None:
+    beacon, publisher = memory_beacon
+    with Server(quiet_site(beacon.url)) as site:
+        tab = browser.new_page()
+        tab.goto(site.url + "/landing?tc_id=first")
+        tab.wait_for_function("window.tracker && window.tracker.loaded === true")
+        tab.evaluate('tracker("track", "custom", {name: "same_session"})')
+        assert eventually(lambda: len(publisher.touchpoints) == 2)
+        # 31 minutes pass without an event.
+        tab.evaluate(
+            """() => {
+              const s = JSON.parse(localStorage.getItem("tracker_session"));
+              s.last -= 31 * 60 * 1000;
+              localStorage.setItem("tracker_session", JSON.stringify(s));
+              tracker("track", "custom", {name: "new_session"});
+            }"""
+        )
+        assert eventually(lambda: len(publisher.touchpoints) == 3)
+        tab.goto(site.url + "/again?tc_id=second")
+        assert eventually(lambda: len(publisher.touchpoints) == 4)
+        tab.close()
+
+    views = [(t.name, t.page["url"].removeprefix(site.url)) for t in publisher.touchpoints]
+    assert views == [
+        ("page_view", "/landing?tc_id=first"),
+        ("same_session", "/landing?tc_id=first"),
+        ("new_session", "/landing?tc_id=first"),
+        ("page_view", "/again?tc_id=second"),
+    ]
+    first, same, later, again = publisher.touchpoints
+    assert len({t.anonymous_id for t in publisher.touchpoints}) == 1
+    assert same.session_id == first.session_id != later.session_id == again.session_id
+    assert [t.click_id for t in publisher.touchpoints] == ["first", "first", "", "second"]
+
+
+def test_without_local_storage_the_ids_live_in_a_first_party_cookie(
+    browser: Browser, memory_beacon: tuple[Server, FlakyPublisher]
+) -> None:
+    beacon, publisher = memory_beacon
+    with Server(quiet_site(beacon.url)) as site:
+        tab = browser.new_page()
+        tab.add_init_script(
+            "for (const m of ['getItem', 'setItem']) "
+            "Storage.prototype[m] = () => { throw new DOMException('blocked', 'SecurityError'); };"
+        )
+        tab.goto(site.url + "/one")
+        assert eventually(lambda: len(publisher.touchpoints) == 1)
+        tab.goto(site.url + "/two")
+        assert eventually(lambda: len(publisher.touchpoints) == 2)
+        cookies = {c["name"]: c["value"] for c in tab.context.cookies(site.url)}
+        tab.close()
+
+    one, two = publisher.touchpoints
+    assert one.anonymous_id == two.anonymous_id == cookies["tracker_aid"]
+    assert one.session_id == two.session_id != ""
