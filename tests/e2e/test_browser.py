@@ -349,3 +349,48 @@ def test_without_local_storage_the_ids_live_in_a_first_party_cookie(
     one, two = publisher.touchpoints
     assert one.anonymous_id == two.anonymous_id == cookies["tracker_aid"]
     assert one.session_id == two.session_id != ""
+
+
+def test_every_command_and_a_batch_too_large_for_the_beacon(
+    browser: Browser, tmp_path: Path
+) -> None:
+    publisher = FlakyPublisher(failures=0)
+    settings = Settings.from_env(
+        {
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_HASH_SALT": "s",
+            "TRACKER_MAX_EVENTS_PER_REQUEST": "2",  # the five queued events get 413 at first
+        }
+    )
+    early = """
+      tracker("identify", {user_id: "u42", phone: "(415) 555-0132"});
+      tracker("survey", {kind: "nps", score: "9", comment: "Quick delivery"});
+      tracker("track", "purchase", {name: "order_completed", value: 49.9, currency: "EUR",
+                                    properties: {items: 2, gift: true, meta: {a: 1}, none: null}});
+      tracker("page", {name: "pricing"});
+    """
+    with (
+        Server(create_app(settings, publisher)) as beacon,
+        Server(quiet_site(beacon.url, early)) as site,
+    ):
+        tab = browser.new_page()
+        tab.goto(site.url + "/")
+        assert eventually(lambda: len(publisher.touchpoints) == 5)
+        tab.close()
+
+    view, identify, survey, purchase, _ = publisher.touchpoints
+    assert [(t.type, t.name) for t in publisher.touchpoints] == [
+        ("page_view", "page_view"),
+        ("identify", "identify"),
+        ("survey_response", "survey_response"),
+        ("purchase", "order_completed"),
+        ("page_view", "pricing"),
+    ]
+    assert all(len(a.event_ids) <= 2 for a in publisher.attempts)  # split to the beacon's limit
+    assert [t.user_id for t in publisher.touchpoints] == ["", "u42", "u42", "u42", "u42"]
+    assert len(identify.phone_hash) == 64
+    assert survey.survey == {"kind": "nps", "score": 9, "comment": "Quick delivery"}
+    assert (purchase.value, purchase.currency) == (49.9, "EUR")
+    assert purchase.properties == {"items": "2", "gift": "true", "meta": '{"a":1}'}
+    assert view.context["library"] == "tracker-js/0.1"
+    assert view.context["screen"].count("x") == 1 and view.context["timezone"]
