@@ -24,7 +24,7 @@ from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipelin
 from agents.sink import ClickHouseSink
 from tracker.console import create_console
 from tracker.logs import logging_config
-from tracker.metrics import WORKER_READY
+from tracker.metrics import WORKER_LAG, WORKER_READY
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.topology import Topology, ensure_topics
@@ -95,6 +95,24 @@ class RawIngestService(Service):
                 await consumer.commit(last)
             except CommitFailedError as exc:  # rebalanced meanwhile: the new owner skips them
                 log.warning("offset commit failed after a rebalance", extra={"error": str(exc)})
+
+    @Service.timer(10.0)
+    async def _record_lag(self) -> None:
+        """Events on Kafka not yet stored: end offsets minus committed ones, on a timer of its
+        own so that it keeps counting while a ClickHouse outage holds the ingest loop."""
+        consumer = self._consumer
+        partitions = consumer.assignment() if consumer is not None else set()
+        if consumer is None or not partitions:
+            return
+        try:
+            ends = await consumer.end_offsets(list(partitions))
+            lag = 0
+            for partition, end in ends.items():
+                lag += max(0, end - (await consumer.committed(partition) or 0))
+        except KafkaError as exc:
+            log.warning("could not measure lag", extra={"error": str(exc)})
+            return
+        WORKER_LAG.set(lag)
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[Any]:
         size, loop = self._settings.sink_batch_size, asyncio.get_running_loop()

@@ -212,3 +212,28 @@ def wait_for_metric(base_url: str, sample: str, expected: float, timeout: float 
             return True
         time.sleep(0.2)
     return False
+
+
+def debian_tool(binary: str, package: str) -> str:
+    """The path of a tool from a Debian package, installed with apt-get (as root) when missing.
+
+    Tests that need it fail, never skip, when it cannot be had.
+    """
+    import shutil
+
+    found = shutil.which(binary)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail(f"{binary} is missing; install it with `apt-get install -y {package}` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=900, check=False
+        )
+        if done.returncode != 0:
+            pytest.fail(f"`{' '.join(command)}` failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    found = shutil.which(binary)
+    if not found:
+        pytest.fail(f"`apt-get install -y {package}` gave no {binary}")
+    return found

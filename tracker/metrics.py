@@ -13,6 +13,7 @@ __all__ = [
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
     "WORKER_EVENTS",
+    "WORKER_LAG",
     "WORKER_READY",
 ]
 
@@ -41,6 +42,10 @@ WORKER_EVENTS = Counter(
     "tracker_worker_events_total",
     "Events the worker consumed: written, duplicate (already stored) or dead_letter.",
     ["outcome"],
+)
+WORKER_LAG = Gauge(
+    "tracker_worker_lag_events",
+    "Raw events in Kafka that this worker has not yet read: a ClickHouse outage shows here as delay.",
 )
 WORKER_READY = Gauge(
     "tracker_worker_ready", "1 once the worker has applied migrations and started."
