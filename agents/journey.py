@@ -1,0 +1,380 @@
+"""Journey rules for one customer: sessions, stages, friction and conversions. Plain Python.
+
+Everything here is a function of the customer's events, sorted by event time, so the result is
+the same whatever order and however many times the events arrive. The streaming agent (to come
+with identity stitching) keeps each customer's recent events and re-applies these functions when
+one arrives; a late event within the allowed lateness yields corrected session versions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+__all__ = [
+    "DEFAULT_CONVERSIONS",
+    "DEFAULT_STAGES",
+    "Conversion",
+    "ConversionRule",
+    "Friction",
+    "FrictionRules",
+    "JourneyEvent",
+    "Session",
+    "SessionRules",
+    "StageChange",
+    "StageRule",
+    "conversions",
+    "frictions",
+    "sessionize",
+    "stage_changes",
+]
+
+_SESSION_NAMESPACE: Final = uuid.UUID("9b0f3c8e-3c1a-4d8e-8f0b-5a2e7c6d1e42")
+CONTACT_TYPES: Final = frozenset({"call", "chat", "support_email", "ticket"})
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyEvent:
+    """The parts of a touchpoint the journey rules read."""
+
+    event_id: str
+    ts: datetime
+    type: str
+    channel: str = ""
+    source: str = ""
+    name: str = ""
+    page_path: str = ""
+    campaign: str = ""
+    value: float | None = None
+    status_code: int | None = None
+    queue: str = ""
+    disposition: str = ""
+    queue_wait_seconds: float = 0.0
+    hold_seconds: float = 0.0
+    transfers: int = 0
+    cold_transfers: int = 0
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        return (self.ts, self.event_id)
+
+    @property
+    def is_contact(self) -> bool:
+        return self.type in CONTACT_TYPES
+
+
+def _ordered(events: Iterable[JourneyEvent]) -> list[JourneyEvent]:
+    """Sorted by event time, each event_id once (the first by order wins on a tie)."""
+    unique: dict[str, JourneyEvent] = {}
+    for event in sorted(events, key=lambda e: e.order):
+        unique.setdefault(event.event_id, event)
+    return list(unique.values())
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRules:
+    inactivity: timedelta = timedelta(minutes=30)
+    split_on_campaign_change: bool = False
+    split_at_midnight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    start: datetime
+    end: datetime
+    event_ids: tuple[str, ...]
+    channel: str
+    campaign: str
+    page_views: int
+
+    @property
+    def is_bounce(self) -> bool:
+        """One page view and nothing else."""
+        return self.page_views == 1 and len(self.event_ids) == 1
+
+
+def sessionize(
+    customer_id: str, events: Iterable[JourneyEvent], rules: SessionRules
+) -> list[Session]:
+    """Sessions in event time. A session's id follows from the customer and its first event, so
+    it is stable while events are added to it, and changes only when a late event starts it."""
+    sessions: list[list[JourneyEvent]] = []
+    for event in _ordered(events):
+        if not sessions or _starts_new_session(sessions[-1], event, rules):
+            sessions.append([event])
+        else:
+            sessions[-1].append(event)
+    return [_session(customer_id, members) for members in sessions]
+
+
+def _starts_new_session(
+    current: list[JourneyEvent], event: JourneyEvent, rules: SessionRules
+) -> bool:
+    last = current[-1]
+    if event.ts - last.ts > rules.inactivity:
+        return True
+    if rules.split_at_midnight and event.ts.date() != last.ts.date():
+        return True
+    if rules.split_on_campaign_change and event.campaign:
+        current_campaign = next((e.campaign for e in reversed(current) if e.campaign), "")
+        return bool(current_campaign) and event.campaign != current_campaign
+    return False
+
+
+def _session(customer_id: str, members: Sequence[JourneyEvent]) -> Session:
+    first = members[0]
+    return Session(
+        session_id=str(uuid.uuid5(_SESSION_NAMESPACE, f"{customer_id}|{first.event_id}")),
+        start=first.ts,
+        end=members[-1].ts,
+        event_ids=tuple(e.event_id for e in members),
+        channel=first.channel,
+        campaign=next((e.campaign for e in members if e.campaign), ""),
+        page_views=sum(1 for e in members if e.type == "page_view"),
+    )
+
+
+# -- stages --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StageRule:
+    """An event of one of ``types`` (any type when empty) whose page path starts with one of
+    ``path_prefixes`` (any page when empty) puts the customer in ``stage``."""
+
+    stage: str
+    types: frozenset[str] = frozenset()
+    path_prefixes: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+
+    def matches(self, event: JourneyEvent) -> bool:
+        if self.types and event.type not in self.types:
+            return False
+        if self.path_prefixes and not event.page_path.startswith(self.path_prefixes):
+            return False
+        return not self.queues or any(q in event.queue.lower() for q in self.queues)
+
+
+DEFAULT_STAGES: Final = (
+    StageRule("purchase", frozenset({"purchase", "order_completed"})),
+    StageRule(
+        "support",
+        frozenset({"call", "chat", "ticket", "support_email"}),
+        queues=("support", "care", "help"),
+    ),
+    StageRule("support", frozenset({"page_view"}), path_prefixes=("/support", "/help", "/contact")),
+    StageRule(
+        "consideration",
+        frozenset({"form_submit", "identify", "signup", "add_to_cart", "begin_checkout"}),
+    ),
+    StageRule(
+        "consideration",
+        frozenset({"page_view"}),
+        path_prefixes=("/pricing", "/product", "/compare", "/demo", "/cart", "/checkout"),
+    ),
+    StageRule("awareness"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StageChange:
+    stage: str
+    ts: datetime
+    event_id: str
+
+
+_FUNNEL: Final = ("awareness", "consideration")
+
+
+def stage_changes(
+    events: Iterable[JourneyEvent], rules: Sequence[StageRule] = DEFAULT_STAGES
+) -> list[StageChange]:
+    """Where the customer stood after each event, recorded when it changes. The first matching
+    rule names the event's stage. The funnel (awareness, consideration) only moves forward;
+    support is a side stage the next other event leaves; after a purchase, what would be
+    awareness or consideration is post-purchase."""
+    changes: list[StageChange] = []
+    funnel, purchased = "", False
+    for event in _ordered(events):
+        stage = next((r.stage for r in rules if r.matches(event)), "")
+        if stage == "purchase":
+            purchased = True
+        elif stage in _FUNNEL:
+            if purchased:
+                stage = "post_purchase"
+            else:
+                funnel = max(funnel, stage, key=lambda s: _FUNNEL.index(s) if s else -1)
+                stage = funnel
+        if stage and (not changes or changes[-1].stage != stage):
+            changes.append(StageChange(stage, event.ts, event.event_id))
+    return changes
+
+
+# -- friction ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrictionRules:
+    long_queue_wait: timedelta = timedelta(minutes=2)
+    long_hold: timedelta = timedelta(minutes=3)
+    transfers: int = 2
+    repeat_contact_within: timedelta = timedelta(hours=24)
+    web_to_phone_within: timedelta = timedelta(minutes=10)
+    error_status: int = 400
+    checkout_paths: tuple[str, ...] = ("/checkout",)
+
+
+@dataclass(frozen=True, slots=True)
+class Friction:
+    reason: str
+    severity: str
+    ts: datetime
+    event_id: str
+    detail: str = ""
+
+
+def frictions(
+    events: Iterable[JourneyEvent],
+    sessions: Sequence[Session],
+    rules: FrictionRules = FrictionRules(),
+) -> list[Friction]:
+    """Every friction the events show, in event order. Session-level ones (bounce, abandoned
+    checkout) are judged on the sessions given, so pass only sessions that have ended."""
+    ordered = _ordered(events)
+    found: list[Friction] = []
+    last_contact: JourneyEvent | None = None
+    last_web: JourneyEvent | None = None
+    for event in ordered:
+        found.extend(_event_frictions(event, rules))
+        if event.is_contact:
+            if last_contact and event.ts - last_contact.ts <= rules.repeat_contact_within:
+                found.append(
+                    Friction(
+                        "repeat_contact",
+                        "medium",
+                        event.ts,
+                        event.event_id,
+                        f"previous contact {last_contact.event_id}",
+                    )
+                )
+            if (
+                event.type == "call"
+                and last_web
+                and event.ts - last_web.ts <= rules.web_to_phone_within
+            ):
+                found.append(
+                    Friction(
+                        "web_to_phone",
+                        "low",
+                        event.ts,
+                        event.event_id,
+                        f"after web event {last_web.event_id}",
+                    )
+                )
+            last_contact = event
+        elif event.source == "web_beacon":
+            last_web = event
+    by_id = {e.event_id: e for e in ordered}
+    for session in sessions:
+        members = [by_id[i] for i in session.event_ids if i in by_id]
+        if session.is_bounce:
+            found.append(Friction("bounce", "low", session.start, session.event_ids[0]))
+        checkout = next(
+            (
+                e
+                for e in members
+                if e.page_path.startswith(rules.checkout_paths) or e.type == "begin_checkout"
+            ),
+            None,
+        )
+        if checkout and not any(e.type in ("purchase", "order_completed") for e in members):
+            found.append(Friction("abandoned_checkout", "medium", checkout.ts, checkout.event_id))
+    found.sort(key=lambda f: (f.ts, f.event_id, f.reason))
+    return found
+
+
+def _event_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction]:
+    found = []
+    if event.type == "call":
+        if event.disposition == "abandoned":
+            found.append(Friction("abandoned_call", "high", event.ts, event.event_id))
+        if event.queue_wait_seconds >= rules.long_queue_wait.total_seconds():
+            found.append(
+                Friction(
+                    "long_queue_wait",
+                    "medium",
+                    event.ts,
+                    event.event_id,
+                    f"{event.queue_wait_seconds:.0f} s",
+                )
+            )
+        if event.hold_seconds >= rules.long_hold.total_seconds():
+            found.append(
+                Friction(
+                    "long_hold", "medium", event.ts, event.event_id, f"{event.hold_seconds:.0f} s"
+                )
+            )
+        if event.cold_transfers:
+            found.append(Friction("cold_transfer", "medium", event.ts, event.event_id))
+        if event.transfers >= rules.transfers:
+            found.append(
+                Friction(
+                    "many_transfers",
+                    "medium",
+                    event.ts,
+                    event.event_id,
+                    f"{event.transfers} transfers",
+                )
+            )
+    if (event.status_code or 0) >= rules.error_status or event.type == "error":
+        found.append(
+            Friction("error_page", "low", event.ts, event.event_id, str(event.status_code or ""))
+        )
+    return found
+
+
+# -- conversions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionRule:
+    name: str
+    types: frozenset[str]
+    min_value: float | None = None
+
+
+DEFAULT_CONVERSIONS: Final = (
+    ConversionRule("purchase", frozenset({"purchase", "order_completed"}), 0.0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    name: str
+    ts: datetime
+    event_id: str
+    value: float = field(default=0.0)
+
+
+def conversions(
+    events: Iterable[JourneyEvent], rules: Sequence[ConversionRule] = DEFAULT_CONVERSIONS
+) -> list[Conversion]:
+    found = []
+    for event in _ordered(events):
+        for rule in rules:
+            if event.type not in rule.types:
+                continue
+            if rule.min_value is not None and (
+                event.value is None or event.value <= rule.min_value
+            ):
+                continue
+            found.append(Conversion(rule.name, event.ts, event.event_id, event.value or 0.0))
+            break
+    return found
