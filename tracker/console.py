@@ -93,7 +93,7 @@ pre{background:#f4f5f7;padding:1rem;overflow:auto}button{font-size:15px;padding:
 <p>Read-only SQL against the <code>tracker</code> database. Tables: touchpoints, dead_letters.</p>
 <textarea id="sql">SELECT channel, type, count() AS events FROM tracker.touchpoints GROUP BY channel, type ORDER BY events DESC</textarea>
 <p><button id="run">Run</button>
-<input id="token" type="password" placeholder="API token, if TRACKER_API_TOKEN is set"></p>
+<input id="token" type="password" size="40" placeholder="API token, if TRACKER_API_TOKEN is set"></p>
 <pre id="out"></pre>
 <script>
 const run = async () => {
