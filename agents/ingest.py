@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from agents.enrich import enrich
+from agents.forget import ForgottenIdentifiers
 from agents.sink import Sink
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
@@ -112,12 +113,15 @@ class RawMessage:
 class IngestPipeline:
     """Decodes a batch, enriches it, and writes it through the sinks. Returns once it is stored."""
 
-    def __init__(self, touchpoints: Sink, dead_letters: Sink) -> None:
+    def __init__(
+        self, touchpoints: Sink, dead_letters: Sink, forgotten: ForgottenIdentifiers | None = None
+    ) -> None:
         self.touchpoints = touchpoints
         self.dead_letters = dead_letters
+        self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
 
     async def handle_touchpoints(self, messages: Sequence[RawMessage]) -> None:
-        invalid = 0
+        invalid = forgotten = 0
         sources: dict[tuple[str, int], RawMessage] = {}
         for message in messages:
             try:
@@ -125,6 +129,9 @@ class IngestPipeline:
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
                 invalid += 1
                 self._add_dead_letter(_undeliverable(message, f"raw event is malformed: {exc!r}"))
+                continue
+            if self.forgotten.forgets(touchpoint):
+                forgotten += 1
                 continue
             sources.setdefault((touchpoint.event_id, touchpoint.version), message)
             self.touchpoints.add(
@@ -139,8 +146,9 @@ class IngestPipeline:
         if stored.refused:
             dead = await self.dead_letters.flush()
         WORKER_EVENTS.labels("written").inc(stored.written)
+        WORKER_EVENTS.labels("forgotten").inc(forgotten)
         WORKER_EVENTS.labels("duplicate").inc(
-            len(messages) - invalid - stored.written - len(stored.refused)
+            len(messages) - invalid - forgotten - stored.written - len(stored.refused)
         )
         WORKER_EVENTS.labels("dead_letter").inc(invalid + len(stored.refused))
         for reason in dead.refused.values():

@@ -12,19 +12,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from agents.forget import ForgottenIdentifiers, erase
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.sink import ClickHouseSink
 from tracker.console import create_console
 from tracker.logs import logging_config
 from tracker.metrics import WORKER_LAG, WORKER_READY
+from tracker.privacy import identifier_key
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.topology import Topology, ensure_topics
@@ -46,6 +50,7 @@ class RawIngestService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._idle = asyncio.Event()  # set whenever no batch is in hand
         self._idle.set()
+        self.lock = asyncio.Lock()  # held while a batch is written; a forget waits for it
         self.consuming = False
         super().__init__(**kwargs)
 
@@ -84,9 +89,10 @@ class RawIngestService(Service):
     async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
         records = await self._next_batch(consumer)
         if records:
-            await self._pipeline.handle_touchpoints(
-                [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
-            )
+            async with self.lock:
+                await self._pipeline.handle_touchpoints(
+                    [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
+                )
             # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
             last: dict[TopicPartition, int] = {}
             for record in records:
@@ -130,24 +136,129 @@ class RawIngestService(Service):
         return records
 
 
+class ForgetService(Service):
+    """Keeps the forgotten identifiers current from their compacted topic, and carries out
+    forgets asked for on the console: tombstone first, then erase what is stored."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        store: ClickHouseStore,
+        forgotten: ForgottenIdentifiers,
+        ingest: RawIngestService,
+        **kwargs: Any,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._store = store
+        self._forgotten = forgotten
+        self._ingest = ingest
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.loaded = False
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers, acks="all", enable_idempotence=True
+        )
+        await self._producer.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False
+        )
+        await consumer.start()
+        partitions = [TopicPartition(self._topic, p) for p in await self._partitions(consumer)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while [p for p, end in ends.items() if await consumer.position(p) < end]:
+            self._remember(await consumer.getmany(timeout_ms=500))
+        self._consumer = consumer
+        self.loaded = True
+        log.info("forgotten identifiers loaded", extra={"count": len(self._forgotten)})
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
+        for _ in range(50):
+            found = consumer.partitions_for_topic(self._topic)
+            if found:
+                return set(found)
+            await consumer._client.force_metadata_update()  # the topic was just created
+            await asyncio.sleep(0.1)
+        raise KafkaError(f"topic {self._topic} has no partitions")
+
+    async def on_stop(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+
+    @Service.task
+    async def _follow(self) -> None:
+        """Forgets made through other workers reach this one within a poll."""
+        while not self.should_stop:
+            if self._consumer is None:
+                await asyncio.sleep(0.1)
+                continue
+            self._remember(await self._consumer.getmany(timeout_ms=1000))
+
+    def _remember(self, fetched: dict[Any, list[Any]]) -> None:
+        for records in fetched.values():
+            for record in records:
+                self._forgotten.add(record.key.decode())
+
+    async def forget(self, identifier: str) -> dict[str, Any]:
+        """Raises ``InvalidIdentifier`` for a malformed identifier."""
+        key = identifier_key(
+            identifier, self._settings.hash_salt.value, self._settings.default_phone_region
+        )
+        assert self._producer is not None
+        record = {"identifier": key, "forgotten_at": datetime.now(UTC).isoformat()}
+        await self._producer.send_and_wait(self._topic, orjson.dumps(record), key=key.encode())
+        self._forgotten.add(key)
+        async with self._ingest.lock:  # a batch being written now cannot land after the erase
+            erased = await erase(self._store, key)
+        # Other workers learn of it within a poll; erase once more after their batches land.
+        self.add_future(self._erase_again(key))
+        log.info(
+            "forgot an identifier",
+            extra={"kind": key.split(":", 1)[0], "touchpoints": erased.touchpoints},
+        )
+        return {
+            "identifier": identifier.split(":", 1)[0] + ":…",
+            "touchpoints": erased.touchpoints,
+            "dead_letters": erased.dead_letters,
+        }
+
+    async def _erase_again(self, key: str) -> None:
+        await asyncio.sleep(30)
+        await erase(self._store, key)
+
+
 class ConsoleService(Service):
     """Serves the console on the worker's event loop, next to the ClickHouse engine it reads."""
 
     def __init__(
-        self, settings: Settings, store: ClickHouseStore, ingest: RawIngestService, **kwargs: Any
+        self,
+        settings: Settings,
+        store: ClickHouseStore,
+        ingest: RawIngestService,
+        forget: ForgetService,
+        **kwargs: Any,
     ) -> None:
         self._settings = settings
         self._store = store
         self._ingest = ingest
+        self._forget = forget
         self._runner: web.AppRunner | None = None
         self.started_agents = False
         super().__init__(**kwargs)
 
     async def _ready(self) -> bool:
-        return self.started_agents and self._ingest.consuming and await self._store.ping()
+        ready = self.started_agents and self._ingest.consuming and self._forget.loaded
+        return ready and await self._store.ping()
 
     async def on_start(self) -> None:
-        console = create_console(self._settings, self._store, self._ready)
+        console = create_console(self._settings, self._store, self._ready, self._forget.forget)
         self._runner = web.AppRunner(console, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.console_host, self._settings.console_port)
@@ -164,9 +275,10 @@ class ConsoleService(Service):
 
 def build_worker(
     settings: Settings,
-) -> tuple[faust.App, RawIngestService, ConsoleService, ClickHouseStore]:
+) -> tuple[faust.App, RawIngestService, ForgetService, ConsoleService, ClickHouseStore]:
     topology = Topology.from_settings(settings)
     store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+    forgotten = ForgottenIdentifiers()
     pipeline = IngestPipeline(
         touchpoints=ClickHouseSink(
             store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version_column="version"
@@ -174,6 +286,7 @@ def build_worker(
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
+        forgotten=forgotten,
     )
     app = faust.App(
         settings.worker_id,
@@ -191,7 +304,8 @@ def build_worker(
         datadir=str(settings.data_dir / "faust"),
     )
     ingest = RawIngestService(settings, topology.raw.name, pipeline)
-    console = ConsoleService(settings, store, ingest)
+    forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
+    console = ConsoleService(settings, store, ingest, forget)
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
@@ -210,7 +324,7 @@ def build_worker(
         )
 
     app.task(mark_started)
-    return app, ingest, console, store
+    return app, ingest, forget, console, store
 
 
 def _raw(event: Any) -> RawMessage:
@@ -233,7 +347,7 @@ def _wait_for_topics(settings: Settings) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Apply migrations, then run the worker until SIGINT or SIGTERM."""
-    app, ingest, console, store = build_worker(settings)
+    app, ingest, forget, console, store = build_worker(settings)
     _wait_for_topics(settings)
     applied = store.run_sync(store.migrate_sync)
     log.info(
@@ -246,6 +360,7 @@ def run_worker(settings: Settings) -> None:
     )
     worker = faust.Worker(
         app,
+        forget,
         ingest,
         console,
         loglevel=settings.log_level,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from tracker.console import QUERY_FORMATS
+from tracker.console import QUERY_FORMATS, split_format
 from tracker.errors import TrackerError
 from tracker.logs import configure_logging
 from tracker.settings import Settings
@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--wait", type=float, default=60.0, help="seconds to wait for events to land")
     demo.set_defaults(run=_demo)
+
+    forget = commands.add_parser(
+        "forget", help="erase what is stored under an identifier, and never store it again"
+    )
+    forget.add_argument(
+        "identifier", help="kind:value, kind one of user, anon, email, phone, click"
+    )
+    forget.set_defaults(run=_forget)
 
     check = commands.add_parser("check", help="exit 0 when the running instance is ready")
     check.set_defaults(run=_check)
@@ -146,39 +154,50 @@ def run_query(settings: Settings, sql: str, format_name: str = "tsv") -> str:
         from tracker.store import ClickHouseStore
 
         store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+        statement, clickhouse_format = split_format(sql, QUERY_FORMATS[format_name])
         try:
-            data: bytes = store.run_sync(
-                store.raw_query_sync, sql, QUERY_FORMATS[format_name], True
-            )
+            data: bytes = store.run_sync(store.raw_query_sync, statement, clickhouse_format, True)
         finally:
             store.close()
         return data.decode()
+    answer = console_request(settings, "/api/query", {"sql": sql, "format": format_name}, "query")
+    return answer.decode()
+
+
+def console_request(settings: Settings, path: str, body: dict[str, object], what: str) -> bytes:
+    """POST to the running instance's console; its JSON errors become a TrackerError."""
+    headers = {"Content-Type": "application/json"}
+    if settings.api_token:
+        headers["Authorization"] = f"Bearer {settings.api_token.value}"
     request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.console_port}/api/query",
-        data=orjson.dumps({"sql": sql, "format": format_name}),
-        headers={
-            "Content-Type": "application/json",
-            **(
-                {"Authorization": f"Bearer {settings.api_token.value}"}
-                if settings.api_token
-                else {}
-            ),
-        },
+        f"http://127.0.0.1:{settings.console_port}{path}", data=orjson.dumps(body), headers=headers
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body: bytes = response.read()
-            return body.decode()
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer: bytes = response.read()
+            return answer
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
         with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
             detail = orjson.loads(detail)["error"]
-        raise TrackerError(f"query failed: {detail}") from None
+        raise TrackerError(f"{what} failed: {detail}") from None
     except urllib.error.URLError as exc:
         raise TrackerError(
             f"no running instance answers on port {settings.console_port} ({exc.reason}); "
-            "start one with `tracker up`, or set TRACKER_CLICKHOUSE_URL to a ClickHouse server"
+            "start one with `tracker up`"
+            + (", or set TRACKER_CLICKHOUSE_URL to a ClickHouse server" if what == "query" else "")
         ) from None
+
+
+def _forget(settings: Settings, args: argparse.Namespace) -> int:
+    answer = orjson.loads(
+        console_request(settings, "/api/forget", {"identifier": args.identifier}, "forget")
+    )
+    sys.stdout.write(
+        f"forgotten: {answer['touchpoints']} touchpoints and {answer['dead_letters']} dead letters "
+        "deleted; events carrying it will not be stored again\n"
+    )
+    return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from tracker.errors import StoreError
-from tracker.http import add_health_routes, json_error, request_metrics
+from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.privacy import InvalidIdentifier
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 
@@ -33,24 +36,65 @@ STORE_KEY = web.AppKey("store", ClickHouseStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
 
+Forget = Callable[[str], Awaitable[dict[str, Any]]]
+FORGET_KEY: web.AppKey[Forget] = web.AppKey("forget")
+
+
 def create_console(
-    settings: Settings, store: ClickHouseStore, ready: Callable[[], Awaitable[bool] | bool]
+    settings: Settings,
+    store: ClickHouseStore,
+    ready: Callable[[], Awaitable[bool] | bool],
+    forget: Forget | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[request_metrics("console")])
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
     app.router.add_get("/", page)
     app.router.add_post("/api/query", query)
+    if forget is not None:
+        app[FORGET_KEY] = forget
+        app.router.add_post("/api/forget", forget_identifier)
     add_health_routes(app, ready)
     return app
 
 
-async def query(request: web.Request) -> web.StreamResponse:
+def _refusal(request: web.Request) -> web.Response | None:
+    """A token is required when one is configured; without one, only on loopback."""
     settings = request.app[SETTINGS_KEY]
     if settings.api_token:
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(supplied.encode(), settings.api_token.value.encode()):
             return json_error(401, "a valid bearer token (TRACKER_API_TOKEN) is required")
+    elif settings.console_host not in ("127.0.0.1", "localhost", "::1"):
+        return json_error(403, "set TRACKER_API_TOKEN before serving the console beyond localhost")
+    return None
+
+
+async def forget_identifier(request: web.Request) -> web.Response:
+    if refused := _refusal(request):
+        return refused
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return json_error(400, 'body must be JSON: {"identifier": "email:ada@example.com"}')
+    identifier = body.get("identifier") if isinstance(body, dict) else None
+    if not isinstance(identifier, str):
+        return json_error(400, '"identifier" must be a string such as "email:ada@example.com"')
+    try:
+        return json_response(await request.app[FORGET_KEY](identifier))
+    except InvalidIdentifier as exc:
+        return json_error(400, f"identifier {exc}")
+    except (StoreError, KafkaError) as exc:
+        return json_error(
+            503,
+            f"could not forget now, nothing is lost by retrying: {exc}",
+            headers={"Retry-After": "5"},
+        )
+
+
+async def query(request: web.Request) -> web.StreamResponse:
+    if refused := _refusal(request):
+        return refused
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

@@ -40,7 +40,7 @@ KAFKA_PRODUCE_FAILURES = Counter(
 )
 WORKER_EVENTS = Counter(
     "tracker_worker_events_total",
-    "Events the worker consumed: written, duplicate (already stored) or dead_letter.",
+    "Events the worker consumed: written, duplicate (already stored), dead_letter or forgotten.",
     ["outcome"],
 )
 WORKER_LAG = Gauge(

@@ -10,12 +10,17 @@ from functools import lru_cache
 import phonenumbers
 
 __all__ = [
+    "IDENTIFIER_KINDS",
     "InvalidIdentifier",
     "hash_identifier",
+    "identifier_key",
     "normalize_email",
     "normalize_phone",
     "truncate_ip",
 ]
+
+
+IDENTIFIER_KINDS = ("user", "anon", "email", "phone", "click")
 
 
 class InvalidIdentifier(ValueError):
@@ -61,3 +66,19 @@ def hash_identifier(kind: str, normalized: str, salt: str) -> str:
     """HMAC-SHA256 under the deployment's secret salt: stable for joins, useless without the salt."""
     message = f"{kind}:{normalized}".encode()
     return hmac.new(salt.encode(), message, hashlib.sha256).hexdigest()
+
+
+def identifier_key(raw: str, salt: str, phone_region: str) -> str:
+    """``kind:value`` as a person writes it (``email:ada@example.com``) to the form touchpoints
+    store it under (``email:<salted hash>``)."""
+    kind, _, value = raw.partition(":")
+    kind, value = kind.strip().lower(), value.strip()
+    if kind not in IDENTIFIER_KINDS or not value:
+        raise InvalidIdentifier(
+            f"must be kind:value with kind one of {', '.join(IDENTIFIER_KINDS)}, e.g. email:ada@example.com"
+        )
+    if kind == "email":
+        return f"email:{hash_identifier('email', normalize_email(value), salt)}"
+    if kind == "phone":
+        return f"phone:{hash_identifier('phone', normalize_phone(value, phone_region), salt)}"
+    return f"{kind}:{value}"

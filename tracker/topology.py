@@ -29,16 +29,17 @@ class TopicSpec:
 
     @property
     def configs(self) -> dict[str, str]:
-        return {
-            "cleanup.policy": self.cleanup_policy,
-            "retention.ms": str(self.retention_hours * 3_600_000),
-        }
+        configs = {"cleanup.policy": self.cleanup_policy}
+        if self.retention_hours:
+            configs["retention.ms"] = str(self.retention_hours * 3_600_000)
+        return configs
 
 
 @dataclass(frozen=True, slots=True)
 class Topology:
     raw: TopicSpec
     dead_letters: TopicSpec
+    forgotten: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -56,10 +57,10 @@ class Topology:
                 key=entry["key"],
             )
 
-        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"))
+        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"), forgotten=spec("forgotten"))
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.dead_letters]
+        return [self.raw, self.dead_letters, self.forgotten]
 
 
 async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:

@@ -126,6 +126,17 @@ class Touchpoint:
                 return f"{kind}:{value}"
         return f"event:{self.event_id}"
 
+    def identifier_keys(self) -> set[str]:
+        """Every identifier the event carries, as ``kind:value`` (email and phone hashed)."""
+        pairs = (
+            ("user", self.user_id),
+            ("anon", self.anonymous_id),
+            ("email", self.email_hash),
+            ("phone", self.phone_hash),
+            ("click", self.click_id),
+        )
+        return {f"{kind}:{value}" for kind, value in pairs if value}
+
     def to_wire(self) -> dict[str, Any]:
         """The raw-topic form: the contract's shape, with identifiers hashed and collector fields added."""
         wire: dict[str, Any] = {

@@ -65,6 +65,35 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
         assert query.returncode == 0, query.stderr
         assert query.stdout == f"{accepted}\t1\n"
 
+        someone = subprocess.run(
+            [
+                TRACKER,
+                "query",
+                "SELECT anonymous_id FROM touchpoints WHERE anonymous_id != '' LIMIT 1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        forget = subprocess.run(
+            [TRACKER, "forget", f"anon:{someone}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert forget.returncode == 0, forget.stderr
+        assert forget.stdout.startswith("forgotten: ") and " touchpoints and " in forget.stdout
+        left = subprocess.run(
+            [TRACKER, "query", f"SELECT count() FROM touchpoints WHERE anonymous_id = '{someone}'"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert left.stdout == "0\n"
+
         refused = subprocess.run(
             [TRACKER, "query", "DROP TABLE touchpoints"],
             env=env,

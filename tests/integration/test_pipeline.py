@@ -187,3 +187,39 @@ def test_sigterm_mid_stream_stops_cleanly_and_loses_nothing(pipeline: Pipeline) 
         pipeline.wait_for("SELECT count(), uniqExact(event_id) FROM touchpoints", "2000\t2000")
         == "2000\t2000"
     )
+
+
+def test_a_forgotten_person_is_erased_and_never_stored_again(pipeline: Pipeline) -> None:
+    ada = [make_event(email="ada@example.com", anonymous_id="ada-laptop") for _ in range(3)]
+    others = [make_event() for _ in range(2)]
+    assert pipeline.post(ada + others)[0] == 200
+    assert pipeline.wait_for("SELECT count() FROM touchpoints", "5") == "5"
+
+    status, answer, _ = http(
+        "POST", pipeline.console_url + "/api/forget", b'{"identifier": "email:Ada@Example.com"}'
+    )
+    assert (status, answer["touchpoints"]) == (200, 3)
+    assert pipeline.query("SELECT count() FROM touchpoints").strip() == "2"
+
+    # Neither a new event nor a restarted worker (which reloads the forgotten list) brings her back.
+    assert pipeline.post([make_event(email="ada@example.com")])[0] == 200
+    pipeline.components[0].stop()
+    pipeline.components[0] = pipeline.worker().start()
+    late = make_event(email="ADA@example.com")
+    marker = make_event()
+    assert pipeline.post([late, marker])[0] == 200
+    pipeline.wait_for(
+        f"SELECT count() FROM touchpoints WHERE event_id = '{marker['event_id']}'", "1"
+    )
+    assert (
+        pipeline.query("SELECT count() FROM touchpoints").strip() == "3"
+    )  # the two others and the marker
+    assert wait_for_metric(
+        pipeline.console_url, 'tracker_worker_events_total{outcome="forgotten"}', 1
+    )
+
+
+def test_forget_names_what_is_wrong_with_an_identifier(pipeline: Pipeline) -> None:
+    status, answer, _ = http("POST", pipeline.console_url + "/api/forget", b'{"identifier": "ada"}')
+    assert status == 400
+    assert answer["error"].startswith("identifier must be kind:value with kind one of user, anon")

@@ -136,8 +136,8 @@ class ClickHouseStore:
     ) -> None:
         self._call("insert", f"{self.database}.{table}", rows, column_names=list(columns))
 
-    def command_sync(self, sql: str) -> Any:
-        return self._call("command", sql)
+    def command_sync(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self._call("command", sql, parameters=parameters)
 
     # -- async API --------------------------------------------------------------------------
 
@@ -166,6 +166,10 @@ class ClickHouseStore:
 
     async def command(self, sql: str) -> Any:
         return await self._run(self.command_sync, sql)
+
+    async def command_with(self, sql: str, parameters: dict[str, Any]) -> Any:
+        """A statement with bound parameters (``{name:Type}`` in the SQL)."""
+        return await self._run(self.command_sync, sql, parameters)
 
     async def ping(self) -> bool:
         try:
