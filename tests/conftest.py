@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,8 +220,6 @@ def debian_tool(binary: str, package: str) -> str:
 
     Tests that need it fail, never skip, when it cannot be had.
     """
-    import shutil
-
     found = shutil.which(binary)
     if found:
         return found
