@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tomllib
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAlreadyExistsError
 
 from tracker.settings import Settings
 
@@ -69,6 +70,7 @@ async def ensure_topics(settings: Settings, topology: Topology | None = None) ->
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
+        await _wait_for_group_coordinator(admin, settings.worker_id)
         existing = set(await admin.list_topics())
         missing = [t for t in topology.all() if t.name not in existing]
         if not missing:
@@ -83,3 +85,14 @@ async def ensure_topics(settings: Settings, topology: Topology | None = None) ->
         log.info("created topics", extra={"topics": [t.name for t in missing]})
     finally:
         await admin.close()
+
+
+async def _wait_for_group_coordinator(admin: AIOKafkaAdminClient, group: str) -> None:
+    """A new broker makes its consumer-offsets topic on first demand; ask for it here, so that
+    consumers starting next find a coordinator instead of logging errors while it appears."""
+    for _ in range(100):
+        try:
+            await admin.describe_consumer_groups([group])
+            return
+        except GroupCoordinatorNotAvailableError:
+            await asyncio.sleep(0.1)
