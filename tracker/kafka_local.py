@@ -188,19 +188,23 @@ class LocalKafka:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self._config()
         if not (self.folder / "data" / "meta.properties").exists():
-            subprocess.run(
+            # "=": a random id may start with "-", which would read as an option.
+            formatted = subprocess.run(
                 self._java(
                     libs,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    _cluster_id(),
-                    "-c",
+                    f"--cluster-id={_cluster_id()}",
+                    "--config",
                     str(config),
                 ),
-                check=True,
-                stdout=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
             )
+            if formatted.returncode != 0:
+                raise LocalKafkaError(
+                    f"could not format Kafka's storage: {formatted.stderr[-2000:]}"
+                )
         self._process = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
             stdout=subprocess.DEVNULL,

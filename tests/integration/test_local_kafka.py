@@ -1,0 +1,48 @@
+"""The local broker `tracker up` runs: it starts whatever its random cluster id, and keeps data."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+import tracker.kafka_local as kafka_local
+from tracker.kafka_local import LocalKafka, free_port
+
+pytestmark = pytest.mark.integration
+
+
+async def _produce(bootstrap: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait("kept", value)
+    finally:
+        await producer.stop()
+
+
+async def _read_all(bootstrap: str) -> list[bytes]:
+    consumer = AIOKafkaConsumer("kept", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        fetched = await consumer.getmany(timeout_ms=5000)
+        return [r.value for records in fetched.values() for r in records]
+    finally:
+        await consumer.stop()
+
+
+def test_a_cluster_id_starting_with_a_dash_formats_and_data_survives_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kafka_local, "_cluster_id", lambda: "-q7bW3kT0Rj2mZ9xYp4cVLg")
+    broker = LocalKafka(tmp_path / "kafka", free_port())
+    broker.start()
+    try:
+        asyncio.run(_produce(broker.bootstrap, b"before restart"))
+        broker.stop()
+        broker.start()
+        assert asyncio.run(_read_all(broker.bootstrap)) == [b"before restart"]
+    finally:
+        broker.stop()
