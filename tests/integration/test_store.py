@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -188,3 +191,17 @@ async def test_rows_clickhouse_refuses_on_their_own_are_handed_back(store: Click
         r[0] for r in (await store.query("SELECT toString(dead_letter_id) FROM dead_letters")).rows
     }
     assert stored == set(good)
+
+
+def test_tracker_migrate_applies_once_then_says_up_to_date(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    env.update(TRACKER_DATA_DIR=str(tmp_path), TRACKER_CLICKHOUSE_URL=f"chdb://{tmp_path / 'ch'}")
+    command = [sys.executable, "-m", "tracker", "migrate"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    versions = [m.version for m in load_migrations()]
+    assert (first.returncode, first.stdout) == (
+        0,
+        f"applied {len(versions)} migration(s): {versions}\n",
+    )
+    assert (second.returncode, second.stdout) == (0, "up to date\n")
