@@ -39,6 +39,8 @@ class TopicSpec:
 class Topology:
     raw: TopicSpec
     dead_letters: TopicSpec
+    links: TopicSpec
+    link_clicks: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -56,10 +58,15 @@ class Topology:
                 key=entry["key"],
             )
 
-        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"))
+        return cls(
+            raw=spec("raw"),
+            dead_letters=spec("dead_letters"),
+            links=spec("links"),
+            link_clicks=spec("link_clicks"),
+        )
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.dead_letters]
+        return [self.raw, self.dead_letters, self.links, self.link_clicks]
 
 
 async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:
