@@ -11,6 +11,7 @@ from aiohttp import web
 from mode import Service
 
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.links import add_links_mirror
 from agents.sink import ClickHouseSink
 from tracker.console import create_console
 from tracker.logs import logging_config
@@ -97,6 +98,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, ConsoleService, ClickHo
             await pipeline.handle_dead_letters([_raw(e) for e in events])
             for event in events:
                 await stream.ack(event)
+
+    add_links_mirror(app, store, topology, settings)
 
     async def mark_started() -> None:
         console.started_agents = True

@@ -172,11 +172,10 @@ class LinkState:
             client_id="tracker-links",
         )
         await consumer.start()
-        await consumer.topics()  # fetches metadata for the topics just ensured
         partitions = [
             TopicPartition(topic, p)
             for topic in (self._topology.links.name, self._topology.link_clicks.name)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            for p in sorted(await self._producer.partitions_for(topic))  # waits for metadata
         ]
         if not partitions:
             raise KafkaError("the links topics have no partitions yet")
