@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -418,3 +419,26 @@ async def _metric(client: TestClient[web.Request, web.Application], sample: str)
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_link_changes_and_deletes_become_versioned_rows() -> None:
+    from agents.links import LINK_COLUMNS, mirror_links
+    from agents.sink import MemorySink
+
+    sink = MemorySink()
+    first = parse_link({"target": "https://a.example/", "utm": {"source": "x"}}, slug="m1")
+    second = parse_link({"target": "https://b.example/"}, existing=first)
+    records = [
+        (link.slug, orjson.dumps(link.to_record()), 1_800_000_000_000) for link in (first, second)
+    ]
+    await mirror_links(sink, [*records, ("m1", None, 1_800_000_000_500)])
+
+    rows = sorted(sink.rows.values(), key=lambda row: row[1])
+    named = [dict(zip(LINK_COLUMNS, row, strict=True)) for row in rows]
+    assert [(r["target"], r["deleted"]) for r in named] == [
+        ("https://a.example/", False),
+        ("https://b.example/", False),
+        ("", True),
+    ]
+    assert named[0]["utm_source"] == "x"
+    assert named[0]["version"] < named[1]["version"] < named[2]["version"]
