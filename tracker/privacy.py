@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from functools import lru_cache
 
 import phonenumbers
 
@@ -21,6 +22,7 @@ class InvalidIdentifier(ValueError):
     """An email or phone number that cannot be normalized."""
 
 
+@lru_cache(maxsize=65536)  # pure, and the same visitors come back: keeps parsing off hot paths
 def truncate_ip(raw: str) -> str:
     """Keep the network, drop the host: IPv4 to /24, IPv6 to /48. Unparseable input gives ``""``."""
     try:

@@ -28,7 +28,9 @@ __all__ = ["Click", "ClickBuffer", "click_touchpoint"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000
+BATCH = 256
+# Clicks turned into touchpoints between two turns of the event loop: redirects come first.
+_CHUNK = 16
 _IDLE_SECONDS = 0.05
 _DROP_LOG_SECONDS = 10.0
 
@@ -135,38 +137,49 @@ class ClickBuffer:
                 await asyncio.sleep(_IDLE_SECONDS)
 
     async def drain_once(self, retry_seconds: float = 0.5) -> int:
+        """Send up to one batch; return how many clicks it held (0: the queue was empty)."""
         queue = self._queue
         if not queue:
             return 0
         clicks = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
         self._in_flight = len(clicks)
         try:
-            touchpoints = []
-            for click in clicks:
-                short_url = f"{self._base_url}/{click.link.slug}"
-                try:
-                    touchpoints.append(click_touchpoint(click, short_url, self._hash_salt))
-                except ValidationError as exc:  # a link field the schema refuses: log, go on
-                    log.error(
-                        "click not recordable", extra={"slug": click.link.slug, "error": str(exc)}
-                    )
-            delay = retry_seconds
-            while True:
-                try:
-                    await self._publisher.publish(touchpoints)
-                    return len(clicks)
-                except asyncio.CancelledError:
-                    queue.extendleft(reversed(clicks))  # shutting down: flush() gets them
-                    raise
-                except BackpressureError as exc:
-                    log.warning(
-                        "clicks wait for kafka",
-                        extra={"queued": self.depth(), "error": str(exc), "retry_in": delay},
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            touchpoints = await self._touchpoints(clicks)
+            await self._publish(touchpoints, retry_seconds)
+        except asyncio.CancelledError:
+            queue.extendleft(reversed(clicks))  # shutting down: flush() gets them
+            raise
         finally:
             self._in_flight = 0
+        return len(clicks)
+
+    async def _touchpoints(self, clicks: list[Click]) -> list[Touchpoint]:
+        touchpoints = []
+        for index, click in enumerate(clicks, 1):
+            short_url = f"{self._base_url}/{click.link.slug}"
+            try:
+                touchpoints.append(click_touchpoint(click, short_url, self._hash_salt))
+            except ValidationError as exc:  # a link field the schema refuses: log, go on
+                log.error(
+                    "click not recordable", extra={"slug": click.link.slug, "error": str(exc)}
+                )
+            if index % _CHUNK == 0:
+                await asyncio.sleep(0)
+        return touchpoints
+
+    async def _publish(self, touchpoints: list[Touchpoint], retry_seconds: float) -> None:
+        delay = retry_seconds
+        while True:
+            try:
+                await self._publisher.publish(touchpoints)
+                return
+            except BackpressureError as exc:
+                log.warning(
+                    "clicks wait for kafka",
+                    extra={"queued": self.depth(), "error": str(exc), "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def flush(self, within: float) -> None:
         """On shutdown: give what is queued a bounded time to reach Kafka, and say what did not."""
