@@ -57,8 +57,12 @@ class Links:
         self.limiter = TokenBuckets(settings.links_api_rate, settings.links_api_burst)
 
     @property
+    def loaded(self) -> bool:
+        return self.state is None or self.state.loaded
+
+    @property
     def ready(self) -> bool:
-        return self.publisher.ready and (self.state is None or self.state.ready)
+        return self.publisher.ready and self.loaded
 
     def short_url(self, slug: str) -> str:
         return f"{self.settings.links_base_url}/{slug}"
@@ -158,6 +162,7 @@ _NO_STORE = "no-store"
 _PAGES = {
     404: "This short link does not exist, or is not active yet.",
     410: "This short link is no longer active: it was disabled, has expired, or reached its limit.",
+    503: "Short links are starting up; try again in a moment.",
 }
 
 
@@ -166,6 +171,8 @@ async def follow(request: web.Request) -> web.StreamResponse:
     slug = request.match_info["slug"]
     link = links.table.links.get(slug)
     if link is None:
+        if not links.loaded:  # restarting: every link would look unknown until the table is read
+            return _page(503, {"Retry-After": "1"})
         _UNKNOWN.inc()
         return _page(404)
     qr = False
@@ -216,7 +223,7 @@ async def follow(request: web.Request) -> web.StreamResponse:
     return _page(resolution.status)
 
 
-def _page(status: int) -> web.Response:
+def _page(status: int, headers: dict[str, str] | None = None) -> web.Response:
     text = _PAGES.get(status, "Not found.")
     body = (
         f"<!doctype html><meta charset=utf-8><title>{status}</title>"
@@ -226,7 +233,7 @@ def _page(status: int) -> web.Response:
         status=status,
         text=body,
         content_type="text/html",
-        headers={"Cache-Control": _NO_STORE},
+        headers={"Cache-Control": _NO_STORE, **(headers or {})},
     )
 
 

@@ -73,6 +73,8 @@ def validate_target(url: Any) -> str | None:
         return f"must be at most {MAX_URL_LENGTH} characters"
     if any(c in url for c in "\r\n\t\x00") or url != url.strip():
         return "must not contain spaces at the ends or control characters"
+    if not url.isascii():
+        return "must be ASCII: percent-encode other characters, and give hosts in punycode"
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -108,6 +108,7 @@ def test_generated_slugs_are_long_random_and_avoid_taken_ones() -> None:
         "https://",
         "https://exa mple.com\r\nSet-Cookie: x=1",
         "vbscript:msgbox(1)",
+        "https://exämple.com/",
     ],
 )
 def test_targets_other_than_absolute_http_urls_are_refused(target: str) -> None:
@@ -442,3 +443,44 @@ async def test_link_changes_and_deletes_become_versioned_rows() -> None:
     ]
     assert named[0]["utm_source"] == "x"
     assert named[0]["version"] < named[1]["version"] < named[2]["version"]
+
+
+def test_click_counts_add_up_over_instances_and_ignore_stale_echoes_of_our_own() -> None:
+    from collectors.links import LinkTable
+
+    table = LinkTable(instance="me")
+    table.apply_link(
+        "s", orjson.dumps(parse_link({"target": "https://a.example/"}, slug="s").to_record())
+    )
+    table.apply_count("s/other", orjson.dumps({"slug": "s", "clicks": 5}))
+    table.count_click("s")
+    table.count_click("s")
+    table.apply_count("s/me", orjson.dumps({"slug": "s", "clicks": 1}))  # our own, older
+    assert table.clicks("s") == 7
+    assert table.dirty == {"s"}
+    table.apply_link("s", None)
+    assert (table.get("s"), table.clicks("s")) == (None, 0)
+
+
+class _LoadingState:
+    """Link state still reading the topic: nothing in the table yet."""
+
+    def __init__(self) -> None:
+        from collectors.links import LinkTable
+
+        self.table = LinkTable()
+        self.loaded = self.ready = False
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_while_links_load_a_slug_is_unavailable_not_unknown(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path), MemoryPublisher(), _LoadingState())  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as loading:
+        response = await loading.get("/anything", allow_redirects=False)
+        assert (response.status, response.headers["Retry-After"]) == (503, "1")
+        assert (await loading.get("/readyz")).status == 503
