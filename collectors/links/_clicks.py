@@ -28,7 +28,9 @@ __all__ = ["Click", "ClickBuffer", "click_touchpoint"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 256
+BATCH = 64
+# Batches in flight to Kafka at once: small batches keep the loop free, several keep up the rate.
+DRAINERS = 4
 # Clicks turned into touchpoints between two turns of the event loop: redirects come first.
 _CHUNK = 16
 _IDLE_SECONDS = 0.05
@@ -131,7 +133,12 @@ class ClickBuffer:
             )
 
     async def run(self) -> None:
-        """Drain forever: a batch at a time, each retried until Kafka acknowledges it."""
+        """Drain forever: batches retried until Kafka acknowledges them, a few in flight at once."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(DRAINERS):
+                group.create_task(self._drain_forever())
+
+    async def _drain_forever(self) -> None:
         while True:
             if not await self.drain_once():
                 await asyncio.sleep(_IDLE_SECONDS)
@@ -142,7 +149,7 @@ class ClickBuffer:
         if not queue:
             return 0
         clicks = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
-        self._in_flight = len(clicks)
+        self._in_flight += len(clicks)
         try:
             touchpoints = await self._touchpoints(clicks)
             await self._publish(touchpoints, retry_seconds)
@@ -150,7 +157,7 @@ class ClickBuffer:
             queue.extendleft(reversed(clicks))  # shutting down: flush() gets them
             raise
         finally:
-            self._in_flight = 0
+            self._in_flight -= len(clicks)
         return len(clicks)
 
     async def _touchpoints(self, clicks: list[Click]) -> list[Touchpoint]:
