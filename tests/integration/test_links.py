@@ -239,3 +239,69 @@ def test_redirects_go_on_while_kafka_is_down_and_clicks_arrive_later(tmp_path: P
     finally:
         pipeline.stop()
         broker.stop()
+
+
+def test_the_cli_manages_links_on_the_running_service(kafka: LocalKafka, tmp_path: Path) -> None:
+    env = component_env(kafka.bootstrap, tmp_path, TRACKER_API_TOKEN=TOKEN)
+    service = Pipeline(env, tmp_path).links().start()
+    base = f"http://127.0.0.1:{env['TRACKER_LINKS_PORT']}"
+
+    def tracker(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "tracker", "links", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        created = orjson.loads(
+            tracker(
+                "create",
+                "https://shop.example/a",
+                "--slug",
+                "cli",
+                "--tag",
+                "print",
+                "--utm-source",
+                "poster",
+                "--max-clicks",
+                "10",
+            )
+        )
+        assert (created["slug"], created["max_clicks"], created["utm"]) == (
+            "cli",
+            10,
+            {"source": "poster"},
+        )
+        assert tracker("list", "--tag", "print").split("\t")[:3] == [
+            "cli",
+            f"{base}/cli",
+            "https://shop.example/a",
+        ]
+
+        tracker("update", "cli", "--target", "https://shop.example/b")
+        assert call("GET", base + "/cli", follow=False)[2]["Location"].startswith(
+            "https://shop.example/b?"
+        )
+        tracker("disable", "cli")
+        assert call("GET", base + "/cli", follow=False)[0] == 410
+        assert orjson.loads(tracker("show", "cli"))["disabled"] is True
+
+        png = tmp_path / "cli.png"
+        tracker("qr", "cli", str(png))
+        assert png.read_bytes().startswith(b"\x89PNG")
+
+        refused = subprocess.run(
+            [sys.executable, "-m", "tracker", "links", "create", "javascript:alert(1)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 1 and "http or https" in refused.stderr
+    finally:
+        service.stop()
