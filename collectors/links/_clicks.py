@@ -28,11 +28,11 @@ __all__ = ["Click", "ClickBuffer", "click_touchpoint"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 64
+BATCH = 32
 # Batches in flight to Kafka at once: small batches keep the loop free, several keep up the rate.
-DRAINERS = 4
+DRAINERS = 8
 # Clicks turned into touchpoints between two turns of the event loop: redirects come first.
-_CHUNK = 16
+_CHUNK = 8
 _IDLE_SECONDS = 0.05
 _DROP_LOG_SECONDS = 10.0
 
