@@ -1,3 +1,5 @@
+"""The links service: ``GET|HEAD /{slug}`` redirects from memory, ``/api/links`` manages links."""
+
 from __future__ import annotations
 
 import asyncio

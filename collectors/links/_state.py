@@ -168,6 +168,7 @@ class LinkState:
             bootstrap_servers=self._settings.bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
             client_id="tracker-links",
         )
