@@ -72,7 +72,7 @@ def click_touchpoint(click: Click, short_url: str, hash_salt: str) -> Touchpoint
         properties["tags"] = ",".join(link.tags)
     if link.campaign:
         properties["link_campaign"] = link.campaign
-    page = {"url": click.location or short_url}
+    page = {"url": (click.location or short_url)[:4096]}  # a long passed-on query is cut, not lost
     if click.referrer:
         page["referrer"] = click.referrer[:4096]
     payload: dict[str, Any] = {

@@ -94,3 +94,10 @@ def test_a_person_clicking_is_not_a_bot_and_lands_in_the_links_channel() -> None
     assert enriched.channel == "email"  # from the link's utm_medium
     assert enriched.device_type == "mobile"
     assert touchpoint.ts.utcoffset() == timedelta(0)
+
+
+def test_a_click_with_a_huge_query_is_still_recorded() -> None:
+    click = _click("GET", PEOPLE[0])
+    click.location += "&q=" + "x" * 10_000
+    touchpoint = click_touchpoint(click, "https://go.example/s1", "salt")
+    assert len(touchpoint.page["url"]) == 4096
