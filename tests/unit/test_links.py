@@ -288,11 +288,14 @@ async def test_each_link_answers_with_its_status_code_to_get_and_head(
 async def test_unknown_slug_is_a_404_page_and_counted(
     client: TestClient[web.Request, web.Application],
 ) -> None:
+    answered = 'tracker_collector_requests_total{collector="links",route="/{slug}",status="404"}'
     before = await _metric(client, 'tracker_link_clicks_total{outcome="unknown_slug"}')
+    answers_before = await _metric(client, answered)
     response = await client.get("/nope", allow_redirects=False)
     assert response.status == 404 and "does not exist" in await response.text()
     after = await _metric(client, 'tracker_link_clicks_total{outcome="unknown_slug"}')
     assert after == before + 1
+    assert await _metric(client, answered) == answers_before + 1
     assert (await drained(client)).touchpoints == []
 
 
