@@ -77,6 +77,18 @@ _WEBMAIL_HOSTS = frozenset(
     }
 )
 _SECOND_LEVEL_SUFFIXES = frozenset({"co", "com", "org", "net", "ac", "gov", "edu"})
+# Security gateways that fetch every link in an email, where their user agent gives them away.
+# crawlerdetect knows the link-preview fetchers (Slackbot, Twitterbot, facebookexternalhit, ...)
+# and search crawlers; these it does not. Scanners that send a browser's user agent cannot be
+# told apart per request.
+_SCANNER_TOKENS = (
+    ("ms-office", "scanner:microsoft_office"),
+    ("msoffice", "scanner:microsoft_office"),
+    ("barracuda", "scanner:barracuda"),
+    ("proofpoint", "scanner:proofpoint"),
+    ("mimecast", "scanner:mimecast"),
+    ("ciscosecureemail", "scanner:cisco_secure_email"),
+)
 _SOURCE_CHANNEL = {
     "call_webhook": "phone",
     "shortlink": "web",
@@ -122,6 +134,10 @@ def enrich(touchpoint: Touchpoint) -> Enrichment:
             ad_click_ids.setdefault(param, query[param])
     referrer_host, _, _ = _url_parts(touchpoint.page.get("referrer", ""))
     agent = classify_user_agent(touchpoint.context.get("user_agent", ""))
+    is_bot, bot_reason = agent.is_bot, agent.bot_reason
+    if not is_bot and touchpoint.properties.get("http_method") == "HEAD":
+        # A short link fetched without its body: link checkers and previewers, never a person.
+        is_bot, bot_reason = True, "head_request"
     channel = touchpoint.channel or derive_channel(
         touchpoint.source, campaign.get("medium", ""), bool(ad_click_ids), referrer_host, page_host
     )
@@ -135,8 +151,8 @@ def enrich(touchpoint: Touchpoint) -> Enrichment:
         device_type=agent.device_type,
         os=agent.os,
         browser=agent.browser,
-        is_bot=agent.is_bot,
-        bot_reason=agent.bot_reason,
+        is_bot=is_bot,
+        bot_reason=bot_reason,
     )
 
 
@@ -175,6 +191,10 @@ def classify_user_agent(user_agent: str) -> UserAgentInfo:
         )
     if device == "Spider":
         return UserAgentInfo("bot", os_name, browser, True, "crawler:ua-parser")
+    lowered = user_agent.lower()
+    for token, reason in _SCANNER_TOKENS:
+        if token in lowered:
+            return UserAgentInfo("bot", os_name, browser, True, reason)
     return UserAgentInfo(_device_type(device, os_name, user_agent), os_name, browser, False, "")
 
 

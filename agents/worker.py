@@ -24,6 +24,7 @@ from mode import Service
 
 from agents.forget import ForgottenIdentifiers, erase
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.links import add_links_mirror
 from agents.sink import ClickHouseSink
 from tracker.console import create_console
 from tracker.logs import logging_config
@@ -315,6 +316,8 @@ def build_worker(
             await pipeline.handle_dead_letters([_raw(e) for e in events])
             for event in events:
                 await stream.ack(event)
+
+    add_links_mirror(app, store, topology, settings)
 
     async def mark_started() -> None:
         console.started_agents = True

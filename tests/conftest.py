@@ -44,6 +44,7 @@ def component_env(kafka_bootstrap: str, data_dir: Path, **overrides: str) -> dic
             "TRACKER_CLICKHOUSE_URL": f"chdb://{data_dir / 'clickhouse'}",
             "TRACKER_CONSOLE_PORT": str(free_port()),
             "TRACKER_BEACON_PORT": str(free_port()),
+            "TRACKER_LINKS_PORT": str(free_port()),
             "TRACKER_SINK_FLUSH_SECONDS": "0.2",
             "TRACKER_PRODUCE_TIMEOUT_SECONDS": "3",
             "TRACKER_RETRY_AFTER_SECONDS": "2",
@@ -129,6 +130,17 @@ class Pipeline:
     def beacon(self) -> Component:
         return Component(
             ["serve", "beacon"], self.env, f"{self.beacon_url}/readyz", self.data_dir / "beacon.log"
+        )
+
+    def links(self, **overrides: str) -> Component:
+        """A links service; pass another TRACKER_LINKS_PORT to run a second one on the same topics."""
+        env = {**self.env, **overrides}
+        port = env["TRACKER_LINKS_PORT"]
+        return Component(
+            ["serve", "links"],
+            env,
+            f"http://127.0.0.1:{port}/readyz",
+            self.data_dir / f"links-{port}.log",
         )
 
     def start(self) -> Pipeline:

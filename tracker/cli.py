@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     serve = commands.add_parser("serve", help="run one collector")
-    serve.add_argument("collector", choices=["beacon"])
+    serve.add_argument("collector", choices=["beacon", "links"])
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         "identifier", help="kind:value, kind one of user, anon, email, phone, click"
     )
     forget.set_defaults(run=_forget)
+
+    from tracker.links_cli import add_links_commands
+
+    add_links_commands(commands)
 
     check = commands.add_parser("check", help="exit 0 when the running instance is ready")
     check.set_defaults(run=_check)
@@ -110,17 +114,26 @@ def _worker(settings: Settings, _: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from collectors.beacon import create_app
     from tracker.producer import KafkaPublisher
 
     settings = settings.with_hash_salt()
     _use_uvloop()
-    app = create_app(settings, KafkaPublisher(settings))
-    log.info("beacon listening", extra={"host": settings.host, "port": settings.beacon_port})
+    if args.collector == "links":
+        from collectors.links import LinkState, LinkTable
+        from collectors.links import create_app as create_links_app
+
+        app = create_links_app(settings, KafkaPublisher(settings), LinkState(settings, LinkTable()))
+        port = settings.links_port
+    else:
+        from collectors.beacon import create_app
+
+        app = create_app(settings, KafkaPublisher(settings))
+        port = settings.beacon_port
+    log.info(f"{args.collector} listening", extra={"host": settings.host, "port": port})
     web.run_app(
         app,
         host=settings.host,
-        port=settings.beacon_port,
+        port=port,
         access_log=None,
         print=None,
         shutdown_timeout=10.0,
@@ -211,6 +224,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     targets = {
         "console": f"http://127.0.0.1:{settings.console_port}/readyz",
         "beacon": f"http://127.0.0.1:{settings.beacon_port}/readyz",
+        "links": f"http://127.0.0.1:{settings.links_port}/readyz",
     }
     healthy = True
     for name, url in targets.items():

@@ -9,6 +9,9 @@ __all__ = [
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
     "KAFKA_PRODUCE_FAILURES",
+    "LINK_CLICKS",
+    "LINK_CLICKS_DROPPED",
+    "LINK_CLICK_QUEUE",
     "SINK_FAILURES",
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
@@ -60,4 +63,17 @@ SINK_FAILURES = Counter(
     "tracker_sink_failures_total",
     "Batch writes ClickHouse refused; the batch is retried, never dropped.",
     ["table"],
+)
+LINK_CLICKS = Counter(
+    "tracker_link_clicks_total",
+    "Requests for a short link, by outcome: redirect, fallback, gone (404/410 page) or unknown_slug.",
+    ["outcome"],
+)
+LINK_CLICK_QUEUE = Gauge(
+    "tracker_link_click_queue",
+    "Clicks answered but not yet acknowledged by Kafka, waiting in the links service's buffer.",
+)
+LINK_CLICKS_DROPPED = Counter(
+    "tracker_link_clicks_dropped_total",
+    "Clicks lost because the click buffer was full (Kafka away too long). Should stay 0.",
 )

@@ -27,7 +27,7 @@ class InvalidIdentifier(ValueError):
     """An email or phone number that cannot be normalized."""
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=65536)  # pure, and the same visitors come back: keeps parsing off hot paths
 def truncate_ip(raw: str) -> str:
     """Keep the network, drop the host: IPv4 to /24, IPv6 to /48. Unparseable input gives ``""``.
 

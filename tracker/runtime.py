@@ -69,7 +69,10 @@ def run_up(settings: Settings) -> int:
     beacon = Child(
         "beacon", [*python, "serve", "beacon"], f"http://127.0.0.1:{settings.beacon_port}/readyz"
     )
-    children = [worker, beacon]
+    links = Child(
+        "links", [*python, "serve", "links"], f"http://127.0.0.1:{settings.links_port}/readyz"
+    )
+    children = [worker, beacon, links]
     try:
         asyncio.run(ensure_topics(settings))
         for child in children:
@@ -84,6 +87,7 @@ def run_up(settings: Settings) -> int:
                 extra={
                     "console": f"http://127.0.0.1:{settings.console_port}/",
                     "beacon": f"http://{settings.host}:{settings.beacon_port}/v1/events",
+                    "links": settings.links_base_url,
                     "kafka": settings.bootstrap_servers,
                     "clickhouse": "embedded chDB"
                     if settings.uses_embedded_clickhouse

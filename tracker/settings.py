@@ -62,6 +62,10 @@ class Settings:
     default_phone_region: str
     cors_origins: tuple[str, ...]
     log_level: str
+    links_base_url: str = "http://127.0.0.1:8002"
+    links_click_buffer: int = 250_000
+    links_api_rate: float = 10.0
+    links_api_burst: int = 40
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -131,6 +135,13 @@ class Settings:
                 o.strip() for o in reader.text("TRACKER_CORS_ORIGINS", "*").split(",") if o.strip()
             ),
             log_level=reader.text("TRACKER_LOG_LEVEL", "INFO").upper(),
+            links_base_url=reader.text(
+                "TRACKER_LINKS_BASE_URL",
+                f"http://127.0.0.1:{reader.port('TRACKER_LINKS_PORT', 8002)}",
+            ).rstrip("/"),
+            links_click_buffer=reader.integer("TRACKER_LINKS_CLICK_BUFFER", 250_000, minimum=1000),
+            links_api_rate=reader.number("TRACKER_LINKS_API_RATE", 10.0),
+            links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
         )
 
 

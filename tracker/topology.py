@@ -41,6 +41,8 @@ class Topology:
     raw: TopicSpec
     dead_letters: TopicSpec
     forgotten: TopicSpec
+    links: TopicSpec
+    link_clicks: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -58,10 +60,16 @@ class Topology:
                 key=entry["key"],
             )
 
-        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"), forgotten=spec("forgotten"))
+        return cls(
+            raw=spec("raw"),
+            dead_letters=spec("dead_letters"),
+            forgotten=spec("forgotten"),
+            links=spec("links"),
+            link_clicks=spec("link_clicks"),
+        )
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.dead_letters, self.forgotten]
+        return [self.raw, self.dead_letters, self.forgotten, self.links, self.link_clicks]
 
 
 async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:

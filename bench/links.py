@@ -1,0 +1,241 @@
+"""Short-link redirects per second and latency, against a bare aiohttp redirect on the same stack.
+
+    python bench/links.py [--seconds 10] [--connections 16] [--rate-fraction 0.5]
+
+It starts a local Kafka broker, the links service (``python -m tracker serve links``: click
+logging on, every click produced to Kafka) and, as the baseline, a bare aiohttp app in one process
+whose only handler answers 302 with a fixed Location. Both run one process, one event loop, no
+access log. wrk (1 thread, 16 connections, keep-alive, redirects not followed) measures:
+
+1. maximum load: as fast as wrk can send, for each server;
+2. fixed load: the same offered rate for both, a fraction of the lower maximum, set with a wrk
+   Lua ``delay()`` per connection (each connection sends one request every connections/rate
+   seconds), so latency is compared at equal offered load rather than at saturation.
+
+The bars: links >= 80% of the baseline's redirects/s at maximum load, and links p99 <= 1.5x the
+baseline's p99 at the fixed load. Results go to stdout, a JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOKEN = "bench-token"
+SLUG = "bench"
+
+
+def baseline_server(port: int) -> None:
+    """The baseline: aiohttp, one process, one handler, a fixed redirect."""
+    from aiohttp import web
+
+    async def redirect(_: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "https://shop.example/landing"})
+
+    async def ready(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/{slug}", redirect)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def wait_ready(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+def wrk(
+    url: str, seconds: int, connections: int, rate: float | None, workdir: Path
+) -> dict[str, float]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if rate:
+        script = workdir / "fixed_rate.lua"
+        per_connection_ms = connections / rate * 1000.0
+        script.write_text(f"function delay()\n  return {per_connection_ms:.3f}\nend\n")
+        args += ["-s", str(script)]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> dict[str, float]:
+    def ms(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    result: dict[str, float] = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+    }
+    for pct in ("50", "75", "90", "99"):
+        match = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.MULTILINE)
+        if match:
+            result[f"p{pct}_ms"] = ms(match.group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["bad_responses"] = float(errors.group(1)) if errors else 0.0
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    result["socket_errors"] = 1.0 if socket_errors else 0.0
+    return result
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate-fraction", type=float, default=0.5)
+    parser.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_server:
+        baseline_server(args.baseline_server)
+        return 0
+    if shutil.which("wrk") is None:
+        sys.stderr.write("wrk is missing: apt-get install -y wrk\n")
+        return 2
+
+    from tracker.kafka_local import LocalKafka, free_port
+
+    out = sys.stdout.write
+    workdir = Path(tempfile.mkdtemp(prefix="bench-links-"))
+    broker = LocalKafka(workdir / "kafka", free_port())
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        broker.start()
+        links_port, baseline_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+        env.update(
+            TRACKER_DATA_DIR=str(workdir / "data"),
+            TRACKER_KAFKA_BOOTSTRAP=broker.bootstrap,
+            TRACKER_LINKS_PORT=str(links_port),
+            TRACKER_API_TOKEN=TOKEN,
+            TRACKER_HASH_SALT="bench",
+            TRACKER_LOG_LEVEL="WARNING",
+        )
+        log = (workdir / "links.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tracker", "serve", "links"], env=env, stdout=log, stderr=log
+            )
+        )
+        processes.append(
+            subprocess.Popen([sys.executable, __file__, "--baseline-server", str(baseline_port)])
+        )
+        links = f"http://127.0.0.1:{links_port}"
+        baseline = f"http://127.0.0.1:{baseline_port}"
+        wait_ready(links + "/readyz")
+        wait_ready(baseline + "/readyz")
+        request = urllib.request.Request(
+            links + "/api/links",
+            data=json.dumps(
+                {
+                    "target": "https://shop.example/landing",
+                    "slug": SLUG,
+                    "utm": {"source": "bench", "medium": "email"},
+                }
+            ).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+        results: dict[str, Any] = {}
+        for name, base in (("baseline", baseline), ("links", links)):
+            wrk(f"{base}/{SLUG}", 2, args.connections, None, workdir)  # warm-up
+            results[f"{name}_max"] = wrk(
+                f"{base}/{SLUG}", args.seconds, args.connections, None, workdir
+            )
+        rate = args.rate_fraction * min(results["baseline_max"]["rps"], results["links_max"]["rps"])
+        for name, base in (("baseline", baseline), ("links", links)):
+            results[f"{name}_fixed"] = wrk(
+                f"{base}/{SLUG}", args.seconds, args.connections, rate, workdir
+            )
+
+        # Every click the links service answered must reach Kafka: wait for its queue to empty.
+        deadline = time.monotonic() + 60
+        while (
+            metric(links + "/metrics", "tracker_link_click_queue") > 0
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+        results["links_clicks_recorded"] = metric(
+            links + "/metrics", 'tracker_link_clicks_total{outcome="redirect"}'
+        )
+        results["links_click_queue_left"] = metric(links + "/metrics", "tracker_link_click_queue")
+        results["links_clicks_dropped"] = metric(
+            links + "/metrics", "tracker_link_clicks_dropped_total"
+        )
+        results["fixed_rate"] = rate
+        results["throughput_ratio"] = results["links_max"]["rps"] / results["baseline_max"]["rps"]
+        results["p99_ratio_fixed"] = (
+            results["links_fixed"]["p99_ms"] / results["baseline_fixed"]["p99_ms"]
+        )
+        results["p99_ratio_max"] = (
+            results["links_max"]["p99_ms"] / results["baseline_max"]["p99_ms"]
+        )
+
+        out(f"wrk 1 thread, {args.connections} connections, {args.seconds}s per run\n")
+        out(f"{'run':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-3xx':>9}\n")
+        for key in ("baseline_max", "links_max", "baseline_fixed", "links_fixed"):
+            r = results[key]
+            out(
+                f"{key:<16}{r['rps']:>10.0f}{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}{r['bad_responses']:>9.0f}\n"
+            )
+        out(f"fixed offered rate: {rate:.0f} req/s\n")
+        out(
+            f"throughput: links/baseline = {results['throughput_ratio']:.2f} (bar >= 0.80) "
+            f"{'PASS' if results['throughput_ratio'] >= 0.8 else 'FAIL'}\n"
+        )
+        out(
+            f"p99 at fixed rate: links/baseline = {results['p99_ratio_fixed']:.2f} (bar <= 1.5) "
+            f"{'PASS' if results['p99_ratio_fixed'] <= 1.5 else 'FAIL'}\n"
+        )
+        out(f"p99 at max load: links/baseline = {results['p99_ratio_max']:.2f}\n")
+        out(
+            f"clicks recorded {results['links_clicks_recorded']:.0f}, still queued "
+            f"{results['links_click_queue_left']:.0f}, dropped {results['links_clicks_dropped']:.0f}\n"
+        )
+        out(json.dumps(results) + "\n")
+        return 0
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
