@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CALL_CALLBACKS_MERGED",
+    "CALL_WEBHOOKS",
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
@@ -55,4 +57,14 @@ SINK_FAILURES = Counter(
     "tracker_sink_failures_total",
     "Batch writes ClickHouse refused; the batch is retried, never dropped.",
     ["table"],
+)
+CALL_WEBHOOKS = Counter(
+    "tracker_call_webhooks_total",
+    "Call webhooks by provider and outcome: accepted, unauthorized, malformed, not_configured.",
+    ["provider", "outcome"],
+)
+CALL_CALLBACKS_MERGED = Counter(
+    "tracker_call_callbacks_merged_total",
+    "Call callbacks the worker handled: merged (new), duplicate (a retry) or over_limit.",
+    ["outcome"],
 )

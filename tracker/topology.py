@@ -39,6 +39,7 @@ class TopicSpec:
 class Topology:
     raw: TopicSpec
     dead_letters: TopicSpec
+    calls: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -56,10 +57,10 @@ class Topology:
                 key=entry["key"],
             )
 
-        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"))
+        return cls(raw=spec("raw"), dead_letters=spec("dead_letters"), calls=spec("calls"))
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.dead_letters]
+        return [self.raw, self.dead_letters, self.calls]
 
 
 async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:
