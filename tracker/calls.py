@@ -79,11 +79,11 @@ class CallCallback:
 
     provider: str
     call_id: str  # the whole call: every leg of it shares this id
-    leg_id: str
     callback_id: str  # the same for a provider's retry of this callback
     status: str  # one of CALL_STATUSES
     event_ts: datetime  # when the provider says this happened
     received_ts: datetime
+    leg_id: str = ""  # this leg of the call, where the provider tells legs apart
     direction: str = ""  # inbound or outbound
     caller_hash: str = ""
     called_hash: str = ""

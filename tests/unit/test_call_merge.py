@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,6 +110,13 @@ _callbacks = st.builds(
     transfer_ids=st.sampled_from([(), ("t1",), ("t2",)]),
     transfer_kind=st.sampled_from(["cold", "warm"]),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@given(_callbacks, st.sampled_from(["", "leg-9"]))
+def test_a_callback_survives_the_trip_through_kafka(callback: CallCallback, leg: str) -> None:
+    sent = replace(callback, leg_id=leg)
+    assert CallCallback.from_wire(orjson.loads(orjson.dumps(sent.to_wire()))) == sent
 
 
 @st.composite
