@@ -222,8 +222,11 @@ def numbers(direction: str, caller: str, called: str, settings: Settings) -> Num
     )
 
 
-# Runs of 7 to 15 digits, optionally after + (or its form encoding): what a phone number looks like.
-_NUMBER_LIKE = re.compile(r"(?:\+|%2B)?\d{7,15}")
+# A run of 7 to 15 digits standing on its own (or after a %-escape such as %2B for +): what a
+# phone number looks like. Digits inside ids such as CA3f0012345678ab are left alone.
+_NUMBER_LIKE = re.compile(
+    r"(?:(?<=%[0-9A-F]{2})|(?<![A-Z0-9]))\+?\d{7,15}(?![A-Z0-9])", re.IGNORECASE
+)
 
 
 def redact_numbers(body: bytes) -> str:

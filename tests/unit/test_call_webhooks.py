@@ -620,7 +620,9 @@ async def test_a_signed_but_malformed_callback_is_400_with_the_reason_and_a_dead
     assert body["errors"] == [{"field": "CallSid", "reason": "is required"}]
     [letter] = publisher.dead_letters
     assert letter.reason == "CallSid: is required" and letter.source == "calls"
-    assert "4155550132" not in letter.payload and "CallStatus=completed" in letter.payload
+    assert "4155550132" not in letter.payload and "8005550100" not in letter.payload
+    assert "CallStatus=completed" in letter.payload
+    assert "AC0123456789abcdef0123456789abcdef" in letter.payload  # ids stay, to trace it
     assert publisher.calls == []
 
 
