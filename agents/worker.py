@@ -10,6 +10,7 @@ import faust
 from aiohttp import web
 from mode import Service
 
+from agents.calls import CALL_COLUMNS, CallsPipeline
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.sink import ClickHouseSink
 from tracker.console import create_console
@@ -95,6 +96,30 @@ def build_worker(settings: Settings) -> tuple[faust.App, ConsoleService, ClickHo
     async def dead_letters(stream: Any) -> None:
         async for events in stream.noack_take(batch, within=within):
             await pipeline.handle_dead_letters([_raw(e) for e in events])
+            for event in events:
+                await stream.ack(event)
+
+    # Calls: callbacks keyed by call; the merged state of each call lives in a changelog-backed
+    # table. Its changelog is partitioned by the same key, so it follows the calls topic.
+    calls_pipeline = CallsPipeline(
+        calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
+        touchpoints=ClickHouseSink(
+            store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version_column="version"
+        ),
+        dead_letters=ClickHouseSink(
+            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
+        ),
+        tracking_numbers=settings.call_tracking_numbers,
+    )
+    calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
+    call_state = app.Table(
+        "call_state", key_type=str, partitions=settings.topic_partitions, use_partitioner=True
+    )
+
+    @app.agent(calls_topic, name="calls")
+    async def calls(stream: Any) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await calls_pipeline.handle([_raw(e) for e in events], call_state)
             for event in events:
                 await stream.ack(event)
 

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     serve = commands.add_parser("serve", help="run one collector")
-    serve.add_argument("collector", choices=["beacon"])
+    serve.add_argument("collector", choices=["beacon", "calls"])
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
@@ -90,6 +90,8 @@ def _worker(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.collector == "calls":
+        return _serve_calls(settings)
     from aiohttp import web
 
     from collectors.beacon import create_app
@@ -101,6 +103,24 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.beacon_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10.0,
+    )
+    return 0
+
+
+def _serve_calls(settings: Settings) -> int:
+    from aiohttp import web
+
+    from collectors.calls import create_app
+    from tracker.producer import KafkaPublisher
+
+    log.info("calls listening", extra={"host": settings.host, "port": settings.calls_port})
+    web.run_app(
+        create_app(settings, KafkaPublisher(settings)),
+        host=settings.host,
+        port=settings.calls_port,
         access_log=None,
         print=None,
         shutdown_timeout=10.0,
@@ -180,6 +200,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     targets = {
         "console": f"http://127.0.0.1:{settings.console_port}/readyz",
         "beacon": f"http://127.0.0.1:{settings.beacon_port}/readyz",
+        "calls": f"http://127.0.0.1:{settings.calls_port}/readyz",
     }
     healthy = True
     for name, url in targets.items():

@@ -68,7 +68,10 @@ def run_up(settings: Settings) -> int:
     beacon = Child(
         "beacon", [*python, "serve", "beacon"], f"http://127.0.0.1:{settings.beacon_port}/readyz"
     )
-    children = [worker, beacon]
+    calls = Child(
+        "calls", [*python, "serve", "calls"], f"http://127.0.0.1:{settings.calls_port}/readyz"
+    )
+    children = [worker, beacon, calls]
     try:
         asyncio.run(ensure_topics(settings))
         for child in children:
@@ -80,6 +83,7 @@ def run_up(settings: Settings) -> int:
                 extra={
                     "console": f"http://127.0.0.1:{settings.console_port}/",
                     "beacon": f"http://{settings.host}:{settings.beacon_port}/v1/events",
+                    "calls": f"http://{settings.host}:{settings.calls_port}/v1/calls/{{provider}}",
                     "kafka": settings.bootstrap_servers,
                     "clickhouse": "embedded chDB"
                     if settings.uses_embedded_clickhouse
