@@ -101,13 +101,8 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             answered_at=event_ts if status == "answered" else None,
             ended_at=iso_time(data, "end_time"),
             talk_seconds=seconds(data, "duration") if status == "completed" else None,
-            hangup_by=_hangup_by(text(data, "disconnected_by")),
         )
     ]
-
-
-def _hangup_by(raw: str) -> str:
-    return {"user": "caller", "platform": "system"}.get(raw, "")
 
 
 PROVIDER = Provider("vonage", authenticate, normalize)
