@@ -166,7 +166,7 @@ def _tracking_numbers(raw: str, region: str) -> dict[str, dict[str, str]]:
     if not raw:
         return {}
     text = raw
-    if not raw.lstrip().startswith("{"):
+    if not raw.lstrip().startswith(("{", "[")):
         try:
             text = Path(raw).expanduser().read_text()
         except OSError as exc:
