@@ -667,3 +667,113 @@ async def test_health_and_metrics_routes(client: TestClient[Any, Any]) -> None:
     await client.post("/v1/calls/generic", data=body, headers=generic_headers(body))
     metrics = await (await client.get("/metrics")).text()
     assert 'tracker_call_webhooks_total{outcome="accepted",provider="generic"}' in metrics
+
+
+# -- How provider-specific callbacks read ------------------------------------------------------
+
+
+async def twilio_post(client: TestClient[Any, Any], params: dict[str, str]) -> int:
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(
+        f"{PUBLIC}/v1/calls/twilio", params
+    )
+    response = await client.post(
+        "/v1/calls/twilio", data=urlencode(params), headers={"X-Twilio-Signature": signature}
+    )
+    return response.status
+
+
+async def test_twilio_recording_and_answering_machine_callbacks(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    recording = {
+        "AccountSid": TWILIO_COMPLETED["AccountSid"],
+        "CallSid": TWILIO_COMPLETED["CallSid"],
+        "RecordingSid": "RE0123456789abcdef0123456789abcdef",
+        "RecordingStatus": "completed",
+        "RecordingDuration": "40",
+    }
+    machine = {**TWILIO_COMPLETED, "AnsweredBy": "machine_end_beep", "SequenceNumber": "4"}
+    assert await twilio_post(client, recording) == 200
+    assert await twilio_post(client, machine) == 200
+    assert [(c.status, c.recording) for c in publisher.calls] == [
+        ("updated", True),
+        ("voicemail", None),
+    ]
+
+
+async def test_telnyx_busy_and_machine_detection(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    for event in (
+        telnyx_event("call.hangup", hangup_cause="user_busy"),
+        telnyx_event("call.machine.detection.ended", result="machine"),
+    ):
+        body = orjson.dumps(event)
+        response = await client.post("/v1/calls/telnyx", data=body, headers=telnyx_headers(body))
+        assert response.status == 200
+    assert [c.status for c in publisher.calls] == ["busy", "voicemail"]
+
+
+async def test_plivo_b_leg_joins_the_a_leg_call(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    b_leg = {
+        **PLIVO_HANGUP,
+        "CallUUID": "f1a2b3c4-7a8c-11ee-9b4e-0242ac110002",
+        "ALegUUID": PLIVO_HANGUP["CallUUID"],
+        "Direction": "outbound",
+    }
+    response = await client.post(
+        "/v1/calls/plivo", data=urlencode(b_leg), headers=plivo_headers(b_leg)
+    )
+    assert response.status == 200
+    [c] = publisher.calls
+    assert (c.call_id, c.leg_id, c.direction) == (
+        PLIVO_HANGUP["CallUUID"],
+        "f1a2b3c4-7a8c-11ee-9b4e-0242ac110002",
+        "",
+    )
+
+
+async def test_freeswitch_form_encoded_cdr_of_an_unanswered_call(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    variables = {
+        **FREESWITCH_CDR["variables"],  # type: ignore[dict-item]
+        "answer_epoch": "0",
+        "billsec": "0",
+        "hangup_cause": "NO_ANSWER",
+    }
+    cdr = {**FREESWITCH_CDR, "variables": variables}
+    response = await client.post(
+        "/v1/calls/freeswitch",
+        data=urlencode({"cdr": orjson.dumps(cdr).decode()}),
+        headers={
+            **basic("cdr", "cdr-password"),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert response.status == 200
+    [c] = publisher.calls
+    assert (c.status, c.answered_at) == ("no-answer", None)
+
+
+async def test_vonage_events_that_are_not_call_progress_are_ignored(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    body = orjson.dumps({**VONAGE_ANSWERED, "status": "input", "dtmf": {"digits": "1"}})
+    response = await client.post(
+        "/v1/calls/vonage", data=body, headers={"Authorization": f"Bearer {vonage_token(body)}"}
+    )
+    assert response.status == 200 and (await response.json())["accepted"] == 0
+    assert publisher.calls == []
+
+
+async def test_generic_callback_with_an_unknown_status_names_the_field(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    body = orjson.dumps({**GENERIC_CALL, "status": "on-hold"})
+    response = await client.post("/v1/calls/generic", data=body, headers=generic_headers(body))
+    assert response.status == 400
+    assert (await response.json())["errors"][0]["field"] == "status"
+    assert publisher.calls == [] and len(publisher.dead_letters) == 1
