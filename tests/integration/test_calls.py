@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from agents.calls import call_event_id
 from tests.conftest import Pipeline, component_env
-from tracker.kafka_local import LocalKafka
+from tracker.kafka_local import LocalKafka, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,8 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
+        with exc:
+            return exc.code, orjson.loads(exc.read())
 
 
 def twilio_callback(pipeline: Pipeline, call_sid: str, status: str, **fields: str) -> int:
@@ -203,3 +204,37 @@ def test_forged_and_malformed_callbacks(calls_pipeline: Pipeline) -> None:
     calls_pipeline.wait_for(f"SELECT count() FROM calls WHERE call_id = '{marker}'", "1")
     time.sleep(0.5)
     assert calls_pipeline.query(f"SELECT count() FROM calls WHERE call_id = '{sid}'").strip() == "0"
+
+
+def test_without_kafka_the_collector_answers_503_with_retry_after(tmp_path: Path) -> None:
+    env = component_env(
+        f"127.0.0.1:{free_port()}",  # nothing listens there
+        tmp_path,
+        TRACKER_GENERIC_WEBHOOK_SECRET=GENERIC_SECRET,
+    )
+    alone = Pipeline(env, tmp_path)
+    collector = alone.calls()
+    collector.ready_url = f"{alone.calls_url}/healthz"  # it is alive, but cannot be ready
+    collector.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"{alone.calls_url}/readyz", timeout=5)
+        with not_ready.value:
+            assert not_ready.value.code == 503
+
+        body = orjson.dumps(
+            {"call_id": "c1", "status": "ringing", "timestamp": "2026-11-22T10:00:00Z"}
+        )
+        now = datetime.now(UTC)
+        status, answer = post(
+            f"{alone.calls_url}/v1/calls/generic",
+            body,
+            {
+                "webhook-id": "m1",
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": Webhook(GENERIC_SECRET).sign("m1", now, body.decode()),
+            },
+        )
+        assert status == 503 and answer["retry_after"] >= 1 and "Kafka" in answer["error"]
+    finally:
+        collector.stop()
