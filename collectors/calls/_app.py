@@ -18,7 +18,7 @@ from collectors.calls._common import (
 )
 from tracker.calls import CallCallback
 from tracker.deadletter import DeadLetter
-from tracker.errors import BackpressureError
+from tracker.errors import BackpressureError, FieldError
 from tracker.http import add_health_routes, json_error, json_response, request_metrics
 from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
 from tracker.settings import Settings
@@ -111,7 +111,7 @@ async def post_callback(request: web.Request) -> web.Response:
         )
         return json_error(exc.status, str(exc))
     try:
-        callbacks = provider.normalize(webhook, settings)
+        callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:
         CALL_WEBHOOKS.labels(provider.name, "ignored").inc()
         return json_response({"accepted": 0, "ignored": str(exc)})
@@ -141,6 +141,20 @@ async def post_callback(request: web.Request) -> web.Response:
     CALL_WEBHOOKS.labels(provider.name, "accepted").inc()
     COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(callbacks))
     return json_response({"accepted": len(callbacks)})
+
+
+def _normalize(
+    provider: Provider, webhook: WebhookRequest, settings: Settings
+) -> list[CallCallback]:
+    """A payload shaped in a way no rule foresaw is still the sender's problem: 400 and a dead
+    letter, never a 500 that the provider would retry forever."""
+    try:
+        return provider.normalize(webhook, settings)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        log.warning(
+            "call callback not understood", extra={"provider": provider.name, "error": repr(exc)}
+        )
+        raise Malformed([FieldError("$", f"the payload could not be read: {exc!r}")]) from exc
 
 
 def _unavailable(exc: BackpressureError) -> web.Response:

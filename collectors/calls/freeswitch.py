@@ -86,7 +86,10 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     if not leg:
         raise Malformed([FieldError("variables.uuid", "is required")])
     profile = _caller_profile(cdr)
-    direction = text(variables, "direction") or text(cdr.get("channel_data") or {}, "direction")
+    channel_data = cdr.get("channel_data")
+    direction = text(variables, "direction") or (
+        text(channel_data, "direction") if isinstance(channel_data, dict) else ""
+    )
     direction = direction if direction in ("inbound", "outbound") else ""
     caller = text(variables, "caller_id_number") or text(profile, "caller_id_number")
     called = text(variables, "destination_number") or text(profile, "destination_number")

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from standardwebhooks import Webhook
 from twilio.request_validator import RequestValidator
 from vonage_jwt.verify_jwt import verify_signature
 
-from collectors.calls import create_app
-from tracker.calls import hash_number
+from collectors.calls import PROVIDERS, create_app
+from collectors.calls._common import WebhookRequest
+from tracker.calls import CallCallback, hash_number
 from tracker.producer import MemoryPublisher
 from tracker.settings import Settings
 
@@ -777,3 +779,29 @@ async def test_generic_callback_with_an_unknown_status_names_the_field(
     assert response.status == 400
     assert (await response.json())["errors"][0]["field"] == "status"
     assert publisher.calls == [] and len(publisher.dead_letters) == 1
+
+
+async def test_a_payload_no_rule_foresaw_is_400_and_a_dead_letter_not_a_500(
+    client: TestClient[Any, Any], publisher: MemoryPublisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unforeseen(request: WebhookRequest, settings: Settings) -> list[CallCallback]:
+        raise TypeError("'list' object is not a mapping")
+
+    provider = PROVIDERS["twilio"]
+    monkeypatch.setitem(PROVIDERS, "twilio", replace(provider, normalize=unforeseen))
+
+    assert await twilio_post(client, TWILIO_COMPLETED) == 400
+    assert "could not be read" in publisher.dead_letters[0].reason
+    assert publisher.calls == []
+
+
+async def test_freeswitch_channel_data_of_the_wrong_shape_is_tolerated(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    cdr = {**FREESWITCH_CDR, "channel_data": ["unexpected"]}
+    response = await client.post(
+        "/v1/calls/freeswitch",
+        data=orjson.dumps(cdr),
+        headers={**basic("cdr", "cdr-password"), "Content-Type": "application/json"},
+    )
+    assert response.status == 200 and publisher.calls[0].direction == "inbound"
