@@ -13,8 +13,9 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from tracker.calls import CallCallback, hash_number, normalize_number
+from tracker.calls import CallCallback, normalize_number
 from tracker.errors import FieldError, TrackerError
+from tracker.privacy import hash_identifier
 from tracker.settings import Secret, Settings
 
 __all__ = [
@@ -214,11 +215,12 @@ class Numbers:
 def numbers(direction: str, caller: str, called: str, settings: Settings) -> Numbers:
     """Hash both parties; keep in clear only the business's own number (the one dialled in)."""
     region, salt = settings.default_phone_region, settings.hash_salt.value
-    business = called if direction != "outbound" else caller
+    caller_e164 = normalize_number(caller, region)  # parsing is the costly part: once each
+    called_e164 = normalize_number(called, region)
     return Numbers(
-        caller_hash=hash_number(caller, region, salt),
-        called_hash=hash_number(called, region, salt),
-        tracking_number=normalize_number(business, region),
+        caller_hash=hash_identifier("phone", caller_e164, salt) if caller_e164 else "",
+        called_hash=hash_identifier("phone", called_e164, salt) if called_e164 else "",
+        tracking_number=called_e164 if direction != "outbound" else caller_e164,
     )
 
 
