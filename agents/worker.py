@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from agents.calls import CALL_COLUMNS, CallsPipeline
 from agents.forget import ForgottenIdentifiers, erase
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.links import add_links_mirror
@@ -318,6 +319,30 @@ def build_worker(
                 await stream.ack(event)
 
     add_links_mirror(app, store, topology, settings)
+
+    # Calls: callbacks keyed by call; the merged state of each call lives in a changelog-backed
+    # table. Its changelog is partitioned by the same key, so it follows the calls topic.
+    calls_pipeline = CallsPipeline(
+        calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
+        touchpoints=ClickHouseSink(
+            store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version_column="version"
+        ),
+        dead_letters=ClickHouseSink(
+            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
+        ),
+        tracking_numbers=settings.call_tracking_numbers,
+    )
+    calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
+    call_state = app.Table(
+        "call_state", key_type=str, partitions=settings.topic_partitions, use_partitioner=True
+    )
+
+    @app.agent(calls_topic, name="calls")
+    async def calls(stream: Any) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await calls_pipeline.handle([_raw(e) for e in events], call_state)
+            for event in events:
+                await stream.ack(event)
 
     async def mark_started() -> None:
         console.started_agents = True

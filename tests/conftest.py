@@ -45,6 +45,7 @@ def component_env(kafka_bootstrap: str, data_dir: Path, **overrides: str) -> dic
             "TRACKER_CONSOLE_PORT": str(free_port()),
             "TRACKER_BEACON_PORT": str(free_port()),
             "TRACKER_LINKS_PORT": str(free_port()),
+            "TRACKER_CALLS_PORT": str(free_port()),
             "TRACKER_SINK_FLUSH_SECONDS": "0.2",
             "TRACKER_PRODUCE_TIMEOUT_SECONDS": "3",
             "TRACKER_RETRY_AFTER_SECONDS": "2",
@@ -141,6 +142,15 @@ class Pipeline:
             env,
             f"http://127.0.0.1:{port}/readyz",
             self.data_dir / f"links-{port}.log",
+        )
+
+    @property
+    def calls_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['TRACKER_CALLS_PORT']}"
+
+    def calls(self) -> Component:
+        return Component(
+            ["serve", "calls"], self.env, f"{self.calls_url}/readyz", self.data_dir / "calls.log"
         )
 
     def start(self) -> Pipeline:

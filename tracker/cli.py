@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     serve = commands.add_parser("serve", help="run one collector")
-    serve.add_argument("collector", choices=["beacon", "links"])
+    serve.add_argument("collector", choices=["beacon", "links", "calls"])
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
@@ -118,25 +118,24 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = settings.with_hash_salt()
     _use_uvloop()
+    publisher = KafkaPublisher(settings)
     if args.collector == "links":
         from collectors.links import LinkState, LinkTable
         from collectors.links import create_app as create_links_app
 
-        app = create_links_app(settings, KafkaPublisher(settings), LinkState(settings, LinkTable()))
+        app = create_links_app(settings, publisher, LinkState(settings, LinkTable()))
         port = settings.links_port
+    elif args.collector == "calls":
+        from collectors.calls import create_app as create_calls_app
+
+        app, port = create_calls_app(settings, publisher), settings.calls_port
     else:
         from collectors.beacon import create_app
 
-        app = create_app(settings, KafkaPublisher(settings))
-        port = settings.beacon_port
+        app, port = create_app(settings, publisher), settings.beacon_port
     log.info(f"{args.collector} listening", extra={"host": settings.host, "port": port})
     web.run_app(
-        app,
-        host=settings.host,
-        port=port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10.0,
+        app, host=settings.host, port=port, access_log=None, print=None, shutdown_timeout=10.0
     )
     return 0
 
@@ -225,6 +224,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
         "console": f"http://127.0.0.1:{settings.console_port}/readyz",
         "beacon": f"http://127.0.0.1:{settings.beacon_port}/readyz",
         "links": f"http://127.0.0.1:{settings.links_port}/readyz",
+        "calls": f"http://127.0.0.1:{settings.calls_port}/readyz",
     }
     healthy = True
     for name, url in targets.items():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CALL_CALLBACKS_MERGED",
+    "CALL_WEBHOOKS",
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
@@ -76,4 +78,14 @@ LINK_CLICK_QUEUE = Gauge(
 LINK_CLICKS_DROPPED = Counter(
     "tracker_link_clicks_dropped_total",
     "Clicks lost because the click buffer was full (Kafka away too long). Should stay 0.",
+)
+CALL_WEBHOOKS = Counter(
+    "tracker_call_webhooks_total",
+    "Call webhooks by provider and outcome: accepted, unauthorized, malformed, not_configured.",
+    ["provider", "outcome"],
+)
+CALL_CALLBACKS_MERGED = Counter(
+    "tracker_call_callbacks_merged_total",
+    "Call callbacks the worker handled: merged (new), duplicate (a retry) or over_limit.",
+    ["outcome"],
 )

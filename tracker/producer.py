@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from tracker.calls import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError
 from tracker.metrics import KAFKA_PRODUCE_FAILURES
@@ -127,12 +128,55 @@ class KafkaPublisher:
                 retry_after,
             ) from exc
 
+    async def publish_calls(
+        self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        """Call callbacks to the calls topic, keyed by call so one worker merges each call."""
+        producer = self._producer
+        if producer is None:
+            raise BackpressureError(
+                "Kafka is not connected yet", float(self._settings.retry_after_seconds)
+            )
+        calls = self._topology.calls.name
+        records = [(calls, c.call_key, c.to_wire()) for c in callbacks]
+        await self._send_all(producer, calls, records, dead_letters)
+
+    async def _send_all(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        records: Sequence[tuple[str, str, dict[str, Any]]],
+        dead_letters: Sequence[DeadLetter],
+    ) -> None:
+        retry_after = float(self._settings.retry_after_seconds)
+        dead = self._topology.dead_letters.name
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                pending = [
+                    await producer.send(name, orjson.dumps(value), key=key.encode())
+                    for name, key, value in records
+                ]
+                pending += [
+                    await producer.send(
+                        dead, orjson.dumps(d.to_wire()), key=d.dead_letter_id.encode()
+                    )
+                    for d in dead_letters
+                ]
+                await asyncio.gather(*pending)
+        except (KafkaError, TimeoutError) as exc:
+            KAFKA_PRODUCE_FAILURES.labels(topic).inc()
+            log.warning("kafka did not acknowledge", extra={"error": repr(exc)})
+            raise BackpressureError(
+                "Kafka did not acknowledge the events in time; nothing was accepted", retry_after
+            ) from exc
+
 
 class MemoryPublisher:
     """An in-memory publisher for unit tests of collector logic."""
 
     def __init__(self) -> None:
         self.touchpoints: list[Touchpoint] = []
+        self.calls: list[CallCallback] = []
         self.dead_letters: list[DeadLetter] = []
         self.unavailable = False
 
@@ -152,4 +196,12 @@ class MemoryPublisher:
         if self.unavailable:
             raise BackpressureError("memory publisher marked unavailable", 1.0)
         self.touchpoints.extend(touchpoints)
+        self.dead_letters.extend(dead_letters)
+
+    async def publish_calls(
+        self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        if self.unavailable:
+            raise BackpressureError("memory publisher marked unavailable", 1.0)
+        self.calls.extend(callbacks)
         self.dead_letters.extend(dead_letters)

@@ -72,7 +72,10 @@ def run_up(settings: Settings) -> int:
     links = Child(
         "links", [*python, "serve", "links"], f"http://127.0.0.1:{settings.links_port}/readyz"
     )
-    children = [worker, beacon, links]
+    calls = Child(
+        "calls", [*python, "serve", "calls"], f"http://127.0.0.1:{settings.calls_port}/readyz"
+    )
+    children = [worker, beacon, links, calls]
     try:
         asyncio.run(ensure_topics(settings))
         for child in children:
@@ -88,6 +91,7 @@ def run_up(settings: Settings) -> int:
                     "console": f"http://127.0.0.1:{settings.console_port}/",
                     "beacon": f"http://{settings.host}:{settings.beacon_port}/v1/events",
                     "links": settings.links_base_url,
+                    "calls": f"http://{settings.host}:{settings.calls_port}/v1/calls/{{provider}}",
                     "kafka": settings.bootstrap_servers,
                     "clickhouse": "embedded chDB"
                     if settings.uses_embedded_clickhouse

@@ -5,6 +5,7 @@ Every variable is documented in docs/settings.md.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import ConfigError
+from tracker.privacy import InvalidIdentifier, normalize_phone
 
 __all__ = ["Secret", "Settings"]
 
@@ -66,6 +68,18 @@ class Settings:
     links_click_buffer: int = 250_000
     links_api_rate: float = 10.0
     links_api_burst: int = 40
+    # Call webhooks (collectors/calls, docs/calls.md). An empty secret turns its provider off.
+    calls_public_url: str = ""
+    call_signature_tolerance_seconds: int = 300
+    call_tracking_numbers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    twilio_auth_token: Secret = Secret("")
+    vonage_signature_secret: Secret = Secret("")
+    telnyx_public_key: Secret = Secret("")
+    plivo_auth_token: Secret = Secret("")
+    freeswitch_username: str = ""
+    freeswitch_password: Secret = Secret("")
+    asterisk_signing_secret: Secret = Secret("")
+    generic_webhook_secret: Secret = Secret("")
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -142,12 +156,71 @@ class Settings:
             links_click_buffer=reader.integer("TRACKER_LINKS_CLICK_BUFFER", 250_000, minimum=1000),
             links_api_rate=reader.number("TRACKER_LINKS_API_RATE", 10.0),
             links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
+            **_call_settings(reader),
         )
 
 
 def _read_local_salt(data_dir: Path) -> str:
     path = data_dir / "hash_salt"
     return path.read_text().strip() if path.exists() else ""
+
+
+def _call_settings(reader: _Reader) -> dict[str, Any]:
+    region = reader.text("TRACKER_DEFAULT_PHONE_REGION", "US").upper()
+    return {
+        "calls_public_url": reader.text("TRACKER_CALLS_PUBLIC_URL", "").rstrip("/"),
+        "call_signature_tolerance_seconds": reader.integer(
+            "TRACKER_CALL_SIGNATURE_TOLERANCE_SECONDS", 300, minimum=1
+        ),
+        "call_tracking_numbers": _tracking_numbers(
+            reader.text("TRACKER_CALL_TRACKING_NUMBERS", ""), region
+        ),
+        "twilio_auth_token": Secret(reader.text("TRACKER_TWILIO_AUTH_TOKEN", "")),
+        "vonage_signature_secret": Secret(reader.text("TRACKER_VONAGE_SIGNATURE_SECRET", "")),
+        "telnyx_public_key": Secret(reader.text("TRACKER_TELNYX_PUBLIC_KEY", "")),
+        "plivo_auth_token": Secret(reader.text("TRACKER_PLIVO_AUTH_TOKEN", "")),
+        "freeswitch_username": reader.text("TRACKER_FREESWITCH_USERNAME", ""),
+        "freeswitch_password": Secret(reader.text("TRACKER_FREESWITCH_PASSWORD", "")),
+        "asterisk_signing_secret": Secret(reader.text("TRACKER_ASTERISK_SIGNING_SECRET", "")),
+        "generic_webhook_secret": Secret(reader.text("TRACKER_GENERIC_WEBHOOK_SECRET", "")),
+    }
+
+
+def _tracking_numbers(raw: str, region: str) -> dict[str, dict[str, str]]:
+    """``TRACKER_CALL_TRACKING_NUMBERS``: inline JSON, or the path of a JSON file, mapping each
+    tracking number to its campaign: ``{"+14155550100": {"source": "...", "medium": "...", ...}}``."""
+    name = "TRACKER_CALL_TRACKING_NUMBERS"
+    if not raw:
+        return {}
+    text = raw
+    if not raw.lstrip().startswith(("{", "[")):
+        try:
+            text = Path(raw).expanduser().read_text()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {raw!r}: {exc.strerror}") from None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name} must be a JSON object of number to campaign")
+    numbers: dict[str, dict[str, str]] = {}
+    for number, campaign in parsed.items():
+        if not isinstance(campaign, dict) or not all(
+            k in _CAMPAIGN_KEYS and isinstance(v, str) for k, v in campaign.items()
+        ):
+            raise ConfigError(
+                f"{name}: {number!r} must map to an object of strings with keys among "
+                f"{', '.join(_CAMPAIGN_KEYS)}"
+            )
+        try:
+            numbers[normalize_phone(number, region)] = dict(campaign)
+        except InvalidIdentifier as exc:
+            raise ConfigError(f"{name}: {number!r} {exc}") from None
+    return numbers
+
+
+_CAMPAIGN_KEYS = ("source", "medium", "name", "channel")
 
 
 def _local_salt(data_dir: Path) -> str:

@@ -43,6 +43,7 @@ class Topology:
     forgotten: TopicSpec
     links: TopicSpec
     link_clicks: TopicSpec
+    calls: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -66,10 +67,18 @@ class Topology:
             forgotten=spec("forgotten"),
             links=spec("links"),
             link_clicks=spec("link_clicks"),
+            calls=spec("calls"),
         )
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.dead_letters, self.forgotten, self.links, self.link_clicks]
+        return [
+            self.raw,
+            self.dead_letters,
+            self.forgotten,
+            self.links,
+            self.link_clicks,
+            self.calls,
+        ]
 
 
 async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:

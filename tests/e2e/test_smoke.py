@@ -26,6 +26,7 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
         TRACKER_CONSOLE_PORT=str(free_port()),
         TRACKER_BEACON_PORT=str(free_port()),
         TRACKER_LINKS_PORT=str(free_port()),
+        TRACKER_CALLS_PORT=str(free_port()),
     )
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen([TRACKER, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -40,7 +41,12 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
             [TRACKER, "check"], env=env, capture_output=True, text=True, timeout=30
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert check.stdout.splitlines() == ["console\tready", "beacon\tready", "links\tready"]
+        assert check.stdout.splitlines() == [
+            "console\tready",
+            "beacon\tready",
+            "links\tready",
+            "calls\tready",
+        ]
 
         demo = subprocess.run(
             [TRACKER, "demo", "--customers", "40"],

@@ -1,0 +1,376 @@
+"""Calls: many provider callbacks per call converge to one call record. Plain Python, no Faust.
+
+The state of a call is the set of its distinct callbacks, keyed by callback id. The record is a
+pure function of that set, so any arrival order, and any number of retries, give the same record.
+Its version is the number of distinct callbacks merged, so it only grows as the call is learnt.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
+from agents.sink import Sink
+from tracker.calls import TERMINAL_STATUSES, CallCallback, status_rank
+from tracker.deadletter import DeadLetter
+from tracker.errors import FieldError
+from tracker.metrics import CALL_CALLBACKS_MERGED
+from tracker.touchpoint import Touchpoint
+
+__all__ = [
+    "CALL_COLUMNS",
+    "MAX_CALLBACKS_PER_CALL",
+    "CallRecord",
+    "CallsPipeline",
+    "TrackingNumbers",
+    "call_event_id",
+    "call_row",
+    "call_touchpoint",
+    "merge_callbacks",
+]
+
+log = logging.getLogger(__name__)
+
+# Fixed forever: the touchpoint of a call is uuid5(this, "provider:call_id").
+CALL_NAMESPACE: Final = uuid.UUID("3d0c8f5e-9b7a-4c1e-8f2d-6a5b4c3d2e1f")
+# A call with more callbacks than this is a runaway; further callbacks are counted, not kept.
+MAX_CALLBACKS_PER_CALL: Final = 500
+
+CALL_COLUMNS = (
+    "call_uuid",
+    "version",
+    "provider",
+    "call_id",
+    "leg_ids",
+    "call_ts",
+    "direction",
+    "status",
+    "disposition",
+    "caller_hash",
+    "called_hash",
+    "tracking_number",
+    "campaign_source",
+    "campaign_medium",
+    "campaign_name",
+    "channel",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "ring_seconds",
+    "queue_seconds",
+    "talk_seconds",
+    "hold_seconds",
+    "transfer_count",
+    "transfer_kind",
+    "queue",
+    "agent",
+    "recording",
+    "hangup_by",
+    "callbacks",
+)
+
+TrackingNumbers = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """Everything known about one call, merged from its callbacks."""
+
+    provider: str
+    call_id: str
+    version: int
+    leg_ids: tuple[str, ...]
+    call_ts: datetime
+    received_ts: datetime
+    direction: str
+    status: str
+    disposition: str  # "" while the call is still going
+    caller_hash: str
+    called_hash: str
+    tracking_number: str
+    started_at: datetime | None
+    answered_at: datetime | None
+    ended_at: datetime | None
+    ring_seconds: float | None
+    queue_seconds: float | None
+    talk_seconds: float | None
+    hold_seconds: float | None
+    transfer_count: int
+    transfer_kind: str
+    queue: str
+    agent: str
+    recording: bool
+    hangup_by: str
+
+    @property
+    def event_id(self) -> str:
+        return call_event_id(self.provider, self.call_id)
+
+
+def call_event_id(provider: str, call_id: str) -> str:
+    return str(uuid.uuid5(CALL_NAMESPACE, f"{provider}:{call_id}"))
+
+
+def _precedence(callback: CallCallback) -> tuple[int, datetime, str]:
+    """Later in the call wins; between equals, the later provider time; then the id, for a total order."""
+    return (status_rank(callback.status), callback.event_ts, callback.callback_id)
+
+
+def _earliest(callback: CallCallback) -> tuple[datetime, datetime, str]:
+    return (callback.started_at or callback.event_ts, callback.event_ts, callback.callback_id)
+
+
+def merge_callbacks(callbacks: Iterable[CallCallback]) -> CallRecord:
+    """The call record of a set of callbacks; duplicates (same callback id) count once."""
+    distinct = {c.callback_id: c for c in sorted(callbacks, key=_precedence)}
+    if not distinct:
+        raise ValueError("a call record needs at least one callback")
+    ordered = sorted(distinct.values(), key=_precedence)  # the last one weighs most
+    latest = ordered[-1]
+
+    def text(name: str) -> str:
+        """Progress facts (status, agent, who hung up): the latest callback that knows."""
+        for callback in reversed(ordered):
+            if value := getattr(callback, name):
+                return str(value)
+        return ""
+
+    def first(name: str) -> str:
+        """Who called whom, and which way: the call's first leg that knows, not a later one."""
+        for callback in sorted(ordered, key=_earliest):
+            if value := getattr(callback, name):
+                return str(value)
+        return ""
+
+    def most(name: str) -> float | None:
+        values = [v for c in ordered if (v := getattr(c, name)) is not None]
+        return max(values) if values else None
+
+    starts = [c.started_at for c in ordered if c.started_at] or [c.event_ts for c in ordered]
+    answers = [c.answered_at for c in ordered if c.answered_at] or [
+        c.event_ts for c in ordered if c.status == "answered"
+    ]
+    ends = [c.ended_at for c in ordered if c.ended_at] or [
+        c.event_ts for c in ordered if c.status in TERMINAL_STATUSES
+    ]
+    started_at = min(starts)
+    answered_at = min(answers) if answers else None
+    ended_at = max(ends) if ends else None
+    statuses = {c.status for c in ordered}
+
+    ring = most("ring_seconds")
+    ring_end = answered_at or ended_at
+    if ring is None and ring_end is not None:
+        ring = max(0.0, (ring_end - started_at).total_seconds())
+    talk = most("talk_seconds")
+    if talk is None and answered_at and ended_at:
+        talk = max(0.0, (ended_at - answered_at).total_seconds())
+    transfers = {t for c in ordered for t in c.transfer_ids}
+    kinds = {c.transfer_kind for c in ordered if c.transfer_ids}
+    direction = first("direction")
+    return CallRecord(
+        provider=latest.provider,
+        call_id=latest.call_id,
+        version=len(distinct),
+        leg_ids=tuple(sorted({c.leg_id for c in ordered if c.leg_id})),
+        call_ts=started_at,
+        received_ts=min(c.received_ts for c in ordered),
+        direction=direction,
+        status=latest.status,
+        disposition=_disposition(statuses, answered_at is not None, direction, talk),
+        caller_hash=first("caller_hash"),
+        called_hash=first("called_hash"),
+        tracking_number=first("tracking_number"),
+        started_at=started_at,
+        answered_at=answered_at,
+        ended_at=ended_at,
+        ring_seconds=ring,
+        queue_seconds=most("queue_seconds"),
+        talk_seconds=talk,
+        hold_seconds=most("hold_seconds"),
+        transfer_count=len(transfers),
+        transfer_kind="warm" if "warm" in kinds else ("cold" if transfers else ""),
+        queue=text("queue"),
+        agent=text("agent"),
+        recording=any(c.recording for c in ordered),
+        hangup_by=text("hangup_by"),
+    )
+
+
+def _disposition(statuses: set[str], answered: bool, direction: str, talk: float | None) -> str:
+    if "voicemail" in statuses:
+        return "voicemail"
+    if answered or ("completed" in statuses and (talk or 0) > 0):
+        return "answered"
+    for status, disposition in (
+        ("busy", "busy"),
+        ("failed", "failed"),
+        ("no-answer", "no-answer"),
+        ("canceled", "abandoned"),
+    ):
+        if status in statuses:
+            return disposition
+    if "completed" in statuses:
+        # Ended without an answer: an inbound caller gave up; an outbound call was not picked up.
+        return "no-answer" if direction == "outbound" else "abandoned"
+    return ""
+
+
+def call_row(record: CallRecord, tracking: TrackingNumbers) -> tuple[Any, ...]:
+    campaign = tracking.get(record.tracking_number, {})
+    return (
+        record.event_id,
+        record.version,
+        record.provider,
+        record.call_id,
+        list(record.leg_ids),
+        record.call_ts,
+        record.direction,
+        record.status,
+        record.disposition,
+        record.caller_hash,
+        record.called_hash,
+        record.tracking_number,
+        campaign.get("source", ""),
+        campaign.get("medium", ""),
+        campaign.get("name", ""),
+        campaign.get("channel", "phone"),
+        record.started_at,
+        record.answered_at,
+        record.ended_at,
+        record.ring_seconds,
+        record.queue_seconds,
+        record.talk_seconds,
+        record.hold_seconds,
+        record.transfer_count,
+        record.transfer_kind,
+        record.queue,
+        record.agent,
+        record.recording,
+        record.hangup_by,
+        record.version,
+    )
+
+
+def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint:
+    """The call as a touchpoint: one event_id per call, a higher version each time it is learnt."""
+    attribution = tracking.get(record.tracking_number, {})
+    campaign = {k: v for k in ("source", "medium", "name") if (v := attribution.get(k, ""))}
+    customer = record.caller_hash if record.direction != "outbound" else record.called_hash
+    properties = {
+        "provider": record.provider,
+        "call_id": record.call_id,
+        "direction": record.direction,
+        "status": record.status,
+        "disposition": record.disposition,
+        "tracking_number": record.tracking_number,
+        "talk_seconds": _seconds(record.talk_seconds),
+        "ring_seconds": _seconds(record.ring_seconds),
+        "transfers": str(record.transfer_count),
+        "queue": record.queue,
+        "agent": record.agent,
+        "recording": "true" if record.recording else "false",
+        "hangup_by": record.hangup_by,
+    }
+    return Touchpoint(
+        event_id=record.event_id,
+        type="call",
+        name=f"{record.direction or 'unknown'} call {record.disposition or record.status}",
+        source="call_webhook",
+        channel="phone",
+        ts=record.call_ts,
+        device_ts=record.call_ts,
+        received_ts=record.received_ts,
+        version=record.version,
+        phone_hash=customer,
+        campaign=campaign,
+        properties={k: v for k, v in properties.items() if v},
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+class CallsPipeline:
+    """Merges a batch of callbacks into per-call state and writes each touched call's record.
+
+    ``state`` is any mutable mapping from call key to ``{callback_id: wire}``: a changelog-backed
+    Faust table in the worker, a dict in tests. Rows are written before the caller acknowledges
+    the batch; a replay finds the callbacks already merged and rewrites nothing new.
+    """
+
+    def __init__(
+        self,
+        calls: Sink,
+        touchpoints: Sink,
+        dead_letters: Sink,
+        tracking_numbers: TrackingNumbers,
+    ) -> None:
+        self.calls = calls
+        self.touchpoints = touchpoints
+        self.dead_letters = dead_letters
+        self.tracking_numbers = tracking_numbers
+
+    async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
+        touched: dict[str, dict[str, Any]] = {}
+        for message in messages:
+            try:
+                callback = CallCallback.from_wire(_object(message.value))
+            except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+                self._dead_letter(message, f"call callback is malformed: {exc!r}")
+                continue
+            key = callback.call_key
+            known = touched.get(key)
+            if known is None:
+                known = dict(state.get(key) or {})
+            if callback.callback_id in known:
+                CALL_CALLBACKS_MERGED.labels("duplicate").inc()
+            elif len(known) >= MAX_CALLBACKS_PER_CALL:
+                CALL_CALLBACKS_MERGED.labels("over_limit").inc()
+            else:
+                known[callback.callback_id] = callback.to_wire()
+                state[key] = known
+                CALL_CALLBACKS_MERGED.labels("merged").inc()
+            touched[key] = known
+        for known in touched.values():
+            record = merge_callbacks(CallCallback.from_wire(w) for w in known.values())
+            touchpoint = call_touchpoint(record, self.tracking_numbers)
+            self.calls.add(
+                record.event_id,
+                record.call_ts,
+                call_row(record, self.tracking_numbers),
+                record.version,
+            )
+            self.touchpoints.add(
+                touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), touchpoint.version
+            )
+        await self.dead_letters.flush()
+        await self.calls.flush()
+        await self.touchpoints.flush()
+
+    def _dead_letter(self, message: RawMessage, reason: str) -> None:
+        letter = DeadLetter(
+            dead_letter_id=str(uuid.uuid5(CALL_NAMESPACE, message.coordinates)),
+            source="worker",
+            stage="calls",
+            reason=reason,
+            errors=(FieldError("$", reason),),
+            payload=message.value.decode("utf-8", errors="replace"),
+            received_ts=datetime.now(UTC),
+        )
+        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+
+
+def _object(value: bytes) -> dict[str, Any]:
+    wire = orjson.loads(value)
+    if not isinstance(wire, dict):
+        raise TypeError("a call callback must be a JSON object")
+    return wire

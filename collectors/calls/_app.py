@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from collectors.calls import asterisk, freeswitch, generic, plivo, telnyx, twilio, vonage
+from collectors.calls._common import (
+    Ignored,
+    Malformed,
+    Provider,
+    WebhookError,
+    WebhookRequest,
+    redact_numbers,
+)
+from tracker.calls import CallCallback
+from tracker.deadletter import DeadLetter
+from tracker.errors import BackpressureError, FieldError
+from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
+from tracker.settings import Settings
+
+COLLECTOR = "calls"
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        twilio.PROVIDER,
+        vonage.PROVIDER,
+        telnyx.PROVIDER,
+        plivo.PROVIDER,
+        freeswitch.PROVIDER,
+        asterisk.PROVIDER,
+        generic.PROVIDER,
+    )
+}
+
+log = logging.getLogger(__name__)
+
+
+class CallPublisher(Protocol):
+    """Where the calls collector hands callbacks; returns only once Kafka holds them."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish_calls(
+        self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None: ...
+
+
+PUBLISHER_KEY = web.AppKey("call_publisher", CallPublisher)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+
+def create_app(settings: Settings, publisher: CallPublisher) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(COLLECTOR)]
+    )
+    app[PUBLISHER_KEY] = publisher
+    app[SETTINGS_KEY] = settings
+    app.router.add_post("/v1/calls/{provider}", post_callback)
+    add_health_routes(app, lambda: publisher.ready)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await publisher.start()
+        yield
+        await publisher.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def public_url(request: web.Request, settings: Settings) -> str:
+    """The URL the provider called, which Twilio and Plivo sign: behind a proxy, set
+    TRACKER_CALLS_PUBLIC_URL to the scheme and host the provider uses."""
+    if settings.calls_public_url:
+        return settings.calls_public_url + request.rel_url.raw_path_qs
+    return str(request.url)
+
+
+async def post_callback(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    provider = PROVIDERS.get(request.match_info["provider"])
+    if provider is None:
+        return json_error(404, f"unknown call provider; use one of {', '.join(sorted(PROVIDERS))}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, f"body is larger than {settings.max_body_bytes} bytes")
+    webhook = WebhookRequest(
+        method=request.method,
+        url=public_url(request, settings),
+        headers=request.headers,
+        body=body,
+        received_ts=datetime.now(UTC),
+    )
+    try:
+        provider.authenticate(webhook, settings)
+    except WebhookError as exc:
+        CALL_WEBHOOKS.labels(provider.name, exc.outcome).inc()
+        log.info(
+            "call webhook refused",
+            extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
+        )
+        return json_error(exc.status, str(exc))
+    try:
+        callbacks = _normalize(provider, webhook, settings)
+    except Ignored as exc:
+        CALL_WEBHOOKS.labels(provider.name, "ignored").inc()
+        return json_response({"accepted": 0, "ignored": str(exc)})
+    except Malformed as exc:
+        letter = DeadLetter.for_payload(
+            redact_numbers(body),
+            source=COLLECTOR,
+            stage="collect",
+            errors=exc.errors,
+            received_ts=webhook.received_ts,
+        )
+        try:
+            await request.app[PUBLISHER_KEY].publish_calls([], [letter])
+        except BackpressureError as backpressure:
+            return _unavailable(backpressure)
+        CALL_WEBHOOKS.labels(provider.name, "malformed").inc()
+        COLLECTOR_EVENTS.labels(COLLECTOR, "rejected").inc()
+        return json_error(
+            400,
+            f"not a {provider.name} call callback Tracker can read: {exc}",
+            errors=[e.as_dict() for e in exc.errors],
+        )
+    try:
+        await request.app[PUBLISHER_KEY].publish_calls(callbacks)
+    except BackpressureError as exc:
+        return _unavailable(exc)
+    CALL_WEBHOOKS.labels(provider.name, "accepted").inc()
+    COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(callbacks))
+    return json_response({"accepted": len(callbacks)})
+
+
+def _normalize(
+    provider: Provider, webhook: WebhookRequest, settings: Settings
+) -> list[CallCallback]:
+    """A payload shaped in a way no rule foresaw is still the sender's problem: 400 and a dead
+    letter, never a 500 that the provider would retry forever."""
+    try:
+        return provider.normalize(webhook, settings)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        log.warning(
+            "call callback not understood", extra={"provider": provider.name, "error": repr(exc)}
+        )
+        raise Malformed([FieldError("$", f"the payload could not be read: {exc!r}")]) from exc
+
+
+def _unavailable(exc: BackpressureError) -> web.Response:
+    retry = str(max(1, round(exc.retry_after)))
+    return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
