@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import orjson
 
+from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
 from agents.sink import Sink
 from tracker.calls import TERMINAL_STATUSES, CallCallback, status_rank
@@ -313,11 +314,13 @@ class CallsPipeline:
         touchpoints: Sink,
         dead_letters: Sink,
         tracking_numbers: TrackingNumbers,
+        forgotten: ForgottenIdentifiers | None = None,
     ) -> None:
         self.calls = calls
         self.touchpoints = touchpoints
         self.dead_letters = dead_letters
         self.tracking_numbers = tracking_numbers
+        self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
 
     async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
         touched: dict[str, dict[str, Any]] = {}
@@ -340,9 +343,14 @@ class CallsPipeline:
                 state[key] = known
                 CALL_CALLBACKS_MERGED.labels("merged").inc()
             touched[key] = known
+        merged: dict[str, dict[str, Any]] = {}
         for known in touched.values():
             record = merge_callbacks(CallCallback.from_wire(w) for w in known.values())
             touchpoint = call_touchpoint(record, self.tracking_numbers)
+            numbers = {f"phone:{h}" for h in (record.caller_hash, record.called_hash) if h}
+            if self.forgotten.forgets(touchpoint) or any(n in self.forgotten for n in numbers):
+                continue  # a forgotten person's calls are not stored again
+            merged[record.event_id] = known
             self.calls.add(
                 record.event_id,
                 record.call_ts,
@@ -353,8 +361,12 @@ class CallsPipeline:
                 touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), touchpoint.version
             )
         await self.dead_letters.flush()
-        await self.calls.flush()
-        await self.touchpoints.flush()
+        refused = {**(await self.calls.flush()).refused, **(await self.touchpoints.flush()).refused}
+        for (event_id, version), reason in refused.items():
+            # ClickHouse refused the merged record itself: keep its callbacks as a dead letter.
+            self.dead_letters.add(*_refused_letter(event_id, version, reason, merged[event_id]))
+        if refused:
+            await self.dead_letters.flush()
 
     def _dead_letter(self, message: RawMessage, reason: str) -> None:
         letter = DeadLetter(
@@ -374,3 +386,19 @@ def _object(value: bytes) -> dict[str, Any]:
     if not isinstance(wire, dict):
         raise TypeError("a call callback must be a JSON object")
     return wire
+
+
+def _refused_letter(
+    event_id: str, version: int, reason: str, callbacks: dict[str, Any]
+) -> tuple[str, datetime, tuple[Any, ...]]:
+    letter = DeadLetter(
+        dead_letter_id=str(uuid.uuid5(CALL_NAMESPACE, f"refused:{event_id}:{version}")),
+        source="worker",
+        stage="calls",
+        reason=f"ClickHouse refused the call record: {reason}",
+        errors=(FieldError("$", reason),),
+        payload=orjson.dumps(list(callbacks.values())).decode(),
+        received_ts=datetime.now(UTC),
+        event_id=event_id,
+    )
+    return letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)

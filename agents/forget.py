@@ -52,7 +52,8 @@ class Erasure:
 
 
 async def erase(store: ClickHouseStore, key: str) -> Erasure:
-    """Delete the touchpoints stored under ``key``, and dead letters whose payload names it.
+    """Delete the touchpoints stored under ``key`` (and, for a phone, the call records naming
+    it), and dead letters whose payload names it.
 
     Dead letters never hold a clear email or phone (the collectors redact them), so for those
     only touchpoints are searched.
@@ -64,6 +65,11 @@ async def erase(store: ClickHouseStore, key: str) -> Erasure:
     touchpoints = int(found.rows[0][0])
     if touchpoints:
         await store.command_with(f"DELETE FROM touchpoints WHERE {where}", {"value": value})
+    if kind == "phone":  # call records name both numbers
+        numbers = "caller_hash = {value:String} OR called_hash = {value:String}"
+        found = await store.query(f"SELECT count() FROM calls WHERE {numbers}", {"value": value})
+        if int(found.rows[0][0]):
+            await store.command_with(f"DELETE FROM calls WHERE {numbers}", {"value": value})
     dead_letters = 0
     if kind not in ("email", "phone"):
         named = "position(payload, {value:String}) > 0"

@@ -331,6 +331,7 @@ def build_worker(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
         tracking_numbers=settings.call_tracking_numbers,
+        forgotten=forgotten,
     )
     calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
     call_state = app.Table(
