@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.calls import CALL_COLUMNS, CallsPipeline, call_event_id, merge_callbacks
+from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage
 from agents.sink import MemorySink
 from tracker.calls import CALL_STATUSES, CallCallback
@@ -186,3 +187,13 @@ async def test_a_malformed_record_on_the_topic_becomes_a_dead_letter() -> None:
     await pipeline.handle([RawMessage(b'{"provider": "twilio"}', "calls", 0, 7)], {})
     [(key, _)] = dead.rows
     assert calls.rows == {} and "malformed" in dead.rows[(key, 0)][4]
+
+
+async def test_a_forgotten_callers_calls_are_not_stored_again() -> None:
+    calls, touchpoints, dead = MemorySink(), MemorySink(), MemorySink()
+    forgotten = ForgottenIdentifiers(["phone:h-caller"])
+    pipeline = CallsPipeline(calls, touchpoints, dead, {}, forgotten)
+
+    await pipeline.handle(_messages(INBOUND_ANSWERED), {})
+
+    assert calls.rows == {} and touchpoints.rows == {} and dead.rows == {}
