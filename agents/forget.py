@@ -72,7 +72,8 @@ async def erase(store: ClickHouseStore, key: str) -> Erasure:
             await store.command_with(f"DELETE FROM calls WHERE {numbers}", {"value": value})
     dead_letters = 0
     if kind not in ("email", "phone"):
-        named = "position(payload, {value:String}) > 0"
+        # The payload is the event's JSON: match the value as a whole JSON string, not a part.
+        named = "position(payload, concat('\"', {value:String}, '\"')) > 0"
         found = await store.query(
             f"SELECT count() FROM dead_letters WHERE {named}", {"value": value}
         )

@@ -134,7 +134,7 @@ textarea{width:100%;height:6rem;font:14px ui-monospace,monospace}
 pre{background:#f4f5f7;padding:1rem;overflow:auto}button{font-size:15px;padding:.3rem 1rem}
 </style></head><body>
 <h1>Tracker</h1>
-<p>Read-only SQL against the <code>tracker</code> database. Tables: touchpoints, dead_letters.</p>
+<p>Read-only SQL against the <code>tracker</code> database. Tables: touchpoints, dead_letters, links, calls.</p>
 <textarea id="sql">SELECT channel, type, count() AS events FROM tracker.touchpoints GROUP BY channel, type ORDER BY events DESC</textarea>
 <p><button id="run">Run</button>
 <input id="token" type="password" size="40" placeholder="API token, if TRACKER_API_TOKEN is set"></p>

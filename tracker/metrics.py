@@ -50,7 +50,7 @@ WORKER_EVENTS = Counter(
 )
 WORKER_LAG = Gauge(
     "tracker_worker_lag_events",
-    "Raw events in Kafka that this worker has not yet read: a ClickHouse outage shows here as delay.",
+    "Raw events in Kafka that this worker has not yet stored (end minus committed offsets): a ClickHouse outage shows here as delay.",
 )
 WORKER_READY = Gauge(
     "tracker_worker_ready", "1 once the worker has applied migrations and started."

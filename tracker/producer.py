@@ -103,30 +103,9 @@ class KafkaPublisher:
         retry_after = float(self._settings.retry_after_seconds)
         if producer is None:
             raise BackpressureError("Kafka is not connected yet", retry_after)
-        raw, dead = self._topology.raw.name, self._topology.dead_letters.name
-        try:
-            async with asyncio.timeout(self._settings.produce_timeout_seconds):
-                pending = [
-                    await producer.send(
-                        raw, orjson.dumps(t.to_wire()), key=t.identity_hint.encode()
-                    )
-                    for t in touchpoints
-                ]
-                pending += [
-                    await producer.send(
-                        dead, orjson.dumps(d.to_wire()), key=d.dead_letter_id.encode()
-                    )
-                    for d in dead_letters
-                ]
-                await asyncio.gather(*pending)
-        except (KafkaError, TimeoutError) as exc:
-            KAFKA_PRODUCE_FAILURES.labels(raw).inc()
-            log.warning("kafka did not acknowledge", extra={"error": repr(exc)})
-            raise BackpressureError(
-                "Kafka did not acknowledge the events in time; send them again with the same "
-                "event ids (duplicates are dropped)",
-                retry_after,
-            ) from exc
+        raw = self._topology.raw.name
+        records = [(raw, t.identity_hint, t.to_wire()) for t in touchpoints]
+        await self._send_all(producer, raw, records, dead_letters)
 
     async def publish_calls(
         self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()
@@ -167,7 +146,9 @@ class KafkaPublisher:
             KAFKA_PRODUCE_FAILURES.labels(topic).inc()
             log.warning("kafka did not acknowledge", extra={"error": repr(exc)})
             raise BackpressureError(
-                "Kafka did not acknowledge the events in time; nothing was accepted", retry_after
+                "Kafka did not acknowledge the events in time; send them again as they were "
+                "(with the same ids, so that duplicates are dropped)",
+                retry_after,
             ) from exc
 
 

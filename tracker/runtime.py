@@ -127,6 +127,10 @@ def _wait_ready(children: list[Child], stopping: object, timeout: float = 120.0)
         for child in list(pending):
             assert child.process is not None
             if child.process.poll() is not None:
+                log.error(
+                    "a component exited while starting",
+                    extra={"component": child.name, "code": child.process.returncode},
+                )
                 return False
             try:
                 with urllib.request.urlopen(child.ready_url, timeout=1) as response:
