@@ -27,8 +27,8 @@ from collectors.links._model import (
 )
 from collectors.links._state import LinkState, LinkTable
 from tracker.errors import BackpressureError, ValidationError
-from tracker.http import add_health_routes, client_ip, json_error, json_response
-from tracker.metrics import COLLECTOR_REQUEST_SECONDS, COLLECTOR_REQUESTS, LINK_CLICKS
+from tracker.http import add_health_routes, client_ip, json_error, json_response, measured
+from tracker.metrics import LINK_CLICKS
 from tracker.producer import Publisher
 from tracker.settings import Settings
 
@@ -125,7 +125,7 @@ def create_app(
     app = web.Application(client_max_size=64 * 1024)
     app[LINKS_KEY] = links
     add_health_routes(app, lambda: links.ready)
-    app.router.add_get("/api/openapi.json", _measured(openapi, "/api/openapi.json"))
+    app.router.add_get("/api/openapi.json", measured(COLLECTOR, openapi, "/api/openapi.json"))
     api = [
         ("GET", "/api/links", list_links, False),
         ("POST", "/api/links", create_link, True),
@@ -136,11 +136,11 @@ def create_app(
         ("GET", "/api/links/{slug}/qr.png", qr_code, False),
     ]
     for method, path, handler, writes in api:
-        app.router.add_route(method, path, _measured(_guarded(handler, writes), path))
+        app.router.add_route(method, path, measured(COLLECTOR, _guarded(handler, writes), path))
     app.router.add_route(
-        "*", "/api/{rest:.*}", _measured(_guarded(api_not_found, False), "unmatched")
+        "*", "/api/{rest:.*}", measured(COLLECTOR, _guarded(api_not_found, False), "unmatched")
     )
-    app.router.add_get("/{slug}", _measured(follow, "/{slug}"))  # also answers HEAD
+    app.router.add_get("/{slug}", measured(COLLECTOR, follow, "/{slug}"))  # also answers HEAD
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
@@ -158,33 +158,6 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-def _measured(handler: Handler, route: str) -> Handler:
-    """Count answers by status and time them, as ``tracker.http.request_metrics`` does."""
-    seconds = COLLECTOR_REQUEST_SECONDS.labels(COLLECTOR, route)
-    by_status: dict[int, Any] = {}
-
-    async def measured(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            counter = by_status.get(status)
-            if counter is None:
-                counter = by_status[status] = COLLECTOR_REQUESTS.labels(
-                    COLLECTOR, route, str(status)
-                )
-            counter.inc()
-            seconds.observe(time.perf_counter() - started)
-
-    return measured
 
 
 # -- the redirect path: lean on purpose ---------------------------------------------------------
