@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -60,57 +61,52 @@ def add_health_routes(app: web.Application, ready: Readiness) -> None:
     app.router.add_get("/metrics", metrics)
 
 
+@lru_cache(maxsize=1024)
+def _answers(collector: str, route: str, status: int) -> Any:
+    return COLLECTOR_REQUESTS.labels(collector, route, str(status))
+
+
+@lru_cache(maxsize=256)
+def _timings(collector: str, route: str) -> Any:
+    return COLLECTOR_REQUEST_SECONDS.labels(collector, route)
+
+
+async def _counted(
+    collector: str, route: str, handler: Handler, request: web.Request
+) -> web.StreamResponse:
+    """Run ``handler``, counting its answer by status and timing it (label children cached)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        _answers(collector, route, status).inc()
+        _timings(collector, route).observe(time.perf_counter() - started)
+
+
 def request_metrics(collector: str) -> Any:
     """Middleware counting answers and timing them per route (the route pattern, never the raw path)."""
 
     @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        route = request.match_info.route.resource
-        route_name = route.canonical if route is not None else "unmatched"
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            COLLECTOR_REQUESTS.labels(collector, route_name, str(status)).inc()
-            COLLECTOR_REQUEST_SECONDS.labels(collector, route_name).observe(
-                time.perf_counter() - started
-            )
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        return await _counted(collector, route, handler, request)
 
     return middleware
 
 
 def measured(collector: str, handler: Handler, route: str) -> Handler:
-    """``handler``, counting its answers by status and timing them, like :func:`request_metrics`
-    but without a middleware's cost per request: for hot paths such as redirects."""
-    seconds = COLLECTOR_REQUEST_SECONDS.labels(collector, route)
-    by_status: dict[int, Any] = {}
+    """``handler``, counted and timed like :func:`request_metrics` but without a middleware's
+    cost per request: for hot paths such as redirects."""
 
     async def measured_handler(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            counter = by_status.get(status)
-            if counter is None:
-                counter = by_status[status] = COLLECTOR_REQUESTS.labels(
-                    collector, route, str(status)
-                )
-            counter.inc()
-            seconds.observe(time.perf_counter() - started)
+        return await _counted(collector, route, handler, request)
 
     return measured_handler
 
