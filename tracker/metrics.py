@@ -10,6 +10,8 @@ __all__ = [
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
+    "IDENTITY_CONFLICTS",
+    "JOURNEY_LATE_EVENTS",
     "KAFKA_PRODUCE_FAILURES",
     "LINK_CLICKS",
     "LINK_CLICKS_DROPPED",
@@ -17,6 +19,7 @@ __all__ = [
     "SINK_FAILURES",
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
+    "STITCH_EVENTS",
     "WORKER_EVENTS",
     "WORKER_LAG",
     "WORKER_READY",
@@ -45,7 +48,8 @@ KAFKA_PRODUCE_FAILURES = Counter(
 )
 WORKER_EVENTS = Counter(
     "tracker_worker_events_total",
-    "Events the worker consumed: written, duplicate (already stored), dead_letter or forgotten.",
+    "Events the worker handled: forwarded (ingested, on to stitching), written (stitched and "
+    "stored), duplicate (already stored), dead_letter or forgotten.",
     ["outcome"],
 )
 WORKER_LAG = Gauge(
@@ -88,4 +92,17 @@ CALL_CALLBACKS_MERGED = Counter(
     "tracker_call_callbacks_merged_total",
     "Call callbacks the worker handled: merged (new), duplicate (a retry) or over_limit.",
     ["outcome"],
+)
+STITCH_EVENTS = Counter(
+    "tracker_stitch_records_total",
+    "Records handled by each stitching step: identity (the identity log) or journey.",
+    ["step"],
+)
+IDENTITY_CONFLICTS = Counter(
+    "tracker_identity_conflicts_total",
+    "Links the identity rules refused (two user ids, a per-type limit, a split), kept for review.",
+)
+JOURNEY_LATE_EVENTS = Counter(
+    "tracker_journey_late_events_total",
+    "Events later than the allowed lateness: kept and counted, not put into sessions.",
 )

@@ -44,6 +44,9 @@ class Topology:
     links: TopicSpec
     link_clicks: TopicSpec
     calls: TopicSpec
+    identity: TopicSpec
+    journey: TopicSpec
+    aliases: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -68,6 +71,9 @@ class Topology:
             links=spec("links"),
             link_clicks=spec("link_clicks"),
             calls=spec("calls"),
+            identity=spec("identity"),
+            journey=spec("journey"),
+            aliases=spec("aliases"),
         )
 
     def all(self) -> list[TopicSpec]:
@@ -78,6 +84,9 @@ class Topology:
             self.links,
             self.link_clicks,
             self.calls,
+            self.identity,
+            self.journey,
+            self.aliases,
         ]
 
 
