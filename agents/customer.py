@@ -293,6 +293,18 @@ class CustomerJourney:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to show: no events, no history, nothing published, not merged away (a
+        customer that only remembers where identifiers it never held went)."""
+        return not (
+            self.events
+            or self.history.events
+            or self._sessions
+            or self._frictions
+            or self.merged_into
+        )
+
     def stitched(self, event_id: str) -> Stitched:
         stored = self.events[event_id]
         ordered = self._ordered()

@@ -545,6 +545,8 @@ class JourneyStage:
 
     def _stitch(self, customer: str, entry: _Touched) -> None:
         journey, version = entry.journey, entry.version
+        if journey.is_empty:
+            return
         for event_id, (row, _) in entry.rows.items():
             stitched = journey.stitched(event_id)
             row[_COLUMN["customer_id"]] = customer
