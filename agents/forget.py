@@ -53,7 +53,7 @@ class Erasure:
 
 async def erase(store: ClickHouseStore, key: str) -> Erasure:
     """Delete the touchpoints stored under ``key`` (and, for a phone, the call records naming
-    it), and dead letters whose payload names it.
+    it), the identity records of it, and dead letters whose payload names it.
 
     Dead letters never hold a clear email or phone (the collectors redact them), so for those
     only touchpoints are searched.
@@ -70,6 +70,19 @@ async def erase(store: ClickHouseStore, key: str) -> Erasure:
         found = await store.query(f"SELECT count() FROM calls WHERE {numbers}", {"value": value})
         if int(found.rows[0][0]):
             await store.command_with(f"DELETE FROM calls WHERE {numbers}", {"value": value})
+    # The identity graph's records of the identifier, and the links refused because of it.
+    named_key = "identifier = {key:String}"
+    found = await store.query(f"SELECT count() FROM identities WHERE {named_key}", {"key": key})
+    if int(found.rows[0][0]):
+        await store.command_with(f"DELETE FROM identities WHERE {named_key}", {"key": key})
+    in_conflict = "left_identifier = {key:String} OR right_identifier = {key:String}"
+    found = await store.query(
+        f"SELECT count() FROM identity_conflicts WHERE {in_conflict}", {"key": key}
+    )
+    if int(found.rows[0][0]):
+        await store.command_with(
+            f"DELETE FROM identity_conflicts WHERE {in_conflict}", {"key": key}
+        )
     dead_letters = 0
     if kind not in ("email", "phone"):
         # The payload is the event's JSON: match the value as a whole JSON string, not a part.

@@ -337,6 +337,8 @@ class IdentityStage:
                     properties,
                 )
                 ts = datetime.fromisoformat(wire["ts"])
+                if wire["consent_analytics"] is False:
+                    ids = []  # no consent to analytics: stored, never joined to anyone
                 link = Link.of(wire["event_id"], ts, ids)
                 if resolver.is_new(link):
                     keys = [i.key for i in link.identifiers]
@@ -371,7 +373,14 @@ class IdentityStage:
                 )
                 self._conflicts.add(conflict_id, conflict.ts, row)
             if event is not None:
-                head = orjson.dumps({"kind": "event", "primary": resolution.primary, "v": offset})
+                head = orjson.dumps(
+                    {
+                        "kind": "event",
+                        "primary": resolution.primary,
+                        "v": offset,
+                        "stitch": wire["consent_analytics"] is not False,
+                    }
+                )
                 # The row goes on as it came, without a second encode: {"kind":...,"row":{...}}
                 outgoing.append(
                     Outgoing(
@@ -491,6 +500,9 @@ class JourneyStage:
                 event = journey_event(row)
                 version = row[_COLUMN["version"]]
                 sources[(event.event_id, version)] = source
+                if not wire.get("stitch", True):
+                    self._touchpoints.add(event.event_id, event.ts, row, version)
+                    continue
                 take(
                     entry,
                     StoredEvent(event, version, wire["primary"], False, wire["v"]),

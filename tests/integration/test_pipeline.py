@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import Pipeline, component_env, http, make_event, wait_for_metric
 from tracker.kafka_local import LocalKafka, free_port
+from tracker.privacy import identifier_key
 
 pytestmark = pytest.mark.integration
 
@@ -194,12 +195,16 @@ def test_a_forgotten_person_is_erased_and_never_stored_again(pipeline: Pipeline)
     others = [make_event() for _ in range(2)]
     assert pipeline.post(ada + others)[0] == 200
     assert pipeline.wait_for("SELECT count() FROM touchpoints", "5") == "5"
+    key = identifier_key("email:ada@example.com", pipeline.env["TRACKER_HASH_SALT"], "US")
+    in_identities = f"SELECT count() FROM identities WHERE identifier = '{key}'"
+    assert pipeline.query(in_identities).strip() == "1"
 
     status, answer, _ = http(
         "POST", pipeline.console_url + "/api/forget", b'{"identifier": "email:Ada@Example.com"}'
     )
     assert (status, answer["touchpoints"]) == (200, 3)
     assert pipeline.query("SELECT count() FROM touchpoints").strip() == "2"
+    assert pipeline.query(in_identities).strip() == "0"
 
     # Neither a new event nor a restarted worker (which reloads the forgotten list) brings her back.
     assert pipeline.post([make_event(email="ada@example.com")])[0] == 200
