@@ -31,7 +31,7 @@ __all__ = ["Apply", "CompactedLog", "CompactedState", "MemoryLog"]
 log = logging.getLogger(__name__)
 
 # (topic, key, value or None for a tombstone)
-Apply = Callable[[str, str, bytes | None], None]
+Apply = Callable[[str, str, bytes | None], object]
 
 
 class CompactedLog(Protocol):

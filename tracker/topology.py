@@ -44,6 +44,7 @@ class Topology:
     links: TopicSpec
     link_clicks: TopicSpec
     calls: TopicSpec
+    pool_reservations: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -68,6 +69,7 @@ class Topology:
             links=spec("links"),
             link_clicks=spec("link_clicks"),
             calls=spec("calls"),
+            pool_reservations=spec("pool_reservations"),
         )
 
     def all(self) -> list[TopicSpec]:
@@ -78,6 +80,7 @@ class Topology:
             self.links,
             self.link_clicks,
             self.calls,
+            self.pool_reservations,
         ]
 
 
