@@ -278,6 +278,9 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         "talk_seconds": _seconds(record.talk_seconds),
         "ring_seconds": _seconds(record.ring_seconds),
         "transfers": str(record.transfer_count),
+        "transfer_kind": record.transfer_kind,
+        "queue_seconds": _seconds(record.queue_seconds),
+        "hold_seconds": _seconds(record.hold_seconds),
         "queue": record.queue,
         "agent": record.agent,
         "recording": "true" if record.recording else "false",
@@ -348,6 +351,8 @@ def pool_touchpoint(
     if reservation is not None:
         touchpoint.anonymous_id = reservation.anonymous_id
         touchpoint.session_id = reservation.session_id
+        # Journey stitching assigns its own sessions; the visit's id stays readable here.
+        touchpoint.properties["web_session_id"] = reservation.session_id
         touchpoint.campaign = {k: v for k, v in reservation.campaign.items() if v}
     return touchpoint, overlay
 

@@ -19,16 +19,20 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "JUNK_VALUES",
     "Conflict",
     "Identifier",
     "IdentityGraph",
+    "IdentityResolver",
     "IdentityRules",
     "Link",
+    "Move",
+    "Resolution",
     "customer_id_for",
+    "identifiers_of",
     "is_junk",
 ]
 
@@ -114,6 +118,13 @@ class Conflict:
     rule: str
 
 
+class Move(NamedTuple):
+    """An identifier's customer before and after a change."""
+
+    before: str
+    after: str
+
+
 def customer_id_for(oldest: Identifier) -> str:
     return str(uuid.uuid5(_CUSTOMER_NAMESPACE, oldest.key))
 
@@ -132,6 +143,10 @@ class IdentityGraph:
 
     def add(self, link: Link) -> dict[Identifier, str]:
         """Record a link; return each identifier whose customer changed, with its new customer."""
+        return {i: new for i, (_, new) in self.add_moves(link).items()}
+
+    def add_moves(self, link: Link) -> dict[Identifier, Move]:
+        """Record a link; return each identifier whose customer changed, from which to which."""
         if link.event_id in self._links or not link.identifiers:
             return {}
         self._links[link.event_id] = link
@@ -141,8 +156,15 @@ class IdentityGraph:
 
     def split(self, left: Identifier, right: Identifier) -> dict[Identifier, str]:
         """Never link these two again, whatever events say, and resolve afresh."""
+        return {i: new for i, (_, new) in self.split_moves(left, right).items()}
+
+    def split_moves(self, left: Identifier, right: Identifier) -> dict[Identifier, Move]:
         self._splits.add(frozenset((left, right)))
         return self._resolve({left, right})
+
+    @property
+    def splits(self) -> list[tuple[Identifier, Identifier]]:
+        return sorted(tuple(sorted(pair)) for pair in self._splits)  # type: ignore[misc]
 
     def customer_of(self, identifier: Identifier) -> str:
         """The customer an identifier belongs to; an identifier never seen is a customer of its own."""
@@ -155,7 +177,7 @@ class IdentityGraph:
     def conflicts(self) -> list[Conflict]:
         return sorted(self._conflicts.values(), key=lambda c: (c.ts, c.event_id, c.left, c.right))
 
-    def _resolve(self, touched: set[Identifier]) -> dict[Identifier, str]:
+    def _resolve(self, touched: set[Identifier]) -> dict[Identifier, Move]:
         """Replay, in event-time order, every link reachable from ``touched`` through any link."""
         region = self._reachable(touched)
         links = sorted(
@@ -191,14 +213,15 @@ class IdentityGraph:
                 keep, gone = (a, b) if first_seen[a] <= first_seen[b] else (b, a)
                 parent[gone] = keep
                 members[keep].extend(members.pop(gone))
-        changed: dict[Identifier, str] = {}
+        changed: dict[Identifier, Move] = {}
         for group in members.values():
             oldest = min(group, key=lambda i: first_seen.get(i, (_NEVER, i.key)))
             customer = customer_id_for(oldest)
             for identifier in group:
-                if self._customer.get(identifier) != customer:
+                before = self._customer.get(identifier)
+                if before != customer:
                     self._customer[identifier] = customer
-                    changed[identifier] = customer
+                    changed[identifier] = Move(before or customer_id_for(identifier), customer)
         return changed
 
     def _refusal(self, left: list[Identifier], right: list[Identifier]) -> str:
@@ -225,3 +248,119 @@ class IdentityGraph:
                         seen.add(other)
                         frontier.append(other)
         return seen
+
+
+# -- resolving events --------------------------------------------------------------------------
+
+# The identifier an event is routed by, when it carries several: the most durable first.
+_PRIORITY: Final = ("user", "crm", "email", "phone", "anon", "click")
+CRM_PROPERTY_PREFIX: Final = "crm."
+
+
+def identifiers_of(
+    anonymous_id: str,
+    user_id: str,
+    email_hash: str,
+    phone_hash: str,
+    click_id: str,
+    properties: Mapping[str, str],
+) -> list[Identifier]:
+    """The typed identifiers a touchpoint carries. CRM ids come as ``crm.<system>`` properties."""
+    found = [
+        Identifier(kind, value)
+        for kind, value in (
+            ("anon", anonymous_id),
+            ("user", user_id),
+            ("email", email_hash),
+            ("phone", phone_hash),
+            ("click", click_id),
+        )
+        if value
+    ]
+    for name, value in properties.items():
+        if name.startswith(CRM_PROPERTY_PREFIX) and value:
+            found.append(Identifier(f"crm:{name[len(CRM_PROPERTY_PREFIX) :]}", value))
+    return found
+
+
+def _priority(identifier: Identifier) -> tuple[int, str, str]:
+    kind = identifier.kind.split(":", 1)[0]
+    rank = _PRIORITY.index(kind) if kind in _PRIORITY else len(_PRIORITY)
+    return (rank, identifier.kind, identifier.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where an event goes, and what its link changed."""
+
+    customer_id: str
+    primary: str
+    """The key of the identifier the event is routed by."""
+    moves: dict[str, dict[str, str]]
+    """Customer before → {identifier key: customer after}, for identifiers that changed."""
+    aliases: dict[Identifier, str]
+    """Every identifier whose customer changed (or that is new), with its customer now."""
+    conflicts: list[Conflict]
+    """Refusals first seen now."""
+
+
+class IdentityResolver:
+    """An :class:`IdentityGraph` fed one event at a time. A link repeating an identifier set
+    already seen at an earlier time changes nothing and is skipped, so the common event (a
+    known visitor again) costs a lookup, and the graph holds one link per identifier set."""
+
+    def __init__(self, rules: IdentityRules | None = None) -> None:
+        self.graph = IdentityGraph(rules)
+        self._earliest: dict[frozenset[Identifier], tuple[datetime, str]] = {}
+        self._reported: set[tuple[str, str, str]] = set()
+
+    def is_new(self, link: Link) -> bool:
+        seen = self._earliest.get(frozenset(link.identifiers))
+        return bool(link.identifiers) and (seen is None or link.order < seen)
+
+    def resolve(self, event_id: str, ts: datetime, identifiers: Iterable[Identifier]) -> Resolution:
+        link = Link.of(event_id, ts, identifiers)
+        if not link.identifiers:  # nothing to join by: the event is a customer of its own
+            own = Identifier("event", event_id)
+            return Resolution(customer_id_for(own), own.key, {}, {}, [])
+        moves: dict[Identifier, Move] = {}
+        conflicts: list[Conflict] = []
+        if self.is_new(link):
+            self._earliest[frozenset(link.identifiers)] = link.order
+            moves = self.graph.add_moves(link)
+            conflicts = self._new_conflicts()
+        primary = min(link.identifiers, key=_priority)
+        return Resolution(
+            self.graph.customer_of(primary),
+            primary.key,
+            _grouped(moves),
+            {i: m.after for i, m in moves.items()},
+            conflicts,
+        )
+
+    def split(self, left: Identifier, right: Identifier) -> Resolution:
+        moves = self.graph.split_moves(left, right)
+        return Resolution(
+            self.graph.customer_of(left),
+            left.key,
+            _grouped(moves),
+            {i: m.after for i, m in moves.items()},
+            self._new_conflicts(),
+        )
+
+    def _new_conflicts(self) -> list[Conflict]:
+        fresh = []
+        for conflict in self.graph.conflicts:
+            key = (conflict.event_id, conflict.left, conflict.right)
+            if key not in self._reported:
+                self._reported.add(key)
+                fresh.append(conflict)
+        return fresh
+
+
+def _grouped(moves: Mapping[Identifier, Move]) -> dict[str, dict[str, str]]:
+    grouped: dict[str, dict[str, str]] = defaultdict(dict)
+    for identifier, move in moves.items():
+        if move.before != move.after:
+            grouped[move.before][identifier.key] = move.after
+    return dict(grouped)

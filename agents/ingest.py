@@ -51,6 +51,7 @@ TOUCHPOINT_COLUMNS = (
     "click_id",
     "ad_click_ids",
     "stage",
+    "seq",
     "page_url",
     "page_host",
     "page_path",
@@ -146,9 +147,15 @@ class IngestPipeline:
         if stored.refused:
             dead = await self.dead_letters.flush()
         WORKER_EVENTS.labels("written").inc(stored.written)
+        WORKER_EVENTS.labels("forwarded").inc(stored.forwarded)
         WORKER_EVENTS.labels("forgotten").inc(forgotten)
         WORKER_EVENTS.labels("duplicate").inc(
-            len(messages) - invalid - forgotten - stored.written - len(stored.refused)
+            len(messages)
+            - invalid
+            - forgotten
+            - stored.written
+            - stored.forwarded
+            - len(stored.refused)
         )
         WORKER_EVENTS.labels("dead_letter").inc(invalid + len(stored.refused))
         for reason in dead.refused.values():
@@ -215,6 +222,7 @@ def touchpoint_row(t: Touchpoint) -> tuple[Any, ...]:
         t.click_id,
         e.ad_click_ids,
         "",
+        0,
         page.get("url", ""),
         e.page_host,
         e.page_path,

@@ -25,11 +25,13 @@ __all__ = [
     "Session",
     "SessionRules",
     "StageChange",
+    "StageContext",
     "StageRule",
     "conversions",
     "frictions",
     "sessionize",
     "stage_changes",
+    "stage_context",
 ]
 
 _SESSION_NAMESPACE: Final = uuid.UUID("9b0f3c8e-3c1a-4d8e-8f0b-5a2e7c6d1e42")
@@ -56,6 +58,8 @@ class JourneyEvent:
     hold_seconds: float = 0.0
     transfers: int = 0
     cold_transfers: int = 0
+    survey_kind: str = ""
+    survey_score: float | None = None
 
     @property
     def order(self) -> tuple[datetime, str]:
@@ -193,16 +197,41 @@ class StageChange:
 _FUNNEL: Final = ("awareness", "consideration")
 
 
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    """What earlier history, no longer at hand, leaves behind for the stage rules."""
+
+    funnel: str = ""
+    purchased: bool = False
+
+
 def stage_changes(
-    events: Iterable[JourneyEvent], rules: Sequence[StageRule] = DEFAULT_STAGES
+    events: Iterable[JourneyEvent],
+    rules: Sequence[StageRule] = DEFAULT_STAGES,
+    context: StageContext = StageContext(),
 ) -> list[StageChange]:
     """Where the customer stood after each event, recorded when it changes. The first matching
     rule names the event's stage. The funnel (awareness, consideration) only moves forward;
     support is a side stage the next other event leaves; after a purchase, what would be
     awareness or consideration is post-purchase."""
+    return _stages(_ordered(events), rules, context)[0]
+
+
+def stage_context(
+    events: Iterable[JourneyEvent],
+    rules: Sequence[StageRule] = DEFAULT_STAGES,
+    context: StageContext = StageContext(),
+) -> StageContext:
+    """The context these events leave for the ones after them."""
+    return _stages(_ordered(events), rules, context)[1]
+
+
+def _stages(
+    ordered: list[JourneyEvent], rules: Sequence[StageRule], context: StageContext
+) -> tuple[list[StageChange], StageContext]:
     changes: list[StageChange] = []
-    funnel, purchased = "", False
-    for event in _ordered(events):
+    funnel, purchased = context.funnel, context.purchased
+    for event in ordered:
         stage = next((r.stage for r in rules if r.matches(event)), "")
         if stage == "purchase":
             purchased = True
@@ -214,7 +243,7 @@ def stage_changes(
                 stage = funnel
         if stage and (not changes or changes[-1].stage != stage):
             changes.append(StageChange(stage, event.ts, event.event_id))
-    return changes
+    return changes, StageContext(funnel, purchased)
 
 
 # -- friction ------------------------------------------------------------------------------------
@@ -229,6 +258,11 @@ class FrictionRules:
     web_to_phone_within: timedelta = timedelta(minutes=10)
     error_status: int = 400
     checkout_paths: tuple[str, ...] = ("/checkout",)
+    # A survey answer at or past these is a friction: an NPS detractor (0-10), a low CSAT (1-5),
+    # a high customer-effort score (1-7).
+    nps_at_most: float = 6
+    csat_at_most: float = 2
+    ces_at_least: float = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,11 +367,29 @@ def _event_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction
                     f"{event.transfers} transfers",
                 )
             )
+    if event.survey_score is not None and _low_score(event.survey_kind, event.survey_score, rules):
+        found.append(
+            Friction(
+                f"low_{event.survey_kind}",
+                "high" if event.survey_kind == "nps" else "medium",
+                event.ts,
+                event.event_id,
+                f"{event.survey_kind} {event.survey_score:g}",
+            )
+        )
     if (event.status_code or 0) >= rules.error_status or event.type == "error":
         found.append(
             Friction("error_page", "low", event.ts, event.event_id, str(event.status_code or ""))
         )
     return found
+
+
+def _low_score(kind: str, score: float, rules: FrictionRules) -> bool:
+    if kind == "nps":
+        return score <= rules.nps_at_most
+    if kind == "csat":
+        return score <= rules.csat_at_most
+    return kind == "ces" and score >= rules.ces_at_least
 
 
 # -- conversions ---------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ class FlushResult:
     duplicates: int
     refused: dict[Key, str] = field(default_factory=dict)
     """Rows ClickHouse refused on their own, with its reason: the caller dead-letters them."""
+    forwarded: int = 0
+    """Rows handed on to a later step (which writes them, and counts them then)."""
 
 
 class Sink(Protocol):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,10 +24,23 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
+from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers, erase
+from agents.identity import IdentityRules
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.links import add_links_mirror
 from agents.sink import ClickHouseSink
+from agents.stitching import (
+    ALIAS_COLUMNS,
+    CONFLICT_COLUMNS,
+    FRICTION_COLUMNS,
+    JOURNEY_COLUMNS,
+    SESSION_COLUMNS,
+    ForwardSink,
+    IdentityStage,
+    JourneyStage,
+    Outbox,
+)
 from tracker.compacted import CompactedState
 from tracker.console import create_console
 from tracker.logs import logging_config
@@ -321,16 +335,15 @@ class ConsoleService(Service):
             await self._runner.cleanup()
 
 
-def build_worker(
-    settings: Settings,
-) -> tuple[faust.App, RawIngestService, ForgetService, ConsoleService, ClickHouseStore]:
+def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore]:
+    """The Faust app, the services to run beside it (in start order), and the store."""
     topology = Topology.from_settings(settings)
     store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
     forgotten = ForgottenIdentifiers()
+    outbox = Outbox(settings)
     pipeline = IngestPipeline(
-        touchpoints=ClickHouseSink(
-            store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version_column="version"
-        ),
+        # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
+        touchpoints=ForwardSink(outbox, topology.identity.name),
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
@@ -361,8 +374,6 @@ def build_worker(
         else None
     )
     console = ConsoleService(settings, store, ingest, forget, reservations)
-    if reservations is not None:
-        console.add_dependency(reservations)  # started and stopped with the console
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
@@ -379,9 +390,7 @@ def build_worker(
     # table. Its changelog is partitioned by the same key, so it follows the calls topic.
     calls_pipeline = CallsPipeline(
         calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
-        touchpoints=ClickHouseSink(
-            store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version_column="version"
-        ),
+        touchpoints=ForwardSink(outbox, topology.identity.name),
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
@@ -403,6 +412,8 @@ def build_worker(
             for event in events:
                 await stream.ack(event)
 
+    add_stitching(app, store, topology, settings, outbox)
+
     async def mark_started() -> None:
         console.started_agents = True
         WORKER_READY.set(1)
@@ -411,7 +422,88 @@ def build_worker(
         )
 
     app.task(mark_started)
-    return app, ingest, forget, console, store
+    followers: list[Service] = [reservations] if reservations is not None else []
+    return app, [outbox, forget, ingest, *followers, console], store
+
+
+def add_stitching(
+    app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
+) -> None:
+    """The identity agent on the single-partition identity log, and the journey agent keyed by
+    customer, each with a changelog-backed table for its state (agents/stitching.py)."""
+    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
+
+    def sink(
+        table: str, columns: Sequence[str], key: str, ts: str, version: bool
+    ) -> ClickHouseSink:
+        return ClickHouseSink(store, table, columns, key, ts, "version" if version else None)
+
+    identity_stage = IdentityStage(
+        outbox,
+        journey_topic=topology.journey.name,
+        aliases_topic=topology.aliases.name,
+        identities=sink("identities", ALIAS_COLUMNS, "identifier", "ts", version=True),
+        conflicts=sink("identity_conflicts", CONFLICT_COLUMNS, "conflict_id", "ts", False),
+        rules=IdentityRules(limits={**IdentityRules().limits, **settings.identity_limits}),
+    )
+    identity_topic = app.topic(
+        topology.identity.name,
+        partitions=topology.identity.partitions,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    identity_links = app.Table(
+        "identity_links",
+        key_type=str,
+        partitions=topology.identity.partitions,
+        use_partitioner=True,  # written once per batch, after the events
+    )
+
+    @app.agent(identity_topic, name="identity")
+    async def identity(stream: Any) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await identity_stage.handle(
+                [(e.value, e.message.offset) for e in events], identity_links
+            )
+            for event in events:
+                await stream.ack(event)
+
+    async def forget_graph(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        identity_stage.reset()  # the next owner rebuilds it from the table
+
+    app.on_partitions_revoked.connect(forget_graph)  # type: ignore[arg-type]
+
+    journey_stage = JourneyStage(
+        outbox,
+        journey_topic=topology.journey.name,
+        touchpoints=sink("touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version=True),
+        sessions=sink("sessions", SESSION_COLUMNS, "session_id", "start", version=True),
+        journeys=sink("journeys", JOURNEY_COLUMNS, "customer_id", "as_of", version=True),
+        frictions=sink("frictions", FRICTION_COLUMNS, "friction_id", "ts", version=True),
+        dead_letters=sink(
+            "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts", False
+        ),
+        rules=rules_from_settings(settings),
+    )
+    journey_topic = app.topic(
+        topology.journey.name,
+        partitions=topology.journey.partitions,
+        value_serializer="raw",
+        key_serializer="json",
+    )
+    journey_state = app.Table(
+        "journey_state",
+        key_type=str,
+        partitions=topology.journey.partitions,
+        use_partitioner=True,  # batches span partitions: place each key by its own hash
+    )
+
+    @app.agent(journey_topic, name="journey")
+    async def journey(stream: Any) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await journey_stage.handle([(e.key, e.value, _raw(e)) for e in events], journey_state)
+            for event in events:
+                await stream.ack(event)
 
 
 def _raw(event: Any) -> RawMessage:
@@ -434,7 +526,7 @@ def _wait_for_topics(settings: Settings) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Apply migrations, then run the worker until SIGINT or SIGTERM."""
-    app, ingest, forget, console, store = build_worker(settings)
+    app, services, store = build_worker(settings)
     _wait_for_topics(settings)
     applied = store.run_sync(store.migrate_sync)
     log.info(
@@ -447,9 +539,7 @@ def run_worker(settings: Settings) -> None:
     )
     worker = faust.Worker(
         app,
-        forget,
-        ingest,
-        console,
+        *services,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level),
         quiet=True,

@@ -14,6 +14,8 @@ __all__ = [
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
+    "IDENTITY_CONFLICTS",
+    "JOURNEY_LATE_EVENTS",
     "KAFKA_PRODUCE_FAILURES",
     "LINK_CLICKS",
     "LINK_CLICKS_DROPPED",
@@ -21,6 +23,7 @@ __all__ = [
     "SINK_FAILURES",
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
+    "STITCH_EVENTS",
     "WORKER_EVENTS",
     "WORKER_LAG",
     "WORKER_READY",
@@ -49,7 +52,8 @@ KAFKA_PRODUCE_FAILURES = Counter(
 )
 WORKER_EVENTS = Counter(
     "tracker_worker_events_total",
-    "Events the worker consumed: written, duplicate (already stored), dead_letter or forgotten.",
+    "Events the worker handled: forwarded (ingested, on to stitching), written (stitched and "
+    "stored), duplicate (already stored), dead_letter or forgotten.",
     ["outcome"],
 )
 WORKER_LAG = Gauge(
@@ -115,4 +119,17 @@ CALL_POOL_CALLS = Counter(
     "Calls to a pool number the worker saw first: attributed (inside a reservation's window, "
     "joined to its web session) or unattributed (kept, without a session).",
     ["pool", "outcome"],
+)
+STITCH_EVENTS = Counter(
+    "tracker_stitch_records_total",
+    "Records handled by each stitching step: identity (the identity log) or journey.",
+    ["step"],
+)
+IDENTITY_CONFLICTS = Counter(
+    "tracker_identity_conflicts_total",
+    "Links the identity rules refused (two user ids, a per-type limit, a split), kept for review.",
+)
+JOURNEY_LATE_EVENTS = Counter(
+    "tracker_journey_late_events_total",
+    "Events later than the allowed lateness: kept and counted, not put into sessions.",
 )

@@ -84,6 +84,16 @@ class Settings:
     freeswitch_password: Secret = Secret("")
     asterisk_signing_secret: Secret = Secret("")
     generic_webhook_secret: Secret = Secret("")
+    # Journey stitching (agents/stitching.py, docs/journeys.md). Empty rule lists mean the defaults.
+    session_inactivity_minutes: float = 30.0
+    session_split_on_campaign: bool = False
+    session_split_at_midnight: bool = False
+    journey_allowed_lateness_minutes: float = 60.0
+    journey_max_events: int = 500
+    journey_stages: tuple[Mapping[str, Any], ...] = ()
+    journey_conversions: tuple[Mapping[str, Any], ...] = ()
+    friction_thresholds: Mapping[str, float] = field(default_factory=dict)
+    identity_limits: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -161,6 +171,7 @@ class Settings:
             links_api_rate=reader.number("TRACKER_LINKS_API_RATE", 10.0),
             links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
             **_call_settings(reader),
+            **_journey_settings(reader),
         )
 
 
@@ -312,6 +323,87 @@ def _number_pools(raw: str, region: str, tracking: Mapping[str, object]) -> dict
 
 
 _CAMPAIGN_KEYS = ("source", "medium", "name", "channel")
+
+FRICTION_THRESHOLDS = (
+    "long_queue_wait_seconds",
+    "long_hold_seconds",
+    "transfers",
+    "repeat_contact_hours",
+    "web_to_phone_minutes",
+    "error_status",
+    "nps_at_most",
+    "csat_at_most",
+    "ces_at_least",
+)
+_RULE_KEYS: dict[str, dict[str, Any]] = {
+    "TRACKER_JOURNEY_STAGES": {"stage": str, "types": list, "paths": list, "queues": list},
+    "TRACKER_JOURNEY_CONVERSIONS": {"name": str, "types": list, "min_value": (int, float)},
+}
+
+
+def _journey_settings(reader: _Reader) -> dict[str, Any]:
+    return {
+        "session_inactivity_minutes": reader.number("TRACKER_SESSION_INACTIVITY_MINUTES", 30.0),
+        "session_split_on_campaign": reader.flag("TRACKER_SESSION_SPLIT_ON_CAMPAIGN", False),
+        "session_split_at_midnight": reader.flag("TRACKER_SESSION_SPLIT_AT_MIDNIGHT", False),
+        "journey_allowed_lateness_minutes": reader.number(
+            "TRACKER_JOURNEY_ALLOWED_LATENESS_MINUTES", 60.0
+        ),
+        "journey_max_events": reader.integer("TRACKER_JOURNEY_MAX_EVENTS", 500, minimum=10),
+        "journey_stages": _rules(reader, "TRACKER_JOURNEY_STAGES", required="stage"),
+        "journey_conversions": _rules(reader, "TRACKER_JOURNEY_CONVERSIONS", required="name"),
+        "friction_thresholds": _numbers(reader, "TRACKER_FRICTION_THRESHOLDS", FRICTION_THRESHOLDS),
+        "identity_limits": {
+            k: int(v) for k, v in _numbers(reader, "TRACKER_IDENTITY_LIMITS", None).items()
+        },
+    }
+
+
+def _json(reader: _Reader, name: str) -> Any:
+    raw = reader.text(name, "")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+
+
+def _rules(reader: _Reader, name: str, required: str) -> tuple[Mapping[str, Any], ...]:
+    """A JSON list of rule objects, checked for shape here so a typo fails at start-up."""
+    parsed = _json(reader, name)
+    if parsed is None:
+        return ()
+    allowed = _RULE_KEYS[name]
+    if not isinstance(parsed, list) or not parsed:
+        raise ConfigError(f"{name} must be a non-empty JSON list of rule objects")
+    for index, rule in enumerate(parsed):
+        if not isinstance(rule, dict) or not isinstance(rule.get(required), str):
+            raise ConfigError(f"{name}[{index}] must be an object with a string {required!r}")
+        for key, value in rule.items():
+            if key not in allowed:
+                raise ConfigError(
+                    f"{name}[{index}]: unknown key {key!r}; known: {', '.join(allowed)}"
+                )
+            if not isinstance(value, allowed[key]) or (
+                isinstance(value, list) and not all(isinstance(v, str) for v in value)
+            ):
+                raise ConfigError(f"{name}[{index}].{key} has the wrong type: {value!r}")
+    return tuple(parsed)
+
+
+def _numbers(reader: _Reader, name: str, known: tuple[str, ...] | None) -> dict[str, float]:
+    parsed = _json(reader, name)
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name} must be a JSON object of name to number")
+    for key, value in parsed.items():
+        if known is not None and key not in known:
+            raise ConfigError(f"{name}: unknown key {key!r}; known: {', '.join(known)}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{name}.{key} must be a number of at least 0, got {value!r}")
+    return {k: float(v) for k, v in parsed.items()}
 
 
 def _local_salt(data_dir: Path) -> str:

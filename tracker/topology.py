@@ -44,6 +44,9 @@ class Topology:
     links: TopicSpec
     link_clicks: TopicSpec
     calls: TopicSpec
+    identity: TopicSpec
+    journey: TopicSpec
+    aliases: TopicSpec
     pool_reservations: TopicSpec
 
     @classmethod
@@ -69,6 +72,9 @@ class Topology:
             links=spec("links"),
             link_clicks=spec("link_clicks"),
             calls=spec("calls"),
+            identity=spec("identity"),
+            journey=spec("journey"),
+            aliases=spec("aliases"),
             pool_reservations=spec("pool_reservations"),
         )
 
@@ -80,6 +86,9 @@ class Topology:
             self.links,
             self.link_clicks,
             self.calls,
+            self.identity,
+            self.journey,
+            self.aliases,
             self.pool_reservations,
         ]
 

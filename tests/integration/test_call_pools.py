@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from agents.calls import call_event_id
-from tests.conftest import Component, Pipeline, component_env, http, metric_value
+from tests.conftest import Component, Pipeline, component_env, http, make_event, metric_value
 from tests.integration.test_calls import PUBLIC, TWILIO_TOKEN, twilio_callback
 from tracker.kafka_local import LocalKafka, free_port
 
@@ -67,6 +67,8 @@ def reserve(beacon_url: str, **body: Any) -> tuple[int, Any]:
 def test_a_call_to_a_reserved_number_joins_the_web_session(pools_pipeline: Pipeline) -> None:
     visitor = {"anonymous_id": str(uuid.uuid4()), "session_id": str(uuid.uuid4())}
     campaign = {"source": "news", "medium": "email", "name": "autumn-sale"}
+    page_view = make_event(**visitor)
+    assert pools_pipeline.post([page_view])[0] == 200
     status, answer = reserve(pools_pipeline.beacon_url, pool="spring", campaign=campaign, **visitor)
     assert status == 200 and answer["reserved"] is True, answer
     number = answer["number"]
@@ -106,6 +108,7 @@ def test_a_call_to_a_reserved_number_joins_the_web_session(pools_pipeline: Pipel
         [
             visitor["anonymous_id"],
             visitor["session_id"],
+            "1",
             "news",
             "autumn-sale",
             "spring",
@@ -114,17 +117,23 @@ def test_a_call_to_a_reserved_number_joins_the_web_session(pools_pipeline: Pipel
         ]
     )
     row = pools_pipeline.wait_for(
-        "SELECT anonymous_id, session_id, campaign_source, campaign_name, properties['pool'], "
+        "SELECT anonymous_id, properties['web_session_id'], phone_hash != '', campaign_source, "
+        "campaign_name, properties['pool'], "
         "properties['pool_attribution'], version FROM touchpoints FINAL "
         f"WHERE event_id = '{event_id}' AND version = 2",
         expected,
         timeout=60,
     )
     assert row == expected
-    phone_hash = pools_pipeline.query(
-        f"SELECT phone_hash != '' FROM touchpoints FINAL WHERE event_id = '{event_id}'"
-    ).strip()
-    assert phone_hash == "1"  # the caller's hash, beside the visitor's ids: stitching links them
+    # The caller's phone hash and the visitor's anonymous id are one customer now: the call and
+    # the page view are stitched into the same journey.
+    customers = pools_pipeline.wait_for(
+        "SELECT uniqExact(customer_id), countIf(customer_id != ''), count() FROM touchpoints FINAL "
+        f"WHERE event_id IN ('{event_id}', '{page_view['event_id']}')",
+        "1\t2\t2",
+        timeout=60,
+    )
+    assert customers == "1\t2\t2"
     call = pools_pipeline.query(
         f"SELECT campaign_source, tracking_number FROM calls FINAL WHERE call_id = '{sid}'"
     ).strip()
@@ -152,7 +161,7 @@ def test_a_dry_pool_answers_its_fallback_with_a_metric_and_an_event(
     expected = f"custom\tserver\t{late['anonymous_id']}\ttiny\t+18005550200"
     event = pools_pipeline.wait_for(
         "SELECT type, source, anonymous_id, properties['pool'], properties['fallback_number'] "
-        f"FROM touchpoints WHERE name = 'call_pool_dry' AND session_id = '{late['session_id']}'",
+        f"FROM touchpoints WHERE name = 'call_pool_dry' AND anonymous_id = '{late['anonymous_id']}'",
         expected,
         timeout=60,
     )
@@ -174,7 +183,7 @@ def test_a_call_to_a_pool_number_nobody_held_is_kept_unattributed(
     event_id = call_event_id("twilio", sid)
     expected = "1\t1\tspring\tnone"
     row = pools_pipeline.wait_for(
-        "SELECT anonymous_id = '', session_id = '', properties['pool'], properties['pool_attribution'] "
+        "SELECT anonymous_id = '', properties['web_session_id'] = '', properties['pool'], properties['pool_attribution'] "
         f"FROM touchpoints FINAL WHERE event_id = '{event_id}'",
         expected,
         timeout=60,

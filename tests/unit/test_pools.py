@@ -315,6 +315,7 @@ async def test_a_call_inside_a_reservation_joins_the_web_session_and_its_campaig
     assert row["campaign_source"] == "news"
     assert row["properties"]["pool"] == "spring"
     assert row["properties"]["pool_attribution"] == "session"
+    assert row["properties"]["web_session_id"] == "s1"
     [call] = [dict(zip(CALL_COLUMNS, r, strict=True)) for r in calls.rows.values()]
     assert (call["campaign_source"], call["channel"]) == ("news", "phone")
     assert pool_metric("attributed") == before + 1

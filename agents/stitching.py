@@ -1,0 +1,616 @@
+"""Stitching: touchpoints joined into customers and journeys as they arrive.
+
+The flow, in two steps after ingest:
+
+1. **Identity.** Ingest forwards each touchpoint (its ClickHouse row, as JSON) to the identity
+   log, a single-partition topic, so every identity change has one order. :class:`IdentityStage`
+   resolves the event's identifiers to a customer (:mod:`agents.identity`), publishes the
+   identifiers whose customer changed as versioned alias records (a compacted topic and
+   ClickHouse ``identities``), and forwards the event to the journey topic keyed by its
+   customer. When a link moves identifiers to another customer it first sends a *regroup*
+   to the customer they left, on the same ordered path as that customer's events.
+2. **Journey.** :class:`JourneyStage` keeps each customer's :class:`CustomerJourney` and writes
+   the stitched touchpoint (customer, session, stage, sequence number), sessions, frictions and
+   the journey summary. A regroup sends the moved events on to their new customer as a
+   *restitch*, which rebuilds that customer's sessions and summary without rewriting the
+   touchpoints already written: earlier touchpoints re-attribute at query time through
+   ``identities``.
+
+Both steps write outputs first and state last, and the worker acknowledges a batch only after
+both: a crash replays the batch from the state before it, and sinks skip what had landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from agents.customer import CustomerJourney, History, JourneyRules, StoredEvent, friction_id
+from agents.identity import (
+    Identifier,
+    IdentityResolver,
+    IdentityRules,
+    Link,
+    customer_id_for,
+    identifiers_of,
+)
+from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row
+from agents.journey import Friction, JourneyEvent, Session
+from agents.sink import FlushResult, Sink
+from tracker.deadletter import DeadLetter
+from tracker.errors import FieldError
+from tracker.metrics import IDENTITY_CONFLICTS, JOURNEY_LATE_EVENTS, STITCH_EVENTS, WORKER_EVENTS
+from tracker.settings import Settings
+
+__all__ = [
+    "ALIAS_COLUMNS",
+    "CONFLICT_COLUMNS",
+    "FRICTION_COLUMNS",
+    "JOURNEY_COLUMNS",
+    "SESSION_COLUMNS",
+    "ForwardSink",
+    "IdentityStage",
+    "JourneyStage",
+    "Outbox",
+    "Outgoing",
+    "decode_row",
+    "encode_row",
+    "journey_event",
+    "journey_key",
+    "split_command",
+]
+
+log = logging.getLogger(__name__)
+
+ALIAS_COLUMNS: Final = ("identifier", "kind", "customer_id", "own_customer_id", "version", "ts")
+CONFLICT_COLUMNS: Final = (
+    "conflict_id",
+    "event_id",
+    "ts",
+    "left_identifier",
+    "right_identifier",
+    "rule",
+)
+SESSION_COLUMNS: Final = (
+    "session_id",
+    "version",
+    "customer_id",
+    "start",
+    "end",
+    "events",
+    "page_views",
+    "channel",
+    "campaign",
+    "is_bounce",
+    "event_ids",
+    "retired",
+)
+JOURNEY_COLUMNS: Final = (
+    "customer_id",
+    "version",
+    "as_of",
+    "first_seen",
+    "last_seen",
+    "events",
+    "sessions",
+    "channels",
+    "stage",
+    "stage_since",
+    "conversions",
+    "value",
+    "frictions",
+    "late_events",
+    "merged_into",
+)
+FRICTION_COLUMNS: Final = (
+    "friction_id",
+    "version",
+    "customer_id",
+    "event_id",
+    "ts",
+    "reason",
+    "severity",
+    "detail",
+    "retracted",
+)
+_TIME_COLUMNS: Final = ("ts", "device_ts", "sent_ts", "received_ts")
+_COLUMN: Final = {name: i for i, name in enumerate(TOUCHPOINT_COLUMNS)}
+_CONFLICT_NAMESPACE: Final = uuid.UUID("0d4e2b7a-8c31-4f5e-b6a9-2e7c1d3f5a80")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# -- the touchpoint on the wire between steps --------------------------------------------------
+
+
+def encode_row(row: Sequence[Any]) -> bytes:
+    return orjson.dumps(dict(zip(TOUCHPOINT_COLUMNS, row, strict=True)))
+
+
+def decode_row(data: bytes | Mapping[str, Any]) -> list[Any]:
+    wire = orjson.loads(data) if isinstance(data, bytes) else data
+    row = [wire[name] for name in TOUCHPOINT_COLUMNS]
+    for name in _TIME_COLUMNS:
+        value = row[_COLUMN[name]]
+        if value is not None:
+            row[_COLUMN[name]] = datetime.fromisoformat(value)
+    return row
+
+
+def journey_event(row: Sequence[Any]) -> JourneyEvent:
+    """The fields of a touchpoint row the journey rules read."""
+
+    def get(name: str) -> Any:
+        return row[_COLUMN[name]]
+
+    properties: Mapping[str, str] = get("properties")
+    status = properties.get("status_code", "")
+    return JourneyEvent(
+        event_id=get("event_id"),
+        ts=get("ts"),
+        type=get("type"),
+        channel=get("channel"),
+        source=get("source"),
+        name=get("name"),
+        page_path=get("page_path"),
+        campaign=get("campaign_name"),
+        value=get("value"),
+        status_code=int(status) if status.isdigit() else None,
+        queue=properties.get("queue", ""),
+        disposition=properties.get("disposition", ""),
+        queue_wait_seconds=_number(properties.get("queue_seconds")),
+        hold_seconds=_number(properties.get("hold_seconds")),
+        transfers=int(_number(properties.get("transfers"))),
+        cold_transfers=1 if properties.get("transfer_kind") == "cold" else 0,
+        survey_kind=get("survey_kind"),
+        survey_score=get("survey_score"),
+    )
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
+
+
+def split_command(left: str, right: str) -> bytes:
+    """The identity-log record that asks to unlink two identifiers (``kind:value`` keys)."""
+    return orjson.dumps({"split": [left, right], "requested_at": datetime.now(UTC)})
+
+
+# -- producing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    value: bytes | None
+
+
+def journey_key(customer_id: str) -> bytes:
+    """Journey records are keyed as Faust keys a ``str`` table, so that a customer's records
+    and its table entry's changelog land on the same partition."""
+    return orjson.dumps(customer_id)
+
+
+class Outbox(Service):
+    """The worker's own idempotent producer. ``send_all`` returns once Kafka has acknowledged
+    every record, retrying while Kafka is away: an outage delays, never loses."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_ready = asyncio.Event()
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=f"{self._settings.worker_id}-outbox",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=1_048_576,
+        )
+        await self._producer.start()
+        self._producer_ready.set()
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send_all(self, records: Sequence[Outgoing]) -> None:
+        backoff = 0.2
+        while True:
+            await self._producer_ready.wait()
+            assert self._producer is not None
+            try:
+                futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
+                await asyncio.gather(*futures)
+                return
+            except KafkaError as exc:
+                log.warning(
+                    "kafka refused a forward; retrying",
+                    extra={"records": len(records), "error": str(exc), "retry_in": backoff},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+class ForwardSink:
+    """A :class:`Sink` that forwards touchpoint rows to the identity log instead of a table."""
+
+    def __init__(self, outbox: Outbox, topic: str) -> None:
+        self._outbox = outbox
+        self._topic = topic
+        self._rows: dict[tuple[str, int], Sequence[Any]] = {}
+
+    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+        self._rows.setdefault((key, version), row)
+
+    async def flush(self) -> FlushResult:
+        rows, self._rows = self._rows, {}
+        await self._outbox.send_all(
+            [Outgoing(self._topic, key.encode(), encode_row(row)) for (key, _), row in rows.items()]
+        )
+        return FlushResult(written=0, duplicates=0, forwarded=len(rows))
+
+
+# -- step 1: identity --------------------------------------------------------------------------
+
+
+class IdentityStage:
+    """Resolves each event of the identity log. ``links`` is where the links and splits that
+    changed anything are kept (a changelog-backed table in the worker); the resolver is rebuilt
+    from it after a restart or a rebalance (:meth:`reset`)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        journey_topic: str,
+        aliases_topic: str,
+        identities: Sink,
+        conflicts: Sink,
+        rules: IdentityRules | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._journey_topic = journey_topic
+        self._aliases_topic = aliases_topic
+        self._identities = identities
+        self._conflicts = conflicts
+        self._rules = rules
+        self._resolver: IdentityResolver | None = None
+
+    def reset(self) -> None:
+        self._resolver = None
+
+    def _loaded(self, links: Mapping[str, Any]) -> IdentityResolver:
+        if self._resolver is None:
+            resolver = IdentityResolver(self._rules)
+            for key, saved in sorted(links.items()):
+                if key.startswith("split|"):
+                    left, right = (_identifier(k) for k in saved)
+                    resolver.split(left, right)
+                else:
+                    event_id, ts, keys = saved
+                    resolver.resolve(
+                        event_id, datetime.fromisoformat(ts), [_identifier(k) for k in keys]
+                    )
+            self._resolver = resolver
+            log.info("identity graph loaded", extra={"links": len(links)})
+        return self._resolver
+
+    async def handle(
+        self, records: Sequence[tuple[bytes, int]], links: MutableMapping[str, Any]
+    ) -> None:
+        """``records`` are (value, offset) of the identity log, in order."""
+        resolver = self._loaded(links)
+        outgoing: list[Outgoing] = []
+        saved: dict[str, Any] = {}
+        for value, offset in records:
+            wire = orjson.loads(value)
+            if "split" in wire:
+                left, right = (_identifier(k) for k in wire["split"])
+                resolution = resolver.split(left, right)
+                saved["split|" + "|".join(sorted(wire["split"]))] = sorted(wire["split"])
+                ts = datetime.fromisoformat(wire["requested_at"])
+                event: bytes | None = None
+            else:
+                properties = wire["properties"]
+                ids = identifiers_of(
+                    wire["anonymous_id"],
+                    wire["user_id"],
+                    wire["email_hash"],
+                    wire["phone_hash"],
+                    wire["click_id"],
+                    properties,
+                )
+                ts = datetime.fromisoformat(wire["ts"])
+                link = Link.of(wire["event_id"], ts, ids)
+                if resolver.is_new(link):
+                    keys = [i.key for i in link.identifiers]
+                    saved["|".join(keys)] = [link.event_id, ts.isoformat(), keys]
+                resolution = resolver.resolve(wire["event_id"], ts, ids)
+                event = value
+            for before, moves in resolution.moves.items():
+                regroup = {"kind": "regroup", "moves": moves}
+                outgoing.append(
+                    Outgoing(self._journey_topic, journey_key(before), orjson.dumps(regroup))
+                )
+            for identifier, customer in resolution.aliases.items():
+                outgoing.append(_alias_record(self._aliases_topic, identifier, customer, offset))
+                self._identities.add(
+                    identifier.key, ts, _alias_row(identifier, customer, offset, ts), offset
+                )
+            IDENTITY_CONFLICTS.inc(len(resolution.conflicts))
+            for conflict in resolution.conflicts:
+                conflict_id = str(
+                    uuid.uuid5(
+                        _CONFLICT_NAMESPACE,
+                        f"{conflict.event_id}|{conflict.left}|{conflict.right}",
+                    )
+                )
+                row = (
+                    conflict_id,
+                    conflict.event_id,
+                    conflict.ts,
+                    conflict.left,
+                    conflict.right,
+                    conflict.rule,
+                )
+                self._conflicts.add(conflict_id, conflict.ts, row)
+            if event is not None:
+                head = orjson.dumps({"kind": "event", "primary": resolution.primary})
+                # The row goes on as it came, without a second encode: {"kind":...,"row":{...}}
+                outgoing.append(
+                    Outgoing(
+                        self._journey_topic,
+                        journey_key(resolution.customer_id),
+                        head[:-1] + b',"row":' + event + b"}",
+                    )
+                )
+        await self._outbox.send_all(outgoing)
+        await self._identities.flush()
+        await self._conflicts.flush()
+        links.update(saved)  # state last: a replay before this sees the links as new again
+        STITCH_EVENTS.labels("identity").inc(len(records))
+
+
+def _identifier(key: str) -> Identifier:
+    kind, _, value = key.rpartition(":")
+    return Identifier(kind, value)
+
+
+def _alias_row(
+    identifier: Identifier, customer: str, version: int, ts: datetime
+) -> tuple[Any, ...]:
+    own = customer_id_for(identifier)
+    return (identifier.key, identifier.kind, customer, own, version, ts)
+
+
+def _alias_record(topic: str, identifier: Identifier, customer: str, version: int) -> Outgoing:
+    value = {
+        "identifier": identifier.key,
+        "customer_id": customer,
+        "own_customer_id": customer_id_for(identifier),
+        "version": version,
+    }
+    return Outgoing(topic, identifier.key.encode(), orjson.dumps(value))
+
+
+# -- step 2: journey ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Touched:
+    journey: CustomerJourney
+    version: int = 0
+    changed: bool = False
+    stitched: list[Any] = field(default_factory=list)
+
+
+class JourneyStage:
+    """Applies the journey rules per customer. ``state`` maps customer id to the customer's
+    saved :class:`CustomerJourney` (a changelog-backed table, partitioned like the topic)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        journey_topic: str,
+        touchpoints: Sink,
+        sessions: Sink,
+        journeys: Sink,
+        frictions: Sink,
+        dead_letters: Sink,
+        rules: JourneyRules,
+    ) -> None:
+        self._outbox = outbox
+        self._journey_topic = journey_topic
+        self._touchpoints = touchpoints
+        self._sessions = sessions
+        self._journeys = journeys
+        self._frictions = frictions
+        self._dead_letters = dead_letters
+        self.rules = rules
+
+    async def handle(
+        self, records: Sequence[tuple[str, bytes, RawMessage]], state: MutableMapping[str, Any]
+    ) -> None:
+        """``records`` are (customer id, value, source) of the journey topic, in order."""
+        touched: dict[str, _Touched] = {}
+        outgoing: list[Outgoing] = []
+        sources: dict[tuple[str, int], RawMessage] = {}
+
+        def journey_of(customer: str, offset: int) -> _Touched:
+            entry = touched.get(customer)
+            if entry is None:
+                saved = state.get(customer)
+                journey = CustomerJourney.from_state(customer, self.rules, saved)
+                entry = touched[customer] = _Touched(journey)
+            entry.version = max(entry.version, offset)
+            return entry
+
+        for customer, value, source in records:
+            wire = orjson.loads(value)
+            entry = journey_of(customer, source.offset)
+            kind = wire["kind"]
+            if kind == "event":
+                row = decode_row(wire["row"])
+                event = journey_event(row)
+                version = row[_COLUMN["version"]]
+                late_before = entry.journey.late_events
+                entry.journey.add(event, version, wire["primary"])
+                JOURNEY_LATE_EVENTS.inc(entry.journey.late_events - late_before)
+                entry.stitched.append(row)
+                entry.changed = True
+                sources[(event.event_id, version)] = source
+            elif kind == "restitch":
+                history = wire.get("history")
+                entry.journey.absorb(
+                    [StoredEvent.from_state(s) for s in wire["events"]],
+                    _history(history),
+                )
+                entry.changed = True
+            elif kind == "regroup":
+                for target, moved in entry.journey.take_moved(wire["moves"]).items():
+                    entry.changed = True
+                    restitch: dict[str, Any] = {
+                        "kind": "restitch",
+                        "events": [s.to_state() for s in moved],
+                    }
+                    if entry.journey.merged_into == target:
+                        history = entry.journey.hand_over_history()
+                        restitch["history"] = history.to_state() if history else None
+                    outgoing.append(
+                        Outgoing(self._journey_topic, journey_key(target), orjson.dumps(restitch))
+                    )
+        touched = {c: entry for c, entry in touched.items() if entry.changed}
+        for customer, entry in touched.items():
+            self._stitch(customer, entry)
+        await self._outbox.send_all(outgoing)
+        await self._flush(sources)
+        for customer, entry in touched.items():
+            journey = entry.journey
+            if journey.merged_into and not journey.events:
+                state.pop(customer, None)
+            else:
+                state[customer] = journey.to_state()
+        STITCH_EVENTS.labels("journey").inc(len(records))
+
+    def _stitch(self, customer: str, entry: _Touched) -> None:
+        journey, version = entry.journey, entry.version
+        for row in entry.stitched:
+            event_id = row[_COLUMN["event_id"]]
+            if event_id not in journey.events:
+                continue  # moved on by a regroup later in the batch: its new customer writes it
+            stitched = journey.stitched(event_id)
+            row[_COLUMN["customer_id"]] = customer
+            row[_COLUMN["session_id"]] = stitched.session_id
+            row[_COLUMN["stage"]] = stitched.stage
+            row[_COLUMN["seq"]] = stitched.seq
+            self._touchpoints.add(event_id, row[_COLUMN["ts"]], row, row[_COLUMN["version"]])
+        update = journey.update()
+        for session in update.sessions:
+            self._sessions.add(
+                session.session_id, session.start, _session_row(session, customer, version), version
+            )
+        for session_id in update.retired_sessions:
+            retired: tuple[Any, ...] = (
+                session_id,
+                version,
+                customer,
+                _EPOCH,
+                _EPOCH,
+                0,
+                0,
+                "",
+                "",
+                False,
+                [],
+                True,
+            )
+            self._sessions.add(session_id, _EPOCH, retired, version)
+        for friction in update.frictions:
+            self._add_friction(friction, customer, version, retracted=False)
+        for friction in update.retracted_frictions:
+            self._add_friction(friction, customer, version, retracted=True)
+        summary = update.summary
+        as_of = summary["last_seen"] or _EPOCH
+        self._journeys.add(
+            customer,
+            as_of,
+            (summary["customer_id"], version, as_of, *(summary[c] for c in JOURNEY_COLUMNS[3:])),
+            version,
+        )
+
+    def _add_friction(
+        self, friction: Friction, customer: str, version: int, *, retracted: bool
+    ) -> None:
+        key = friction_id(friction)
+        row = (
+            key,
+            version,
+            customer,
+            friction.event_id,
+            friction.ts,
+            friction.reason,
+            friction.severity,
+            friction.detail,
+            retracted,
+        )
+        self._frictions.add(key, friction.ts, row, version)
+
+    async def _flush(self, sources: Mapping[tuple[str, int], RawMessage]) -> None:
+        stored = await self._touchpoints.flush()
+        WORKER_EVENTS.labels("written").inc(stored.written)
+        WORKER_EVENTS.labels("duplicate").inc(stored.duplicates)
+        WORKER_EVENTS.labels("dead_letter").inc(len(stored.refused))
+        for key, reason in stored.refused.items():
+            source = sources[key]
+            letter = DeadLetter(
+                dead_letter_id=str(uuid.uuid5(_CONFLICT_NAMESPACE, source.coordinates)),
+                source="worker",
+                stage="journey",
+                reason=f"ClickHouse refused the row: {reason}",
+                errors=(FieldError("$", reason),),
+                payload=source.value.decode("utf-8", errors="replace"),
+                received_ts=datetime.now(UTC),
+            )
+            self._dead_letters.add(
+                letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)
+            )
+        await self._dead_letters.flush()
+        for sink in (self._sessions, self._frictions, self._journeys):
+            await sink.flush()
+
+
+def _history(saved: Mapping[str, Any] | None) -> History | None:
+    return History.from_state(saved) if saved else None
+
+
+def _session_row(session: Session, customer: str, version: int) -> tuple[Any, ...]:
+    return (
+        session.session_id,
+        version,
+        customer,
+        session.start,
+        session.end,
+        len(session.event_ids),
+        session.page_views,
+        session.channel,
+        session.campaign,
+        session.is_bounce,
+        list(session.event_ids),
+        False,
+    )
