@@ -69,6 +69,8 @@ class StoredEvent:
     primary: str
     """The identifier the event was routed by: a regroup moves the events whose primary moved."""
     late: bool = False
+    routed: int = 0
+    """The identity-log position of the decision that sent the event here."""
 
     def to_state(self) -> list[Any]:
         e = self.event
@@ -94,6 +96,7 @@ class StoredEvent:
             self.version,
             self.primary,
             self.late,
+            self.routed,
         ]
 
     @classmethod
@@ -118,7 +121,7 @@ class StoredEvent:
             survey_kind=s[16],
             survey_score=s[17],
         )
-        return cls(event, s[18], s[19], s[20])
+        return cls(event, s[18], s[19], s[20], s[21])
 
 
 @dataclass(slots=True)
@@ -219,14 +222,16 @@ class CustomerJourney:
         self.history = History()
         self.late_events = 0
         self.merged_into = ""
+        self.forwards: dict[str, tuple[str, int]] = {}
+        """Identifiers moved away: where to, and at which identity-log position."""
         self._sessions: dict[str, list[Any]] = {}  # published: id -> signature
         self._frictions: dict[str, Friction] = {}  # published: friction_id -> friction
 
     # -- changes ---------------------------------------------------------------------------------
 
-    def add(self, event: JourneyEvent, version: int, primary: str) -> Stitched:
-        """Take an event (a redelivery or a lower version changes nothing) and say where it
-        stands. A later version of an event (a call learnt better) replaces the earlier."""
+    def add(self, event: JourneyEvent, version: int, primary: str, routed: int = 0) -> None:
+        """Take an event; a redelivery or a lower version changes nothing. A later version of
+        an event (a call learnt better) replaces the earlier."""
         known = self.events.get(event.event_id)
         if known is None or version > known.version:
             newest = max((s.event.ts for s in self.events.values()), default=event.ts)
@@ -235,9 +240,20 @@ class CustomerJourney:
             )
             if late and known is None:
                 self.late_events += 1
-            self.events[event.event_id] = StoredEvent(event, version, primary, late)
+            self.events[event.event_id] = StoredEvent(event, version, primary, late, routed)
             self.merged_into = ""
-        return self.stitched(event.event_id)
+
+    def forward_for(self, primary: str, routed: int) -> tuple[str, int] | None:
+        """Where an event routed here at ``routed`` belongs instead: the customer its identifier
+        moved to by a later decision, with that decision's position. A decision newer than the
+        move means the identifier is home again, and the move is forgotten."""
+        moved = self.forwards.get(primary)
+        if moved is None:
+            return None
+        if moved[1] > routed:
+            return moved
+        del self.forwards[primary]
+        return None
 
     def absorb(self, events: Iterable[StoredEvent], history: History | None) -> None:
         """Take events (and their folded history) moved here from a merged customer."""
@@ -249,14 +265,20 @@ class CustomerJourney:
             self.history.absorb(history)
         self.merged_into = ""
 
-    def take_moved(self, moves: Mapping[str, str]) -> dict[str, list[StoredEvent]]:
-        """Remove the events whose routing identifier now belongs to another customer, grouped
-        by that customer. If every event leaves for one customer, so does the history."""
+    def take_moved(self, moves: Mapping[str, str], position: int) -> dict[str, list[StoredEvent]]:
+        """Remove the events routed here before ``position`` whose identifier now belongs to
+        another customer, grouped by that customer, and remember the moves for stragglers. If
+        every event leaves for one customer, so does the history."""
+        for identifier, target in moves.items():
+            if identifier not in self.forwards or self.forwards[identifier][1] < position:
+                self.forwards[identifier] = (target, position)
         moved: dict[str, list[StoredEvent]] = {}
         for event_id, stored in list(self.events.items()):
             target = moves.get(stored.primary, self.customer_id)
-            if target != self.customer_id:
-                moved.setdefault(target, []).append(stored)
+            if target != self.customer_id and stored.routed < position:
+                moved.setdefault(target, []).append(
+                    StoredEvent(stored.event, stored.version, stored.primary, stored.late, position)
+                )
                 del self.events[event_id]
         if moved and not self.events and len(moved) == 1:
             self.merged_into = next(iter(moved))
@@ -270,6 +292,18 @@ class CustomerJourney:
         return history
 
     # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to show: no events, no history, nothing published, not merged away (a
+        customer that only remembers where identifiers it never held went)."""
+        return not (
+            self.events
+            or self.history.events
+            or self._sessions
+            or self._frictions
+            or self.merged_into
+        )
 
     def stitched(self, event_id: str) -> Stitched:
         stored = self.events[event_id]
@@ -395,6 +429,7 @@ class CustomerJourney:
             "history": self.history.to_state(),
             "late_events": self.late_events,
             "merged_into": self.merged_into,
+            "forwards": self.forwards,
             "sessions": self._sessions,
             "frictions": [
                 [f.reason, f.severity, f.ts.isoformat(), f.event_id, f.detail]
@@ -415,6 +450,7 @@ class CustomerJourney:
         journey.history = History.from_state(state["history"])
         journey.late_events = state["late_events"]
         journey.merged_into = state["merged_into"]
+        journey.forwards = {k: (v[0], v[1]) for k, v in state["forwards"].items()}
         journey._sessions = dict(state["sessions"])
         for reason, severity, ts, event_id, detail in state["frictions"]:
             f = Friction(reason, severity, datetime.fromisoformat(ts), event_id, detail)

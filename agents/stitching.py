@@ -344,7 +344,7 @@ class IdentityStage:
                 resolution = resolver.resolve(wire["event_id"], ts, ids)
                 event = value
             for before, moves in resolution.moves.items():
-                regroup = {"kind": "regroup", "moves": moves}
+                regroup = {"kind": "regroup", "moves": moves, "v": offset}
                 outgoing.append(
                     Outgoing(self._journey_topic, journey_key(before), orjson.dumps(regroup))
                 )
@@ -371,7 +371,7 @@ class IdentityStage:
                 )
                 self._conflicts.add(conflict_id, conflict.ts, row)
             if event is not None:
-                head = orjson.dumps({"kind": "event", "primary": resolution.primary})
+                head = orjson.dumps({"kind": "event", "primary": resolution.primary, "v": offset})
                 # The row goes on as it came, without a second encode: {"kind":...,"row":{...}}
                 outgoing.append(
                     Outgoing(
@@ -417,12 +417,18 @@ class _Touched:
     journey: CustomerJourney
     version: int = 0
     changed: bool = False
-    stitched: list[Any] = field(default_factory=list)
+    rows: dict[str, tuple[list[Any], Mapping[str, Any]]] = field(default_factory=dict)
+    """Touchpoints that arrived in this batch, still to write: decoded, and as they came."""
 
 
 class JourneyStage:
     """Applies the journey rules per customer. ``state`` maps customer id to the customer's
-    saved :class:`CustomerJourney` (a changelog-backed table, partitioned like the topic)."""
+    saved :class:`CustomerJourney` (a changelog-backed table, partitioned like the topic).
+
+    Every event carries the identity-log position of the decision that routed it. Moves
+    (regroups) carry theirs too, so an event that reaches a customer after its identifier moved
+    on (a restitch racing a newer regroup on another partition) is passed on, not stranded.
+    """
 
     def __init__(
         self,
@@ -449,7 +455,8 @@ class JourneyStage:
     ) -> None:
         """``records`` are (customer id, value, source) of the journey topic, in order."""
         touched: dict[str, _Touched] = {}
-        outgoing: list[Outgoing] = []
+        passed_on: dict[str, list[tuple[StoredEvent, Mapping[str, Any] | None]]] = {}
+        histories: dict[str, History] = {}
         sources: dict[tuple[str, int], RawMessage] = {}
 
         def journey_of(customer: str, offset: int) -> _Touched:
@@ -461,6 +468,20 @@ class JourneyStage:
             entry.version = max(entry.version, offset)
             return entry
 
+        def take(entry: _Touched, stored: StoredEvent, wire: Mapping[str, Any] | None) -> None:
+            """Keep an event here, or pass it on if its identifier has moved on since."""
+            moved = entry.journey.forward_for(stored.primary, stored.routed)
+            if moved is not None:
+                target, position = moved
+                passed_on.setdefault(target, []).append((_rerouted(stored, position), wire))
+                return
+            late_before = entry.journey.late_events
+            entry.journey.add(stored.event, stored.version, stored.primary, stored.routed)
+            JOURNEY_LATE_EVENTS.inc(entry.journey.late_events - late_before)
+            if wire is not None:
+                entry.rows[stored.event.event_id] = (decode_row(wire), wire)
+            entry.changed = True
+
         for customer, value, source in records:
             wire = orjson.loads(value)
             entry = journey_of(customer, source.offset)
@@ -469,40 +490,54 @@ class JourneyStage:
                 row = decode_row(wire["row"])
                 event = journey_event(row)
                 version = row[_COLUMN["version"]]
-                late_before = entry.journey.late_events
-                entry.journey.add(event, version, wire["primary"])
-                JOURNEY_LATE_EVENTS.inc(entry.journey.late_events - late_before)
-                entry.stitched.append(row)
-                entry.changed = True
                 sources[(event.event_id, version)] = source
-            elif kind == "restitch":
-                history = wire.get("history")
-                entry.journey.absorb(
-                    [StoredEvent.from_state(s) for s in wire["events"]],
-                    _history(history),
+                take(
+                    entry,
+                    StoredEvent(event, version, wire["primary"], False, wire["v"]),
+                    wire["row"],
                 )
+            elif kind == "restitch":
+                rows = wire.get("rows", {})
+                for saved in wire["events"]:
+                    stored = StoredEvent.from_state(saved)
+                    take(entry, stored, rows.get(stored.event.event_id))
+                if wire.get("history"):
+                    entry.journey.absorb((), History.from_state(wire["history"]))
                 entry.changed = True
             elif kind == "regroup":
-                for target, moved in entry.journey.take_moved(wire["moves"]).items():
-                    entry.changed = True
-                    restitch: dict[str, Any] = {
-                        "kind": "restitch",
-                        "events": [s.to_state() for s in moved],
-                    }
+                moved = entry.journey.take_moved(wire["moves"], wire["v"])
+                for target, events in moved.items():
+                    for stored in events:
+                        pending = entry.rows.pop(stored.event.event_id, None)
+                        passed_on.setdefault(target, []).append(
+                            (stored, pending[1] if pending else None)
+                        )
                     if entry.journey.merged_into == target:
                         history = entry.journey.hand_over_history()
-                        restitch["history"] = history.to_state() if history else None
-                    outgoing.append(
-                        Outgoing(self._journey_topic, journey_key(target), orjson.dumps(restitch))
-                    )
+                        if history is not None:
+                            histories[target] = history
+                entry.changed = entry.changed or bool(moved) or bool(wire["moves"])
         touched = {c: entry for c, entry in touched.items() if entry.changed}
         for customer, entry in touched.items():
             self._stitch(customer, entry)
+        outgoing = []
+        for target in passed_on.keys() | histories.keys():
+            leaving = passed_on.get(target, [])
+            restitch: dict[str, Any] = {
+                "kind": "restitch",
+                "events": [moving.to_state() for moving, _ in leaving],
+                "rows": {m.event.event_id: row for m, row in leaving if row is not None},
+            }
+            if target in histories:
+                restitch["history"] = histories[target].to_state()
+            outgoing.append(
+                Outgoing(self._journey_topic, journey_key(target), orjson.dumps(restitch))
+            )
         await self._outbox.send_all(outgoing)
         await self._flush(sources)
         for customer, entry in touched.items():
             journey = entry.journey
-            if journey.merged_into and not journey.events:
+            if journey.merged_into and not journey.events and not journey.forwards:
                 state.pop(customer, None)
             else:
                 state[customer] = journey.to_state()
@@ -510,10 +545,9 @@ class JourneyStage:
 
     def _stitch(self, customer: str, entry: _Touched) -> None:
         journey, version = entry.journey, entry.version
-        for row in entry.stitched:
-            event_id = row[_COLUMN["event_id"]]
-            if event_id not in journey.events:
-                continue  # moved on by a regroup later in the batch: its new customer writes it
+        if journey.is_empty:
+            return
+        for event_id, (row, _) in entry.rows.items():
             stitched = journey.stitched(event_id)
             row[_COLUMN["customer_id"]] = customer
             row[_COLUMN["session_id"]] = stitched.session_id
@@ -595,8 +629,8 @@ class JourneyStage:
             await sink.flush()
 
 
-def _history(saved: Mapping[str, Any] | None) -> History | None:
-    return History.from_state(saved) if saved else None
+def _rerouted(stored: StoredEvent, position: int) -> StoredEvent:
+    return StoredEvent(stored.event, stored.version, stored.primary, stored.late, position)
 
 
 def _session_row(session: Session, customer: str, version: int) -> tuple[Any, ...]:

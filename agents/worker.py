@@ -405,6 +405,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
 
     @app.agent(calls_topic, name="calls")
     async def calls(stream: Any) -> None:
+        await _changelog_known(app, call_state)
         async for events in stream.noack_take(batch, within=within):
             if reservations is not None:
                 await reservations.caught_up()
@@ -461,6 +462,7 @@ def add_stitching(
 
     @app.agent(identity_topic, name="identity")
     async def identity(stream: Any) -> None:
+        await _changelog_known(app, identity_links)
         async for events in stream.noack_take(batch, within=within):
             await identity_stage.handle(
                 [(e.value, e.message.offset) for e in events], identity_links
@@ -500,10 +502,18 @@ def add_stitching(
 
     @app.agent(journey_topic, name="journey")
     async def journey(stream: Any) -> None:
+        await _changelog_known(app, journey_state)
         async for events in stream.noack_take(batch, within=within):
             await journey_stage.handle([(e.key, e.value, _raw(e)) for e in events], journey_state)
             for event in events:
                 await stream.ack(event)
+
+
+async def _changelog_known(app: faust.App, table: Any) -> None:
+    """Tables placed by key hash need their changelog's partitions in the producer's metadata,
+    which a topic Faust has only just created may not be in yet: wait for it."""
+    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    await producer.partitions_for(table.changelog_topic.get_topic_name())
 
 
 def _raw(event: Any) -> RawMessage:
