@@ -41,12 +41,17 @@ import orjson
 
 __all__ = [
     "CAMPAIGN_KEYS",
+    "START_GRACE",
     "NumberPool",
     "PoolBook",
     "Reservation",
 ]
 
 CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
+# Providers stamp call times to the second, from clocks of their own: a call may seem to start a
+# moment before the reservation whose number was dialled. Only when no window holds a call's start
+# does a reservation starting this little after it claim the call.
+START_GRACE: Final = timedelta(seconds=10)
 _NEVER: Final = datetime.min.replace(tzinfo=UTC)
 
 
@@ -206,9 +211,14 @@ class PoolBook:
         return self._history.get(number, {}).get(claim)
 
     def attribute(self, number: str, at: datetime) -> Reservation | None:
-        """The reservation of ``number`` whose window holds ``at``, if any."""
-        for record in self._history.get(number, {}).values():
+        """The reservation of ``number`` whose window holds ``at``, else one starting at most
+        :data:`START_GRACE` after ``at``; None when there is neither."""
+        claims = self._history.get(number, {}).values()
+        for record in claims:
             if record.covers(at):
+                return record
+        for record in claims:
+            if at < record.reserved_at <= at + START_GRACE:
                 return record
         return None
 

@@ -150,7 +150,9 @@ def test_a_call_joins_the_reservation_whose_window_holds_its_start() -> None:
     book = PoolBook()
     first = reserve(book, "s1", T0)
     number = first.number
-    assert book.attribute(number, T0 - timedelta(seconds=1)) is None
+    assert book.attribute(number, T0 - timedelta(seconds=11)) is None
+    # Provider timestamps are whole seconds from another clock: a hair early still joins.
+    assert book.attribute(number, T0 - timedelta(seconds=1)) == first
     assert book.attribute(number, T0) == first
     assert book.attribute(number, T0 + timedelta(minutes=29, seconds=59)) == first
     assert book.attribute(number, T0 + timedelta(minutes=30)) is None  # the window is half-open
@@ -164,6 +166,18 @@ def test_a_call_joins_the_reservation_whose_window_holds_its_start() -> None:
     )
     assert book.apply(second)
     assert book.attribute(number, T0 + timedelta(minutes=50)) == second
+    # The grace never takes a call from the window that holds it.
+    early = T0 + timedelta(minutes=44, seconds=55)
+    assert book.attribute(number, early) == second
+    third = replace(
+        second,
+        claim="c3",
+        reserved_at=T0 + timedelta(minutes=75),
+        written_at=T0 + timedelta(minutes=75),
+        expires_at=T0 + timedelta(minutes=105),
+    )
+    assert book.apply(third)
+    assert book.attribute(number, T0 + timedelta(minutes=74, seconds=55)) == second
     assert book.attribute(number, T0 + timedelta(minutes=5)) == first
     assert book.attribute("+18005550199", T0) is None
 
