@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import ChainMap
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,8 @@ from agents.sink import Sink
 from tracker.calls import TERMINAL_STATUSES, CallCallback, status_rank
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
-from tracker.metrics import CALL_CALLBACKS_MERGED
+from tracker.metrics import CALL_CALLBACKS_MERGED, CALL_POOL_CALLS
+from tracker.pools import NumberPool, PoolBook, Reservation
 from tracker.touchpoint import Touchpoint
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "MAX_CALLBACKS_PER_CALL",
     "CallRecord",
     "CallsPipeline",
+    "PoolAttribution",
     "TrackingNumbers",
     "call_event_id",
     "call_row",
@@ -303,6 +306,57 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
+class PoolAttribution:
+    """Joins calls to pool numbers with the web sessions that held them (docs/calls.md).
+
+    ``book`` is the reservations' state, kept current from their topic by the worker.
+    """
+
+    def __init__(self, pools: Mapping[str, NumberPool], book: PoolBook) -> None:
+        self.book = book
+        self._pools = {number: pool for pool in pools.values() for number in pool.numbers}
+
+    def pool_of(self, number: str) -> NumberPool | None:
+        return self._pools.get(number)
+
+    def join(self, record: CallRecord) -> tuple[NumberPool, Reservation | None] | None:
+        """None for a call to a number in no pool; else the pool, and the reservation whose
+        window holds the call's start (None: the call is kept, unattributed)."""
+        pool = self._pools.get(record.tracking_number)
+        if pool is None:
+            return None
+        return pool, self.book.attribute(record.tracking_number, record.call_ts)
+
+
+def pool_touchpoint(
+    record: CallRecord,
+    tracking: TrackingNumbers,
+    pool: NumberPool,
+    reservation: Reservation | None,
+) -> tuple[Touchpoint, TrackingNumbers]:
+    """The call touchpoint of a call to a pool number, and the tracking map its call row uses.
+
+    Joined to a reservation, the call carries the web visitor's ``anonymous_id`` and
+    ``session_id`` and the reservation's campaign; outside every reservation it has neither.
+    """
+    attribution: dict[str, str] = {"channel": pool.channel}
+    if reservation is not None:
+        attribution.update(
+            {k: v for k, v in reservation.campaign.items() if k in ("source", "medium", "name")}
+        )
+    overlay: TrackingNumbers = ChainMap({record.tracking_number: attribution}, dict(tracking))
+    touchpoint = call_touchpoint(record, overlay)
+    touchpoint.properties["pool"] = pool.name
+    touchpoint.properties["pool_attribution"] = "session" if reservation else "none"
+    if reservation is not None:
+        touchpoint.anonymous_id = reservation.anonymous_id
+        touchpoint.session_id = reservation.session_id
+        # Journey stitching assigns its own sessions; the visit's id stays readable here.
+        touchpoint.properties["web_session_id"] = reservation.session_id
+        touchpoint.campaign = {k: v for k, v in reservation.campaign.items() if v}
+    return touchpoint, overlay
+
+
 class CallsPipeline:
     """Merges a batch of callbacks into per-call state and writes each touched call's record.
 
@@ -318,15 +372,18 @@ class CallsPipeline:
         dead_letters: Sink,
         tracking_numbers: TrackingNumbers,
         forgotten: ForgottenIdentifiers | None = None,
+        pools: PoolAttribution | None = None,
     ) -> None:
         self.calls = calls
         self.touchpoints = touchpoints
         self.dead_letters = dead_letters
         self.tracking_numbers = tracking_numbers
         self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
+        self.pools = pools
 
     async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
         touched: dict[str, dict[str, Any]] = {}
+        fresh: set[str] = set()  # calls this batch is the first to see
         for message in messages:
             try:
                 callback = CallCallback.from_wire(_object(message.value))
@@ -337,6 +394,8 @@ class CallsPipeline:
             known = touched.get(key)
             if known is None:
                 known = dict(state.get(key) or {})
+                if not known:
+                    fresh.add(key)
             if callback.callback_id in known:
                 CALL_CALLBACKS_MERGED.labels("duplicate").inc()
             elif len(known) >= MAX_CALLBACKS_PER_CALL:
@@ -347,9 +406,18 @@ class CallsPipeline:
                 CALL_CALLBACKS_MERGED.labels("merged").inc()
             touched[key] = known
         merged: dict[str, dict[str, Any]] = {}
-        for known in touched.values():
+        for key, known in touched.items():
             record = merge_callbacks(CallCallback.from_wire(w) for w in known.values())
-            touchpoint = call_touchpoint(record, self.tracking_numbers)
+            tracking = self.tracking_numbers
+            joined = self.pools.join(record) if self.pools is not None else None
+            if joined is None:
+                touchpoint = call_touchpoint(record, tracking)
+            else:
+                pool, reservation = joined
+                touchpoint, tracking = pool_touchpoint(record, tracking, pool, reservation)
+                if key in fresh:
+                    outcome = "attributed" if reservation else "unattributed"
+                    CALL_POOL_CALLS.labels(pool.name, outcome).inc()
             numbers = {f"phone:{h}" for h in (record.caller_hash, record.called_hash) if h}
             if self.forgotten.forgets(touchpoint) or any(n in self.forgotten for n in numbers):
                 continue  # a forgotten person's calls are not stored again
@@ -357,7 +425,7 @@ class CallsPipeline:
             self.calls.add(
                 record.event_id,
                 record.call_ts,
-                call_row(record, self.tracking_numbers),
+                call_row(record, tracking),
                 record.version,
             )
             self.touchpoints.add(

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from agents.calls import CALL_COLUMNS, CallsPipeline
+from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers, erase
 from agents.identity import IdentityRules
@@ -41,9 +41,11 @@ from agents.stitching import (
     JourneyStage,
     Outbox,
 )
+from tracker.compacted import CompactedState
 from tracker.console import create_console
 from tracker.logs import logging_config
 from tracker.metrics import WORKER_LAG, WORKER_READY
+from tracker.pools import PoolBook
 from tracker.privacy import identifier_key
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
@@ -250,6 +252,47 @@ class ForgetService(Service):
         await erase(self._store, key)
 
 
+class PoolReservationsService(Service):
+    """Every number-pool reservation, followed from the compacted reservations topic.
+
+    Each worker reads the whole topic (it has one partition, and no consumer group), so whichever
+    worker merges a call sees every reservation, however the calls' partitions are spread.
+    """
+
+    def __init__(self, settings: Settings, topic: str, book: PoolBook, **kwargs: Any) -> None:
+        self._settings = settings
+        self._log = CompactedState(
+            settings,
+            [topic],
+            lambda _topic, key, value: book.apply_record(key, value),
+            what="number reservations",
+            client_id=f"{settings.worker_id}-reservations",
+            writes=False,
+        )
+        super().__init__(**kwargs)
+
+    @property
+    def loaded(self) -> bool:
+        return self._log.loaded
+
+    async def on_start(self) -> None:
+        await self._log.start()
+
+    async def on_stop(self) -> None:
+        await self._log.stop()
+
+    async def caught_up(self) -> None:
+        """Return once every reservation in Kafka now is applied. A beacon answers a number only
+        after Kafka has its reservation, so a call to that number, merged after this, sees it."""
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.produce_timeout_seconds * 2):
+                    await self._log.caught_up()
+                return
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("number reservations are behind; waiting", extra={"error": repr(exc)})
+
+
 class ConsoleService(Service):
     """Serves the console on the worker's event loop, next to the ClickHouse engine it reads."""
 
@@ -259,18 +302,21 @@ class ConsoleService(Service):
         store: ClickHouseStore,
         ingest: RawIngestService,
         forget: ForgetService,
+        reservations: PoolReservationsService | None = None,
         **kwargs: Any,
     ) -> None:
         self._settings = settings
         self._store = store
         self._ingest = ingest
         self._forget = forget
+        self._reservations = reservations
         self._runner: web.AppRunner | None = None
         self.started_agents = False
         super().__init__(**kwargs)
 
     async def _ready(self) -> bool:
         ready = self.started_agents and self._ingest.consuming and self._forget.loaded
+        ready = ready and (self._reservations is None or self._reservations.loaded)
         return ready and await self._store.ping()
 
     async def on_start(self) -> None:
@@ -320,7 +366,14 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     )
     ingest = RawIngestService(settings, topology.raw.name, pipeline)
     forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
-    console = ConsoleService(settings, store, ingest, forget)
+    # Number pools: only with pools configured does the worker follow the reservations.
+    book = PoolBook()
+    reservations = (
+        PoolReservationsService(settings, topology.pool_reservations.name, book)
+        if settings.call_number_pools
+        else None
+    )
+    console = ConsoleService(settings, store, ingest, forget, reservations)
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
@@ -343,6 +396,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         ),
         tracking_numbers=settings.call_tracking_numbers,
         forgotten=forgotten,
+        pools=PoolAttribution(settings.call_number_pools, book) if reservations else None,
     )
     calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
     call_state = app.Table(
@@ -353,6 +407,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     async def calls(stream: Any) -> None:
         await _changelog_known(app, call_state)
         async for events in stream.noack_take(batch, within=within):
+            if reservations is not None:
+                await reservations.caught_up()
             await calls_pipeline.handle([_raw(e) for e in events], call_state)
             for event in events:
                 await stream.ack(event)
@@ -367,7 +423,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         )
 
     app.task(mark_started)
-    return app, [outbox, forget, ingest, console], store
+    followers: list[Service] = [reservations] if reservations is not None else []
+    return app, [outbox, forget, ingest, *followers, console], store
 
 
 def add_stitching(

@@ -130,9 +130,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
         app, port = create_calls_app(settings, publisher), settings.calls_port
     else:
-        from collectors.beacon import create_app
+        from collectors.beacon import NumberReservations, create_app
 
-        app, port = create_app(settings, publisher), settings.beacon_port
+        numbers = NumberReservations(settings) if settings.call_number_pools else None
+        app, port = create_app(settings, publisher, numbers), settings.beacon_port
     log.info(f"{args.collector} listening", extra={"host": settings.host, "port": port})
     web.run_app(
         app, host=settings.host, port=port, access_log=None, print=None, shutdown_timeout=10.0

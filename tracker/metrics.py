@@ -6,6 +6,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CALL_CALLBACKS_MERGED",
+    "CALL_POOL_CALLS",
+    "CALL_POOL_DRY",
+    "CALL_POOL_FREE",
+    "CALL_POOL_RESERVATIONS",
     "CALL_WEBHOOKS",
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
@@ -92,6 +96,29 @@ CALL_CALLBACKS_MERGED = Counter(
     "tracker_call_callbacks_merged_total",
     "Call callbacks the worker handled: merged (new), duplicate (a retry) or over_limit.",
     ["outcome"],
+)
+CALL_POOL_RESERVATIONS = Counter(
+    "tracker_call_pool_reservations_total",
+    "Pool number reservations the beacon made: new, extended (the same session asked again) or "
+    "lost_race (another beacon instance took the number first; the next one was tried).",
+    ["pool", "outcome"],
+)
+CALL_POOL_DRY = Counter(
+    "tracker_call_pool_dry_total",
+    "Number requests a pool could not serve because every number was reserved: the pool's "
+    "fallback number was shown, and the visit cannot be joined to a call. Should stay 0.",
+    ["pool"],
+)
+CALL_POOL_FREE = Gauge(
+    "tracker_call_pool_free_numbers",
+    "Numbers of a pool nobody holds, as this beacon instance last saw them.",
+    ["pool"],
+)
+CALL_POOL_CALLS = Counter(
+    "tracker_call_pool_calls_total",
+    "Calls to a pool number the worker saw first: attributed (inside a reservation's window, "
+    "joined to its web session) or unattributed (kept, without a session).",
+    ["pool", "outcome"],
 )
 STITCH_EVENTS = Counter(
     "tracker_stitch_records_total",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import ConfigError
+from tracker.pools import CAMPAIGN_KEYS, NumberPool
 from tracker.privacy import InvalidIdentifier, normalize_phone
 
 __all__ = ["Secret", "Settings"]
@@ -72,6 +74,8 @@ class Settings:
     calls_public_url: str = ""
     call_signature_tolerance_seconds: int = 300
     call_tracking_numbers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    call_number_pools: Mapping[str, NumberPool] = field(default_factory=dict)
+    call_pool_reservation_minutes: int = 30
     twilio_auth_token: Secret = Secret("")
     vonage_signature_secret: Secret = Secret("")
     telnyx_public_key: Secret = Secret("")
@@ -178,13 +182,18 @@ def _read_local_salt(data_dir: Path) -> str:
 
 def _call_settings(reader: _Reader) -> dict[str, Any]:
     region = reader.text("TRACKER_DEFAULT_PHONE_REGION", "US").upper()
+    tracking = _tracking_numbers(reader.text("TRACKER_CALL_TRACKING_NUMBERS", ""), region)
     return {
         "calls_public_url": reader.text("TRACKER_CALLS_PUBLIC_URL", "").rstrip("/"),
         "call_signature_tolerance_seconds": reader.integer(
             "TRACKER_CALL_SIGNATURE_TOLERANCE_SECONDS", 300, minimum=1
         ),
-        "call_tracking_numbers": _tracking_numbers(
-            reader.text("TRACKER_CALL_TRACKING_NUMBERS", ""), region
+        "call_tracking_numbers": tracking,
+        "call_number_pools": _number_pools(
+            reader.text("TRACKER_CALL_NUMBER_POOLS", ""), region, tracking
+        ),
+        "call_pool_reservation_minutes": reader.integer(
+            "TRACKER_CALL_POOL_RESERVATION_MINUTES", 30, minimum=1
         ),
         "twilio_auth_token": Secret(reader.text("TRACKER_TWILIO_AUTH_TOKEN", "")),
         "vonage_signature_secret": Secret(reader.text("TRACKER_VONAGE_SIGNATURE_SECRET", "")),
@@ -197,12 +206,8 @@ def _call_settings(reader: _Reader) -> dict[str, Any]:
     }
 
 
-def _tracking_numbers(raw: str, region: str) -> dict[str, dict[str, str]]:
-    """``TRACKER_CALL_TRACKING_NUMBERS``: inline JSON, or the path of a JSON file, mapping each
-    tracking number to its campaign: ``{"+14155550100": {"source": "...", "medium": "...", ...}}``."""
-    name = "TRACKER_CALL_TRACKING_NUMBERS"
-    if not raw:
-        return {}
+def _json_setting(name: str, raw: str) -> Any:
+    """A JSON setting: inline JSON, or the path of a JSON file."""
     text = raw
     if not raw.lstrip().startswith(("{", "[")):
         try:
@@ -210,9 +215,18 @@ def _tracking_numbers(raw: str, region: str) -> dict[str, dict[str, str]]:
         except OSError as exc:
             raise ConfigError(f"{name}: cannot read {raw!r}: {exc.strerror}") from None
     try:
-        parsed = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+
+
+def _tracking_numbers(raw: str, region: str) -> dict[str, dict[str, str]]:
+    """``TRACKER_CALL_TRACKING_NUMBERS``: inline JSON, or the path of a JSON file, mapping each
+    tracking number to its campaign: ``{"+14155550100": {"source": "...", "medium": "...", ...}}``."""
+    name = "TRACKER_CALL_TRACKING_NUMBERS"
+    if not raw:
+        return {}
+    parsed = _json_setting(name, raw)
     if not isinstance(parsed, dict):
         raise ConfigError(f"{name} must be a JSON object of number to campaign")
     numbers: dict[str, dict[str, str]] = {}
@@ -229,6 +243,83 @@ def _tracking_numbers(raw: str, region: str) -> dict[str, dict[str, str]]:
         except InvalidIdentifier as exc:
             raise ConfigError(f"{name}: {number!r} {exc}") from None
     return numbers
+
+
+_POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_POOL_KEYS = ("numbers", "fallback", "campaign", "channel")
+
+
+def _number_pools(raw: str, region: str, tracking: Mapping[str, object]) -> dict[str, NumberPool]:
+    """``TRACKER_CALL_NUMBER_POOLS``: inline JSON, or the path of a JSON file, mapping each pool
+    name to ``{"numbers": [...], "fallback": "...", "campaign": {...}, "channel": "..."}``."""
+    name = "TRACKER_CALL_NUMBER_POOLS"
+    if not raw:
+        return {}
+    parsed = _json_setting(name, raw)
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name} must be a JSON object of pool name to pool")
+
+    def number(pool: str, raw_number: object) -> str:
+        if not isinstance(raw_number, str):
+            raise ConfigError(f"{name}: pool {pool!r}: {raw_number!r} is not a phone number")
+        try:
+            return normalize_phone(raw_number, region)
+        except InvalidIdentifier as exc:
+            raise ConfigError(f"{name}: pool {pool!r}: {raw_number!r} {exc}") from None
+
+    pools: dict[str, NumberPool] = {}
+    owner: dict[str, str] = {}
+    for pool, spec in parsed.items():
+        if not _POOL_NAME.match(pool):
+            raise ConfigError(
+                f"{name}: pool name {pool!r} must be 1-64 lower-case letters, digits, - or _"
+            )
+        if not isinstance(spec, dict) or set(spec) - set(_POOL_KEYS):
+            raise ConfigError(
+                f"{name}: pool {pool!r} must be an object with keys among {', '.join(_POOL_KEYS)}"
+            )
+        listed = spec.get("numbers")
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError(f"{name}: pool {pool!r} needs a non-empty list of numbers")
+        if "fallback" not in spec:
+            raise ConfigError(
+                f"{name}: pool {pool!r} needs a fallback number, shown when it is dry"
+            )
+        numbers = tuple(number(pool, n) for n in listed)
+        for n in numbers:
+            if n in owner:
+                raise ConfigError(f"{name}: {n} is listed twice (pools {owner[n]!r} and {pool!r})")
+            if n in tracking:
+                raise ConfigError(
+                    f"{name}: {n} in pool {pool!r} is also a static number in "
+                    "TRACKER_CALL_TRACKING_NUMBERS; a number is one or the other"
+                )
+            owner[n] = pool
+        campaign = spec.get("campaign") or {}
+        if not isinstance(campaign, dict) or not all(
+            k in CAMPAIGN_KEYS and isinstance(v, str) for k, v in campaign.items()
+        ):
+            raise ConfigError(
+                f"{name}: pool {pool!r}: campaign must be an object of strings with keys among "
+                f"{', '.join(CAMPAIGN_KEYS)}"
+            )
+        channel = spec.get("channel", "phone")
+        if not isinstance(channel, str) or not channel:
+            raise ConfigError(f"{name}: pool {pool!r}: channel must be a non-empty string")
+        pools[pool] = NumberPool(
+            name=pool,
+            numbers=numbers,
+            fallback=number(pool, spec["fallback"]),
+            campaign={k: v for k, v in campaign.items() if v},
+            channel=channel,
+        )
+    for pool in pools.values():
+        if pool.fallback in owner:
+            raise ConfigError(
+                f"{name}: the fallback of pool {pool.name!r}, {pool.fallback}, is a pool number; "
+                "a fallback must never be handed out"
+            )
+    return pools
 
 
 _CAMPAIGN_KEYS = ("source", "medium", "name", "channel")

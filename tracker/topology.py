@@ -47,6 +47,7 @@ class Topology:
     identity: TopicSpec
     journey: TopicSpec
     aliases: TopicSpec
+    pool_reservations: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -74,6 +75,7 @@ class Topology:
             identity=spec("identity"),
             journey=spec("journey"),
             aliases=spec("aliases"),
+            pool_reservations=spec("pool_reservations"),
         )
 
     def all(self) -> list[TopicSpec]:
@@ -87,6 +89,7 @@ class Topology:
             self.identity,
             self.journey,
             self.aliases,
+            self.pool_reservations,
         ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from collectors.beacon._numbers import NumberReservations, numbers_handler
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, request_metrics
@@ -40,7 +41,11 @@ _PIXEL_PAGE = {"url": "url", "referrer": "referrer", "title": "title"}
 _PIXEL_CAMPAIGN = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
 
 
-def create_app(settings: Settings, publisher: Publisher) -> web.Application:
+def create_app(
+    settings: Settings, publisher: Publisher, numbers: NumberReservations | None = None
+) -> web.Application:
+    """The beacon. ``numbers`` keeps the number-pool reservations (``POST /v1/numbers``);
+    without it, that endpoint answers 503 for a configured pool."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_metrics(COLLECTOR), _cors(settings)],
@@ -50,11 +55,16 @@ def create_app(settings: Settings, publisher: Publisher) -> web.Application:
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
     app.router.add_get("/t.js", _snippet_handler())
-    add_health_routes(app, lambda: publisher.ready)
+    app.router.add_post("/v1/numbers", numbers_handler(settings, publisher, numbers))
+    add_health_routes(app, lambda: publisher.ready and (numbers is None or numbers.loaded))
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
+        if numbers is not None:
+            await numbers.log.start()
         yield
+        if numbers is not None:
+            await numbers.log.stop()
         await publisher.stop()
 
     app.cleanup_ctx.append(lifecycle)

@@ -81,6 +81,15 @@
   // A short-link click id is read from the address when a page is entered, and kept by the session.
   const clickIdParam = () => new URL(location.href).searchParams.get("tc_id");
   let landingClickId = clickIdParam();
+  // So is the landing's campaign (utm_*), which a number-pool reservation carries.
+  const UTM = [["utm_source", "source"], ["utm_medium", "medium"], ["utm_campaign", "name"], ["utm_term", "term"], ["utm_content", "content"]];
+  const campaignParams = () => {
+    const q = new URL(location.href).searchParams;
+    const c = {};
+    for (const [param, key] of UTM) if (q.get(param)) c[key] = q.get(param).slice(0, 256);
+    return Object.keys(c).length ? c : null;
+  };
+  let landingCampaign = campaignParams();
 
   // The session rotates after 30 idle minutes; it keeps the short-link click id it started with.
   const session = () => {
@@ -88,7 +97,8 @@
     let s = store.json(KEY.session);
     if (!s || !s.id || t - s.last > SESSION_MS) s = { id: uuid(), click_id: "" };
     if (landingClickId && landingClickId.length <= 256) s.click_id = landingClickId;
-    landingClickId = null;
+    if (landingCampaign) s.campaign = landingCampaign;
+    landingClickId = landingCampaign = null;
     s.last = t;
     store.set(KEY.session, JSON.stringify(s));
     return s;
@@ -237,6 +247,7 @@
   const onUrlChange = () => setTimeout(() => {
     if (location.href === lastUrl) return;
     landingClickId = clickIdParam();
+    landingCampaign = campaignParams();
     pageView();
   }, 0);
   for (const method of ["pushState", "replaceState"]) {
@@ -248,6 +259,36 @@
     };
   }
   w.addEventListener("popstate", () => { if (autoPages) onUrlChange(); });
+
+  // Number pools: an element marked data-tracker-pool="<pool>" shows a phone number reserved for
+  // this visit, so a call to it joins the visit. Without an answer the page's own number stays.
+  const reserveNumber = (pool) => {
+    if (!endpoint || analyticsOff() || !pool) return Promise.resolve(null);
+    const s = session();
+    const request = { pool: String(pool), anonymous_id: anonymousId(), session_id: s.id };
+    if (s.campaign) request.campaign = s.campaign;
+    return fetch(`${endpoint}/v1/numbers`, {
+      method: "POST",
+      body: JSON.stringify(request),
+      headers: { "Content-Type": "text/plain" }, // a simple request: no CORS preflight
+      credentials: "omit",
+    }).then((response) => (response.ok ? response.json() : null)).catch(() => null);
+  };
+  const showNumber = (el, answer) => {
+    const format = el.getAttribute("data-tracker-format");
+    el.textContent = format === "e164" ? answer.number : answer[format === "international" ? "international" : "national"];
+    if (el.tagName === "A") el.setAttribute("href", `tel:${answer.number}`);
+    el.setAttribute("data-tracker-number", answer.number);
+  };
+  const swapNumbers = () => {
+    const marked = Array.from(d.querySelectorAll("[data-tracker-pool]"));
+    for (const pool of new Set(marked.map((el) => el.getAttribute("data-tracker-pool")))) {
+      reserveNumber(pool).then((answer) => {
+        if (!answer || !answer.number) return;
+        for (const el of marked) if (el.getAttribute("data-tracker-pool") === pool) showNumber(el, answer);
+      });
+    }
+  };
 
   // The public API: tracker(command, ...arguments).
   const commands = {
@@ -267,6 +308,8 @@
       store.set(KEY.consent, JSON.stringify(consent));
       if (analyticsOff()) for (const k of [KEY.anon, KEY.session, KEY.user]) store.remove(k);
     },
+    numbers: () => swapNumbers(),
+    number: (pool, callback) => reserveNumber(pool).then((answer) => { if (typeof callback === "function") callback(answer); }),
   };
   const tracker = (command, ...args) => {
     const run = commands[command];
@@ -286,4 +329,6 @@
   }
   if (autoPages) pageView();
   early.filter((a) => a[0] !== "consent").forEach((a) => tracker(...a));
+  if (d.readyState === "loading") d.addEventListener("DOMContentLoaded", swapNumbers);
+  else swapNumbers();
 })();
