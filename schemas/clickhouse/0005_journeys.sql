@@ -7,6 +7,13 @@ ALTER TABLE {db}.touchpoints
     COMMENT 'position in the customer''s journey, in event time, when stitched; 0 if not stitched'
     AFTER stage;
 
+-- session_id is now the journey's session (the sessions table); the client's own session id,
+-- as sent, moves to client_session_id.
+ALTER TABLE {db}.touchpoints
+    ADD COLUMN IF NOT EXISTS client_session_id String DEFAULT ''
+    COMMENT 'the session id the client sent, as sent'
+    AFTER session_id;
+
 -- One row per identifier: the customer it resolves to now. A touchpoint stitched before a merge
 -- keeps the customer_id it had; join its customer_id to own_customer_id to re-attribute it.
 CREATE TABLE IF NOT EXISTS {db}.identities

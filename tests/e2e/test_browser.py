@@ -158,7 +158,7 @@ def test_a_visit_lands_in_clickhouse_as_one_journey(
 
     # Before consent was withdrawn: one browser, one session, and the short-link click throughout.
     identity = pipeline.query(
-        "SELECT uniqExact(anonymous_id), uniqExact(session_id), countIf(click_id = 'abc123'), "
+        "SELECT uniqExact(anonymous_id), uniqExact(client_session_id), countIf(click_id = 'abc123'), "
         "countIf(match(anonymous_id, '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$')), "
         "countIf(sent_ts IS NOT NULL), count() "
         "FROM touchpoints WHERE name != 'after_consent'"
@@ -185,7 +185,7 @@ def test_a_visit_lands_in_clickhouse_as_one_journey(
     assert "lovelace" not in everything
 
     after = pipeline.query(
-        "SELECT anonymous_id, session_id, click_id, consent_analytics FROM touchpoints "
+        "SELECT anonymous_id, client_session_id, click_id, consent_analytics FROM touchpoints "
         "WHERE name = 'after_consent'"
     )
     assert after.strip("\n") == "\t\t\tfalse"

@@ -324,7 +324,7 @@ async def test_a_call_inside_a_reservation_joins_the_web_session_and_its_campaig
     )
 
     [row] = [dict(zip(TOUCHPOINT_COLUMNS, r, strict=False)) for r in touchpoints.rows.values()]
-    assert (row["anonymous_id"], row["session_id"]) == ("anon-s1", "s1")
+    assert (row["anonymous_id"], row["client_session_id"]) == ("anon-s1", "s1")
     assert row["phone_hash"] == "h-caller"  # so identity stitching links the two
     assert row["campaign_source"] == "news"
     assert row["properties"]["pool"] == "spring"
@@ -346,7 +346,7 @@ async def test_a_call_outside_every_reservation_is_kept_unattributed_and_counted
     await pipeline.handle(messages(pool_callbacks("CA2", T0 + timedelta(hours=2), held.number)), {})
 
     [row] = [dict(zip(TOUCHPOINT_COLUMNS, r, strict=False)) for r in touchpoints.rows.values()]
-    assert (row["anonymous_id"], row["session_id"], row["campaign_source"]) == ("", "", "")
+    assert (row["anonymous_id"], row["client_session_id"], row["campaign_source"]) == ("", "", "")
     assert row["properties"]["pool_attribution"] == "none"
     [call] = [dict(zip(CALL_COLUMNS, r, strict=True)) for r in calls.rows.values()]
     assert (call["campaign_source"], call["channel"]) == ("", "paid")
