@@ -7,10 +7,13 @@
 -- belongs to now. Joining on own_customer_id finds merges but not splits; the identity key finds both.
 
 -- The identifier the worker routed the touchpoint by, as identities stores it (kind:value); empty
--- for an event without a usable identifier. Computed when read, so it costs nothing to store. Keep
--- in step with agents/identity.py (identifiers_of, is_junk, _PRIORITY): tests compare the two.
+-- for an event without a usable identifier or without analytics consent (never stitched). Computed
+-- when read, so it costs nothing to store. Keep in step with agents/identity.py (identifiers_of,
+-- is_junk, _PRIORITY) and agents/stitching.py (consent): tests compare the two.
 ALTER TABLE {db}.touchpoints
-    ADD COLUMN IF NOT EXISTS identity_key String ALIAS arrayStringConcat(arrayMap(
+    ADD COLUMN IF NOT EXISTS identity_key String ALIAS if(
+        ifNull(consent_analytics, true),
+        arrayStringConcat(arrayMap(
         c -> concat(c.2, ':', c.3),
         arraySlice(arraySort(arrayFilter(
             c -> c.3 != '' AND NOT (
@@ -26,7 +29,7 @@ ALTER TABLE {db}.touchpoints
                 arrayMap((name, value) -> (1, concat('crm:', substring(name, 5)), value),
                     mapKeys(mapFilter((name, value) -> startsWith(name, 'crm.'), properties)),
                     mapValues(mapFilter((name, value) -> startsWith(name, 'crm.'), properties)))))),
-            1, 1)))
+            1, 1))), '')
     COMMENT 'the identifier the touchpoint was routed by (kind:value), as in identities; empty if none'
     AFTER customer_id;
 

@@ -238,10 +238,15 @@ _ID_VALUES = (
 
 
 def _python_identity_key(
-    event_id: str, ids: tuple[str, str, str, str, str], properties: dict[str, str]
+    event_id: str,
+    ids: tuple[str, str, str, str, str],
+    properties: dict[str, str],
+    consent: bool | None,
 ) -> str:
     anon, user, email, phone, click = ids
-    found = identifiers_of(anon, user, email, phone, click, properties)
+    found = (
+        identifiers_of(anon, user, email, phone, click, properties) if consent is not False else []
+    )
     resolution = IdentityResolver().resolve(event_id, datetime(2026, 11, 22, tzinfo=UTC), found)
     return "" if resolution.primary.startswith("event:") else resolution.primary
 
@@ -261,10 +266,13 @@ def test_identity_key_in_sql_is_the_identifier_the_worker_routes_by(
             )
             for _ in range(chooser.randrange(3))
         }
-        rows.append([event_id, datetime(2026, 11, 22, tzinfo=UTC), *ids, properties])
-        expected[event_id] = _python_identity_key(event_id, ids, properties)  # type: ignore[arg-type]
+        consent = chooser.choice((None, None, True, False))
+        rows.append([event_id, datetime(2026, 11, 22, tzinfo=UTC), *ids, properties, consent])
+        expected[event_id] = _python_identity_key(event_id, ids, properties, consent)  # type: ignore[arg-type]
     columns = ["event_id", "ts", "anonymous_id", "user_id", "email_hash", "phone_hash", "click_id"]
-    store.run_sync(store.insert_sync, "touchpoints", rows, [*columns, "properties"])
+    store.run_sync(
+        store.insert_sync, "touchpoints", rows, [*columns, "properties", "consent_analytics"]
+    )
 
     found = dict(
         store.run_sync(
