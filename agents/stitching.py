@@ -49,6 +49,7 @@ from agents.journey import Friction, JourneyEvent, Session
 from agents.sink import FlushResult, Sink
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
+from tracker.identity_log import split_command
 from tracker.metrics import IDENTITY_CONFLICTS, JOURNEY_LATE_EVENTS, STITCH_EVENTS, WORKER_EVENTS
 from tracker.settings import Settings
 
@@ -181,11 +182,6 @@ def _number(text: str | None) -> float:
         return float(text or 0)
     except ValueError:
         return 0.0
-
-
-def split_command(left: str, right: str) -> bytes:
-    """The identity-log record that asks to unlink two identifiers (``kind:value`` keys)."""
-    return orjson.dumps({"split": [left, right], "requested_at": datetime.now(UTC)})
 
 
 # -- producing ---------------------------------------------------------------------------------

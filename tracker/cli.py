@@ -79,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     forget.set_defaults(run=_forget)
 
+    from tracker.journey_cli import add_journey_commands
     from tracker.links_cli import add_links_commands
 
+    add_journey_commands(commands)
     add_links_commands(commands)
 
     check = commands.add_parser("check", help="exit 0 when the running instance is ready")

@@ -15,7 +15,8 @@ ALTER TABLE {db}.touchpoints
     AFTER session_id;
 
 -- One row per identifier: the customer it resolves to now. A touchpoint stitched before a merge
--- keeps the customer_id it had; join its customer_id to own_customer_id to re-attribute it.
+-- or a split keeps the customer_id it had; the view customer_touchpoints (0007) re-attributes it
+-- through the identifier it was routed by.
 CREATE TABLE IF NOT EXISTS {db}.identities
 (
     identifier      String COMMENT 'kind:value; email and phone values are salted hashes',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from agents.identity import IdentityResolver, identifiers_of
 from agents.ingest import (
     DEAD_LETTER_COLUMNS,
     TOUCHPOINT_COLUMNS,
@@ -21,6 +23,7 @@ from agents.ingest import (
     touchpoint_row,
 )
 from agents.sink import ClickHouseSink
+from agents.stitching import ALIAS_COLUMNS
 from tracker.errors import StoreError
 from tracker.store import ClickHouseStore, load_migrations
 from tracker.touchpoint import RequestContext, accept
@@ -205,3 +208,116 @@ def test_tracker_migrate_applies_once_then_says_up_to_date(tmp_path: Path) -> No
         f"applied {len(versions)} migration(s): {versions}\n",
     )
     assert (second.returncode, second.stdout) == (0, "up to date\n")
+
+
+# -- re-attribution (0007): the identity key in SQL is the one the worker routes by ------------
+
+_ID_VALUES = (
+    "",
+    "v-1",
+    "V-2",
+    "null",
+    " NULL ",
+    "Anonymous",
+    "\tundefined\n",
+    "0",
+    "00",
+    "0000",
+    "aaaa",
+    "AaAa",
+    "ÉÉéé",
+    "ééé",
+    "n/a",
+    "[object Object]",
+    "00000000-0000-0000-0000-000000000000",
+    "42",
+    " 42",
+    "x y",
+    "ümlaut",
+)
+
+
+def _python_identity_key(
+    event_id: str,
+    ids: tuple[str, str, str, str, str],
+    properties: dict[str, str],
+    consent: bool | None,
+) -> str:
+    anon, user, email, phone, click = ids
+    found = (
+        identifiers_of(anon, user, email, phone, click, properties) if consent is not False else []
+    )
+    resolution = IdentityResolver().resolve(event_id, datetime(2026, 11, 22, tzinfo=UTC), found)
+    return "" if resolution.primary.startswith("event:") else resolution.primary
+
+
+def test_identity_key_in_sql_is_the_identifier_the_worker_routes_by(
+    store: ClickHouseStore,
+) -> None:
+    store.run_sync(store.migrate_sync)
+    chooser = random.Random(5)
+    rows, expected = [], {}
+    for _ in range(600):
+        event_id = str(uuid.uuid4())
+        ids = tuple(chooser.choice(_ID_VALUES) for _ in range(5))
+        properties = {
+            chooser.choice(("crm.sf", "crm.hub-spot", "crm.a", "crm.a-b", "plan")): chooser.choice(
+                _ID_VALUES
+            )
+            for _ in range(chooser.randrange(3))
+        }
+        consent = chooser.choice((None, None, True, False))
+        rows.append([event_id, datetime(2026, 11, 22, tzinfo=UTC), *ids, properties, consent])
+        expected[event_id] = _python_identity_key(event_id, ids, properties, consent)  # type: ignore[arg-type]
+    columns = ["event_id", "ts", "anonymous_id", "user_id", "email_hash", "phone_hash", "click_id"]
+    store.run_sync(
+        store.insert_sync, "touchpoints", rows, [*columns, "properties", "consent_analytics"]
+    )
+
+    found = dict(
+        store.run_sync(
+            store.query_sync, "SELECT toString(event_id), identity_key FROM touchpoints"
+        ).rows
+    )
+
+    assert found == expected
+
+
+def test_customer_touchpoints_follow_their_identifier_through_merges_and_splits(
+    store: ClickHouseStore,
+) -> None:
+    store.run_sync(store.migrate_sync)
+    ts = datetime(2026, 11, 22, 9, tzinfo=UTC)
+    visit, identify, lone = (str(uuid.uuid4()) for _ in range(3))
+    # Both events were stitched into customer A: the visit by its anonymous id, the identify
+    # (anon + email) by its email. A split has since moved the email to customer E.
+    store.run_sync(
+        store.insert_sync,
+        "touchpoints",
+        [
+            [visit, ts, "A", "v-1", ""],
+            [identify, ts + timedelta(minutes=5), "A", "v-1", "e1"],
+            [lone, ts, "L", "", ""],
+        ],
+        ["event_id", "ts", "customer_id", "anonymous_id", "email_hash"],
+    )
+    identities = [
+        ["anon:v-1", "anon", "A", "A", 1, ts],
+        ["email:e1", "email", "A", "E", 2, ts],
+        ["email:e1", "email", "E", "E", 7, ts],  # the split, later in the identity log
+    ]
+    store.run_sync(store.insert_sync, "identities", identities, list(ALIAS_COLUMNS))
+
+    rows = store.run_sync(
+        store.query_sync,
+        "SELECT toString(event_id), customer_id, identity_key, current_customer_id "
+        "FROM customer_touchpoints",
+    ).rows
+
+    assert sorted(rows) == sorted(
+        [
+            (visit, "A", "anon:v-1", "A"),
+            (identify, "A", "email:e1", "E"),
+            (lone, "L", "", "L"),  # no identifier: it stays where it was stitched
+        ]
+    )

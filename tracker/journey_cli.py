@@ -1,0 +1,493 @@
+"""``tracker journey``: a customer's stitched timeline, as a person sees it; and ``split``.
+
+The timeline is read from ClickHouse the way ``tracker query`` reads it (through the running
+instance's console for embedded chDB). A touchpoint keeps the customer it was stitched with; it
+belongs now to whichever customer its identity key (the identifier the worker routed it by)
+resolves to in ``identities``, so merges and splits show at once without rewriting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tracker.errors import TrackerError
+from tracker.identity_log import split_command, split_key
+from tracker.privacy import IDENTIFIER_KINDS, InvalidIdentifier, identifier_key
+from tracker.settings import Settings
+
+__all__ = [
+    "Journey",
+    "TimelineEvent",
+    "add_journey_commands",
+    "belongs",
+    "render_json",
+    "render_text",
+    "stored_key",
+]
+
+_HASHED = frozenset({"email", "phone"})
+_CRM = "crm:"
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    event_id: str
+    ts: datetime
+    type: str
+    name: str
+    channel: str
+    source: str
+    session_id: str
+    stage: str
+    value: float | None
+    stitched_customer_id: str
+    """The customer the touchpoint was stitched with (``touchpoints.customer_id``)."""
+    frictions: tuple[tuple[str, str, str], ...] = ()
+    """(reason, severity, detail) of each friction detected on this event and not retracted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    customer_id: str
+    identifiers: dict[str, list[str]]
+    """Kind → the values (email and phone as salted hashes) that resolve to this customer."""
+    merged_customer_ids: list[str]
+    """Customer ids of identifiers that now resolve here, other than this one."""
+    summary: dict[str, Any] | None
+    """The customer's row of ``journeys FINAL``; None before the journey agent wrote it."""
+    events: list[TimelineEvent] = field(default_factory=list)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def add_journey_commands(commands: Any) -> None:
+    journey = commands.add_parser(
+        "journey",
+        help="print a customer's stitched timeline; `journey split A B` removes a wrong link",
+        usage=(
+            "tracker journey [--format {text,json}] IDENTIFIER\n"
+            "       tracker journey split LEFT RIGHT"
+        ),
+        description=(
+            "tracker journey IDENTIFIER prints the stitched timeline of the customer an "
+            "identifier (email:ada@example.com, phone:+1 415 555 0100, user:42, anon:..., "
+            "click:..., crm:<system>:<id>) or a customer id belongs to. "
+            "tracker journey split LEFT RIGHT unlinks two identifiers for good."
+        ),
+    )
+    journey.add_argument(
+        "words",
+        nargs="+",
+        metavar="IDENTIFIER | split LEFT RIGHT",
+        help="kind:value or a customer id; or split followed by two identifiers",
+    )
+    journey.add_argument("--format", choices=["text", "json"], default="text")
+    journey.set_defaults(run=_journey)
+
+
+def _journey(settings: Settings, args: argparse.Namespace) -> int:
+    words: list[str] = args.words
+    if words[0] == "split":
+        if len(words) != 3:
+            raise TrackerError("usage: tracker journey split LEFT RIGHT (two identifiers)")
+        return _split(settings, words[1], words[2])
+    if len(words) != 1:
+        raise TrackerError(
+            "give one identifier, quoted if it has spaces: tracker journey 'phone:+1 415 555 0100'"
+        )
+    journey = find_journey(settings, words[0])
+    if journey is None:
+        sys.stderr.write(
+            f"tracker: no customer is known by {words[0]}: no event carrying it has been "
+            "stitched (yet), or it was forgotten\n"
+        )
+        return 1
+    if args.format == "json":
+        sys.stdout.write(render_json(journey).decode() + "\n")
+    else:
+        sys.stdout.write(render_text(journey))
+    return 0
+
+
+def stored_key(raw: str, settings: Settings) -> str:
+    """An identifier as a person writes it, as ``identities`` stores it: email and phone hashed
+    with the deployment's salt; ``crm:<system>:<id>`` as it is."""
+    kind = raw.partition(":")[0].strip().lower()
+    if kind == "crm":
+        system, _, value = raw.strip()[len(_CRM) :].partition(":")
+        if not system or not value:
+            raise TrackerError(f"identifier {raw!r} must be crm:<system>:<id>, e.g. crm:sf:0031")
+        return f"{_CRM}{system}:{value}"
+    if kind in _HASHED and not settings.hash_salt:
+        raise TrackerError(
+            "no hash salt: set TRACKER_HASH_SALT to the collectors' salt (or run where "
+            "TRACKER_DATA_DIR holds the local one) to look up an email or a phone number"
+        )
+    try:
+        return identifier_key(raw, settings.hash_salt.value, settings.default_phone_region)
+    except InvalidIdentifier as exc:
+        raise TrackerError(
+            f"identifier {raw!r} {exc}; kinds: {', '.join(IDENTIFIER_KINDS)} or crm:<system>"
+        ) from None
+
+
+# -- reading it --------------------------------------------------------------------------------
+
+
+def find_journey(settings: Settings, raw: str) -> Journey | None:
+    """The journey of the customer ``raw`` (an identifier or a customer id) belongs to now."""
+    customer = _current_customer(settings, raw)
+    if customer is None:
+        return None
+    identities = _rows(
+        settings,
+        "SELECT identifier, kind, own_customer_id FROM identities FINAL "
+        f"WHERE customer_id = {_quote(customer)} ORDER BY kind, identifier",
+    )
+    keys = {r["identifier"] for r in identities}
+    old_ids = {r["own_customer_id"] for r in identities} | {customer}
+    candidates = _rows(
+        settings,
+        "SELECT toString(event_id) AS event_id, ts, type, name, channel, source, session_id, "
+        "stage, value, customer_id, identity_key FROM touchpoints FINAL "
+        f"WHERE customer_id IN {_tuple(old_ids)}"
+        + (f" OR identity_key IN {_tuple(keys)}" if keys else ""),
+    )
+    elsewhere = {r["identity_key"] for r in candidates} - keys - {""}
+    resolved = (
+        {
+            r["identifier"]: r["customer_id"]
+            for r in _rows(
+                settings,
+                "SELECT identifier, customer_id FROM identities FINAL "
+                f"WHERE identifier IN {_tuple(elsewhere)}",
+            )
+        }
+        if elsewhere
+        else {}
+    )
+    rows = [
+        r
+        for r in candidates
+        if belongs(r["identity_key"], r["customer_id"], customer, keys, old_ids, resolved)
+    ]
+    sessions: dict[str, str] = {}
+    for session in _rows(
+        settings,
+        "SELECT session_id, event_ids FROM sessions FINAL "
+        f"WHERE customer_id = {_quote(customer)} AND NOT retired",
+    ):
+        sessions.update(dict.fromkeys(session["event_ids"], session["session_id"]))
+    frictions: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    if rows:
+        for f in _rows(
+            settings,
+            "SELECT event_id, reason, severity, detail FROM frictions FINAL "
+            f"WHERE NOT retracted AND event_id IN {_tuple(r['event_id'] for r in rows)} "
+            "ORDER BY ts, reason",
+        ):
+            frictions[f["event_id"]].append((f["reason"], f["severity"], f["detail"]))
+    summary = _rows(
+        settings, f"SELECT * FROM journeys FINAL WHERE customer_id = {_quote(customer)}"
+    )
+    events = [
+        TimelineEvent(
+            event_id=r["event_id"],
+            ts=_time(r["ts"]),
+            type=r["type"],
+            name=r["name"],
+            channel=r["channel"],
+            source=r["source"],
+            # The session as it stands now (a merge or a late event may have reshaped it).
+            session_id=sessions.get(r["event_id"], r["session_id"]),
+            stage=r["stage"],
+            value=r["value"],
+            stitched_customer_id=r["customer_id"],
+            frictions=tuple(frictions.get(r["event_id"], ())),
+        )
+        for r in rows
+    ]
+    events.sort(key=lambda e: (e.ts, e.event_id))
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for r in identities:
+        by_kind[r["kind"]].append(r["identifier"][len(r["kind"]) + 1 :])
+    return Journey(
+        customer_id=customer,
+        identifiers=dict(by_kind),
+        merged_customer_ids=sorted(old_ids - {customer}),
+        summary=_summary(summary[0]) if summary else None,
+        events=events,
+    )
+
+
+def belongs(
+    identity_key: str,
+    stitched_customer: str,
+    customer: str,
+    keys: set[str],
+    old_ids: set[str],
+    resolved: Mapping[str, str],
+) -> bool:
+    """Whether a touchpoint belongs to ``customer`` now. It follows its identity key wherever
+    that resolves (``keys`` are the customer's own identifiers, ``resolved`` where others' are);
+    without one, or before ``identities`` has the key, it stays where it was stitched."""
+    if identity_key in keys:
+        return True
+    if identity_key and identity_key in resolved:
+        return resolved[identity_key] == customer
+    return stitched_customer in old_ids
+
+
+def _current_customer(settings: Settings, raw: str) -> str | None:
+    text = raw.strip()
+    if ":" in text:
+        key = stored_key(text, settings)
+        found = _rows(
+            settings, f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}"
+        )
+        return str(found[0]["customer_id"]) if found else None
+    # A customer id: the one an identifier had on its own (current, or merged since), or that
+    # of an event without identifiers.
+    found = _rows(
+        settings,
+        f"SELECT customer_id FROM identities FINAL WHERE own_customer_id = {_quote(text)} LIMIT 1",
+    )
+    if found:
+        return str(found[0]["customer_id"])
+    for table in ("journeys", "touchpoints"):
+        if _rows(
+            settings, f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(text)} LIMIT 1"
+        ):
+            return text
+    return None
+
+
+def _rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
+    from tracker.cli import run_query
+
+    output = run_query(settings, sql, "json")
+    return [orjson.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _tuple(values: Iterable[str]) -> str:
+    return "(" + ", ".join(_quote(v) for v in sorted(values)) + ")"
+
+
+def _time(text: str) -> datetime:
+    """ClickHouse writes a DateTime64(3, 'UTC') as ``2026-11-20 09:30:00.000``, in UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _maybe_time(text: str | None) -> datetime | None:
+    return None if text is None else _time(text)
+
+
+_SUMMARY_NUMBERS = ("events", "sessions", "conversions", "frictions", "late_events")
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    summary = {
+        "first_seen": _maybe_time(row["first_seen"]),
+        "last_seen": _maybe_time(row["last_seen"]),
+        "channels": list(row["channels"]),
+        "stage": row["stage"],
+        "stage_since": _maybe_time(row["stage_since"]),
+        "value": float(row["value"]),
+    }
+    summary.update({name: int(row[name]) for name in _SUMMARY_NUMBERS})
+    return summary
+
+
+# -- showing it --------------------------------------------------------------------------------
+
+
+def render_json(journey: Journey) -> bytes:
+    """The journey for machines: identifiers in full, times in RFC 3339 UTC."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return _rfc3339(value)
+        return value
+
+    return orjson.dumps(
+        {
+            "customer_id": journey.customer_id,
+            "identifiers": journey.identifiers,
+            "merged_customer_ids": journey.merged_customer_ids,
+            "journey": (
+                {k: clean(v) for k, v in journey.summary.items()}
+                if journey.summary is not None
+                else None
+            ),
+            "timeline": [
+                {
+                    "event_id": e.event_id,
+                    "ts": _rfc3339(e.ts),
+                    "type": e.type,
+                    "name": e.name,
+                    "channel": e.channel,
+                    "source": e.source,
+                    "session_id": e.session_id,
+                    "stage": e.stage,
+                    "value": e.value,
+                    "stitched_customer_id": e.stitched_customer_id,
+                    "frictions": [
+                        {"reason": r, "severity": s, "detail": d} for r, s, d in e.frictions
+                    ],
+                }
+                for e in journey.events
+            ],
+        }
+    )
+
+
+def render_text(journey: Journey) -> str:
+    """A header about the customer, then the timeline in event time, one event a line."""
+    header: list[tuple[str, str]] = [("customer", journey.customer_id)]
+    for i, (kind, values) in enumerate(sorted(journey.identifiers.items())):
+        shown = ", ".join(_short(kind, v) for v in values)
+        header.append(("identifiers" if i == 0 else "", f"{kind}: {shown}"))
+    if journey.merged_customer_ids:
+        header.append(("merged from", ", ".join(journey.merged_customer_ids)))
+    s = journey.summary
+    if s is None:
+        header.append(("journey", "not summarized yet"))
+    else:
+        header += [
+            ("first seen", _when(s["first_seen"])),
+            ("last seen", _when(s["last_seen"])),
+            ("events", f"{s['events']} in {_plural(s['sessions'], 'session')}"),
+            (
+                "stage",
+                (s["stage"] or "-")
+                + (f" since {_when(s['stage_since'])}" if s["stage_since"] else ""),
+            ),
+            ("conversions", f"{s['conversions']}, value {s['value']:g}"),
+            ("frictions", str(s["frictions"])),
+        ]
+        if s["late_events"]:
+            header.append(("late events", f"{s['late_events']} (kept, not sessionized)"))
+        if s["channels"]:
+            header.append(("channels", ", ".join(s["channels"])))
+    width = max(len(label) for label, _ in header) + 2
+    lines = [f"{label:<{width}}{text}".rstrip() for label, text in header]
+    lines.append("")
+    if not journey.events:
+        lines.append("no touchpoints stored for this customer yet")
+        return "\n".join(lines) + "\n"
+    table = [("time (UTC)", "type", "name", "channel/source", "session", "stage", "frictions")]
+    for e in journey.events:
+        table.append(
+            (
+                e.ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e.type,
+                e.name or "-",
+                f"{e.channel or '-'}/{e.source or '-'}",
+                e.session_id[:8] or "-",
+                e.stage or "-",
+                ", ".join(_friction(f) for f in e.frictions) or "-",
+            )
+        )
+    lines += _columns(table)
+    return "\n".join(lines) + "\n"
+
+
+def _columns(table: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
+
+
+def _short(kind: str, value: str) -> str:
+    """Salted hashes are 64 hex digits: twelve tell them apart on a screen."""
+    return value[:12] + "…" if kind in _HASHED and len(value) > 12 else value
+
+
+def _friction(f: tuple[str, str, str]) -> str:
+    reason, severity, detail = f
+    return f"{reason} ({severity}{': ' + detail if detail else ''})"
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- splitting ---------------------------------------------------------------------------------
+
+
+def _split(settings: Settings, left_raw: str, right_raw: str) -> int:
+    left, right = stored_key(left_raw, settings), stored_key(right_raw, settings)
+    if left == right:
+        raise TrackerError(f"{left_raw} and {right_raw} are the same identifier")
+    asyncio.run(_produce_split(settings, left, right))
+    sys.stdout.write(
+        f"split requested: {left_raw} and {right_raw} will not be linked again "
+        f"(stored as {_shown_key(left)} and {_shown_key(right)}).\n"
+        "It takes effect within seconds, once the worker reads it; "
+        f"`tracker journey {_shell_word(left_raw)}` shows the result.\n"
+    )
+    return 0
+
+
+def _shown_key(key: str) -> str:
+    kind, _, value = key.partition(":")
+    return f"{kind}:{_short(kind, value)}"
+
+
+def _shell_word(text: str) -> str:
+    return f"'{text}'" if any(c in text for c in ' "$`\\') else text
+
+
+async def _produce_split(settings: Settings, left: str, right: str) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    from tracker.topology import Topology, ensure_topics
+
+    topology = Topology.from_settings(settings)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.worker_id}-journey-split",
+        acks="all",
+        enable_idempotence=True,
+        request_timeout_ms=15_000,
+    )
+    try:
+        await asyncio.wait_for(ensure_topics(settings, topology), 30)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topology.identity.name, split_command(left, right), key=split_key(left, right)
+            )
+        finally:
+            await producer.stop()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise TrackerError(
+            f"Kafka at {settings.bootstrap_servers} did not take the split ({exc or type(exc).__name__}); "
+            "nothing was changed, run it again when Kafka is up"
+        ) from None
