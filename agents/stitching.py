@@ -127,6 +127,7 @@ FRICTION_COLUMNS: Final = (
 _TIME_COLUMNS: Final = ("ts", "device_ts", "sent_ts", "received_ts")
 _COLUMN: Final = {name: i for i, name in enumerate(TOUCHPOINT_COLUMNS)}
 _CONFLICT_NAMESPACE: Final = uuid.UUID("0d4e2b7a-8c31-4f5e-b6a9-2e7c1d3f5a80")
+_FRICTION_ROW_NAMESPACE: Final = uuid.UUID("5e0b6c1d-9a2f-4d7e-8b3c-6f1a2e9d4c57")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -599,7 +600,9 @@ class JourneyStage:
     def _add_friction(
         self, friction: Friction, customer: str, version: int, *, retracted: bool
     ) -> None:
-        key = friction_id(friction)
+        # Keyed per customer: an event that moves writes a new row there, and the retraction
+        # left behind (versioned on another partition) cannot hide it.
+        key = str(uuid.uuid5(_FRICTION_ROW_NAMESPACE, f"{customer}|{friction_id(friction)}"))
         row = (
             key,
             version,

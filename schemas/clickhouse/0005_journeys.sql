@@ -15,7 +15,7 @@ ALTER TABLE {db}.touchpoints
     AFTER session_id;
 
 -- One row per identifier: the customer it resolves to now. A touchpoint stitched before a merge
--- or a split keeps the customer_id it had; the view customer_touchpoints (0007) re-attributes it
+-- or a split keeps the customer_id it had; the view customer_touchpoints (0006) re-attributes it
 -- through the identifier it was routed by.
 CREATE TABLE IF NOT EXISTS {db}.identities
 (

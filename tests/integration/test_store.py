@@ -210,7 +210,7 @@ def test_tracker_migrate_applies_once_then_says_up_to_date(tmp_path: Path) -> No
     assert (second.returncode, second.stdout) == (0, "up to date\n")
 
 
-# -- re-attribution (0007): the identity key in SQL is the one the worker routes by ------------
+# -- re-attribution (0006): the identity key in SQL is the one the worker routes by ------------
 
 _ID_VALUES = (
     "",
