@@ -227,6 +227,12 @@ class CustomerJourney:
     def add(self, event: JourneyEvent, version: int, primary: str) -> Stitched:
         """Take an event (a redelivery or a lower version changes nothing) and say where it
         stands. A later version of an event (a call learnt better) replaces the earlier."""
+        self.put(event, version, primary)
+        return self.stitched(event.event_id)
+
+    def put(self, event: JourneyEvent, version: int, primary: str) -> None:
+        """:meth:`add` without the answer: a batch asks where its events stand once, at the
+        end (:meth:`stitched_all`), instead of re-applying the rules after every event."""
         known = self.events.get(event.event_id)
         if known is None or version > known.version:
             newest = max((s.event.ts for s in self.events.values()), default=event.ts)
@@ -237,7 +243,6 @@ class CustomerJourney:
                 self.late_events += 1
             self.events[event.event_id] = StoredEvent(event, version, primary, late)
             self.merged_into = ""
-        return self.stitched(event.event_id)
 
     def absorb(self, events: Iterable[StoredEvent], history: History | None) -> None:
         """Take events (and their folded history) moved here from a merged customer."""
@@ -291,6 +296,27 @@ class CustomerJourney:
                     session_id = session.session_id
                     break
         return Stitched(session_id, stage, seq, stored.late)
+
+    def stitched_all(self) -> dict[str, Stitched]:
+        """:meth:`stitched` for every event held, from one pass of the rules."""
+        ordered = self._ordered()
+        changes = stage_changes([s.event for s in ordered], self.rules.stages, self.history.stage)
+        session_of: dict[str, str] = {}
+        for session in self._sessionize(ordered):
+            for event_id in session.event_ids:
+                session_of.setdefault(event_id, session.session_id)
+        found: dict[str, Stitched] = {}
+        stage, next_change = self.history.last_stage, 0
+        for seq, stored in enumerate(ordered, self.history.events + 1):
+            event = stored.event
+            while next_change < len(changes):
+                change = changes[next_change]
+                if (change.ts, change.event_id) > event.order:
+                    break
+                stage, next_change = change.stage, next_change + 1
+            session_id = "" if stored.late else session_of.get(event.event_id, "")
+            found[event.event_id] = Stitched(session_id, stage, seq, stored.late)
+        return found
 
     def update(self) -> JourneyUpdate:
         """Fold old sessions into history, then diff what the rules say against what was

@@ -470,7 +470,7 @@ class JourneyStage:
                 event = journey_event(row)
                 version = row[_COLUMN["version"]]
                 late_before = entry.journey.late_events
-                entry.journey.add(event, version, wire["primary"])
+                entry.journey.put(event, version, wire["primary"])
                 JOURNEY_LATE_EVENTS.inc(entry.journey.late_events - late_before)
                 entry.stitched.append(row)
                 entry.changed = True
@@ -510,11 +510,12 @@ class JourneyStage:
 
     def _stitch(self, customer: str, entry: _Touched) -> None:
         journey, version = entry.journey, entry.version
+        positions = journey.stitched_all() if entry.stitched else {}
         for row in entry.stitched:
             event_id = row[_COLUMN["event_id"]]
-            if event_id not in journey.events:
+            stitched = positions.get(event_id)
+            if stitched is None:
                 continue  # moved on by a regroup later in the batch: its new customer writes it
-            stitched = journey.stitched(event_id)
             row[_COLUMN["customer_id"]] = customer
             row[_COLUMN["session_id"]] = stitched.session_id
             row[_COLUMN["stage"]] = stitched.stage
