@@ -481,14 +481,28 @@ class JourneyStage:
                     [StoredEvent.from_state(s) for s in wire["events"]],
                     _history(history),
                 )
+                for pending in wire.get("rows", ()):  # moved before this batch wrote them
+                    row = decode_row(pending)
+                    entry.stitched.append(row)
+                    sources[(row[_COLUMN["event_id"]], row[_COLUMN["version"]])] = source
                 entry.changed = True
             elif kind == "regroup":
+                unwritten = {row[_COLUMN["event_id"]]: row for row in entry.stitched}
                 for target, moved in entry.journey.take_moved(wire["moves"]).items():
                     entry.changed = True
                     restitch: dict[str, Any] = {
                         "kind": "restitch",
                         "events": [s.to_state() for s in moved],
                     }
+                    # Events of this batch not yet written go with their rows: the new customer
+                    # writes them, since _stitch here skips what has left.
+                    rows = [
+                        dict(zip(TOUCHPOINT_COLUMNS, unwritten[s.event.event_id], strict=True))
+                        for s in moved
+                        if s.event.event_id in unwritten
+                    ]
+                    if rows:
+                        restitch["rows"] = rows
                     if entry.journey.merged_into == target:
                         history = entry.journey.hand_over_history()
                         restitch["history"] = history.to_state() if history else None
@@ -515,7 +529,7 @@ class JourneyStage:
             event_id = row[_COLUMN["event_id"]]
             stitched = positions.get(event_id)
             if stitched is None:
-                continue  # moved on by a regroup later in the batch: its new customer writes it
+                continue  # moved by a regroup later in the batch, its row too: the new customer writes it
             row[_COLUMN["customer_id"]] = customer
             row[_COLUMN["session_id"]] = stitched.session_id
             row[_COLUMN["stage"]] = stitched.stage
