@@ -50,7 +50,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -764,7 +764,7 @@ def run_bench(customers: int, rounds: int) -> int:
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - started, 1),
         "machine": machine_without_wrk(),
-        "mix": {**mix.__dict__, "event_bytes": event_bytes, "seed": seed},
+        "mix": {**asdict(mix), "event_bytes": event_bytes, "seed": seed},
         "figures": [f.as_dict() for f in figures],
         "memory_per_customer": memory,
         "live_customers": live,
