@@ -326,6 +326,27 @@ class CustomerJourney:
                     break
         return Stitched(session_id, stage, seq, stored.late)
 
+    def stitched_all(self) -> dict[str, Stitched]:
+        """:meth:`stitched` for every event held, from one pass of the rules."""
+        ordered = self._ordered()
+        changes = stage_changes([s.event for s in ordered], self.rules.stages, self.history.stage)
+        session_of: dict[str, str] = {}
+        for session in self._sessionize(ordered):
+            for event_id in session.event_ids:
+                session_of.setdefault(event_id, session.session_id)
+        found: dict[str, Stitched] = {}
+        stage, next_change = self.history.last_stage, 0
+        for seq, stored in enumerate(ordered, self.history.events + 1):
+            event = stored.event
+            while next_change < len(changes):
+                change = changes[next_change]
+                if (change.ts, change.event_id) > event.order:
+                    break
+                stage, next_change = change.stage, next_change + 1
+            session_id = "" if stored.late else session_of.get(event.event_id, "")
+            found[event.event_id] = Stitched(session_id, stage, seq, stored.late)
+        return found
+
     def update(self) -> JourneyUpdate:
         """Fold old sessions into history, then diff what the rules say against what was
         published, and remember it as published."""

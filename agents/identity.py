@@ -14,6 +14,7 @@ one; a split removes a wrong link between two identifiers for good.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -125,7 +126,9 @@ class Move(NamedTuple):
     after: str
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def customer_id_for(oldest: Identifier) -> str:
+    """Cached: every replay of a component asks again for each identifier in it."""
     return str(uuid.uuid5(_CUSTOMER_NAMESPACE, oldest.key))
 
 

@@ -556,8 +556,9 @@ class JourneyStage:
         journey, version = entry.journey, entry.version
         if journey.is_empty:
             return
+        positions = journey.stitched_all() if entry.rows else {}
         for event_id, (row, _) in entry.rows.items():
-            stitched = journey.stitched(event_id)
+            stitched = positions[event_id]
             row[_COLUMN["customer_id"]] = customer
             row[_COLUMN["session_id"]] = stitched.session_id
             row[_COLUMN["stage"]] = stitched.stage

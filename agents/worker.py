@@ -536,6 +536,9 @@ def _wait_for_topics(settings: Settings) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Apply migrations, then run the worker until SIGINT or SIGTERM."""
+    # Faust makes its folder under the data directory, but not the data directory itself; only
+    # the local hash salt's first write made it, so a worker with TRACKER_HASH_SALT set crashed.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, services, store = build_worker(settings)
     _wait_for_topics(settings)
     applied = store.run_sync(store.migrate_sync)
