@@ -120,10 +120,12 @@ class Conflict:
 
 
 class Move(NamedTuple):
-    """An identifier's customer before and after a change."""
+    """An identifier's customer before and after a change. ``new``: first seen just now, so
+    nothing was ever routed to its ``before``."""
 
     before: str
     after: str
+    new: bool = False
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -146,20 +148,23 @@ class IdentityGraph:
 
     def add(self, link: Link) -> dict[Identifier, str]:
         """Record a link; return each identifier whose customer changed, with its new customer."""
-        return {i: new for i, (_, new) in self.add_moves(link).items()}
+        return {i: move.after for i, move in self.add_moves(link).items()}
 
     def add_moves(self, link: Link) -> dict[Identifier, Move]:
         """Record a link; return each identifier whose customer changed, from which to which."""
-        if link.event_id in self._links or not link.identifiers:
+        # A later version of an event (a call learnt better) may carry more identifiers: a link
+        # is one event's one identifier set.
+        key = f"{link.event_id}|{'|'.join(i.key for i in link.identifiers)}"
+        if key in self._links or not link.identifiers:
             return {}
-        self._links[link.event_id] = link
+        self._links[key] = link
         for identifier in link.identifiers:
-            self._links_of[identifier].add(link.event_id)
+            self._links_of[identifier].add(key)
         return self._resolve(set(link.identifiers))
 
     def split(self, left: Identifier, right: Identifier) -> dict[Identifier, str]:
         """Never link these two again, whatever events say, and resolve afresh."""
-        return {i: new for i, (_, new) in self.split_moves(left, right).items()}
+        return {i: move.after for i, move in self.split_moves(left, right).items()}
 
     def split_moves(self, left: Identifier, right: Identifier) -> dict[Identifier, Move]:
         self._splits.add(frozenset((left, right)))
@@ -184,7 +189,8 @@ class IdentityGraph:
         """Replay, in event-time order, every link reachable from ``touched`` through any link."""
         region = self._reachable(touched)
         links = sorted(
-            {self._links[e] for i in region for e in self._links_of[i]}, key=lambda link: link.order
+            {self._links[k] for i in region for k in self._links_of[i]},
+            key=lambda link: (link.order, link.identifiers),
         )
         first_seen: dict[Identifier, tuple[datetime, str]] = {}
         for link in links:
@@ -224,7 +230,9 @@ class IdentityGraph:
                 before = self._customer.get(identifier)
                 if before != customer:
                     self._customer[identifier] = customer
-                    changed[identifier] = Move(before or customer_id_for(identifier), customer)
+                    changed[identifier] = Move(
+                        before or customer_id_for(identifier), customer, new=before is None
+                    )
         return changed
 
     def _refusal(self, left: list[Identifier], right: list[Identifier]) -> str:
@@ -245,8 +253,8 @@ class IdentityGraph:
         seen, frontier = set(start), list(start)
         while frontier:
             identifier = frontier.pop()
-            for event_id in self._links_of.get(identifier, ()):
-                for other in self._links[event_id].identifiers:
+            for key in self._links_of.get(identifier, ()):
+                for other in self._links[key].identifiers:
                     if other not in seen:
                         seen.add(other)
                         frontier.append(other)
@@ -364,6 +372,6 @@ class IdentityResolver:
 def _grouped(moves: Mapping[Identifier, Move]) -> dict[str, dict[str, str]]:
     grouped: dict[str, dict[str, str]] = defaultdict(dict)
     for identifier, move in moves.items():
-        if move.before != move.after:
+        if move.before != move.after and not move.new:
             grouped[move.before][identifier.key] = move.after
     return dict(grouped)

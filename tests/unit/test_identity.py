@@ -167,3 +167,23 @@ def test_a_split_removes_a_wrong_link_and_recomputes() -> None:
     assert changed == {email("e2"): customer_id_for(email("e2"))}
     graph.add(link("c", 9, anon("kiosk"), email("e2")))  # the same wrong link again stays split
     assert graph.customer_of(email("e2")) != graph.customer_of(email("e1"))
+
+
+def test_a_later_version_of_an_event_links_what_it_learnt() -> None:
+    graph = IdentityGraph()
+    graph.add(link("call-1", 0, phone("+1555")))
+    graph.add(link("visit", 5, anon("laptop")))
+    # The call's record converges: a pool reservation names the web visitor it came from.
+    graph.add(link("call-1", 0, phone("+1555"), anon("laptop")))
+    assert graph.customer_of(anon("laptop")) == graph.customer_of(phone("+1555"))
+
+
+def test_an_identifier_seen_for_the_first_time_moves_from_nowhere() -> None:
+    from agents.identity import IdentityResolver
+
+    resolver = IdentityResolver()
+    resolver.resolve("visit", T0, [anon("laptop")])
+    joined = resolver.resolve("signup", T0 + timedelta(minutes=5), [anon("laptop"), email("e1")])
+    # The new email joins the laptop's customer; no events were ever sent to the email's own.
+    assert joined.moves == {}
+    assert joined.aliases[email("e1")] == customer_id_for(anon("laptop"))
