@@ -2,8 +2,10 @@
 
 The raw topic is read by :class:`RawIngestService`, a batch consumer running inside the Faust
 worker: Faust's per-message stream machinery costs about 130 µs an event, which capped ingest
-at a quarter of a bare consume-and-insert loop (bench/README.md). Faust agents keep the lower-
-volume and stateful work: dead letters now, identity and journeys next.
+at a quarter of a bare consume-and-insert loop (bench/README.md). Short-link click batches are
+read the same way by :class:`ClickBatchService`, expanded into touchpoints and handed to the same
+pipeline. Faust agents keep the lower-volume and stateful work: dead letters now, identity and
+journeys next.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from agents.calls import CALL_COLUMNS, CallsPipeline
+from agents.clicks import expand_batches
 from agents.forget import ForgottenIdentifiers, erase
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.links import add_links_mirror
@@ -40,11 +44,22 @@ __all__ = ["build_worker", "run_worker"]
 log = logging.getLogger(__name__)
 
 
-class RawIngestService(Service):
-    """Reads the raw topic in batches (flushed on size or time) and commits only what is stored."""
+class BatchIngestService(Service):
+    """Reads one topic in batches (flushed on size or time) and commits only what is stored.
+
+    Every such service of a worker shares one lock, held while a batch is written: they share the
+    pipeline's sinks, and a forget waits for the batch being written."""
+
+    group_suffix = "ingest"
+    max_poll_records: int | None = None
 
     def __init__(
-        self, settings: Settings, topic: str, pipeline: IngestPipeline, **kwargs: Any
+        self,
+        settings: Settings,
+        topic: str,
+        pipeline: IngestPipeline,
+        lock: asyncio.Lock | None = None,
+        **kwargs: Any,
     ) -> None:
         self._settings = settings
         self._topic = topic
@@ -52,19 +67,26 @@ class RawIngestService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._idle = asyncio.Event()  # set whenever no batch is in hand
         self._idle.set()
-        self.lock = asyncio.Lock()  # held while a batch is written; a forget waits for it
+        self.lock = lock or asyncio.Lock()
         self.consuming = False
         super().__init__(**kwargs)
+
+    async def handle(self, records: list[Any]) -> None:
+        raise NotImplementedError
+
+    def weight(self, record: Any) -> int:
+        """How many events a record holds, towards the batch size."""
+        return 1
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             self._topic,
             bootstrap_servers=self._settings.bootstrap_servers,
-            group_id=f"{self._settings.worker_id}.ingest",
-            client_id=f"{self._settings.worker_id}-ingest",
+            group_id=f"{self._settings.worker_id}.{self.group_suffix}",
+            client_id=f"{self._settings.worker_id}-{self.group_suffix}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self._settings.sink_batch_size,
+            max_poll_records=self.max_poll_records or self._settings.sink_batch_size,
         )
         await self._consumer.start()
         self.consuming = True
@@ -92,9 +114,7 @@ class RawIngestService(Service):
         records = await self._next_batch(consumer)
         if records:
             async with self.lock:
-                await self._pipeline.handle_touchpoints(
-                    [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
-                )
+                await self.handle(records)
             # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
             last: dict[TopicPartition, int] = {}
             for record in records:
@@ -106,7 +126,7 @@ class RawIngestService(Service):
 
     @Service.timer(10.0)
     async def _record_lag(self) -> None:
-        """Events on Kafka not yet stored: end offsets minus committed ones, on a timer of its
+        """Records on Kafka not yet stored: end offsets minus committed ones, on a timer of its
         own so that it keeps counting while a ClickHouse outage holds the ingest loop."""
         consumer = self._consumer
         partitions = consumer.assignment() if consumer is not None else set()
@@ -120,22 +140,63 @@ class RawIngestService(Service):
         except KafkaError as exc:
             log.warning("could not measure lag", extra={"error": str(exc)})
             return
-        WORKER_LAG.set(lag)
+        self.record_lag(lag)
+
+    def record_lag(self, lag: int) -> None:
+        return None
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[Any]:
         size, loop = self._settings.sink_batch_size, asyncio.get_running_loop()
         deadline = loop.time() + self._settings.sink_flush_seconds
         records: list[Any] = []
-        while len(records) < size and not self.should_stop:
+        events = 0
+        while events < size and not self.should_stop:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             fetched = await consumer.getmany(
-                timeout_ms=int(remaining * 1000), max_records=size - len(records)
+                timeout_ms=int(remaining * 1000),
+                max_records=min(size - events, self.max_poll_records or size),
             )
             for partition_records in fetched.values():
                 records.extend(partition_records)
+                events += sum(self.weight(record) for record in partition_records)
         return records
+
+
+class RawIngestService(BatchIngestService):
+    """The raw topic: touchpoints from the beacon and the calls collector, one per record."""
+
+    async def handle(self, records: list[Any]) -> None:
+        await self._pipeline.handle_touchpoints(
+            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
+        )
+
+    def record_lag(self, lag: int) -> None:
+        WORKER_LAG.set(lag)
+
+
+class ClickBatchService(BatchIngestService):
+    """Short-link click batches: each record holds many clicks, expanded into ``link_click``
+    touchpoints that go through the same pipeline, and so the same sink, as the raw topic's."""
+
+    group_suffix = "clicks"
+    # A record holds up to 512 clicks: fetch a few at a time, and count the clicks in them.
+    max_poll_records = 16
+
+    def weight(self, record: Any) -> int:
+        for name, value in record.headers or ():
+            if name == "clicks":
+                with contextlib.suppress(ValueError):
+                    return max(1, int(value))
+        return 1
+
+    async def handle(self, records: list[Any]) -> None:
+        touchpoints, rejected = expand_batches(
+            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
+            self._settings.hash_salt.value,
+        )
+        await self._pipeline.handle_decoded(touchpoints, rejected)
 
 
 class ForgetService(Service):
@@ -148,7 +209,7 @@ class ForgetService(Service):
         topic: str,
         store: ClickHouseStore,
         forgotten: ForgottenIdentifiers,
-        ingest: RawIngestService,
+        ingest: BatchIngestService,
         **kwargs: Any,
     ) -> None:
         self._settings = settings
@@ -243,7 +304,7 @@ class ConsoleService(Service):
         self,
         settings: Settings,
         store: ClickHouseStore,
-        ingest: RawIngestService,
+        ingest: Sequence[BatchIngestService],
         forget: ForgetService,
         **kwargs: Any,
     ) -> None:
@@ -256,7 +317,8 @@ class ConsoleService(Service):
         super().__init__(**kwargs)
 
     async def _ready(self) -> bool:
-        ready = self.started_agents and self._ingest.consuming and self._forget.loaded
+        consuming = all(service.consuming for service in self._ingest)
+        ready = self.started_agents and consuming and self._forget.loaded
         return ready and await self._store.ping()
 
     async def on_start(self) -> None:
@@ -277,7 +339,7 @@ class ConsoleService(Service):
 
 def build_worker(
     settings: Settings,
-) -> tuple[faust.App, RawIngestService, ForgetService, ConsoleService, ClickHouseStore]:
+) -> tuple[faust.App, list[BatchIngestService], ForgetService, ConsoleService, ClickHouseStore]:
     topology = Topology.from_settings(settings)
     store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
     forgotten = ForgottenIdentifiers()
@@ -305,9 +367,11 @@ def build_worker(
         broker_heartbeat_interval=3.0,
         datadir=str(settings.data_dir / "faust"),
     )
+    # Raw touchpoints and click batches go through the one pipeline, one batch at a time.
     ingest = RawIngestService(settings, topology.raw.name, pipeline)
+    clicks = ClickBatchService(settings, topology.click_batches.name, pipeline, ingest.lock)
     forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
-    console = ConsoleService(settings, store, ingest, forget)
+    console = ConsoleService(settings, store, [ingest, clicks], forget)
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
@@ -349,11 +413,18 @@ def build_worker(
         console.started_agents = True
         WORKER_READY.set(1)
         log.info(
-            "worker started", extra={"topics": [topology.raw.name, topology.dead_letters.name]}
+            "worker started",
+            extra={
+                "topics": [
+                    topology.raw.name,
+                    topology.click_batches.name,
+                    topology.dead_letters.name,
+                ]
+            },
         )
 
     app.task(mark_started)
-    return app, ingest, forget, console, store
+    return app, [ingest, clicks], forget, console, store
 
 
 def _raw(event: Any) -> RawMessage:
@@ -390,7 +461,7 @@ def run_worker(settings: Settings) -> None:
     worker = faust.Worker(
         app,
         forget,
-        ingest,
+        *ingest,
         console,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level),

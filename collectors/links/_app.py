@@ -6,17 +6,16 @@ import asyncio
 import contextlib
 import hmac
 import io
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import segno
 from aiohttp import web
 
 from collectors.links._api import OPENAPI
-from collectors.links._clicks import Click, ClickBuffer
+from collectors.links._clicks import ClickBuffer, ClickIds, ClickPublisher
 from collectors.links._model import (
     CLICK_ID_PARAM,
     QR_PARAM,
@@ -36,13 +35,17 @@ COLLECTOR = "links"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class LinksPublisher(Publisher, ClickPublisher, Protocol):
+    """What the links service produces through: click batches, and readiness."""
+
+
 class Links:
     """Everything one links service holds: settings, the link table, its Kafka state, the clicks."""
 
     def __init__(
         self,
         settings: Settings,
-        publisher: Publisher,
+        publisher: LinksPublisher,
         state: LinkState | None = None,
         table: LinkTable | None = None,
     ) -> None:
@@ -51,11 +54,9 @@ class Links:
         self.table = table or (state.table if state else LinkTable())
         self.state = state
         self.clicks = ClickBuffer(
-            publisher,
-            settings.links_base_url,
-            settings.hash_salt.value,
-            settings.links_click_buffer,
+            publisher, settings.links_base_url, settings.links_click_buffer, self.table.instance
         )
+        self.click_ids = ClickIds()
         self.limiter = TokenBuckets(settings.links_api_rate, settings.links_api_burst)
 
     @property
@@ -116,7 +117,7 @@ class TokenBuckets:
 
 
 def create_app(
-    settings: Settings, publisher: Publisher, state: LinkState | None = None
+    settings: Settings, publisher: LinksPublisher, state: LinkState | None = None
 ) -> web.Application:
     """The links service. Without ``state`` it keeps links in memory only (unit tests)."""
     links = Links(settings, publisher, state)
@@ -163,6 +164,7 @@ def create_app(
 # -- the redirect path: lean on purpose ---------------------------------------------------------
 
 _OUTCOMES = {name: LINK_CLICKS.labels(name) for name in ("redirect", "fallback", "gone")}
+_REDIRECTED = _OUTCOMES["redirect"]
 _UNKNOWN = LINK_CLICKS.labels("unknown_slug")
 _NO_STORE = "no-store"
 _PAGES = {
@@ -192,33 +194,34 @@ async def follow(request: web.Request) -> web.StreamResponse:
                 passed.append((key, value))
     headers = request.headers
     user_agent = headers.get("User-Agent", "")
-    click_id = secrets.token_urlsafe(9)
+    accept_language = headers.get("Accept-Language", "")
+    token = links.click_ids.take()
     clicks = links.table.clicks(slug) if link.max_clicks is not None else 0
     now = time.time()
-    resolution = link.resolve(
-        now, clicks, user_agent, headers.get("Accept-Language", ""), passed, click_id
-    )
-    head = request.method == "HEAD"
+    resolution = link.resolve(now, clicks, user_agent, accept_language, passed, token)
+    method = request.method
     if resolution.counted:
-        _OUTCOMES["redirect"].inc()
-        if not head:
+        _REDIRECTED.inc()
+        outcome = "redirect"
+        if method != "HEAD":
             links.table.count_click(slug)
     else:
-        click_id = ""
         _OUTCOMES["fallback" if resolution.location else "gone"].inc()
+        outcome = resolution.reason
+    # The raw facts only; the worker makes the touchpoint (tracker.clicks.click_touchpoint).
     links.clicks.add(
-        Click(
+        (
             link,
-            click_id,
+            token,
             now,
-            request.method,
+            method,
             qr,
-            "redirect" if resolution.counted else resolution.reason,
+            outcome,
             resolution.location,
             client_ip(request, links.settings.trust_forwarded_for),
             user_agent,
             headers.get("Referer", ""),
-            headers.get("Accept-Language", ""),
+            accept_language,
         )
     )
     if resolution.location:

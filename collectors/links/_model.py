@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from tracker.clicks import languages
 from tracker.errors import FieldError, ValidationError
 
 __all__ = [
@@ -117,9 +118,10 @@ class TargetingRule:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What a click on a link leads to: a redirect (``location``) or a page (``status`` 404/410)."""
+class Resolution(NamedTuple):
+    """What a click on a link leads to: a redirect (``location``) or a page (``status`` 404/410).
+
+    A named tuple: one is made per redirect, and a frozen dataclass costs several times more."""
 
     status: int
     location: str = ""
@@ -170,7 +172,9 @@ class Link:
         passed_query: list[tuple[str, str]] | None = None,
         click_id: str = "",
     ) -> Resolution:
-        """Where this click goes. ``clicks`` is how many the link has had so far."""
+        """Where this click goes. ``clicks`` is how many the link has had so far; ``click_id``
+        must be URL-safe (``A-Z a-z 0-9 - _``), as :class:`collectors.links._clicks.ClickIds`
+        draws them: it is appended as it is."""
         unavailable = self._unavailable(now, clicks)
         if unavailable is not None:
             status, reason = unavailable
@@ -186,15 +190,15 @@ class Link:
                     target = rule.target
                     break
         prefix, has_query = self._prefixes[target]
-        extra: list[tuple[str, str]] = []
         if passed_query and self.forward_query:
-            extra = passed_query
-        if click_id:
-            extra = [*extra, (CLICK_ID_PARAM, click_id)]
-        if not extra:
+            extra = urlencode(passed_query)
+            if click_id:
+                extra += f"&{CLICK_ID_PARAM}={click_id}"
+        elif click_id:
+            extra = f"{CLICK_ID_PARAM}={click_id}"
+        else:
             return Resolution(self.status_code, prefix, "", True)
-        joiner = "&" if has_query else "?"
-        return Resolution(self.status_code, prefix + joiner + urlencode(extra), "", True)
+        return Resolution(self.status_code, f"{prefix}{'&' if has_query else '?'}{extra}", "", True)
 
     def _unavailable(self, now: float, clicks: int) -> tuple[int, str] | None:
         if self.disabled:
@@ -400,27 +404,6 @@ def device_and_os(user_agent: str) -> tuple[str, str]:
     if "linux" in ua:
         return ("mobile" if "mobile" in ua else "desktop"), "linux"
     return ("mobile" if "mobi" in ua else "desktop"), ""
-
-
-@lru_cache(maxsize=1024)
-def languages(accept_language: str) -> tuple[str, ...]:
-    """Language tags from ``Accept-Language``, most preferred first, lower-cased; q=0 left out."""
-    ranked: list[tuple[float, int, str]] = []
-    for index, part in enumerate(accept_language.split(",")):
-        tag, _, params = part.strip().partition(";")
-        tag = tag.strip().lower()
-        if not tag or tag == "*":
-            continue
-        quality = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                quality = float(params[2:])
-            except ValueError:
-                quality = 0.0
-        if quality > 0:
-            ranked.append((-quality, index, tag))
-    return tuple(tag for _, _, tag in sorted(ranked))
 
 
 def _prefix(url: str, utm: dict[str, str]) -> tuple[str, bool]:
