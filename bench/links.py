@@ -5,7 +5,9 @@
 It starts a local Kafka broker, the links service (``python -m tracker serve links``: click
 logging on, every click produced to Kafka) and, as the baseline, a bare aiohttp app in one process
 whose only handler answers 302 with a fixed Location. Both run one process, one event loop, no
-access log. wrk (1 thread, 16 connections, keep-alive, redirects not followed) measures:
+access log, on uvloop as ``tracker serve`` does: the same HTTP stack. A second bare app on
+asyncio's own loop is measured at maximum load for reference; it is not a bar. wrk (1 thread, 16
+connections, keep-alive, redirects not followed) measures:
 
 1. maximum load: as fast as wrk can send, for each server;
 2. fixed load: the same offered rate for both, a fraction of the lower maximum, set with a wrk
@@ -39,9 +41,16 @@ TOKEN = "bench-token"
 SLUG = "bench"
 
 
-def baseline_server(port: int) -> None:
+def baseline_server(port: int, loop: str = "uvloop") -> None:
     """The baseline: aiohttp, one process, one handler, a fixed redirect."""
     from aiohttp import web
+
+    if loop == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
     async def redirect(_: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": "https://shop.example/landing"})
@@ -115,9 +124,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate-fraction", type=float, default=0.5)
     parser.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-loop", default="uvloop", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
-        baseline_server(args.baseline_server)
+        baseline_server(args.baseline_server, args.baseline_loop)
         return 0
     if shutil.which("wrk") is None:
         sys.stderr.write("wrk is missing: apt-get install -y wrk\n")
@@ -131,7 +141,7 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         broker.start()
-        links_port, baseline_port = free_port(), free_port()
+        links_port, baseline_port, asyncio_port = free_port(), free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
         env.update(
             TRACKER_DATA_DIR=str(workdir / "data"),
@@ -150,10 +160,19 @@ def main() -> int:
         processes.append(
             subprocess.Popen([sys.executable, __file__, "--baseline-server", str(baseline_port)])
         )
+        processes.append(
+            subprocess.Popen(
+                [
+                    *(sys.executable, __file__, "--baseline-server", str(asyncio_port)),
+                    *("--baseline-loop", "asyncio"),
+                ]
+            )
+        )
         links = f"http://127.0.0.1:{links_port}"
         baseline = f"http://127.0.0.1:{baseline_port}"
-        wait_ready(links + "/readyz")
-        wait_ready(baseline + "/readyz")
+        baseline_asyncio = f"http://127.0.0.1:{asyncio_port}"
+        for url in (links, baseline, baseline_asyncio):
+            wait_ready(url + "/readyz")
         request = urllib.request.Request(
             links + "/api/links",
             data=json.dumps(
@@ -169,7 +188,8 @@ def main() -> int:
         urllib.request.urlopen(request, timeout=10).close()
 
         results: dict[str, Any] = {}
-        for name, base in (("baseline", baseline), ("links", links)):
+        runs = (("baseline", baseline), ("links", links), ("baseline_asyncio", baseline_asyncio))
+        for name, base in runs:
             wrk(f"{base}/{SLUG}", 2, args.connections, None, workdir)  # warm-up
             results[f"{name}_max"] = wrk(
                 f"{base}/{SLUG}", args.seconds, args.connections, None, workdir
@@ -202,10 +222,14 @@ def main() -> int:
         results["p99_ratio_max"] = (
             results["links_max"]["p99_ms"] / results["baseline_max"]["p99_ms"]
         )
+        results["throughput_ratio_vs_asyncio_loop"] = (
+            results["links_max"]["rps"] / results["baseline_asyncio_max"]["rps"]
+        )
 
         out(f"wrk 1 thread, {args.connections} connections, {args.seconds}s per run\n")
         out(f"{'run':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-3xx':>9}\n")
-        for key in ("baseline_max", "links_max", "baseline_fixed", "links_fixed"):
+        keys = ("baseline_max", "links_max", "baseline_fixed", "links_fixed")
+        for key in (*keys, "baseline_asyncio_max"):
             r = results[key]
             out(
                 f"{key:<16}{r['rps']:>10.0f}{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}{r['bad_responses']:>9.0f}\n"
@@ -220,6 +244,10 @@ def main() -> int:
             f"{'PASS' if results['p99_ratio_fixed'] <= 1.5 else 'FAIL'}\n"
         )
         out(f"p99 at max load: links/baseline = {results['p99_ratio_max']:.2f}\n")
+        out(
+            "throughput vs a bare handler on asyncio's own loop (reference, no bar): "
+            f"{results['throughput_ratio_vs_asyncio_loop']:.2f}\n"
+        )
         out(
             f"clicks recorded {results['links_clicks_recorded']:.0f}, still queued "
             f"{results['links_click_queue_left']:.0f}, dropped {results['links_clicks_dropped']:.0f}\n"

@@ -263,7 +263,7 @@ async def test_create_then_follow_records_a_click_touchpoint(
     query = parse_qs(urlsplit(location).query)
     assert query["ref"] == ["flyer"] and "qr" not in query and len(query["tc_id"][0]) >= 12
 
-    [touchpoint] = (await drained(client))
+    [touchpoint] = await drained(client)
     assert (touchpoint.type, touchpoint.source, touchpoint.channel) == (
         "link_click",
         "shortlink",
