@@ -181,7 +181,7 @@ class ClickBatchService(BatchIngestService):
     touchpoints that go through the same pipeline, and so the same sink, as the raw topic's."""
 
     group_suffix = "clicks"
-    # A record holds up to 512 clicks: fetch a few at a time, and count the clicks in them.
+    # A record holds up to 1,024 clicks: fetch a few at a time, and count the clicks in them.
     max_poll_records = 16
 
     def weight(self, record: Any) -> int:

@@ -28,6 +28,7 @@ from collectors.links._state import LinkState, LinkTable
 from tracker.errors import BackpressureError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, measured
 from tracker.metrics import LINK_CLICKS
+from tracker.privacy import truncate_ip
 from tracker.producer import Publisher
 from tracker.settings import Settings
 
@@ -141,7 +142,8 @@ def create_app(
     app.router.add_route(
         "*", "/api/{rest:.*}", measured(COLLECTOR, _guarded(api_not_found, False), "unmatched")
     )
-    app.router.add_get("/{slug}", measured(COLLECTOR, follow, "/{slug}"))  # also answers HEAD
+    # Also answers HEAD.
+    app.router.add_get("/{slug}", measured(COLLECTOR, redirect_handler(links), "/{slug}"))
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
@@ -174,62 +176,71 @@ _PAGES = {
 }
 
 
-async def follow(request: web.Request) -> web.StreamResponse:
-    links = request.app[LINKS_KEY]
-    slug = request.match_info["slug"]
-    link = links.table.links.get(slug)
-    if link is None:
-        if not links.loaded:  # restarting: every link would look unknown until the table is read
-            return _page(503, {"Retry-After": "1"})
-        _UNKNOWN.inc()
-        return _page(404)
-    qr = False
-    passed: list[tuple[str, str]] | None = None
-    if request.query_string:
-        passed = []
-        for key, value in request.query.items():
-            if key == QR_PARAM:
-                qr = value == "1"
-            elif key != CLICK_ID_PARAM:
-                passed.append((key, value))
-    headers = request.headers
-    user_agent = headers.get("User-Agent", "")
-    accept_language = headers.get("Accept-Language", "")
-    token = links.click_ids.take()
-    clicks = links.table.clicks(slug) if link.max_clicks is not None else 0
-    now = time.time()
-    resolution = link.resolve(now, clicks, user_agent, accept_language, passed, token)
-    method = request.method
-    if resolution.counted:
-        _REDIRECTED.inc()
-        outcome = "redirect"
-        if method != "HEAD":
-            links.table.count_click(slug)
-    else:
-        _OUTCOMES["fallback" if resolution.location else "gone"].inc()
-        outcome = resolution.reason
-    # The raw facts only; the worker makes the touchpoint (tracker.clicks.click_touchpoint).
-    links.clicks.add(
-        (
-            link,
+def redirect_handler(links: Links) -> Handler:
+    """The handler of ``GET|HEAD /{slug}``, bound to one service's state."""
+    table, clicks, click_ids = links.table, links.clicks, links.click_ids
+    queue, bound = clicks.queue, clicks.bound
+    trust_forwarded_for = links.settings.trust_forwarded_for
+
+    async def follow(request: web.Request) -> web.StreamResponse:
+        slug = request.match_info["slug"]
+        link = table.links.get(slug)
+        if link is None:
+            if not links.loaded:  # restarting: every link would look unknown until it is read
+                return _page(503, {"Retry-After": "1"})
+            _UNKNOWN.inc()
+            return _page(404)
+        qr = False
+        passed: list[tuple[str, str]] | None = None
+        if request.query_string:
+            passed = []
+            for key, value in request.query.items():
+                if key == QR_PARAM:
+                    qr = value == "1"
+                elif key != CLICK_ID_PARAM:
+                    passed.append((key, value))
+        headers = request.headers
+        user_agent = headers.get("User-Agent", "")
+        accept_language = headers.get("Accept-Language", "")
+        token = click_ids.take()
+        now = time.time()
+        count = table.clicks(slug) if link.max_clicks is not None else 0
+        resolution = link.resolve(now, count, user_agent, accept_language, passed, token)
+        method = request.method
+        if resolution.counted:
+            _REDIRECTED.inc()
+            outcome = "redirect"
+            if method != "HEAD":
+                table.count_click(slug)
+        else:
+            _OUTCOMES["fallback" if resolution.location else "gone"].inc()
+            outcome = resolution.reason
+        # The raw facts only; the worker makes the touchpoint (tracker.clicks.click_touchpoint).
+        click = (
+            link.click_fields,
             token,
             now,
             method,
             qr,
             outcome,
             resolution.location,
-            client_ip(request, links.settings.trust_forwarded_for),
+            truncate_ip(client_ip(request, trust_forwarded_for)),  # cached per address
             user_agent,
             headers.get("Referer", ""),
             accept_language,
         )
-    )
-    if resolution.location:
-        return web.Response(
-            status=resolution.status,
-            headers={"Location": resolution.location, "Cache-Control": _NO_STORE},
-        )
-    return _page(resolution.status)
+        if len(queue) < bound:
+            queue.append(click)
+        else:
+            clicks.drop()
+        if resolution.location:
+            return web.Response(
+                status=resolution.status,
+                headers={"Location": resolution.location, "Cache-Control": _NO_STORE},
+            )
+        return _page(resolution.status)
+
+    return follow
 
 
 def _page(status: int, headers: dict[str, str] | None = None) -> web.Response:

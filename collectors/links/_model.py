@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from tracker.clicks import languages
+from tracker.clicks import ClickLink, languages
 from tracker.errors import FieldError, ValidationError
 
 __all__ = [
@@ -155,6 +155,12 @@ class Link:
     _window: tuple[float, float] = field(
         default=(0.0, float("inf")), init=False, repr=False, compare=False
     )
+    # A link that is always on and untargeted redirects every click to this plus the click id.
+    _click_prefix: str | None = field(default=None, init=False, repr=False, compare=False)
+    click_fields: ClickLink = field(
+        default=("", "", "", {}, ()), init=False, repr=False, compare=False
+    )
+    """What each click records of this link (tracker.clicks): slug, channel, campaign, UTM, tags."""
 
     def __post_init__(self) -> None:
         for url in (self.target, *(r.target for r in self.rules)):
@@ -162,6 +168,14 @@ class Link:
         since = self.valid_since.timestamp() if self.valid_since else 0.0
         until = self.valid_until.timestamp() if self.valid_until else float("inf")
         object.__setattr__(self, "_window", (since, until))
+        fields = (self.slug, self.channel, self.campaign, self.utm, self.tags)
+        object.__setattr__(self, "click_fields", fields)
+        if not (self.rules or self.disabled or self.valid_since or self.valid_until) and (
+            self.max_clicks is None
+        ):
+            prefix, has_query = self._prefixes[self.target]
+            joiner = "&" if has_query else "?"
+            object.__setattr__(self, "_click_prefix", f"{prefix}{joiner}{CLICK_ID_PARAM}=")
 
     def resolve(
         self,
@@ -175,6 +189,8 @@ class Link:
         """Where this click goes. ``clicks`` is how many the link has had so far; ``click_id``
         must be URL-safe (``A-Z a-z 0-9 - _``), as :class:`collectors.links._clicks.ClickIds`
         draws them: it is appended as it is."""
+        if self._click_prefix is not None and click_id and not passed_query:
+            return Resolution(self.status_code, self._click_prefix + click_id, "", True)
         unavailable = self._unavailable(now, clicks)
         if unavailable is not None:
             status, reason = unavailable
