@@ -204,17 +204,22 @@ def redirect_handler(links: Links) -> Handler:
         accept_language = headers.get("Accept-Language", "")
         token = click_ids.take()
         now = time.time()
-        count = table.clicks(slug) if link.max_clicks is not None else 0
-        resolution = link.resolve(now, count, user_agent, accept_language, passed, token)
+        prefix = link.click_prefix
+        if prefix is not None and passed is None:  # always on, untargeted, nothing passed on
+            status, location, reason, counted = link.status_code, prefix + token, "", True
+        else:
+            count = table.clicks(slug) if link.max_clicks is not None else 0
+            resolved = link.resolve(now, count, user_agent, accept_language, passed, token)
+            status, location, reason, counted = resolved
         method = request.method
-        if resolution.counted:
+        if counted:
             _REDIRECTED.inc()
             outcome = "redirect"
             if method != "HEAD":
                 table.count_click(slug)
         else:
-            _OUTCOMES["fallback" if resolution.location else "gone"].inc()
-            outcome = resolution.reason
+            _OUTCOMES["fallback" if location else "gone"].inc()
+            outcome = reason
         # The raw facts only; the worker makes the touchpoint (tracker.clicks.click_touchpoint).
         click = (
             link.click_fields,
@@ -223,7 +228,7 @@ def redirect_handler(links: Links) -> Handler:
             method,
             qr,
             outcome,
-            resolution.location,
+            location,
             truncate_ip(client_ip(request, trust_forwarded_for)),  # cached per address
             user_agent,
             headers.get("Referer", ""),
@@ -233,12 +238,11 @@ def redirect_handler(links: Links) -> Handler:
             queue.append(click)
         else:
             clicks.drop()
-        if resolution.location:
+        if location:
             return web.Response(
-                status=resolution.status,
-                headers={"Location": resolution.location, "Cache-Control": _NO_STORE},
+                status=status, headers={"Location": location, "Cache-Control": _NO_STORE}
             )
-        return _page(resolution.status)
+        return _page(status)
 
     return follow
 

@@ -80,17 +80,15 @@ class ClickIds:
 
     def __init__(self, per_draw: int = 4096) -> None:
         self._per_draw = per_draw
-        self._pool = ""
-        self._next = 0
+        self._ids: list[str] = []
 
     def take(self) -> str:
-        start = self._next
-        if start >= len(self._pool):
+        ids = self._ids
+        if not ids:
             # 9 random bytes are exactly 12 base64 characters, so the ids line up.
-            self._pool = base64.urlsafe_b64encode(secrets.token_bytes(9 * self._per_draw)).decode()
-            start = 0
-        self._next = start + 12
-        return self._pool[start : start + 12]
+            drawn = base64.urlsafe_b64encode(secrets.token_bytes(9 * self._per_draw)).decode()
+            ids.extend(drawn[i : i + 12] for i in range(0, len(drawn), 12))
+        return ids.pop()
 
 
 class ClickBuffer:

@@ -155,8 +155,9 @@ class Link:
     _window: tuple[float, float] = field(
         default=(0.0, float("inf")), init=False, repr=False, compare=False
     )
-    # A link that is always on and untargeted redirects every click to this plus the click id.
-    _click_prefix: str | None = field(default=None, init=False, repr=False, compare=False)
+    click_prefix: str | None = field(default=None, init=False, repr=False, compare=False)
+    """For a link that is always on and untargeted: where every click goes, but for the click id
+    appended (and any query passed on). ``None`` for others: ask :meth:`resolve`."""
     click_fields: ClickLink = field(
         default=("", "", "", {}, ()), init=False, repr=False, compare=False
     )
@@ -175,7 +176,7 @@ class Link:
         ):
             prefix, has_query = self._prefixes[self.target]
             joiner = "&" if has_query else "?"
-            object.__setattr__(self, "_click_prefix", f"{prefix}{joiner}{CLICK_ID_PARAM}=")
+            object.__setattr__(self, "click_prefix", f"{prefix}{joiner}{CLICK_ID_PARAM}=")
 
     def resolve(
         self,
@@ -189,8 +190,8 @@ class Link:
         """Where this click goes. ``clicks`` is how many the link has had so far; ``click_id``
         must be URL-safe (``A-Z a-z 0-9 - _``), as :class:`collectors.links._clicks.ClickIds`
         draws them: it is appended as it is."""
-        if self._click_prefix is not None and click_id and not passed_query:
-            return Resolution(self.status_code, self._click_prefix + click_id, "", True)
+        if self.click_prefix is not None and click_id and not passed_query:
+            return Resolution(self.status_code, self.click_prefix + click_id, "", True)
         unavailable = self._unavailable(now, clicks)
         if unavailable is not None:
             status, reason = unavailable
