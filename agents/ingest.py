@@ -26,6 +26,7 @@ __all__ = [
     "RawMessage",
     "dead_letter_row",
     "touchpoint_row",
+    "undeliverable",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,13 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    item: int | None = None
+    """Which event of a record holding many (a click batch); ``None`` for a record of one."""
 
     @property
     def coordinates(self) -> str:
-        return f"{self.topic}/{self.partition}/{self.offset}"
+        where = f"{self.topic}/{self.partition}/{self.offset}"
+        return where if self.item is None else f"{where}/{self.item}"
 
 
 class IngestPipeline:
@@ -123,15 +127,28 @@ class IngestPipeline:
         self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
 
     async def handle_touchpoints(self, messages: Sequence[RawMessage]) -> None:
-        invalid = forgotten = 0
-        sources: dict[tuple[str, int], RawMessage] = {}
+        decoded: list[tuple[Touchpoint, RawMessage]] = []
+        rejected: list[DeadLetter] = []
         for message in messages:
             try:
-                touchpoint = _decode_touchpoint(message.value)
+                decoded.append((_decode_touchpoint(message.value), message))
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-                invalid += 1
-                self._add_dead_letter(_undeliverable(message, f"raw event is malformed: {exc!r}"))
-                continue
+                rejected.append(undeliverable(message, f"raw event is malformed: {exc!r}"))
+        await self.handle_decoded(decoded, rejected)
+
+    async def handle_decoded(
+        self,
+        touchpoints: Sequence[tuple[Touchpoint, RawMessage]],
+        rejected: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Store touchpoints that are already decoded, each with the record it came from (its
+        dead letter if ClickHouse refuses the row), and the dead letters of those that were not.
+        Returns once both are stored: commit offsets only after this."""
+        forgotten = 0
+        sources: dict[tuple[str, int], RawMessage] = {}
+        for letter in rejected:
+            self._add_dead_letter(letter)
+        for touchpoint, message in touchpoints:
             if self.forgotten.forgets(touchpoint):
                 forgotten += 1
                 continue
@@ -143,7 +160,7 @@ class IngestPipeline:
         stored = await self.touchpoints.flush()
         for key, reason in stored.refused.items():
             self._add_dead_letter(
-                _undeliverable(sources[key], f"ClickHouse refused the row: {reason}")
+                undeliverable(sources[key], f"ClickHouse refused the row: {reason}")
             )
         if stored.refused:
             dead = await self.dead_letters.flush()
@@ -151,14 +168,9 @@ class IngestPipeline:
         WORKER_EVENTS.labels("forwarded").inc(stored.forwarded)
         WORKER_EVENTS.labels("forgotten").inc(forgotten)
         WORKER_EVENTS.labels("duplicate").inc(
-            len(messages)
-            - invalid
-            - forgotten
-            - stored.written
-            - stored.forwarded
-            - len(stored.refused)
+            len(touchpoints) - forgotten - stored.written - stored.forwarded - len(stored.refused)
         )
-        WORKER_EVENTS.labels("dead_letter").inc(invalid + len(stored.refused))
+        WORKER_EVENTS.labels("dead_letter").inc(len(rejected) + len(stored.refused))
         for reason in dead.refused.values():
             log.error("ClickHouse refused a dead letter", extra={"reason": reason})
 
@@ -167,7 +179,7 @@ class IngestPipeline:
             try:
                 letter = DeadLetter.from_wire(orjson.loads(message.value))
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-                letter = _undeliverable(message, f"dead letter is malformed: {exc!r}")
+                letter = undeliverable(message, f"dead letter is malformed: {exc!r}")
             self._add_dead_letter(letter)
         result = await self.dead_letters.flush()
         for reason in result.refused.values():
@@ -186,14 +198,18 @@ def _decode_touchpoint(value: bytes) -> Touchpoint:
     return touchpoint
 
 
-def _undeliverable(message: RawMessage, reason: str) -> DeadLetter:
-    # The id follows from the record's position, so a replay of the same record is one dead letter.
+def undeliverable(
+    message: RawMessage, reason: str, errors: Sequence[FieldError] = (), event_id: str = ""
+) -> DeadLetter:
+    """The dead letter of a record (or one event of it) the worker cannot store. Its id follows
+    from where the record is, so a replay of the same record is one dead letter."""
     return DeadLetter(
         dead_letter_id=str(uuid.uuid5(_DEAD_LETTER_NAMESPACE, message.coordinates)),
         source=_WORKER,
         stage="ingest",
         reason=reason,
-        errors=(FieldError("$", reason),),
+        errors=tuple(errors) or (FieldError("$", reason),),
+        event_id=event_id,
         payload=message.value.decode("utf-8", errors="replace"),
         received_ts=datetime.now(UTC),
     )

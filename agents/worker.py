@@ -2,8 +2,10 @@
 
 The raw topic is read by :class:`RawIngestService`, a batch consumer running inside the Faust
 worker: Faust's per-message stream machinery costs about 130 µs an event, which capped ingest
-at a quarter of a bare consume-and-insert loop (bench/README.md). Faust agents keep the lower-
-volume and stateful work: dead letters now, identity and journeys next.
+at a quarter of a bare consume-and-insert loop (bench/README.md). Short-link click batches are
+read the same way by :class:`ClickBatchService`, expanded into touchpoints and handed to the same
+pipeline. Faust agents keep the lower-volume and stateful work: dead letters now, identity and
+journeys next.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
+from agents.clicks import expand_batches
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers, erase
 from agents.identity import IdentityRules
@@ -56,11 +59,22 @@ __all__ = ["build_worker", "run_worker"]
 log = logging.getLogger(__name__)
 
 
-class RawIngestService(Service):
-    """Reads the raw topic in batches (flushed on size or time) and commits only what is stored."""
+class BatchIngestService(Service):
+    """Reads one topic in batches (flushed on size or time) and commits only what is stored.
+
+    Every such service of a worker shares one lock, held while a batch is written: they share the
+    pipeline's sinks, and a forget waits for the batch being written."""
+
+    group_suffix = "ingest"
+    max_poll_records: int | None = None
 
     def __init__(
-        self, settings: Settings, topic: str, pipeline: IngestPipeline, **kwargs: Any
+        self,
+        settings: Settings,
+        topic: str,
+        pipeline: IngestPipeline,
+        lock: asyncio.Lock | None = None,
+        **kwargs: Any,
     ) -> None:
         self._settings = settings
         self._topic = topic
@@ -68,19 +82,26 @@ class RawIngestService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._idle = asyncio.Event()  # set whenever no batch is in hand
         self._idle.set()
-        self.lock = asyncio.Lock()  # held while a batch is written; a forget waits for it
+        self.lock = lock or asyncio.Lock()
         self.consuming = False
         super().__init__(**kwargs)
+
+    async def handle(self, records: list[Any]) -> None:
+        raise NotImplementedError
+
+    def weight(self, record: Any) -> int:
+        """How many events a record holds, towards the batch size."""
+        return 1
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             self._topic,
             bootstrap_servers=self._settings.bootstrap_servers,
-            group_id=f"{self._settings.worker_id}.ingest",
-            client_id=f"{self._settings.worker_id}-ingest",
+            group_id=f"{self._settings.worker_id}.{self.group_suffix}",
+            client_id=f"{self._settings.worker_id}-{self.group_suffix}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self._settings.sink_batch_size,
+            max_poll_records=self.max_poll_records or self._settings.sink_batch_size,
         )
         await self._consumer.start()
         self.consuming = True
@@ -108,9 +129,7 @@ class RawIngestService(Service):
         records = await self._next_batch(consumer)
         if records:
             async with self.lock:
-                await self._pipeline.handle_touchpoints(
-                    [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
-                )
+                await self.handle(records)
             # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
             last: dict[TopicPartition, int] = {}
             for record in records:
@@ -122,7 +141,7 @@ class RawIngestService(Service):
 
     @Service.timer(10.0)
     async def _record_lag(self) -> None:
-        """Events on Kafka not yet stored: end offsets minus committed ones, on a timer of its
+        """Records on Kafka not yet stored: end offsets minus committed ones, on a timer of its
         own so that it keeps counting while a ClickHouse outage holds the ingest loop."""
         consumer = self._consumer
         partitions = consumer.assignment() if consumer is not None else set()
@@ -136,22 +155,63 @@ class RawIngestService(Service):
         except KafkaError as exc:
             log.warning("could not measure lag", extra={"error": str(exc)})
             return
-        WORKER_LAG.set(lag)
+        self.record_lag(lag)
+
+    def record_lag(self, lag: int) -> None:
+        return None
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[Any]:
         size, loop = self._settings.sink_batch_size, asyncio.get_running_loop()
         deadline = loop.time() + self._settings.sink_flush_seconds
         records: list[Any] = []
-        while len(records) < size and not self.should_stop:
+        events = 0
+        while events < size and not self.should_stop:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             fetched = await consumer.getmany(
-                timeout_ms=int(remaining * 1000), max_records=size - len(records)
+                timeout_ms=int(remaining * 1000),
+                max_records=min(size - events, self.max_poll_records or size),
             )
             for partition_records in fetched.values():
                 records.extend(partition_records)
+                events += sum(self.weight(record) for record in partition_records)
         return records
+
+
+class RawIngestService(BatchIngestService):
+    """The raw topic: touchpoints from the beacon and the calls collector, one per record."""
+
+    async def handle(self, records: list[Any]) -> None:
+        await self._pipeline.handle_touchpoints(
+            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
+        )
+
+    def record_lag(self, lag: int) -> None:
+        WORKER_LAG.set(lag)
+
+
+class ClickBatchService(BatchIngestService):
+    """Short-link click batches: each record holds many clicks, expanded into ``link_click``
+    touchpoints that go through the same pipeline, and so the same sink, as the raw topic's."""
+
+    group_suffix = "clicks"
+    # A record holds up to 1,024 clicks: fetch a few at a time, and count the clicks in them.
+    max_poll_records = 16
+
+    def weight(self, record: Any) -> int:
+        for name, value in record.headers or ():
+            if name == "clicks":
+                with contextlib.suppress(ValueError):
+                    return max(1, int(value))
+        return 1
+
+    async def handle(self, records: list[Any]) -> None:
+        touchpoints, rejected = expand_batches(
+            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
+            self._settings.hash_salt.value,
+        )
+        await self._pipeline.handle_decoded(touchpoints, rejected)
 
 
 class ForgetService(Service):
@@ -164,7 +224,7 @@ class ForgetService(Service):
         topic: str,
         store: ClickHouseStore,
         forgotten: ForgottenIdentifiers,
-        ingest: RawIngestService,
+        ingest: BatchIngestService,
         **kwargs: Any,
     ) -> None:
         self._settings = settings
@@ -300,7 +360,7 @@ class ConsoleService(Service):
         self,
         settings: Settings,
         store: ClickHouseStore,
-        ingest: RawIngestService,
+        ingest: Sequence[BatchIngestService],
         forget: ForgetService,
         reservations: PoolReservationsService | None = None,
         **kwargs: Any,
@@ -315,7 +375,8 @@ class ConsoleService(Service):
         super().__init__(**kwargs)
 
     async def _ready(self) -> bool:
-        ready = self.started_agents and self._ingest.consuming and self._forget.loaded
+        consuming = all(service.consuming for service in self._ingest)
+        ready = self.started_agents and consuming and self._forget.loaded
         ready = ready and (self._reservations is None or self._reservations.loaded)
         return ready and await self._store.ping()
 
@@ -364,7 +425,9 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         broker_heartbeat_interval=3.0,
         datadir=str(settings.data_dir / "faust"),
     )
+    # Raw touchpoints and click batches go through the one pipeline, one batch at a time.
     ingest = RawIngestService(settings, topology.raw.name, pipeline)
+    clicks = ClickBatchService(settings, topology.click_batches.name, pipeline, ingest.lock)
     forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
     # Number pools: only with pools configured does the worker follow the reservations.
     book = PoolBook()
@@ -373,7 +436,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         if settings.call_number_pools
         else None
     )
-    console = ConsoleService(settings, store, ingest, forget, reservations)
+    console = ConsoleService(settings, store, [ingest, clicks], forget, reservations)
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
@@ -419,12 +482,19 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         console.started_agents = True
         WORKER_READY.set(1)
         log.info(
-            "worker started", extra={"topics": [topology.raw.name, topology.dead_letters.name]}
+            "worker started",
+            extra={
+                "topics": [
+                    topology.raw.name,
+                    topology.click_batches.name,
+                    topology.dead_letters.name,
+                ]
+            },
         )
 
     app.task(mark_started)
     followers: list[Service] = [reservations] if reservations is not None else []
-    return app, [outbox, forget, ingest, *followers, console], store
+    return app, [outbox, forget, ingest, clicks, *followers, console], store
 
 
 def add_stitching(
@@ -437,7 +507,17 @@ def add_stitching(
     def sink(
         table: str, columns: Sequence[str], key: str, ts: str, version: bool
     ) -> ClickHouseSink:
-        return ClickHouseSink(store, table, columns, key, ts, "version" if version else None)
+        """Touchpoints and dead letters are looked up before writing, so that a replay adds no
+        second row; the derived tables are read with FINAL, where a replayed copy is one row."""
+        return ClickHouseSink(
+            store,
+            table,
+            columns,
+            key,
+            ts,
+            "version" if version else None,
+            look_before_writing=table in ("touchpoints", "dead_letters"),
+        )
 
     identity_stage = IdentityStage(
         outbox,

@@ -61,32 +61,30 @@ def add_health_routes(app: web.Application, ready: Readiness) -> None:
     app.router.add_get("/metrics", metrics)
 
 
-@lru_cache(maxsize=1024)
-def _answers(collector: str, route: str, status: int) -> Any:
-    return COLLECTOR_REQUESTS.labels(collector, route, str(status))
+class _RouteMetrics:
+    """The answer counters and the timing histogram of one route of one collector."""
+
+    __slots__ = ("_answers", "_collector", "_route", "_timing")
+
+    def __init__(self, collector: str, route: str) -> None:
+        self._collector = collector
+        self._route = route
+        self._answers: dict[int, Any] = {}
+        self._timing = COLLECTOR_REQUEST_SECONDS.labels(collector, route)
+
+    def record(self, status: int, seconds: float) -> None:
+        answers = self._answers.get(status)
+        if answers is None:
+            answers = self._answers[status] = COLLECTOR_REQUESTS.labels(
+                self._collector, self._route, str(status)
+            )
+        answers.inc()
+        self._timing.observe(seconds)
 
 
 @lru_cache(maxsize=256)
-def _timings(collector: str, route: str) -> Any:
-    return COLLECTOR_REQUEST_SECONDS.labels(collector, route)
-
-
-async def _counted(
-    collector: str, route: str, handler: Handler, request: web.Request
-) -> web.StreamResponse:
-    """Run ``handler``, counting its answer by status and timing it (label children cached)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        _answers(collector, route, status).inc()
-        _timings(collector, route).observe(time.perf_counter() - started)
+def _route_metrics(collector: str, route: str) -> _RouteMetrics:
+    return _RouteMetrics(collector, route)
 
 
 def request_metrics(collector: str) -> Any:
@@ -96,17 +94,28 @@ def request_metrics(collector: str) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        return await _counted(collector, route, handler, request)
+        return await measured(collector, handler, route)(request)
 
     return middleware
 
 
 def measured(collector: str, handler: Handler, route: str) -> Handler:
-    """``handler``, counted and timed like :func:`request_metrics` but without a middleware's
-    cost per request: for hot paths such as redirects."""
+    """``handler``, counting its answers by status and timing them, without a middleware's cost
+    per request: for hot paths such as redirects."""
+    metrics = _route_metrics(collector, route)
 
     async def measured_handler(request: web.Request) -> web.StreamResponse:
-        return await _counted(collector, route, handler, request)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.record(status, time.perf_counter() - started)
 
     return measured_handler
 

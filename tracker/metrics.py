@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import math
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "CALL_CALLBACKS_MERGED",
@@ -27,14 +34,129 @@ __all__ = [
     "WORKER_EVENTS",
     "WORKER_LAG",
     "WORKER_READY",
+    "LoopCounter",
+    "LoopHistogram",
 ]
 
-COLLECTOR_REQUESTS = Counter(
+
+# -- metrics of hot paths -------------------------------------------------------------------------
+#
+# prometheus_client guards every value with a mutex: a Counter.inc costs about 0.5 µs and a
+# Histogram.observe about 1 µs, a fifth of a short-link redirect's own work. The metrics every
+# request touches are kept instead in plain numbers, updated from the one event loop of the
+# process that owns them, and turned into the same samples when /metrics is read.
+
+
+class _LoopCounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LoopCounter(Collector):
+    """A labelled counter for hot paths, exposed like a ``Counter``. Not thread-safe: update it
+    from the event loop of the process only."""
+
+    _type = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name.removesuffix("_total")
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _LoopCounterChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _LoopCounterChild:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = _LoopCounterChild()
+        return child
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class _LoopHistogramChild:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram for hot paths, exposed like a ``Histogram``. Not thread-safe: update
+    it from the event loop of the process only."""
+
+    _type = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._bounds = tuple(sorted(b for b in buckets if not math.isinf(b)))
+        self._children: dict[tuple[str, ...], _LoopHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _LoopHistogramChild:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = _LoopHistogramChild(self._bounds)
+        return child
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        edges = [*(floatToGoString(b) for b in self._bounds), "+Inf"]  # type: ignore[no-untyped-call]
+        for values, child in list(self._children.items()):
+            running, buckets = 0, []
+            for edge, count in zip(edges, child.counts, strict=True):
+                running += count
+                buckets.append((edge, float(running)))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+
+COLLECTOR_REQUESTS = LoopCounter(
     "tracker_collector_requests_total",
     "HTTP requests a collector answered, by collector, route and status code.",
     ["collector", "route", "status"],
 )
-COLLECTOR_REQUEST_SECONDS = Histogram(
+COLLECTOR_REQUEST_SECONDS = LoopHistogram(
     "tracker_collector_request_seconds",
     "Time from request to answer, including the Kafka acknowledgement.",
     ["collector", "route"],
@@ -74,7 +196,7 @@ SINK_FAILURES = Counter(
     "Batch writes ClickHouse refused; the batch is retried, never dropped.",
     ["table"],
 )
-LINK_CLICKS = Counter(
+LINK_CLICKS = LoopCounter(
     "tracker_link_clicks_total",
     "Requests for a short link, by outcome: redirect, fallback, gone (404/410 page) or unknown_slug.",
     ["outcome"],

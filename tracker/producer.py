@@ -120,6 +120,25 @@ class KafkaPublisher:
         records = [(calls, c.call_key, c.to_wire()) for c in callbacks]
         await self._send_all(producer, calls, records, dead_letters)
 
+    async def publish_click_batch(self, value: bytes, key: str, clicks: int) -> None:
+        """One compact batch of short-link clicks (:mod:`tracker.clicks`) to its own topic."""
+        producer = self._producer
+        retry_after = float(self._settings.retry_after_seconds)
+        if producer is None:
+            raise BackpressureError("Kafka is not connected yet", retry_after)
+        topic = self._topology.click_batches.name
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                sent = await producer.send(
+                    topic, value, key=key.encode(), headers=[("clicks", str(clicks).encode())]
+                )
+                await sent
+        except (KafkaError, TimeoutError) as exc:
+            KAFKA_PRODUCE_FAILURES.labels(topic).inc()
+            raise BackpressureError(
+                f"Kafka did not acknowledge a batch of {clicks} clicks in time", retry_after
+            ) from exc
+
     async def _send_all(
         self,
         producer: AIOKafkaProducer,
@@ -158,6 +177,7 @@ class MemoryPublisher:
     def __init__(self) -> None:
         self.touchpoints: list[Touchpoint] = []
         self.calls: list[CallCallback] = []
+        self.click_batches: list[bytes] = []
         self.dead_letters: list[DeadLetter] = []
         self.unavailable = False
 
@@ -178,6 +198,11 @@ class MemoryPublisher:
             raise BackpressureError("memory publisher marked unavailable", 1.0)
         self.touchpoints.extend(touchpoints)
         self.dead_letters.extend(dead_letters)
+
+    async def publish_click_batch(self, value: bytes, key: str, clicks: int) -> None:
+        if self.unavailable:
+            raise BackpressureError("memory publisher marked unavailable", 1.0)
+        self.click_batches.append(value)
 
     async def publish_calls(
         self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()

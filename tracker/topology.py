@@ -43,6 +43,7 @@ class Topology:
     forgotten: TopicSpec
     links: TopicSpec
     link_clicks: TopicSpec
+    click_batches: TopicSpec
     calls: TopicSpec
     identity: TopicSpec
     journey: TopicSpec
@@ -71,6 +72,7 @@ class Topology:
             forgotten=spec("forgotten"),
             links=spec("links"),
             link_clicks=spec("link_clicks"),
+            click_batches=spec("click_batches"),
             calls=spec("calls"),
             identity=spec("identity"),
             journey=spec("journey"),
@@ -85,6 +87,7 @@ class Topology:
             self.forgotten,
             self.links,
             self.link_clicks,
+            self.click_batches,
             self.calls,
             self.identity,
             self.journey,

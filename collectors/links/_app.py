@@ -6,17 +6,16 @@ import asyncio
 import contextlib
 import hmac
 import io
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import segno
 from aiohttp import web
 
 from collectors.links._api import OPENAPI
-from collectors.links._clicks import Click, ClickBuffer
+from collectors.links._clicks import ClickBuffer, ClickIds, ClickPublisher
 from collectors.links._model import (
     CLICK_ID_PARAM,
     QR_PARAM,
@@ -29,11 +28,16 @@ from collectors.links._state import LinkState, LinkTable
 from tracker.errors import BackpressureError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, measured
 from tracker.metrics import LINK_CLICKS
+from tracker.privacy import truncate_ip
 from tracker.producer import Publisher
 from tracker.settings import Settings
 
 COLLECTOR = "links"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LinksPublisher(Publisher, ClickPublisher, Protocol):
+    """What the links service produces through: click batches, and readiness."""
 
 
 class Links:
@@ -42,7 +46,7 @@ class Links:
     def __init__(
         self,
         settings: Settings,
-        publisher: Publisher,
+        publisher: LinksPublisher,
         state: LinkState | None = None,
         table: LinkTable | None = None,
     ) -> None:
@@ -51,11 +55,9 @@ class Links:
         self.table = table or (state.table if state else LinkTable())
         self.state = state
         self.clicks = ClickBuffer(
-            publisher,
-            settings.links_base_url,
-            settings.hash_salt.value,
-            settings.links_click_buffer,
+            publisher, settings.links_base_url, settings.links_click_buffer, self.table.instance
         )
+        self.click_ids = ClickIds()
         self.limiter = TokenBuckets(settings.links_api_rate, settings.links_api_burst)
 
     @property
@@ -116,7 +118,7 @@ class TokenBuckets:
 
 
 def create_app(
-    settings: Settings, publisher: Publisher, state: LinkState | None = None
+    settings: Settings, publisher: LinksPublisher, state: LinkState | None = None
 ) -> web.Application:
     """The links service. Without ``state`` it keeps links in memory only (unit tests)."""
     links = Links(settings, publisher, state)
@@ -140,7 +142,8 @@ def create_app(
     app.router.add_route(
         "*", "/api/{rest:.*}", measured(COLLECTOR, _guarded(api_not_found, False), "unmatched")
     )
-    app.router.add_get("/{slug}", measured(COLLECTOR, follow, "/{slug}"))  # also answers HEAD
+    # Also answers HEAD.
+    app.router.add_get("/{slug}", measured(COLLECTOR, redirect_handler(links), "/{slug}"))
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
@@ -163,6 +166,7 @@ def create_app(
 # -- the redirect path: lean on purpose ---------------------------------------------------------
 
 _OUTCOMES = {name: LINK_CLICKS.labels(name) for name in ("redirect", "fallback", "gone")}
+_REDIRECTED = _OUTCOMES["redirect"]
 _UNKNOWN = LINK_CLICKS.labels("unknown_slug")
 _NO_STORE = "no-store"
 _PAGES = {
@@ -172,61 +176,75 @@ _PAGES = {
 }
 
 
-async def follow(request: web.Request) -> web.StreamResponse:
-    links = request.app[LINKS_KEY]
-    slug = request.match_info["slug"]
-    link = links.table.links.get(slug)
-    if link is None:
-        if not links.loaded:  # restarting: every link would look unknown until the table is read
-            return _page(503, {"Retry-After": "1"})
-        _UNKNOWN.inc()
-        return _page(404)
-    qr = False
-    passed: list[tuple[str, str]] | None = None
-    if request.query_string:
-        passed = []
-        for key, value in request.query.items():
-            if key == QR_PARAM:
-                qr = value == "1"
-            elif key != CLICK_ID_PARAM:
-                passed.append((key, value))
-    headers = request.headers
-    user_agent = headers.get("User-Agent", "")
-    click_id = secrets.token_urlsafe(9)
-    clicks = links.table.clicks(slug) if link.max_clicks is not None else 0
-    now = time.time()
-    resolution = link.resolve(
-        now, clicks, user_agent, headers.get("Accept-Language", ""), passed, click_id
-    )
-    head = request.method == "HEAD"
-    if resolution.counted:
-        _OUTCOMES["redirect"].inc()
-        if not head:
-            links.table.count_click(slug)
-    else:
-        click_id = ""
-        _OUTCOMES["fallback" if resolution.location else "gone"].inc()
-    links.clicks.add(
-        Click(
-            link,
-            click_id,
+def redirect_handler(links: Links) -> Handler:
+    """The handler of ``GET|HEAD /{slug}``, bound to one service's state."""
+    table, clicks, click_ids = links.table, links.clicks, links.click_ids
+    queue, bound = clicks.queue, clicks.bound
+    trust_forwarded_for = links.settings.trust_forwarded_for
+
+    async def follow(request: web.Request) -> web.StreamResponse:
+        slug = request.match_info["slug"]
+        link = table.links.get(slug)
+        if link is None:
+            if not links.loaded:  # restarting: every link would look unknown until it is read
+                return _page(503, {"Retry-After": "1"})
+            _UNKNOWN.inc()
+            return _page(404)
+        qr = False
+        passed: list[tuple[str, str]] | None = None
+        if request.query_string:
+            passed = []
+            for key, value in request.query.items():
+                if key == QR_PARAM:
+                    qr = value == "1"
+                elif key != CLICK_ID_PARAM:
+                    passed.append((key, value))
+        headers = request.headers
+        user_agent = headers.get("User-Agent", "")
+        accept_language = headers.get("Accept-Language", "")
+        token = click_ids.take()
+        now = time.time()
+        prefix = link.click_prefix
+        if prefix is not None and passed is None:  # always on, untargeted, nothing passed on
+            status, location, reason, counted = link.status_code, prefix + token, "", True
+        else:
+            count = table.clicks(slug) if link.max_clicks is not None else 0
+            resolved = link.resolve(now, count, user_agent, accept_language, passed, token)
+            status, location, reason, counted = resolved
+        method = request.method
+        if counted:
+            _REDIRECTED.inc()
+            outcome = "redirect"
+            if method != "HEAD":
+                table.count_click(slug)
+        else:
+            _OUTCOMES["fallback" if location else "gone"].inc()
+            outcome = reason
+        # The raw facts only; the worker makes the touchpoint (tracker.clicks.click_touchpoint).
+        click = (
+            link.click_fields,
+            token,
             now,
-            request.method,
+            method,
             qr,
-            "redirect" if resolution.counted else resolution.reason,
-            resolution.location,
-            client_ip(request, links.settings.trust_forwarded_for),
+            outcome,
+            location,
+            truncate_ip(client_ip(request, trust_forwarded_for)),  # cached per address
             user_agent,
             headers.get("Referer", ""),
-            headers.get("Accept-Language", ""),
+            accept_language,
         )
-    )
-    if resolution.location:
-        return web.Response(
-            status=resolution.status,
-            headers={"Location": resolution.location, "Cache-Control": _NO_STORE},
-        )
-    return _page(resolution.status)
+        if len(queue) < bound:
+            queue.append(click)
+        else:
+            clicks.drop()
+        if location:
+            return web.Response(
+                status=status, headers={"Location": location, "Cache-Control": _NO_STORE}
+            )
+        return _page(status)
+
+    return follow
 
 
 def _page(status: int, headers: dict[str, str] | None = None) -> web.Response:

@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from tracker.clicks import ClickLink, languages
 from tracker.errors import FieldError, ValidationError
 
 __all__ = [
@@ -117,9 +118,10 @@ class TargetingRule:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What a click on a link leads to: a redirect (``location``) or a page (``status`` 404/410)."""
+class Resolution(NamedTuple):
+    """What a click on a link leads to: a redirect (``location``) or a page (``status`` 404/410).
+
+    A named tuple: one is made per redirect, and a frozen dataclass costs several times more."""
 
     status: int
     location: str = ""
@@ -153,6 +155,13 @@ class Link:
     _window: tuple[float, float] = field(
         default=(0.0, float("inf")), init=False, repr=False, compare=False
     )
+    click_prefix: str | None = field(default=None, init=False, repr=False, compare=False)
+    """For a link that is always on and untargeted: where every click goes, but for the click id
+    appended (and any query passed on). ``None`` for others: ask :meth:`resolve`."""
+    click_fields: ClickLink = field(
+        default=("", "", "", {}, ()), init=False, repr=False, compare=False
+    )
+    """What each click records of this link (tracker.clicks): slug, channel, campaign, UTM, tags."""
 
     def __post_init__(self) -> None:
         for url in (self.target, *(r.target for r in self.rules)):
@@ -160,6 +169,14 @@ class Link:
         since = self.valid_since.timestamp() if self.valid_since else 0.0
         until = self.valid_until.timestamp() if self.valid_until else float("inf")
         object.__setattr__(self, "_window", (since, until))
+        fields = (self.slug, self.channel, self.campaign, self.utm, self.tags)
+        object.__setattr__(self, "click_fields", fields)
+        if not (self.rules or self.disabled or self.valid_since or self.valid_until) and (
+            self.max_clicks is None
+        ):
+            prefix, has_query = self._prefixes[self.target]
+            joiner = "&" if has_query else "?"
+            object.__setattr__(self, "click_prefix", f"{prefix}{joiner}{CLICK_ID_PARAM}=")
 
     def resolve(
         self,
@@ -170,7 +187,11 @@ class Link:
         passed_query: list[tuple[str, str]] | None = None,
         click_id: str = "",
     ) -> Resolution:
-        """Where this click goes. ``clicks`` is how many the link has had so far."""
+        """Where this click goes. ``clicks`` is how many the link has had so far; ``click_id``
+        must be URL-safe (``A-Z a-z 0-9 - _``), as :class:`collectors.links._clicks.ClickIds`
+        draws them: it is appended as it is."""
+        if self.click_prefix is not None and click_id and not passed_query:
+            return Resolution(self.status_code, self.click_prefix + click_id, "", True)
         unavailable = self._unavailable(now, clicks)
         if unavailable is not None:
             status, reason = unavailable
@@ -186,15 +207,15 @@ class Link:
                     target = rule.target
                     break
         prefix, has_query = self._prefixes[target]
-        extra: list[tuple[str, str]] = []
         if passed_query and self.forward_query:
-            extra = passed_query
-        if click_id:
-            extra = [*extra, (CLICK_ID_PARAM, click_id)]
-        if not extra:
+            extra = urlencode(passed_query)
+            if click_id:
+                extra += f"&{CLICK_ID_PARAM}={click_id}"
+        elif click_id:
+            extra = f"{CLICK_ID_PARAM}={click_id}"
+        else:
             return Resolution(self.status_code, prefix, "", True)
-        joiner = "&" if has_query else "?"
-        return Resolution(self.status_code, prefix + joiner + urlencode(extra), "", True)
+        return Resolution(self.status_code, f"{prefix}{'&' if has_query else '?'}{extra}", "", True)
 
     def _unavailable(self, now: float, clicks: int) -> tuple[int, str] | None:
         if self.disabled:
@@ -400,27 +421,6 @@ def device_and_os(user_agent: str) -> tuple[str, str]:
     if "linux" in ua:
         return ("mobile" if "mobile" in ua else "desktop"), "linux"
     return ("mobile" if "mobi" in ua else "desktop"), ""
-
-
-@lru_cache(maxsize=1024)
-def languages(accept_language: str) -> tuple[str, ...]:
-    """Language tags from ``Accept-Language``, most preferred first, lower-cased; q=0 left out."""
-    ranked: list[tuple[float, int, str]] = []
-    for index, part in enumerate(accept_language.split(",")):
-        tag, _, params = part.strip().partition(";")
-        tag = tag.strip().lower()
-        if not tag or tag == "*":
-            continue
-        quality = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                quality = float(params[2:])
-            except ValueError:
-                quality = 0.0
-        if quality > 0:
-            ranked.append((-quality, index, tag))
-    return tuple(tag for _, _, tag in sorted(ranked))
 
 
 def _prefix(url: str, utm: dict[str, str]) -> tuple[str, bool]:

@@ -46,7 +46,9 @@ class LinkTable:
         return sum(counts.values()) if counts else 0
 
     def count_click(self, slug: str) -> None:
-        counts = self._counts.setdefault(slug, {})
+        counts = self._counts.get(slug)
+        if counts is None:
+            counts = self._counts[slug] = {}
         counts[self.instance] = counts.get(self.instance, 0) + 1
         self.dirty.add(slug)
 

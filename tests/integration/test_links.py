@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -150,6 +151,41 @@ def test_a_click_redirects_end_to_end_and_lands_in_clickhouse(links_pipeline: Pi
         "qr_scans": "1",
         "unique_clickers": "1",
     }
+
+
+def test_a_worker_killed_mid_stream_loses_and_duplicates_no_click(
+    links_pipeline: Pipeline,
+) -> None:
+    pipeline = links_pipeline
+    links_url = f"http://127.0.0.1:{pipeline.env['TRACKER_LINKS_PORT']}"
+    created = call("POST", links_url + "/api/links", {"target": "https://a.example/", "slug": "k"})
+    assert created[0] == 201
+    ids = set()
+
+    def click(n: int) -> None:
+        for _ in range(n):
+            status, _, headers = call("GET", links_url + "/k", follow=False)
+            assert status == 302
+            ids.add(parse_qs(urlsplit(headers["Location"]).query)["tc_id"][0])
+
+    click(150)
+    count = "SELECT count() FROM touchpoints WHERE properties['slug'] = 'k'"
+    wait_until(lambda: int(pipeline.query(count).strip() or 0) > 0, timeout=60)
+    worker = pipeline.components[0]
+    worker.stop(signal.SIGKILL)  # no graceful commit: what it stored but did not commit replays
+    click(150)  # the links service keeps shipping batches while no worker reads them
+    pipeline.components[0] = pipeline.worker().start()
+
+    expected = "300\t300\t300"
+    answer = pipeline.wait_for(
+        "SELECT count(), uniqExact(event_id), uniqExact(click_id) FROM touchpoints "
+        "WHERE properties['slug'] = 'k'",
+        expected,
+        timeout=90,
+    )
+    assert answer == expected
+    stored = pipeline.query("SELECT click_id FROM touchpoints WHERE properties['slug'] = 'k'")
+    assert set(stored.split()) == ids
 
 
 def test_links_are_shared_between_instances_and_survive_a_restart(

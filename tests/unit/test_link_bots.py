@@ -8,8 +8,7 @@ from datetime import timedelta
 import pytest
 
 from agents.enrich import classify_user_agent, enrich
-from collectors.links import parse_link
-from collectors.links._clicks import Click, click_touchpoint
+from tracker.clicks import ClickFacts, click_touchpoint
 
 # User agents as these fetchers send them.
 PREVIEWERS_AND_CRAWLERS = [
@@ -63,32 +62,36 @@ def test_browsers_are_people(agent: str) -> None:
     assert not classify_user_agent(agent).is_bot
 
 
-def _click(method: str, user_agent: str) -> Click:
-    link = parse_link({"target": "https://shop.example/", "utm": {"medium": "email"}}, slug="s1")
-    return Click(
-        link,
-        "clickid123",
-        time.time(),
-        method,
-        False,
-        "redirect",
-        "https://shop.example/?utm_medium=email&tc_id=clickid123",
-        "203.0.113.77",
-        user_agent,
-        "",
-        "",
+def _click(method: str, user_agent: str, location: str = "") -> ClickFacts:
+    return ClickFacts(
+        slug="s1",
+        channel="",
+        campaign="",
+        utm={"medium": "email"},
+        tags=(),
+        short_url="https://go.example/s1",
+        token="clickid12345",
+        ts=time.time(),
+        method=method,
+        qr=False,
+        outcome="redirect",
+        location=location or "https://shop.example/?utm_medium=email&tc_id=clickid12345",
+        ip="203.0.113.77",
+        user_agent=user_agent,
+        referrer="",
+        accept_language="",
     )
 
 
 def test_a_head_request_is_kept_as_a_bot_click() -> None:
-    touchpoint = click_touchpoint(_click("HEAD", PEOPLE[0]), "https://go.example/s1", "salt")
+    touchpoint = click_touchpoint(_click("HEAD", PEOPLE[0]), "salt")
     enriched = enrich(touchpoint)
     assert (enriched.is_bot, enriched.bot_reason) == (True, "head_request")
     assert touchpoint.context["ip"] == "203.0.113.0"
 
 
 def test_a_person_clicking_is_not_a_bot_and_lands_in_the_links_channel() -> None:
-    touchpoint = click_touchpoint(_click("GET", PEOPLE[3]), "https://go.example/s1", "salt")
+    touchpoint = click_touchpoint(_click("GET", PEOPLE[3]), "salt")
     enriched = enrich(touchpoint)
     assert not enriched.is_bot
     assert enriched.channel == "email"  # from the link's utm_medium
@@ -97,7 +100,6 @@ def test_a_person_clicking_is_not_a_bot_and_lands_in_the_links_channel() -> None
 
 
 def test_a_click_with_a_huge_query_is_still_recorded() -> None:
-    click = _click("GET", PEOPLE[0])
-    click.location += "&q=" + "x" * 10_000
-    touchpoint = click_touchpoint(click, "https://go.example/s1", "salt")
+    click = _click("GET", PEOPLE[0], "https://shop.example/?q=" + "x" * 10_000)
+    touchpoint = click_touchpoint(click, "salt")
     assert len(touchpoint.page["url"]) == 4096
