@@ -52,7 +52,7 @@ from tracker.pools import PoolBook
 from tracker.privacy import identifier_key
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
-from tracker.topology import Topology, ensure_topics
+from tracker.topology import TopicSpec, Topology, ensure_topics
 
 __all__ = ["build_worker", "run_worker"]
 
@@ -601,12 +601,24 @@ def _raw(event: Any) -> RawMessage:
     return RawMessage(event.value, message.topic, message.partition, message.offset)
 
 
-def _wait_for_topics(settings: Settings) -> None:
-    """Kafka may still be starting: wait for it, as the collectors do, rather than crash."""
+def _wait_for_topics(settings: Settings, app: faust.App) -> None:
+    """Kafka may still be starting: wait for it, as the collectors do, rather than crash. The
+    tables' changelogs are made here too, so Faust finds them instead of logging their absence."""
+    changelogs = [
+        TopicSpec(
+            name=table.changelog_topic.get_topic_name(),
+            partitions=table.partitions or settings.topic_partitions,
+            replication=settings.topic_replication,
+            cleanup_policy="compact",
+            retention_hours=0,
+            key=f"the {table.name} table's key",
+        )
+        for table in app.tables.values()
+    ]
     delay = 0.5
     while True:
         try:
-            asyncio.run(ensure_topics(settings))
+            asyncio.run(ensure_topics(settings, extra=changelogs))
             return
         except KafkaError as exc:
             log.warning("kafka not reachable yet", extra={"error": str(exc), "retry_in": delay})
@@ -620,7 +632,7 @@ def run_worker(settings: Settings) -> None:
     # the local hash salt's first write made it, so a worker with TRACKER_HASH_SALT set crashed.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, services, store = build_worker(settings)
-    _wait_for_topics(settings)
+    _wait_for_topics(settings, app)
     applied = store.run_sync(store.migrate_sync)
     log.info(
         "clickhouse ready",

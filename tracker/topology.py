@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -96,15 +97,18 @@ class Topology:
         ]
 
 
-async def ensure_topics(settings: Settings, topology: Topology | None = None) -> None:
-    """Create whichever topics are missing; existing ones are left as they are."""
+async def ensure_topics(
+    settings: Settings, topology: Topology | None = None, extra: Sequence[TopicSpec] = ()
+) -> None:
+    """Create whichever topics are missing (the topology's, and ``extra``); existing ones are
+    left as they are."""
     topology = topology or Topology.from_settings(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
         await _wait_for_group_coordinator(admin, settings.worker_id)
         existing = set(await admin.list_topics())
-        missing = [t for t in topology.all() if t.name not in existing]
+        missing = [t for t in [*topology.all(), *extra] if t.name not in existing]
         if not missing:
             return
         with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
