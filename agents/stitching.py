@@ -474,7 +474,12 @@ class JourneyStage:
             entry.version = max(entry.version, offset)
             return entry
 
-        def take(entry: _Touched, stored: StoredEvent, wire: Mapping[str, Any] | None) -> None:
+        def take(
+            entry: _Touched,
+            stored: StoredEvent,
+            wire: Mapping[str, Any] | None,
+            source: RawMessage,
+        ) -> None:
             """Keep an event here, or pass it on if its identifier has moved on since."""
             moved = entry.journey.forward_for(stored.primary, stored.routed)
             if moved is not None:
@@ -486,6 +491,7 @@ class JourneyStage:
             JOURNEY_LATE_EVENTS.inc(entry.journey.late_events - late_before)
             if wire is not None:
                 entry.rows[stored.event.event_id] = (decode_row(wire), wire)
+                sources[(stored.event.event_id, stored.version)] = source  # for a dead letter
             entry.changed = True
 
         for customer, value, source in records:
@@ -504,12 +510,13 @@ class JourneyStage:
                     entry,
                     StoredEvent(event, version, wire["primary"], False, wire["v"]),
                     wire["row"],
+                    source,
                 )
             elif kind == "restitch":
                 rows = wire.get("rows", {})
                 for saved in wire["events"]:
                     stored = StoredEvent.from_state(saved)
-                    take(entry, stored, rows.get(stored.event.event_id))
+                    take(entry, stored, rows.get(stored.event.event_id), source)
                 if wire.get("history"):
                     entry.journey.absorb((), History.from_state(wire["history"]))
                 entry.changed = True
