@@ -199,14 +199,18 @@ def _decode_touchpoint(value: bytes) -> Touchpoint:
 
 
 def undeliverable(
-    message: RawMessage, reason: str, errors: Sequence[FieldError] = (), event_id: str = ""
+    message: RawMessage,
+    reason: str,
+    errors: Sequence[FieldError] = (),
+    event_id: str = "",
+    stage: str = "ingest",
 ) -> DeadLetter:
     """The dead letter of a record (or one event of it) the worker cannot store. Its id follows
     from where the record is, so a replay of the same record is one dead letter."""
     return DeadLetter(
         dead_letter_id=str(uuid.uuid5(_DEAD_LETTER_NAMESPACE, message.coordinates)),
         source=_WORKER,
-        stage="ingest",
+        stage=stage,
         reason=reason,
         errors=tuple(errors) or (FieldError("$", reason),),
         event_id=event_id,

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -44,11 +44,9 @@ from agents.identity import (
     customer_id_for,
     identifiers_of,
 )
-from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row
+from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row, undeliverable
 from agents.journey import Friction, JourneyEvent, Session
 from agents.sink import FlushResult, Sink
-from tracker.deadletter import DeadLetter
-from tracker.errors import FieldError
 from tracker.identity_log import split_command
 from tracker.metrics import IDENTITY_CONFLICTS, JOURNEY_LATE_EVENTS, STITCH_EVENTS, WORKER_EVENTS
 from tracker.settings import Settings
@@ -514,9 +512,10 @@ class JourneyStage:
                 )
             elif kind == "restitch":
                 rows = wire.get("rows", {})
-                for saved in wire["events"]:
+                for item, saved in enumerate(wire["events"]):
                     stored = StoredEvent.from_state(saved)
-                    take(entry, stored, rows.get(stored.event.event_id), source)
+                    # One record, many rows: each its own place, so each its own dead letter.
+                    take(entry, stored, rows.get(stored.event.event_id), replace(source, item=item))
                 if wire.get("history"):
                     entry.journey.absorb((), History.from_state(wire["history"]))
                 entry.changed = True
@@ -629,16 +628,12 @@ class JourneyStage:
         WORKER_EVENTS.labels("written").inc(stored.written)
         WORKER_EVENTS.labels("duplicate").inc(stored.duplicates)
         WORKER_EVENTS.labels("dead_letter").inc(len(stored.refused))
-        for key, reason in stored.refused.items():
-            source = sources[key]
-            letter = DeadLetter(
-                dead_letter_id=str(uuid.uuid5(_CONFLICT_NAMESPACE, source.coordinates)),
-                source="worker",
+        for (event_id, version), reason in stored.refused.items():
+            letter = undeliverable(
+                sources[(event_id, version)],
+                f"ClickHouse refused the row: {reason}",
+                event_id=event_id,
                 stage="journey",
-                reason=f"ClickHouse refused the row: {reason}",
-                errors=(FieldError("$", reason),),
-                payload=source.value.decode("utf-8", errors="replace"),
-                received_ts=datetime.now(UTC),
             )
             self._dead_letters.add(
                 letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)
