@@ -11,6 +11,7 @@ from typing import Any
 import faust
 import orjson
 
+from agents.batches import acked_batches
 from agents.sink import ClickHouseSink, Sink
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
@@ -127,8 +128,8 @@ def add_links_mirror(
 
     @app.agent(topic, name="links")
     async def links(stream: Any) -> None:
-        async for events in stream.noack_take(
-            settings.sink_batch_size, within=settings.sink_flush_seconds
+        async for events in acked_batches(
+            stream, settings.sink_batch_size, settings.sink_flush_seconds
         ):
             await mirror_links(
                 sink,
@@ -138,8 +139,6 @@ def add_links_mirror(
                     if e.key is not None
                 ],
             )
-            for event in events:
-                await stream.ack(event)
 
 
 def _ts(raw: Any) -> datetime | None:

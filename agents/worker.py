@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from agents.batches import acked_batches
 from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
 from agents.clicks import expand_batches
 from agents.customer import rules_from_settings
@@ -442,10 +443,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
 
     @app.agent(dead_topic, name="dead_letters")
     async def dead_letters(stream: Any) -> None:
-        async for events in stream.noack_take(batch, within=within):
+        async for events in acked_batches(stream, batch, within):
             await pipeline.handle_dead_letters([_raw(e) for e in events])
-            for event in events:
-                await stream.ack(event)
 
     add_links_mirror(app, store, topology, settings)
 
@@ -469,12 +468,10 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     @app.agent(calls_topic, name="calls")
     async def calls(stream: Any) -> None:
         await _changelog_known(app, call_state)
-        async for events in stream.noack_take(batch, within=within):
+        async for events in acked_batches(stream, batch, within):
             if reservations is not None:
                 await reservations.caught_up()
             await calls_pipeline.handle([_raw(e) for e in events], call_state)
-            for event in events:
-                await stream.ack(event)
 
     add_stitching(app, store, topology, settings, outbox)
 
@@ -543,12 +540,10 @@ def add_stitching(
     @app.agent(identity_topic, name="identity")
     async def identity(stream: Any) -> None:
         await _changelog_known(app, identity_links)
-        async for events in stream.noack_take(batch, within=within):
+        async for events in acked_batches(stream, batch, within):
             await identity_stage.handle(
                 [(e.value, e.message.offset) for e in events], identity_links
             )
-            for event in events:
-                await stream.ack(event)
 
     async def forget_graph(sender: Any, revoked: Any, **kwargs: Any) -> None:
         identity_stage.reset()  # the next owner rebuilds it from the table
@@ -583,10 +578,8 @@ def add_stitching(
     @app.agent(journey_topic, name="journey")
     async def journey(stream: Any) -> None:
         await _changelog_known(app, journey_state)
-        async for events in stream.noack_take(batch, within=within):
+        async for events in acked_batches(stream, batch, within):
             await journey_stage.handle([(e.key, e.value, _raw(e)) for e in events], journey_state)
-            for event in events:
-                await stream.ack(event)
 
 
 async def _changelog_known(app: faust.App, table: Any) -> None:
