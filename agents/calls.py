@@ -19,12 +19,12 @@ import orjson
 
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
-from agents.sink import Sink
-from tracker.calls import TERMINAL_STATUSES, CallCallback, status_rank
+from collectors.calls.pools import NumberPool, PoolBook, Reservation
+from collectors.calls.records import TERMINAL_STATUSES, CallCallback, status_rank
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.metrics import CALL_CALLBACKS_MERGED, CALL_POOL_CALLS
-from tracker.pools import NumberPool, PoolBook, Reservation
+from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
 __all__ = [

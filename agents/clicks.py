@@ -1,6 +1,6 @@
 """Short-link click batches in, ``link_click`` touchpoints out. Plain Python, no Faust.
 
-Each record of ``links.click_batches`` holds many clicks (:mod:`tracker.clicks`). Every click
+Each record of ``links.click_batches`` holds many clicks (:mod:`collectors.links.records`). Every click
 becomes the touchpoint the links service used to build itself, with an ``event_id`` derived from
 the click, so a replayed batch is written once. A click the touchpoint schema refuses, or a record
 that is not a batch, becomes a dead letter with the reason.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import orjson
 
 from agents.ingest import RawMessage, undeliverable
-from tracker.clicks import click_event_id, click_touchpoint, decode_batch
+from collectors.links.records import click_event_id, click_touchpoint, decode_batch
 from tracker.deadletter import DeadLetter
 from tracker.errors import ValidationError
 from tracker.touchpoint import Touchpoint

@@ -13,10 +13,10 @@ import orjson
 
 from agents.enrich import enrich
 from agents.forget import ForgottenIdentifiers
-from agents.sink import Sink
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.metrics import WORKER_EVENTS
+from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
 __all__ = [

@@ -12,10 +12,10 @@ import faust
 import orjson
 
 from agents.batches import acked_batches
-from agents.sink import ClickHouseSink, Sink
+from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
-from tracker.topology import Topology
+from tracker.store.sink import ClickHouseSink, Sink
 
 __all__ = ["LINK_COLUMNS", "add_links_mirror", "link_row", "mirror_links"]
 

@@ -46,10 +46,10 @@ from agents.identity import (
 )
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row, undeliverable
 from agents.journey import Friction, JourneyEvent, Session
-from agents.sink import FlushResult, Sink
 from tracker.identity_log import split_command
 from tracker.metrics import IDENTITY_CONFLICTS, JOURNEY_LATE_EVENTS, STITCH_EVENTS, WORKER_EVENTS
 from tracker.settings import Settings
+from tracker.store.sink import FlushResult, Sink
 
 __all__ = [
     "ALIAS_COLUMNS",

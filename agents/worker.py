@@ -33,7 +33,6 @@ from agents.forget import ForgottenIdentifiers, erase
 from agents.identity import IdentityRules
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.links import add_links_mirror
-from agents.sink import ClickHouseSink
 from agents.stitching import (
     ALIAS_COLUMNS,
     CONFLICT_COLUMNS,
@@ -45,15 +44,16 @@ from agents.stitching import (
     JourneyStage,
     Outbox,
 )
-from tracker.compacted import CompactedState
+from collectors.calls.pools import PoolBook
 from tracker.console import create_console
+from tracker.kafka.compacted import CompactedState
+from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
 from tracker.metrics import WORKER_LAG, WORKER_READY
-from tracker.pools import PoolBook
 from tracker.privacy import identifier_key
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
-from tracker.topology import TopicSpec, Topology, ensure_topics
+from tracker.store.sink import ClickHouseSink
 
 __all__ = ["build_worker", "run_worker"]
 

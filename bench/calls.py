@@ -75,9 +75,9 @@ def serve(kind: str, port: int) -> None:
         app.router.add_post("/noop", noop)
     else:
         from collectors.calls import create_app
-        from tracker.calls import CallCallback
+        from collectors.calls.records import CallCallback
         from tracker.deadletter import DeadLetter
-        from tracker.producer import MemoryPublisher
+        from tracker.kafka.producer import MemoryPublisher
         from tracker.settings import Settings
 
         class DroppingPublisher(MemoryPublisher):

@@ -441,7 +441,7 @@ def measure_worker(
     bootstrap: str, prefix: str, mix: Mix, work: Path, tag: str, processes: Processes
 ) -> dict[str, Any]:
     """One fresh worker (own groups, own tables, own chDB) until every event is stitched."""
-    from tracker.kafka_local import free_port
+    from tracker.cli.kafka_local import free_port
 
     console = free_port()
     worker_id = f"bench-{tag}-worker"
@@ -552,7 +552,7 @@ class _NullSink:
         pass
 
     async def flush(self) -> Any:
-        from agents.sink import FlushResult
+        from tracker.store.sink import FlushResult
 
         return FlushResult(0, 0)
 
@@ -657,9 +657,9 @@ async def replay(records: Sequence[tuple[bytes, bytes]], traced: bool) -> dict[s
 
 
 def run_bench(customers: int, rounds: int) -> int:
-    from tracker.kafka_local import LocalKafka, free_port
+    from tracker.cli.kafka_local import LocalKafka, free_port
+    from tracker.kafka.topology import Topology, ensure_topics
     from tracker.settings import Settings
-    from tracker.topology import Topology, ensure_topics
 
     started = time.monotonic()
     run_tag = secrets.token_hex(3)

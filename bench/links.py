@@ -145,7 +145,7 @@ def main() -> int:
         sys.stderr.write("wrk is missing: apt-get install -y wrk\n")
         return 2
 
-    from tracker.kafka_local import LocalKafka, free_port
+    from tracker.cli.kafka_local import LocalKafka, free_port
 
     out = sys.stdout.write
     workdir = Path(tempfile.mkdtemp(prefix="bench-links-"))

@@ -112,7 +112,7 @@ def sample_event(rng: random.Random, now: str) -> dict[str, Any]:
 
 
 def wire_records(count: int, seed: int) -> Iterator[tuple[bytes, bytes]]:
-    """``(key, value)`` pairs exactly as tracker/producer.py writes them to the raw topic."""
+    """``(key, value)`` pairs exactly as tracker/kafka/producer.py writes them to the raw topic."""
     from tracker.touchpoint import RequestContext, accept
 
     rng = random.Random(seed)
@@ -399,9 +399,9 @@ def measure_beacon(base: str, batch: int) -> dict[str, Any]:
 
 
 def bench_beacon(bootstrap: str, work: Path, run_tag: str, processes: Processes) -> list[Figure]:
-    from tracker.kafka_local import free_port
+    from tracker.cli.kafka_local import free_port
+    from tracker.kafka.topology import Topology, ensure_topics
     from tracker.settings import Settings
-    from tracker.topology import Topology, ensure_topics
 
     beacon_prefix, baseline_prefix = f"bench-{run_tag}-beacon.", f"bench-{run_tag}-produce."
     for prefix in (beacon_prefix, baseline_prefix):
@@ -504,7 +504,7 @@ async def produce_baseline(
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        max_batch_size=256 * 1024,  # as tracker/producer.py
+        max_batch_size=256 * 1024,  # as tracker/kafka/producer.py
         client_id="bench-baseline",
     )
     await producer.start()
@@ -627,7 +627,7 @@ def measure_worker(
     bootstrap: str, prefix: str, work: Path, tag: str, processes: Processes
 ) -> dict[str, Any]:
     """Run one fresh worker (own group, own chDB) until it has stored the whole topic."""
-    from tracker.kafka_local import free_port
+    from tracker.cli.kafka_local import free_port
 
     console = free_port()
     logfile = work / f"worker-{tag}.log"
@@ -678,8 +678,8 @@ def measure_worker(
 
 
 def bench_worker(bootstrap: str, work: Path, run_tag: str, processes: Processes) -> list[Figure]:
+    from tracker.kafka.topology import Topology, ensure_topics
     from tracker.settings import Settings
-    from tracker.topology import Topology, ensure_topics
 
     prefix = f"bench-{run_tag}-worker."
     settings = Settings.from_env(
@@ -869,7 +869,7 @@ def bench_validation() -> list[Figure]:
 
 
 def machine() -> dict[str, Any]:
-    from tracker.kafka_local import KAFKA_VERSION
+    from tracker.cli.kafka_local import KAFKA_VERSION
 
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     git = subprocess.run(
@@ -896,7 +896,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_all() -> int:
-    from tracker.kafka_local import LocalKafka, free_port
+    from tracker.cli.kafka_local import LocalKafka, free_port
 
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed; bash bench/run installs it")

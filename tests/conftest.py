@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tracker.kafka_local import LocalKafka, free_port
+from tracker.cli.kafka_local import LocalKafka, free_port
 
 
 @pytest.fixture(scope="session")

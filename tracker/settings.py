@@ -12,13 +12,26 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from tracker.errors import ConfigError
-from tracker.pools import CAMPAIGN_KEYS, NumberPool
 from tracker.privacy import InvalidIdentifier, normalize_phone
 
-__all__ = ["Secret", "Settings"]
+__all__ = ["CAMPAIGN_KEYS", "NumberPool", "Secret", "Settings"]
+
+CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
+
+
+@dataclass(frozen=True, slots=True)
+class NumberPool:
+    """One pool from ``TRACKER_CALL_NUMBER_POOLS``. Numbers are E.164."""
+
+    name: str
+    numbers: tuple[str, ...]
+    fallback: str
+    campaign: Mapping[str, str] = field(default_factory=dict)
+    channel: str = "phone"
+
 
 LOCAL_KAFKA = "local"
 

@@ -14,8 +14,8 @@ from collectors.beacon._numbers import NumberReservations, numbers_handler
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, request_metrics
+from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS
-from tracker.producer import Publisher
 from tracker.settings import Settings
 from tracker.touchpoint import RequestContext, Touchpoint, accept
 

@@ -1,7 +1,7 @@
 """``POST /v1/numbers``: the beacon reserves a pool phone number for a web session.
 
 Reservations are records of the compacted, single-partition reservations topic
-(:mod:`tracker.pools` has the rules). Every beacon instance keeps a :class:`~tracker.pools.PoolBook`
+(:mod:`collectors.calls.pools` has the rules). Every beacon instance keeps a :class:`~collectors.calls.pools.PoolBook`
 rebuilt from it; an answer with a reserved number comes only after Kafka acknowledged the
 reservation and this instance has read it back and seen that it holds.
 """
@@ -19,14 +19,14 @@ import orjson
 import phonenumbers
 from aiohttp import web
 
-from tracker.compacted import CompactedLog, CompactedState, MemoryLog
+from collectors.calls.pools import NumberPool, PoolBook, Reservation
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import json_error, json_response
+from tracker.kafka.compacted import CompactedLog, CompactedState, MemoryLog
+from tracker.kafka.producer import Publisher
+from tracker.kafka.topology import Topology
 from tracker.metrics import CALL_POOL_DRY, CALL_POOL_FREE, CALL_POOL_RESERVATIONS
-from tracker.pools import NumberPool, PoolBook, Reservation
-from tracker.producer import Publisher
 from tracker.settings import Settings
-from tracker.topology import Topology
 from tracker.touchpoint import RequestContext, Touchpoint, accept
 
 __all__ = ["NumberReservations", "numbers_handler"]

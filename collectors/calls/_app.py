@@ -16,7 +16,7 @@ from collectors.calls._common import (
     WebhookRequest,
     redact_numbers,
 )
-from tracker.calls import CallCallback
+from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
 from tracker.http import add_health_routes, json_error, json_response, request_metrics

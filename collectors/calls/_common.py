@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from tracker.calls import CallCallback, normalize_number
+from collectors.calls.records import CallCallback, normalize_number
 from tracker.errors import FieldError, TrackerError
 from tracker.privacy import hash_identifier
 from tracker.settings import Secret, Settings

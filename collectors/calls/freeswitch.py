@@ -26,7 +26,7 @@ from collectors.calls._common import (
     single,
     text,
 )
-from tracker.calls import CallCallback
+from collectors.calls.records import CallCallback
 from tracker.errors import FieldError
 from tracker.settings import Settings
 

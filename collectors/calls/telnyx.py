@@ -28,7 +28,7 @@ from collectors.calls._common import (
     secret_or_refuse,
     text,
 )
-from tracker.calls import CallCallback
+from collectors.calls.records import CallCallback
 from tracker.errors import FieldError
 from tracker.settings import Settings
 

@@ -27,9 +27,9 @@ from collectors.links._model import (
 from collectors.links._state import LinkState, LinkTable
 from tracker.errors import BackpressureError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, measured
+from tracker.kafka.producer import Publisher
 from tracker.metrics import LINK_CLICKS
 from tracker.privacy import truncate_ip
-from tracker.producer import Publisher
 from tracker.settings import Settings
 
 COLLECTOR = "links"
@@ -220,7 +220,7 @@ def redirect_handler(links: Links) -> Handler:
         else:
             _OUTCOMES["fallback" if location else "gone"].inc()
             outcome = reason
-        # The raw facts only; the worker makes the touchpoint (tracker.clicks.click_touchpoint).
+        # The raw facts only; the worker makes the touchpoint (collectors.links.records.click_touchpoint).
         click = (
             link.click_fields,
             token,

@@ -2,11 +2,11 @@
 
 The redirect path only appends a :data:`Click` (a plain tuple of raw request facts) to a bounded
 in-memory queue. A background task packs up to :data:`BATCH_CLICKS` clicks into ONE Kafka record
-(:func:`tracker.clicks.encode_batch`: the raw facts plus the few link fields a touchpoint needs),
+(:func:`collectors.links.records.encode_batch`: the raw facts plus the few link fields a touchpoint needs),
 waiting up to :data:`LINGER_SECONDS` for a full batch, and produces it to ``links.click_batches``,
 retrying while Kafka is away. No validation happens
 here: the worker turns each click into a ``link_click`` touchpoint
-(:func:`tracker.clicks.click_touchpoint`). So the serving process spends about a microsecond per
+(:func:`collectors.links.records.click_touchpoint`). So the serving process spends about a microsecond per
 click, a slow or down Kafka never slows a redirect, and clicks are dropped (counted and logged as
 errors) only when the queue is full.
 """
@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from tracker.clicks import ClickLink, encode_batch
+from collectors.links.records import ClickLink, encode_batch
 from tracker.errors import BackpressureError
 from tracker.metrics import LINK_CLICK_QUEUE, LINK_CLICKS_DROPPED
 

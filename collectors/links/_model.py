@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from tracker.clicks import ClickLink, languages
+from collectors.links.records import ClickLink, languages
 from tracker.errors import FieldError, ValidationError
 
 __all__ = [
@@ -161,7 +161,7 @@ class Link:
     click_fields: ClickLink = field(
         default=("", "", "", {}, ()), init=False, repr=False, compare=False
     )
-    """What each click records of this link (tracker.clicks): slug, channel, campaign, UTM, tags."""
+    """What each click records of this link (collectors.links.records): slug, channel, campaign, UTM, tags."""
 
     def __post_init__(self) -> None:
         for url in (self.target, *(r.target for r in self.rules)):

@@ -18,9 +18,9 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from collectors.links._model import Link
-from tracker.compacted import CompactedState
+from tracker.kafka.compacted import CompactedState
+from tracker.kafka.topology import Topology
 from tracker.settings import Settings
-from tracker.topology import Topology
 
 __all__ = ["LinkState", "LinkTable"]
 

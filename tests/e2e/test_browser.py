@@ -18,9 +18,9 @@ from playwright.sync_api import Browser
 
 from collectors.beacon import create_app
 from tests.conftest import Pipeline
+from tracker.cli.kafka_local import free_port
 from tracker.deadletter import DeadLetter
-from tracker.kafka_local import free_port
-from tracker.producer import MemoryPublisher
+from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 from tracker.touchpoint import Touchpoint
 

@@ -12,7 +12,7 @@ from playwright.sync_api import Browser
 
 from tests.conftest import Pipeline, component_env
 from tests.e2e.test_browser import Server, page
-from tracker.kafka_local import LocalKafka
+from tracker.cli.kafka_local import LocalKafka
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.kafka_local import free_port
+from tracker.cli.kafka_local import free_port
 
 pytestmark = pytest.mark.e2e
 

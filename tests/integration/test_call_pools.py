@@ -16,7 +16,7 @@ import pytest
 from agents.calls import call_event_id
 from tests.conftest import Component, Pipeline, component_env, http, make_event, metric_value
 from tests.integration.test_calls import PUBLIC, TWILIO_TOKEN, twilio_callback
-from tracker.kafka_local import LocalKafka, free_port
+from tracker.cli.kafka_local import LocalKafka, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from agents.calls import call_event_id
 from tests.conftest import Pipeline, component_env
-from tracker.kafka_local import LocalKafka, free_port
+from tracker.cli.kafka_local import LocalKafka, free_port
 
 pytestmark = pytest.mark.integration
 

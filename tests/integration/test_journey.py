@@ -18,7 +18,7 @@ from collectors.links import CLICK_ID_PARAM
 from tests.conftest import Pipeline, component_env, make_event
 from tests.integration.test_calls import GENERIC_SECRET, generic_callback
 from tests.integration.test_links import FIREFOX, TOKEN, call
-from tracker.kafka_local import LocalKafka
+from tracker.cli.kafka_local import LocalKafka
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.conftest import Component, Pipeline, component_env
-from tracker.kafka_local import LocalKafka, free_port
+from tracker.cli.kafka_local import LocalKafka, free_port
 
 pytestmark = pytest.mark.integration
 

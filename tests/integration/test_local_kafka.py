@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import tracker.kafka_local as kafka_local
-from tracker.kafka_local import LocalKafka, free_port
+import tracker.cli.kafka_local as kafka_local
+from tracker.cli.kafka_local import LocalKafka, free_port
 
 pytestmark = pytest.mark.integration
 

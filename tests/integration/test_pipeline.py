@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pipeline, component_env, http, make_event, wait_for_metric
-from tracker.kafka_local import LocalKafka, free_port
+from tracker.cli.kafka_local import LocalKafka, free_port
 from tracker.privacy import identifier_key
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ from agents.ingest import (
     RawMessage,
     touchpoint_row,
 )
-from agents.sink import ClickHouseSink
 from agents.stitching import ALIAS_COLUMNS
 from tracker.errors import StoreError
 from tracker.store import ClickHouseStore, load_migrations
+from tracker.store.sink import ClickHouseSink
 from tracker.touchpoint import RequestContext, accept
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from collectors.beacon import create_app
-from tracker.producer import MemoryPublisher
+from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 
 

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from collectors.beacon import NumberReservations, create_app
-from tracker.compacted import MemoryLog
-from tracker.producer import MemoryPublisher
+from tracker.kafka.compacted import MemoryLog
+from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 
 POOLS = {

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from agents.calls import CALL_COLUMNS, CallsPipeline, call_event_id, merge_callbacks
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage
-from agents.sink import MemorySink
-from tracker.calls import CALL_STATUSES, CallCallback
+from collectors.calls.records import CALL_STATUSES, CallCallback
+from tracker.store.sink import MemorySink
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 

@@ -27,8 +27,8 @@ from vonage_jwt.verify_jwt import verify_signature
 
 from collectors.calls import PROVIDERS, create_app
 from collectors.calls._common import WebhookRequest
-from tracker.calls import CallCallback, hash_number
-from tracker.producer import MemoryPublisher
+from collectors.calls.records import CallCallback, hash_number
+from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 
 PUBLIC = "https://calls.example.com"

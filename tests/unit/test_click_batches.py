@@ -7,11 +7,11 @@ import time
 
 from agents.clicks import expand_batches
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
-from agents.sink import MemorySink
 from collectors.links import parse_link
 from collectors.links._clicks import BATCH_BYTES, Click, ClickBuffer, ClickIds
-from tracker.clicks import decode_batch, encode_batch
-from tracker.producer import MemoryPublisher
+from collectors.links.records import decode_batch, encode_batch
+from tracker.kafka.producer import MemoryPublisher
+from tracker.store.sink import MemorySink
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 LINK = parse_link(

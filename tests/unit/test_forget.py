@@ -7,8 +7,8 @@ import pytest
 
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import IngestPipeline, RawMessage
-from agents.sink import MemorySink
 from tracker.privacy import InvalidIdentifier, hash_identifier, identifier_key
+from tracker.store.sink import MemorySink
 from tracker.touchpoint import RequestContext, accept
 
 CONTEXT = RequestContext(

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 import orjson
 
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
-from agents.sink import MemorySink
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
+from tracker.store.sink import MemorySink
 from tracker.touchpoint import RequestContext, accept
 
 CONTEXT = RequestContext(

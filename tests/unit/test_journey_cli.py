@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from tracker.errors import TrackerError
-from tracker.journey_cli import (
+from tracker.cli.journey import (
     Journey,
     TimelineEvent,
     belongs,
@@ -18,6 +17,7 @@ from tracker.journey_cli import (
     render_text,
     stored_key,
 )
+from tracker.errors import TrackerError
 from tracker.privacy import hash_identifier
 from tracker.settings import Settings
 

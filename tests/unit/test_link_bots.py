@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from agents.enrich import classify_user_agent, enrich
-from tracker.clicks import ClickFacts, click_touchpoint
+from collectors.links.records import ClickFacts, click_touchpoint
 
 # User agents as these fetchers send them.
 PREVIEWERS_AND_CRAWLERS = [

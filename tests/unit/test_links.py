@@ -20,7 +20,7 @@ from collectors.links import create_app, parse_link
 from collectors.links._app import LINKS_KEY, TokenBuckets
 from collectors.links._model import device_and_os, generate_slug, languages, validate_slug
 from tracker.errors import ValidationError
-from tracker.producer import MemoryPublisher
+from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 from tracker.touchpoint import Touchpoint
 
@@ -434,7 +434,7 @@ async def _metric(client: TestClient[web.Request, web.Application], sample: str)
 
 async def test_link_changes_and_deletes_become_versioned_rows() -> None:
     from agents.links import LINK_COLUMNS, mirror_links
-    from agents.sink import MemorySink
+    from tracker.store.sink import MemorySink
 
     sink = MemorySink()
     first = parse_link({"target": "https://a.example/", "utm": {"source": "x"}}, slug="m1")

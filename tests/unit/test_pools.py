@@ -12,11 +12,11 @@ from prometheus_client import REGISTRY
 
 from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage
-from agents.sink import MemorySink
-from tracker.calls import CallCallback
+from collectors.calls.pools import NumberPool, PoolBook, Reservation
+from collectors.calls.records import CallCallback
 from tracker.errors import ConfigError
-from tracker.pools import NumberPool, PoolBook, Reservation
 from tracker.settings import Settings
+from tracker.store.sink import MemorySink
 
 POOL = NumberPool("spring", ("+18005550101", "+18005550102", "+18005550103"), "+18005550100")
 WINDOW = timedelta(minutes=30)

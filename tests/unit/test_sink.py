@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agents.sink import ClickHouseSink
 from tracker.errors import StoreError
 from tracker.store import QueryResult
+from tracker.store.sink import ClickHouseSink
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from agents.customer import CustomerJourney, JourneyRules
 from agents.identity import Identifier, customer_id_for, identifiers_of
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, touchpoint_row
-from agents.sink import MemorySink
 from agents.stitching import IdentityStage, JourneyStage, Outgoing, encode_row, split_command
+from tracker.store.sink import MemorySink
 from tracker.touchpoint import Touchpoint
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)

@@ -16,12 +16,12 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from tracker.calls import CallCallback
+from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError
+from tracker.kafka.topology import Topology, ensure_topics
 from tracker.metrics import KAFKA_PRODUCE_FAILURES
 from tracker.settings import Settings
-from tracker.topology import Topology, ensure_topics
 from tracker.touchpoint import Touchpoint
 
 __all__ = ["KafkaPublisher", "MemoryPublisher", "Publisher"]
@@ -121,7 +121,7 @@ class KafkaPublisher:
         await self._send_all(producer, calls, records, dead_letters)
 
     async def publish_click_batch(self, value: bytes, key: str, clicks: int) -> None:
-        """One compact batch of short-link clicks (:mod:`tracker.clicks`) to its own topic."""
+        """One compact batch of short-link clicks (:mod:`collectors.links.records`) to its own topic."""
         producer = self._producer
         retry_after = float(self._settings.retry_after_seconds)
         if producer is None:

@@ -18,9 +18,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-from tracker.kafka_local import LocalKafka
+from tracker.cli.kafka_local import LocalKafka
+from tracker.kafka.topology import ensure_topics
 from tracker.settings import Settings
-from tracker.topology import ensure_topics
 
 __all__ = ["run_up"]
 

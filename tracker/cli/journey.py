@@ -467,7 +467,7 @@ async def _produce_split(settings: Settings, left: str, right: str) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from tracker.topology import Topology, ensure_topics
+    from tracker.kafka.topology import Topology, ensure_topics
 
     topology = Topology.from_settings(settings)
     producer = AIOKafkaProducer(

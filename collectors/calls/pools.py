@@ -39,6 +39,8 @@ from typing import Any, Final
 
 import orjson
 
+from tracker.settings import CAMPAIGN_KEYS, NumberPool
+
 __all__ = [
     "CAMPAIGN_KEYS",
     "START_GRACE",
@@ -47,23 +49,11 @@ __all__ = [
     "Reservation",
 ]
 
-CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
 # Providers stamp call times to the second, from clocks of their own: a call may seem to start a
 # moment before the reservation whose number was dialled. Only when no window holds a call's start
 # does a reservation starting this little after it claim the call.
 START_GRACE: Final = timedelta(seconds=10)
 _NEVER: Final = datetime.min.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class NumberPool:
-    """One pool from ``TRACKER_CALL_NUMBER_POOLS``. Numbers are E.164."""
-
-    name: str
-    numbers: tuple[str, ...]
-    fallback: str
-    campaign: Mapping[str, str] = field(default_factory=dict)
-    channel: str = "phone"
 
 
 @dataclass(frozen=True, slots=True)

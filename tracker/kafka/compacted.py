@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from tracker.errors import BackpressureError
+from tracker.kafka.topology import Topology, ensure_topics
 from tracker.settings import Settings
-from tracker.topology import Topology, ensure_topics
 
 __all__ = ["Apply", "CompactedLog", "CompactedState", "MemoryLog"]
 

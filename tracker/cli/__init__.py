@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     forget.set_defaults(run=_forget)
 
-    from tracker.journey_cli import add_journey_commands
-    from tracker.links_cli import add_links_commands
+    from tracker.cli.journey import add_journey_commands
+    from tracker.cli.links import add_links_commands
 
     add_journey_commands(commands)
     add_links_commands(commands)
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _up(settings: Settings, _: argparse.Namespace) -> int:
-    from tracker.runtime import run_up
+    from tracker.cli.runtime import run_up
 
     return run_up(settings.with_hash_salt())
 
@@ -116,7 +116,7 @@ def _worker(settings: Settings, _: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from tracker.producer import KafkaPublisher
+    from tracker.kafka.producer import KafkaPublisher
 
     settings = settings.with_hash_salt()
     _use_uvloop()
@@ -216,7 +216,7 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.demo import run_demo
+    from tracker.cli.demo import run_demo
 
     sys.stdout.write(run_demo(settings, customers=args.customers, seed=args.seed, wait=args.wait))
     return 0

@@ -1,0 +1,1 @@
+"""Kafka adapters: the publisher collectors produce through, compacted-topic state, the topics."""
