@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from tracker.cli.client import run_query
 from tracker.errors import TrackerError
 from tracker.settings import Settings
 
@@ -159,10 +160,8 @@ def demo_events(customers: int, seed: int, now: datetime) -> list[dict[str, Any]
 
 
 def run_demo(settings: Settings, customers: int = 200, seed: int = 7, wait: float = 60.0) -> str:
-    from tracker.cli import run_query
-
     events = demo_events(customers, seed, datetime.now(UTC))
-    before = _count(settings, run_query)
+    before = _count(settings)
     accepted = rejected = 0
     url = f"http://127.0.0.1:{settings.beacon_port}/v1/events"
     for start in range(0, len(events), 50):
@@ -172,7 +171,7 @@ def run_demo(settings: Settings, customers: int = 200, seed: int = 7, wait: floa
     deadline = time.monotonic() + wait
     landed = 0
     while time.monotonic() < deadline:
-        landed = _count(settings, run_query) - before
+        landed = _count(settings) - before
         if landed >= accepted:
             break
         time.sleep(0.5)
@@ -197,7 +196,7 @@ def run_demo(settings: Settings, customers: int = 200, seed: int = 7, wait: floa
     return "\n".join(lines) + "\n"
 
 
-def _count(settings: Settings, run_query: Any) -> int:
+def _count(settings: Settings) -> int:
     return int(run_query(settings, "SELECT count() FROM touchpoints").strip() or 0)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from tracker.cli.client import run_query
 from tracker.errors import TrackerError
 from tracker.identity_log import split_command, split_key
 from tracker.privacy import IDENTIFIER_KINDS, InvalidIdentifier, identifier_key
@@ -273,8 +274,6 @@ def _current_customer(settings: Settings, raw: str) -> str | None:
 
 
 def _rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
-    from tracker.cli import run_query
-
     output = run_query(settings, sql, "json")
     return [orjson.loads(line) for line in output.splitlines() if line.strip()]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from tracker.cli.client import run_query
 from tracker.errors import TrackerError
 from tracker.settings import Settings
 
@@ -203,8 +204,6 @@ def _qr(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.cli import run_query
-
     where = f"AND properties['slug'] = '{_slug(args.slug)}'" if args.slug else ""
     sys.stdout.write(run_query(settings, STATS_SQL.format(where=where), args.format))
     return 0

@@ -16,7 +16,6 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError
 from tracker.kafka.topology import Topology, ensure_topics
@@ -24,9 +23,18 @@ from tracker.metrics import KAFKA_PRODUCE_FAILURES
 from tracker.settings import Settings
 from tracker.touchpoint import Touchpoint
 
-__all__ = ["KafkaPublisher", "MemoryPublisher", "Publisher"]
+__all__ = ["KafkaPublisher", "KeyedRecord", "MemoryPublisher", "Publisher"]
 
 log = logging.getLogger(__name__)
+
+
+class KeyedRecord(Protocol):
+    """A channel's record for its own topic, such as a call callback: a key and a wire form."""
+
+    @property
+    def call_key(self) -> str: ...
+
+    def to_wire(self) -> dict[str, Any]: ...
 
 
 class Publisher(Protocol):
@@ -108,7 +116,7 @@ class KafkaPublisher:
         await self._send_all(producer, raw, records, dead_letters)
 
     async def publish_calls(
-        self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()
+        self, callbacks: Sequence[KeyedRecord], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
         """Call callbacks to the calls topic, keyed by call so one worker merges each call."""
         producer = self._producer
@@ -176,7 +184,7 @@ class MemoryPublisher:
 
     def __init__(self) -> None:
         self.touchpoints: list[Touchpoint] = []
-        self.calls: list[CallCallback] = []
+        self.calls: list[KeyedRecord] = []
         self.click_batches: list[bytes] = []
         self.dead_letters: list[DeadLetter] = []
         self.unavailable = False
@@ -205,7 +213,7 @@ class MemoryPublisher:
         self.click_batches.append(value)
 
     async def publish_calls(
-        self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()
+        self, callbacks: Sequence[KeyedRecord], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
         if self.unavailable:
             raise BackpressureError("memory publisher marked unavailable", 1.0)

@@ -1,0 +1,60 @@
+"""The one HTTP client for the running instance's console, for every CLI command that asks it.
+
+With embedded chDB only the worker's process can read ClickHouse, so queries and forgets go
+through its console; with a ClickHouse server, queries go straight to the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.error
+import urllib.request
+
+import orjson
+
+from tracker.console import QUERY_FORMATS, split_format
+from tracker.errors import TrackerError
+from tracker.settings import Settings
+
+__all__ = ["console_request", "run_query"]
+
+
+def run_query(settings: Settings, sql: str, format_name: str = "tsv") -> str:
+    """Through the running instance's console for embedded chDB; straight to a ClickHouse server otherwise."""
+    if not settings.uses_embedded_clickhouse:
+        from tracker.store import ClickHouseStore
+
+        store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+        statement, clickhouse_format = split_format(sql, QUERY_FORMATS[format_name])
+        try:
+            data: bytes = store.run_sync(store.raw_query_sync, statement, clickhouse_format, True)
+        finally:
+            store.close()
+        return data.decode()
+    answer = console_request(settings, "/api/query", {"sql": sql, "format": format_name}, "query")
+    return answer.decode()
+
+
+def console_request(settings: Settings, path: str, body: dict[str, object], what: str) -> bytes:
+    """POST to the running instance's console; its JSON errors become a TrackerError."""
+    headers = {"Content-Type": "application/json"}
+    if settings.api_token:
+        headers["Authorization"] = f"Bearer {settings.api_token.value}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.console_port}{path}", data=orjson.dumps(body), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer: bytes = response.read()
+            return answer
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+            detail = orjson.loads(detail)["error"]
+        raise TrackerError(f"{what} failed: {detail}") from None
+    except urllib.error.URLError as exc:
+        raise TrackerError(
+            f"no running instance answers on port {settings.console_port} ({exc.reason}); "
+            "start one with `tracker up`"
+            + (", or set TRACKER_CLICKHOUSE_URL to a ClickHouse server" if what == "query" else "")
+        ) from None
