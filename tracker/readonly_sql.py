@@ -107,7 +107,7 @@ def check_query(sql: str) -> ReadOnlyQuery:
     end, fmt = len(statement), None
     if (
         len(statement) > 2
-        and statement[-2].text.upper() == "FORMAT"
+        and _word(statement[-2]) == "FORMAT"
         and statement[-1].token_type not in _LITERALS | {TokenType.IDENTIFIER}
         and _FORMAT_NAME.match(statement[-1].text)
     ):
