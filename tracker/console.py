@@ -104,7 +104,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     if not isinstance(sql, str) or not sql.strip():
         return json_error(400, '"sql" must be a non-empty string')
     format_name = body.get("format", "tsv")
-    if format_name not in QUERY_FORMATS:
+    if not isinstance(format_name, str) or format_name not in QUERY_FORMATS:
         return json_error(400, f"format must be one of {', '.join(QUERY_FORMATS)}")
     settings = request.app[SETTINGS_KEY]
     try:
