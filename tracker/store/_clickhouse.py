@@ -124,10 +124,17 @@ class ClickHouseStore:
     def _forget_client(self) -> None:
         """Drop the shared client after a failed statement. chDB keeps what a failed statement
         had written so far in its connection handle and puts it in front of the next answer on
-        that handle, so a handle that saw a failure is never used again."""
-        if self.embedded and self._client is not None:
-            self._client.close()
-            self._client = None
+        that handle, so a handle that saw a failure is never used again. The new handle is
+        opened before the old one closes: the engine stops when its last handle closes."""
+        if not self.embedded or self._client is None:
+            return
+        spent, self._client = self._client, None
+        try:
+            self._client = self._open()
+        except Exception as exc:  # the next call opens one, or says why it cannot
+            log.warning("could not reopen ClickHouse", extra={"error": repr(exc)})
+        finally:
+            spent.close()
 
     def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         try:
