@@ -52,9 +52,34 @@ def _words(marker_path: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _attacks(marker_path: str) -> list[str]:
+    """The issue's attacks, for the fuzzer to wrap in noise."""
+    return [
+        f"SELECT 'x' INTO OUTFILE '{marker_path}' TRUNCATE FORMAT TSVRaw",
+        f"SELECT 'x' INTO OUTFILE '{marker_path}' APPEND",
+        f"SELECT 'x' INTO OUTFILE '{marker_path}' COMPRESSION 'gzip'",
+        f"SELECT 'x' INTO OUTFILE '{MARKER}.txt'",
+        "KILL QUERY WHERE 1",
+        "SELECT 'hx-leak'; DROP TABLE links",
+        "SELECT 'hx-leak' FROM numbers(100000) WHERE number % 1000 = 0 AND throwIf(number = 99000) = 0",
+        f"SELECT * FROM file('{marker_path}', 'LineAsString')",
+        "SELECT * FROM url('http://127.0.0.1:9/', 'TSV', 'a String')",
+        "SELECT 1 SETTINGS readonly = 0",
+        "SELECT count() FROM numbers(1000000000000)",
+    ]
+
+
 def sql_text(marker_path: str) -> st.SearchStrategy[str]:
     soup = st.lists(st.sampled_from(_words(marker_path)), min_size=1, max_size=14)
+    noise = st.lists(st.sampled_from(_words(marker_path)), max_size=3).map(" ".join)
     return st.one_of(
+        st.builds(
+            lambda before, attack, after: f"{before} {attack} {after}",
+            noise,
+            st.sampled_from(_attacks(marker_path)),
+            noise,
+        ),
+        soup.map(lambda words: "SELECT " + " ".join(words)),
         soup.map(" ".join),
         soup.map("".join),
         st.text(max_size=80),
@@ -109,6 +134,9 @@ def check_answer(console: Pipeline, path: str, body: bytes) -> None:
         assert status == 503 and headers.get("Retry-After"), (status, answer, body)
     elif status >= 400:
         assert isinstance(answer, dict) and answer.get("error"), (status, answer, body)
+        if str(answer["error"]).startswith("ClickHouse"):
+            # It failed in the engine, perhaps halfway: nothing of it may reach the next answer.
+            assert console.query("SELECT 'mine'") == "mine\n", body
 
 
 def test_no_query_or_forget_breaks_the_console_or_writes_anything(fuzzed: Pipeline) -> None:
