@@ -46,6 +46,7 @@ from agents.stitching import (
 )
 from collectors.calls.pools import PoolBook
 from tracker.console import create_console
+from tracker.errors import BackpressureError
 from tracker.kafka.compacted import CompactedState
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
@@ -286,13 +287,19 @@ class ForgetService(Service):
                 self._forgotten.add(record.key.decode())
 
     async def forget(self, identifier: str) -> dict[str, Any]:
-        """Raises ``InvalidIdentifier`` for a malformed identifier."""
+        """Raises ``InvalidIdentifier`` for a malformed identifier, ``BackpressureError`` when
+        Kafka does not take the forget (nothing is changed then)."""
         key = identifier_key(
             identifier, self._settings.hash_salt.value, self._settings.default_phone_region
         )
         assert self._producer is not None
         record = {"identifier": key, "forgotten_at": datetime.now(UTC).isoformat()}
-        await self._producer.send_and_wait(self._topic, orjson.dumps(record), key=key.encode())
+        try:
+            await self._producer.send_and_wait(self._topic, orjson.dumps(record), key=key.encode())
+        except KafkaError as exc:
+            raise BackpressureError(
+                f"Kafka did not take the forget: {exc!r}", self._settings.retry_after_seconds
+            ) from exc
         self._forgotten.add(key)
         async with self._ingest.lock:  # a batch being written now cannot land after the erase
             erased = await erase(self._store, key)

@@ -7,21 +7,20 @@ bound to localhost unless ``TRACKER_CONSOLE_HOST`` says otherwise.
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiokafka.errors import KafkaError
 
-from tracker.errors import StoreError
+from tracker.errors import QueryRefused, TrackerError
 from tracker.http import add_health_routes, json_error, json_response, request_metrics
 from tracker.privacy import InvalidIdentifier
+from tracker.readonly_sql import check_query
 from tracker.settings import Settings
-from tracker.store import ClickHouseStore
+from tracker.store import ClickHouseStore, QueryLimits
 
-__all__ = ["QUERY_FORMATS", "create_console", "split_format"]
+__all__ = ["QUERY_FORMATS", "create_console", "query_limits"]
 
 QUERY_FORMATS = {
     "tsv": "TabSeparated",
@@ -31,7 +30,6 @@ QUERY_FORMATS = {
     "pretty": "PrettyCompactMonoBlock",
     "vertical": "Vertical",
 }
-_TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*$", re.IGNORECASE)
 STORE_KEY = web.AppKey("store", ClickHouseStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
@@ -84,11 +82,14 @@ async def forget_identifier(request: web.Request) -> web.Response:
         return json_response(await request.app[FORGET_KEY](identifier))
     except InvalidIdentifier as exc:
         return json_error(400, f"identifier {exc}")
-    except (StoreError, KafkaError) as exc:
+    except TrackerError as exc:
+        if not exc.retriable:
+            raise
+        retry_after = request.app[SETTINGS_KEY].retry_after_seconds
         return json_error(
             503,
             f"could not forget now, nothing is lost by retrying: {exc}",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(retry_after)},
         )
 
 
@@ -103,23 +104,32 @@ async def query(request: web.Request) -> web.StreamResponse:
     if not isinstance(sql, str) or not sql.strip():
         return json_error(400, '"sql" must be a non-empty string')
     format_name = body.get("format", "tsv")
-    if format_name not in QUERY_FORMATS:
+    if not isinstance(format_name, str) or format_name not in QUERY_FORMATS:
         return json_error(400, f"format must be one of {', '.join(QUERY_FORMATS)}")
-    store = request.app[STORE_KEY]
-    sql, clickhouse_format = split_format(sql, QUERY_FORMATS[format_name])
+    settings = request.app[SETTINGS_KEY]
     try:
-        output = await store.raw_query(sql, clickhouse_format)
-    except StoreError as exc:
+        checked = check_query(sql)
+        # As in clickhouse-client, a trailing FORMAT in the SQL wins over "format".
+        output = await request.app[STORE_KEY].raw_query(
+            checked.statement, checked.format or QUERY_FORMATS[format_name], query_limits(settings)
+        )
+    except QueryRefused as exc:
+        return json_error(400, str(exc))
+    except TrackerError as exc:
+        if exc.retriable:
+            return json_error(
+                503,
+                f"ClickHouse cannot answer now; retry: {exc}",
+                headers={"Retry-After": str(settings.retry_after_seconds)},
+            )
         return json_error(400, str(exc))
     return web.Response(body=output, content_type="text/plain", charset="utf-8")
 
 
-def split_format(sql: str, default: str) -> tuple[str, str]:
-    """The statement and its output format: as in clickhouse-client, a trailing FORMAT wins."""
-    sql = sql.strip().rstrip(";")
-    if trailing := _TRAILING_FORMAT.search(sql):
-        return sql[: trailing.start()], trailing.group(1)
-    return sql, default
+def query_limits(settings: Settings) -> QueryLimits:
+    return QueryLimits(
+        settings.query_max_seconds, settings.query_max_memory_bytes, settings.query_max_rows
+    )
 
 
 async def page(_: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ __all__ = [
     "BackpressureError",
     "ConfigError",
     "FieldError",
+    "QueryRefused",
     "StoreError",
     "TrackerError",
     "ValidationError",
@@ -59,3 +60,10 @@ class StoreError(TrackerError):
     def __init__(self, message: str, retriable: bool = True) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class QueryRefused(TrackerError):
+    """A console query that is not one read-only statement, or that passed a console limit.
+
+    The message says why, in words a person can act on; retrying the same query is futile.
+    """

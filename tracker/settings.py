@@ -107,6 +107,10 @@ class Settings:
     journey_conversions: tuple[Mapping[str, Any], ...] = ()
     friction_thresholds: Mapping[str, float] = field(default_factory=dict)
     identity_limits: Mapping[str, int] = field(default_factory=dict)
+    # Limits of every console query (tracker/console.py, docs/http-api.md).
+    query_max_seconds: float = 30.0
+    query_max_memory_bytes: int = 1_073_741_824
+    query_max_rows: int = 100_000
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -185,12 +189,23 @@ class Settings:
             links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
             **_call_settings(reader),
             **_journey_settings(reader),
+            **_query_settings(reader),
         )
 
 
 def _read_local_salt(data_dir: Path) -> str:
     path = data_dir / "hash_salt"
     return path.read_text().strip() if path.exists() else ""
+
+
+def _query_settings(reader: _Reader) -> dict[str, Any]:
+    return {
+        "query_max_seconds": reader.number("TRACKER_QUERY_MAX_SECONDS", 30.0),
+        "query_max_memory_bytes": reader.integer(
+            "TRACKER_QUERY_MAX_MEMORY_BYTES", 1_073_741_824, minimum=16_777_216
+        ),
+        "query_max_rows": reader.integer("TRACKER_QUERY_MAX_ROWS", 100_000, minimum=1),
+    }
 
 
 def _call_settings(reader: _Reader) -> dict[str, Any]:

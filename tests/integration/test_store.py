@@ -23,8 +23,8 @@ from agents.ingest import (
     touchpoint_row,
 )
 from agents.stitching import ALIAS_COLUMNS
-from tracker.errors import StoreError
-from tracker.store import ClickHouseStore, load_migrations
+from tracker.errors import QueryRefused, StoreError
+from tracker.store import ClickHouseStore, QueryLimits, load_migrations
 from tracker.store.sink import ClickHouseSink
 from tracker.touchpoint import RequestContext, accept
 
@@ -82,11 +82,76 @@ def test_contract_columns_exist(store: ClickHouseStore) -> None:
     assert {"reason", "payload"} <= dead
 
 
-def test_read_only_queries_cannot_write(store: ClickHouseStore) -> None:
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE touchpoints",
+        "INSERT INTO touchpoints (event_id) VALUES (generateUUIDv4())",
+        "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+        "SELECT 1 SETTINGS readonly = 0",
+    ],
+)
+def test_console_queries_cannot_write_even_past_the_statement_check(
+    store: ClickHouseStore, statement: str
+) -> None:
+    """The engine's readonly=1 is the second wall: the store refuses writes whatever it is sent."""
     store.run_sync(store.migrate_sync)
-    with pytest.raises(StoreError, match="readonly"):
-        store.run_sync(store.raw_query_sync, "DROP TABLE touchpoints", "TabSeparated", True)
+    with pytest.raises(StoreError, match="READONLY"):
+        store.run_sync(store.raw_query_sync, statement, "TabSeparated", QueryLimits())
     assert store.run_sync(store.query_sync, "SELECT count() FROM touchpoints").rows == [(0,)]
+
+
+def test_what_a_failed_console_query_wrote_never_reaches_the_next_answer(
+    store: ClickHouseStore,
+) -> None:
+    store.run_sync(store.migrate_sync)
+    with pytest.raises(StoreError):
+        store.run_sync(
+            store.raw_query_sync, "SELECT 'hx-leak'; DROP TABLE links", "TSV", QueryLimits()
+        )
+    # One statement that fails after its first block of output was written.
+    with pytest.raises(StoreError):
+        store.run_sync(
+            store.raw_query_sync,
+            "SELECT 'hx-leak', throwIf(number = 70000) FROM numbers(100000)",
+            "TSV",
+            QueryLimits(),
+        )
+    assert store.run_sync(store.raw_query_sync, "SELECT 'mine'", "TSV", QueryLimits()) == b"mine\n"
+
+
+def test_what_a_failed_statement_wrote_never_reaches_the_pipelines_next_answer(
+    store: ClickHouseStore,
+) -> None:
+    store.run_sync(store.migrate_sync)
+    with pytest.raises(StoreError):
+        store.run_sync(store.command_sync, "SELECT 'hx-leak'; SELECT throwIf(1)")
+    assert store.run_sync(store.command_sync, "SELECT 'mine'") == "mine"
+    assert store.run_sync(store.query_sync, "SELECT count() FROM touchpoints").rows == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("limits", "statement", "reason"),
+    [
+        (
+            QueryLimits(max_seconds=0.5),
+            "SELECT count() FROM numbers(1000000000000)",
+            "TRACKER_QUERY_MAX_SECONDS",
+        ),
+        (
+            QueryLimits(max_memory_bytes=32 * 1024 * 1024),
+            "SELECT groupArray(number) FROM numbers(100000000)",
+            "TRACKER_QUERY_MAX_MEMORY_BYTES",
+        ),
+        (QueryLimits(max_rows=10), "SELECT number FROM numbers(11)", "TRACKER_QUERY_MAX_ROWS"),
+    ],
+)
+def test_a_console_query_past_a_limit_is_refused_with_the_limit_named(
+    store: ClickHouseStore, limits: QueryLimits, statement: str, reason: str
+) -> None:
+    with pytest.raises(QueryRefused, match=reason):
+        store.run_sync(store.raw_query_sync, statement, "TSV", limits)
+    assert store.run_sync(store.raw_query_sync, "SELECT number FROM numbers(10)", "TSV", limits)
 
 
 async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHouseStore) -> None:

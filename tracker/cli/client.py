@@ -12,7 +12,7 @@ import urllib.request
 
 import orjson
 
-from tracker.console import QUERY_FORMATS, split_format
+from tracker.console import QUERY_FORMATS, query_limits
 from tracker.errors import TrackerError
 from tracker.settings import Settings
 
@@ -22,12 +22,18 @@ __all__ = ["console_request", "run_query"]
 def run_query(settings: Settings, sql: str, format_name: str = "tsv") -> str:
     """Through the running instance's console for embedded chDB; straight to a ClickHouse server otherwise."""
     if not settings.uses_embedded_clickhouse:
+        from tracker.readonly_sql import check_query
         from tracker.store import ClickHouseStore
 
+        checked = check_query(sql)  # the console's check and limits, on this path too
         store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
-        statement, clickhouse_format = split_format(sql, QUERY_FORMATS[format_name])
         try:
-            data: bytes = store.run_sync(store.raw_query_sync, statement, clickhouse_format, True)
+            data: bytes = store.run_sync(
+                store.raw_query_sync,
+                checked.statement,
+                checked.format or QUERY_FORMATS[format_name],
+                query_limits(settings),
+            )
         finally:
             store.close()
         return data.decode()

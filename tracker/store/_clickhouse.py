@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from tracker.errors import ConfigError, StoreError
+from tracker.errors import ConfigError, QueryRefused, StoreError
 from tracker.store._migrations import load_migrations
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,50 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """What one console query may spend (TRACKER_QUERY_MAX_SECONDS, _MEMORY_BYTES, _ROWS)."""
+
+    max_seconds: float = 30.0
+    max_memory_bytes: int = 1_073_741_824
+    max_rows: int = 100_000
+
+    def settings(self) -> dict[str, Any]:
+        # readonly comes last: once it is set, the session may change no setting at all.
+        return {
+            "max_execution_time": self.max_seconds,
+            "max_memory_usage": self.max_memory_bytes,
+            "max_result_rows": self.max_rows,
+            "result_overflow_mode": "throw",
+            "readonly": 1,
+        }
+
+    def passed(self, code: int | None) -> str | None:
+        """The limit a ClickHouse error code says the query passed, in words; None for others."""
+        if code == _TIMEOUT_EXCEEDED:
+            return (
+                f"the query ran longer than the console allows ({self.max_seconds:g} s, "
+                "TRACKER_QUERY_MAX_SECONDS); narrow it, e.g. with a WHERE on ts"
+            )
+        if code == _MEMORY_LIMIT_EXCEEDED:
+            return (
+                f"the query needed more memory than the console allows "
+                f"({self.max_memory_bytes} bytes, TRACKER_QUERY_MAX_MEMORY_BYTES)"
+            )
+        if code == _TOO_MANY_ROWS:
+            return (
+                f"the result has more rows than the console returns ({self.max_rows}, "
+                "TRACKER_QUERY_MAX_ROWS); add a LIMIT or aggregate"
+            )
+        return None
+
+
+# ClickHouse error codes of the limits above.
+_TIMEOUT_EXCEEDED = 159
+_MEMORY_LIMIT_EXCEEDED = 241
+_TOO_MANY_ROWS = 396
+
+
 class ClickHouseStore:
     """ClickHouse through clickhouse-connect: embedded chDB for ``chdb://``, a server for ``http(s)://``.
 
@@ -37,7 +81,7 @@ class ClickHouseStore:
         self.url = url
         self.database = database
         self._client: Any = None
-        self._reader: Any = None
+        self._database_ready = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     @property
@@ -46,45 +90,85 @@ class ClickHouseStore:
 
     # -- synchronous API: runs on the store's thread -------------------------------------------
 
-    def _connect(self) -> Any:
-        """A client whose default database is this store's, created first if need be."""
-        if self._client is not None:
-            return self._client
+    def _dsn(self) -> str:
         if self.embedded:
             path = urlparse(self.url).path
             if not path.startswith("/"):
                 raise ConfigError(
                     f"TRACKER_CLICKHOUSE_URL must be chdb:///absolute/path, got {self.url!r}"
                 )
-            dsn = f"chdb://{path}"
-        elif self.url.startswith(("http://", "https://")):
-            dsn = self.url
-        else:
-            raise ConfigError(
-                f"TRACKER_CLICKHOUSE_URL must start with chdb://, http:// or https://, got {self.url!r}"
-            )
-        bootstrap = clickhouse_connect.get_client(dsn=dsn)
-        try:
-            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
-        finally:
-            bootstrap.close()
-        self._client = clickhouse_connect.get_client(dsn=dsn, database=self.database)
-        # Settings stick to a chDB handle, so read-only queries get a handle of their own.
-        self._reader = clickhouse_connect.get_client(
-            dsn=dsn, database=self.database, settings={"readonly": 1}
+            return f"chdb://{path}"
+        if self.url.startswith(("http://", "https://")):
+            return self.url
+        raise ConfigError(
+            f"TRACKER_CLICKHOUSE_URL must start with chdb://, http:// or https://, got {self.url!r}"
         )
+
+    def _open(self, settings: dict[str, Any] | None = None) -> Any:
+        """A new client on this store's database, which is created first if need be."""
+        dsn = self._dsn()
+        if not self._database_ready:
+            bootstrap = clickhouse_connect.get_client(dsn=dsn)
+            try:
+                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            finally:
+                bootstrap.close()
+            self._database_ready = True
+        return clickhouse_connect.get_client(dsn=dsn, database=self.database, settings=settings)
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            self._client = self._open()
         return self._client
 
-    def _call(self, fn: str, *args: Any, readonly: bool = False, **kwargs: Any) -> Any:
+    def _forget_client(self) -> None:
+        """Drop the shared client after a failed statement. chDB keeps what a failed statement
+        had written so far in its connection handle and puts it in front of the next answer on
+        that handle, so a handle that saw a failure is never used again. The new handle is
+        opened before the old one closes: the engine stops when its last handle closes."""
+        if not self.embedded or self._client is None:
+            return
+        spent, self._client = self._client, None
         try:
-            client = self._connect()
-            return getattr(self._reader if readonly else client, fn)(*args, **kwargs)
+            self._client = self._open()
+        except Exception as exc:  # the next call opens one, or says why it cannot
+            log.warning("could not reopen ClickHouse", extra={"error": repr(exc)})
+        finally:
+            spent.close()
+
+    def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._connect(), fn)(*args, **kwargs)
+        except ConfigError:
+            raise
+        except OperationalError as exc:
+            self._forget_client()
+            raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
+        except Exception as exc:
+            self._forget_client()
+            raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
+
+    def _read_only(self, fn: str, limits: QueryLimits | None, *args: Any, **kwargs: Any) -> Any:
+        """One read-only call on a client of its own, closed after it: nothing of one answer,
+        and no setting, can reach another. ClickHouse itself refuses any write (readonly=1)."""
+        try:
+            client = self._open((limits or QueryLimits()).settings())
         except ConfigError:
             raise
         except OperationalError as exc:
             raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
+        try:
+            return getattr(client, fn)(*args, **kwargs)
+        except OperationalError as exc:
+            raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
+        except DatabaseError as exc:
+            if limits is not None and (passed := limits.passed(exc.code)):
+                raise QueryRefused(passed) from exc
+            raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
         except Exception as exc:
             raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
+        finally:
+            client.close()
 
     def migrate_sync(self) -> list[int]:
         """Apply the migrations not yet applied; return their numbers. Safe to run again."""
@@ -124,11 +208,17 @@ class ClickHouseStore:
     def query_sync(
         self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = False
     ) -> QueryResult:
-        result = self._call("query", sql, parameters=parameters, readonly=readonly)
+        if readonly:
+            result = self._read_only("query", None, sql, parameters=parameters)
+        else:
+            result = self._call("query", sql, parameters=parameters)
         return QueryResult(list(result.column_names), [tuple(r) for r in result.result_rows])
 
-    def raw_query_sync(self, sql: str, fmt: str, readonly: bool = True) -> bytes:
-        data: bytes = self._call("raw_query", sql, fmt=fmt, readonly=readonly)
+    def raw_query_sync(self, sql: str, fmt: str, limits: QueryLimits) -> bytes:
+        """A console query: read-only, within ``limits``, on a client of its own.
+
+        Raises ``QueryRefused`` when the query passes one of the limits."""
+        data: bytes = self._read_only("raw_query", limits, sql, fmt=fmt)
         return data
 
     def insert_sync(
@@ -155,8 +245,8 @@ class ClickHouseStore:
         result: QueryResult = await self._run(self.query_sync, sql, parameters, readonly)
         return result
 
-    async def raw_query(self, sql: str, fmt: str, readonly: bool = True) -> bytes:
-        result: bytes = await self._run(self.raw_query_sync, sql, fmt, readonly)
+    async def raw_query(self, sql: str, fmt: str, limits: QueryLimits) -> bytes:
+        result: bytes = await self._run(self.raw_query_sync, sql, fmt, limits)
         return result
 
     async def insert(
@@ -184,7 +274,6 @@ class ClickHouseStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        for client in (self._client, self._reader):
-            if client is not None:
-                client.close()
-        self._client = self._reader = None
+        if self._client is not None:
+            self._client.close()
+        self._client = None
