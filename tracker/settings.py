@@ -94,6 +94,12 @@ class Settings:
     journey_conversions: tuple[Mapping[str, Any], ...] = ()
     friction_thresholds: Mapping[str, float] = field(default_factory=dict)
     identity_limits: Mapping[str, int] = field(default_factory=dict)
+    # How `tracker up` restarts a component that died (tracker/supervision.py).
+    supervisor_max_restarts: int = 5
+    supervisor_window_seconds: float = 300.0
+    supervisor_backoff_seconds: float = 1.0
+    supervisor_max_backoff_seconds: float = 30.0
+    supervisor_stable_seconds: float = 60.0
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -172,6 +178,7 @@ class Settings:
             links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
             **_call_settings(reader),
             **_journey_settings(reader),
+            **_supervisor_settings(reader),
         )
 
 
@@ -356,6 +363,23 @@ def _journey_settings(reader: _Reader) -> dict[str, Any]:
         "identity_limits": {
             k: int(v) for k, v in _numbers(reader, "TRACKER_IDENTITY_LIMITS", None).items()
         },
+    }
+
+
+def _supervisor_settings(reader: _Reader) -> dict[str, Any]:
+    backoff = reader.number("TRACKER_SUPERVISOR_BACKOFF_SECONDS", 1.0)
+    max_backoff = reader.number("TRACKER_SUPERVISOR_MAX_BACKOFF_SECONDS", 30.0)
+    if max_backoff < backoff:
+        raise ConfigError(
+            "TRACKER_SUPERVISOR_MAX_BACKOFF_SECONDS must be at least "
+            f"TRACKER_SUPERVISOR_BACKOFF_SECONDS ({backoff:g}), got {max_backoff:g}"
+        )
+    return {
+        "supervisor_max_restarts": reader.integer("TRACKER_SUPERVISOR_MAX_RESTARTS", 5),
+        "supervisor_window_seconds": reader.number("TRACKER_SUPERVISOR_WINDOW_SECONDS", 300.0),
+        "supervisor_backoff_seconds": backoff,
+        "supervisor_max_backoff_seconds": max_backoff,
+        "supervisor_stable_seconds": reader.number("TRACKER_SUPERVISOR_STABLE_SECONDS", 60.0),
     }
 
 
