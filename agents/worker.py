@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from mode import Service
+from mode import CrashingSupervisor, Service
 
 from agents.batches import acked_batches
 from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
@@ -432,6 +432,10 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         datadir=str(settings.data_dir / "faust"),
+        # An agent that raises ends the worker with exit code 1, so whoever runs it (tracker up,
+        # an orchestrator) restarts it and its unacknowledged records are read again. Faust's
+        # default restarts the agent alone, which then runs on past a batch it never acknowledged.
+        agent_supervisor=CrashingSupervisor,
     )
     # Raw touchpoints and click batches go through the one pipeline, one batch at a time.
     ingest = RawIngestService(settings, topology.raw.name, pipeline)

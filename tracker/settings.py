@@ -111,6 +111,12 @@ class Settings:
     query_max_seconds: float = 30.0
     query_max_memory_bytes: int = 1_073_741_824
     query_max_rows: int = 100_000
+    # How `tracker up` restarts a component that died (tracker/cli/supervision.py).
+    supervisor_max_restarts: int = 5
+    supervisor_window_seconds: float = 300.0
+    supervisor_backoff_seconds: float = 1.0
+    supervisor_max_backoff_seconds: float = 30.0
+    supervisor_stable_seconds: float = 60.0
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -190,6 +196,7 @@ class Settings:
             **_call_settings(reader),
             **_journey_settings(reader),
             **_query_settings(reader),
+            **_supervisor_settings(reader),
         )
 
 
@@ -384,6 +391,23 @@ def _journey_settings(reader: _Reader) -> dict[str, Any]:
         "identity_limits": {
             k: int(v) for k, v in _numbers(reader, "TRACKER_IDENTITY_LIMITS", None).items()
         },
+    }
+
+
+def _supervisor_settings(reader: _Reader) -> dict[str, Any]:
+    backoff = reader.number("TRACKER_SUPERVISOR_BACKOFF_SECONDS", 1.0)
+    max_backoff = reader.number("TRACKER_SUPERVISOR_MAX_BACKOFF_SECONDS", 30.0)
+    if max_backoff < backoff:
+        raise ConfigError(
+            "TRACKER_SUPERVISOR_MAX_BACKOFF_SECONDS must be at least "
+            f"TRACKER_SUPERVISOR_BACKOFF_SECONDS ({backoff:g}), got {max_backoff:g}"
+        )
+    return {
+        "supervisor_max_restarts": reader.integer("TRACKER_SUPERVISOR_MAX_RESTARTS", 5),
+        "supervisor_window_seconds": reader.number("TRACKER_SUPERVISOR_WINDOW_SECONDS", 300.0),
+        "supervisor_backoff_seconds": backoff,
+        "supervisor_max_backoff_seconds": max_backoff,
+        "supervisor_stable_seconds": reader.number("TRACKER_SUPERVISOR_STABLE_SECONDS", 60.0),
     }
 
 

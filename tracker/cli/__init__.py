@@ -39,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Non-zero, so an orchestrator restarts the role; logged as JSON like everything else.
+        log.exception("fatal error", extra={"command": args.command})
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

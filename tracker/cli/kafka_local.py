@@ -179,7 +179,37 @@ class LocalKafka:
             *args,
         ]
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def exit_code(self) -> int | None:
+        """The broker's exit code once it has exited; None while it runs (or was never started)."""
+        return self._process.poll() if self._process is not None else None
+
     def start(self, timeout: float = 90.0) -> None:
+        """Start the broker and wait until it listens."""
+        self.launch()
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise LocalKafkaError(
+                    f"Kafka exited with {self._process.returncode}; see {self.folder / 'kafka.log'}"
+                )
+            if _port_open(self.port):
+                log.info(
+                    "kafka started", extra={"bootstrap": self.bootstrap, "version": KAFKA_VERSION}
+                )
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise LocalKafkaError(
+            f"Kafka did not open port {self.port} within {timeout:.0f}s; see {self.folder / 'kafka.log'}"
+        )
+
+    def launch(self) -> None:
+        """Start the broker's process and return at once; clients wait for it as for any broker."""
         if _port_open(self.port):
             raise LocalKafkaError(
                 f"port {self.port} is already in use; stop what holds it, or set TRACKER_KAFKA_LOCAL_PORT"
@@ -210,22 +240,6 @@ class LocalKafka:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise LocalKafkaError(
-                    f"Kafka exited with {self._process.returncode}; see {self.folder / 'kafka.log'}"
-                )
-            if _port_open(self.port):
-                log.info(
-                    "kafka started", extra={"bootstrap": self.bootstrap, "version": KAFKA_VERSION}
-                )
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise LocalKafkaError(
-            f"Kafka did not open port {self.port} within {timeout:.0f}s; see {self.folder / 'kafka.log'}"
         )
 
     def stop(self, timeout: float = 30.0) -> None:
