@@ -111,6 +111,8 @@ class Settings:
     query_max_seconds: float = 30.0
     query_max_memory_bytes: int = 1_073_741_824
     query_max_rows: int = 100_000
+    # A ClickHouse cluster's name: migrations then make replicated, distributed tables ON CLUSTER.
+    clickhouse_cluster: str = ""
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -153,6 +155,11 @@ class Settings:
                 "TRACKER_CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}"
             ),
             clickhouse_database=reader.identifier("TRACKER_CLICKHOUSE_DATABASE", "tracker"),
+            clickhouse_cluster=(
+                reader.identifier("TRACKER_CLICKHOUSE_CLUSTER", "")
+                if reader.text("TRACKER_CLICKHOUSE_CLUSTER", "")
+                else ""
+            ),
             kafka_bootstrap=reader.text("TRACKER_KAFKA_BOOTSTRAP", LOCAL_KAFKA),
             kafka_local_port=reader.port("TRACKER_KAFKA_LOCAL_PORT", 9092),
             topic_prefix=reader.text("TRACKER_TOPIC_PREFIX", ""),
