@@ -1,8 +1,8 @@
 """Runs SQL in a fresh embedded ClickHouse (chDB) in a child process, for tests of shipped SQL.
 
 chDB runs one engine per process, and the integration tests hold theirs, so the statements run in a
-process of their own: ``probe(queries)`` hands them over as JSON and returns, for each, the error
-ClickHouse gave (or None). With ``parse_only`` each statement is only parsed (``formatQuery``),
+process of their own: ``probe(queries)`` hands them over as JSON and returns each one's rows or
+the error ClickHouse gave. With ``parse_only`` each statement is only parsed (``formatQuery``),
 for DDL that needs a cluster to run; otherwise the project's migrations are applied first.
 """
 
@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -21,32 +23,49 @@ import sys, orjson
 from tracker.store import ClickHouseStore
 job = orjson.loads(sys.stdin.buffer.read())
 store = ClickHouseStore("chdb://" + job["path"], "tracker")
-errors = []
+answers = []
 try:
     if not job["parse_only"]:
         store.run_sync(store.migrate_sync)
+    for sql in job["setup"]:
+        store.run_sync(store.command_sync, sql)
     for sql in job["queries"]:
         try:
             if job["parse_only"]:
                 store.run_sync(store.query_sync, "SELECT formatQuery({sql:String})", {"sql": sql})
+                answers.append({"error": None, "rows": []})
             else:
-                store.run_sync(store.query_sync, sql)
-            errors.append(None)
+                rows = store.run_sync(store.query_sync, sql).rows
+                answers.append({"error": None, "rows": [[str(v) for v in r] for r in rows]})
         except Exception as exc:
-            errors.append(str(exc)[:600])
+            answers.append({"error": str(exc)[:600], "rows": []})
 finally:
     store.close()
-sys.stdout.buffer.write(orjson.dumps(errors))
+sys.stdout.buffer.write(orjson.dumps(answers))
 """
 
 
-def probe(queries: list[str], *, parse_only: bool = False) -> list[str | None]:
+@dataclass(frozen=True)
+class Answer:
+    error: str | None
+    rows: list[list[str]]
+
+
+def probe(
+    queries: list[str], *, setup: Sequence[str] = (), parse_only: bool = False
+) -> list[Answer]:
+    """Each query's answer, its rows as strings, after the migrations and the ``setup`` statements."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as folder:
         done = subprocess.run(
             [sys.executable, "-c", _CHILD],
             input=orjson.dumps(
-                {"path": f"{folder}/ch", "queries": queries, "parse_only": parse_only}
+                {
+                    "path": f"{folder}/ch",
+                    "queries": queries,
+                    "setup": list(setup),
+                    "parse_only": parse_only,
+                }
             ),
             capture_output=True,
             cwd=root,
@@ -58,5 +77,4 @@ def probe(queries: list[str], *, parse_only: bool = False) -> list[str | None]:
             check=False,
         )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    errors: list[str | None] = orjson.loads(done.stdout)
-    return errors
+    return [Answer(a["error"], a["rows"]) for a in orjson.loads(done.stdout)]
