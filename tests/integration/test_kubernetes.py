@@ -111,6 +111,9 @@ def test_workers_are_sized_by_partitions_and_drained_one_at_a_time(
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TRACKER_CONSOLE_HOST"] == "0.0.0.0"  # probes and Prometheus reach the console
+    # the worker's own start-up migration does not know the cluster: migrate before it
+    [init] = worker["spec"]["template"]["spec"]["initContainers"]
+    assert init["args"] == ["migrate"]
     pdb = _one(objects, "PodDisruptionBudget", "tracker-worker")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"].items() <= (
@@ -132,7 +135,7 @@ def test_migrations_run_as_a_job_and_every_container_runs_a_real_role_as_a_user(
             continue
         pod = obj["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-        for container in pod["containers"]:
+        for container in pod.get("initContainers", []) + pod["containers"]:
             _parser().parse_args(container["args"])  # exits on an unknown role
             assert container["image"] == "tracker:0.1.0"
             assert container["securityContext"]["allowPrivilegeEscalation"] is False

@@ -201,6 +201,8 @@ class ClickHouseStore:
                 f"{self.database}.schema_migrations",
                 [[migration.version, migration.name, datetime.now(UTC)]],
                 column_names=["version", "name", "applied_at"],
+                # on a cluster, the record is on its shard before the next reader looks
+                settings={"insert_distributed_sync": 1} if self.cluster else None,
             )
             applied.append(migration.version)
             log.info(
