@@ -4,13 +4,15 @@ distributed tables when TRACKER_CLICKHOUSE_CLUSTER names a cluster; untouched wi
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from tests.chdb_probe import probe
 from tracker.errors import ConfigError
 from tracker.settings import Settings
-from tracker.store import load_migrations
+from tracker.store import ClickHouseStore, load_migrations
 from tracker.store._migrations import on_cluster
 
 CLUSTER = "tracker_cluster"
@@ -124,3 +126,29 @@ def test_the_cluster_setting_is_read_and_checked() -> None:
     )
     with pytest.raises(ConfigError, match="TRACKER_CLICKHOUSE_CLUSTER"):
         Settings.from_env({"TRACKER_CLICKHOUSE_CLUSTER": "a b"})
+
+
+def test_tracker_migrate_on_a_cluster_keeps_its_ledger_on_the_cluster_too() -> None:
+    store = ClickHouseStore("http://clickhouse:8123", "tracker", CLUSTER)
+    sent: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def call(fn: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((fn, args, kwargs))
+        return SimpleNamespace(result_rows=[])  # nothing applied yet
+
+    store._call = call  # type: ignore[method-assign]
+    try:
+        applied = store.migrate_sync()
+    finally:
+        store.close()
+    assert applied == [m.version for m in load_migrations()]
+    commands = [args[0] for fn, args, _ in sent if fn == "command"]
+    assert commands[0] == f"CREATE DATABASE IF NOT EXISTS `tracker` ON CLUSTER `{CLUSTER}`"
+    assert commands[1].startswith(
+        f"CREATE TABLE IF NOT EXISTS `tracker`.schema_migrations_local ON CLUSTER `{CLUSTER}`"
+    )
+    assert "ENGINE = Distributed" in commands[2] and "cityHash64" not in commands[2]
+    assert all("ON CLUSTER" in c for c in commands)
+    inserts = [kwargs for fn, _, kwargs in sent if fn == "insert"]
+    assert len(inserts) == len(applied)
+    assert all(k["settings"] == {"insert_distributed_sync": 1} for k in inserts)
