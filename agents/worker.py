@@ -407,7 +407,9 @@ class ConsoleService(Service):
 def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore]:
     """The Faust app, the services to run beside it (in start order), and the store."""
     topology = Topology.from_settings(settings)
-    store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+    store = ClickHouseStore(
+        settings.clickhouse_url, settings.clickhouse_database, cluster=settings.clickhouse_cluster
+    )
     forgotten = ForgottenIdentifiers()
     outbox = Outbox(settings)
     pipeline = IngestPipeline(

@@ -117,6 +117,8 @@ class Settings:
     supervisor_backoff_seconds: float = 1.0
     supervisor_max_backoff_seconds: float = 30.0
     supervisor_stable_seconds: float = 60.0
+    # A ClickHouse cluster's name: migrations then make replicated, distributed tables ON CLUSTER.
+    clickhouse_cluster: str = ""
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -159,6 +161,11 @@ class Settings:
                 "TRACKER_CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}"
             ),
             clickhouse_database=reader.identifier("TRACKER_CLICKHOUSE_DATABASE", "tracker"),
+            clickhouse_cluster=(
+                reader.identifier("TRACKER_CLICKHOUSE_CLUSTER", "")
+                if reader.text("TRACKER_CLICKHOUSE_CLUSTER", "")
+                else ""
+            ),
             kafka_bootstrap=reader.text("TRACKER_KAFKA_BOOTSTRAP", LOCAL_KAFKA),
             kafka_local_port=reader.port("TRACKER_KAFKA_LOCAL_PORT", 9092),
             topic_prefix=reader.text("TRACKER_TOPIC_PREFIX", ""),
