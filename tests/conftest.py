@@ -222,7 +222,18 @@ def pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
 def metric_value(base_url: str, sample: str) -> float:
     """One sample from a component's /metrics, e.g. ``tracker_worker_events_total{outcome="written"}``."""
     _, text, _ = http("GET", base_url + "/metrics")
-    for line in str(text).splitlines():
+    return sample_in(str(text), sample)
+
+
+async def scraped(client: Any, sample: str) -> float:
+    """One sample from the /metrics of an app under an aiohttp ``TestClient``. Counters live in
+    the process-wide registry, so compare values before and after an action: another test may
+    have moved them already."""
+    return sample_in(await (await client.get("/metrics")).text(), sample)
+
+
+def sample_in(exposition: str, sample: str) -> float:
+    for line in exposition.splitlines():
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
