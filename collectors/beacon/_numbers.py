@@ -53,7 +53,7 @@ class NumberReservations:
         self.book = PoolBook()
         self._topic = topology.pool_reservations.name
         self.log: CompactedLog = (
-            MemoryLog(self._apply)
+            MemoryLog(self._apply, settings.retry_after_seconds)
             if memory
             else CompactedState(
                 settings,

@@ -172,13 +172,19 @@ class ClickHouseSink:
 
 
 class MemorySink:
-    """An in-memory sink for unit tests: same contract, a dict for a table."""
+    """An in-memory sink for unit tests: same contract, a dict for a table.
+
+    ``added`` records every ``add`` as it came, copies included, so a test can see what the
+    caller handed over rather than what this sink's own de-duplication kept.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[Key, Sequence[Any]] = {}
+        self.added: list[tuple[Key, datetime, Sequence[Any]]] = []
         self._pending: dict[Key, Sequence[Any]] = {}
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+        self.added.append(((key, version), ts, row))
         self._pending.setdefault((key, version), row)
 
     async def flush(self) -> FlushResult:
