@@ -864,7 +864,7 @@ def run_bench(rates: Sequence[int], seconds: float) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             log.error("kept %s for its logs", work)
-    report = {
+    report: dict[str, Any] = {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - started, 1),
         "machine": machine_info(),
