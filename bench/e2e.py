@@ -730,6 +730,7 @@ def measure_rate(
         "duplicated_rows": rows - versions,
         "beacon_counted_accepted": beacon_counted,
         "drain_seconds_after_load": drained,
+        "worker_cpu_ms_per_event": cpu_total["worker"] * 1000 / max(load["accepted"], 1),
         "cpu_seconds_during_load": cpu_load,
         "cpu_seconds_load_and_drain": cpu_total,
         "storing": storing,
@@ -891,7 +892,7 @@ def run_bench(rates: Sequence[int], seconds: float) -> int:
             f"{load['events_per_request']:.1f} events/request; generator CPU "
             f"{load['generator_cpu_share']:.0%}, CPU-s in the load: "
             + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
-            + "\n"
+            + f"; worker {r['worker_cpu_ms_per_event']:.2f} CPU-ms per event (load and drain)\n"
         )
     sys.stdout.write(
         f"{report['machine']['cpus']} CPUs, commit {report['machine']['commit']}, "
