@@ -144,7 +144,7 @@ class Population:
         if identify_at >= 0:
             if self.emails and rng.random() < RETURNING_SHARE:
                 email = rng.choice(self.emails)
-                self.counts["returning"] = self.counts.get("returning", 0) + 1
+                self.counts["visitors_returning"] = self.counts.get("visitors_returning", 0) + 1
             else:
                 email = f"v{self.tag}-{number}@example.com"
                 self.emails.append(email)
