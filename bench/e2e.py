@@ -473,11 +473,15 @@ PER_EVENT = (
 
 
 def lag_stats(console: int, start_ms: int, end_ms: int) -> dict[str, Any]:
-    """Lag percentiles in seconds over the load, per third of it, and over 5-second slices."""
+    """Lag percentiles in seconds over the load, per third of it, and over 5-second slices.
+
+    Every event received after ``start_ms`` belongs to the load, including those of requests
+    sent before ``end_ms`` that the beacon took in only after it; they count in the last third.
+    """
     third = (end_ms - start_ms) / 3
     part = (
         f"multiIf(rcv < {start_ms}, 'warmup', rcv < {start_ms + third:.0f}, 'first', "
-        f"rcv < {start_ms + 2 * third:.0f}, 'middle', rcv <= {end_ms}, 'last', 'after')"
+        f"rcv < {start_ms + 2 * third:.0f}, 'middle', 'last')"
     )
     stats: dict[str, Any] = {}
     sql = (
@@ -486,7 +490,7 @@ def lag_stats(console: int, start_ms: int, end_ms: int) -> dict[str, Any]:
     )
     window = (
         "SELECT 'all', count(), quantilesExact(0.5, 0.95, 0.99)(lag), max(lag) "
-        f"FROM ({PER_EVENT}) WHERE rcv >= {start_ms} AND rcv <= {end_ms}"
+        f"FROM ({PER_EVENT}) WHERE rcv >= {start_ms}"
     )
     for name, events, quantiles, worst in query_rows(console, sql) + query_rows(console, window):
         p50, p95, p99 = (v / 1000 for v in orjson.loads(quantiles))
@@ -501,7 +505,7 @@ def lag_stats(console: int, start_ms: int, end_ms: int) -> dict[str, Any]:
         console,
         f"SELECT intDiv(rcv - {start_ms}, 5000) * 5 AS s, count(), "
         f"quantilesExact(0.5, 0.95)(lag) FROM ({PER_EVENT}) "
-        f"WHERE rcv >= {start_ms} AND rcv <= {end_ms} GROUP BY s ORDER BY s",
+        f"WHERE rcv >= {start_ms} GROUP BY s ORDER BY s",
     )
     stats["by_5s"] = [
         {"from_s": int(s), "events": int(n), "p50": q[0] / 1000, "p95": q[1] / 1000}
