@@ -381,6 +381,13 @@ def process_group_cpu(pgid: int) -> float:
     return total / ticks
 
 
+def machine_busy_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O) since boot."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / ticks
+
+
 def kafka_pgid(folder: Path) -> int | None:
     """The local broker's process group, found by its data folder on its command line."""
     for entry in Path("/proc").iterdir():
@@ -662,6 +669,7 @@ def measure_rate(
 
     pgids = {"beacon": beacon_pid, "worker": worker, "kafka": kafka_group}
     cpu_before = {k: process_group_cpu(v) for k, v in pgids.items() if v}
+    cpu_before["machine"] = machine_busy_cpu()
     log.info("%d/s: load for %.0fs", rate, seconds)
     load, samples = run_generator(
         f"{beacon}/v1/events",
@@ -674,6 +682,13 @@ def measure_rate(
         lambda done: asyncio.run(sample_edge(bootstrap, raw_topic, done)),
     )
     cpu_load = {k: process_group_cpu(v) - cpu_before[k] for k, v in pgids.items() if v}
+    cpu_load["machine"] = machine_busy_cpu() - cpu_before["machine"]
+    # everything else: other sessions' jobs, this orchestrator, the generator's start-up
+    cpu_load["others"] = (
+        cpu_load["machine"]
+        - sum(v for k, v in cpu_load.items() if k != "machine")
+        - load["generator_cpu_seconds"]
+    )
     expected = warmup["accepted"] + load["accepted"]
     log.info(
         "%d/s: %d events accepted (%.0f/s), %d requests, statuses %s, errors %s; generator CPU %.0f%%",
@@ -687,6 +702,7 @@ def measure_rate(
     )
     _, drained = wait_stored(console, expected, f"{rate}/s", worker_alive, worker_log)
     cpu_total = {k: process_group_cpu(v) - cpu_before[k] for k, v in pgids.items() if v}
+    cpu_total["machine"] = machine_busy_cpu() - cpu_before["machine"]
     rows, distinct, versions = (
         int(v)
         for v in console_query(
