@@ -612,9 +612,9 @@ def measure_rate(
     processes: Processes,
 ) -> dict[str, Any]:
     """A fresh beacon and worker; warm up; the load at ``rate``; drain; measure in ClickHouse."""
-    from tracker.kafka_local import free_port
+    from tracker.cli.kafka_local import free_port
     from tracker.settings import Settings
-    from tracker.topology import Topology, ensure_topics
+    from tracker.kafka.topology import Topology, ensure_topics
 
     tag = f"{run_tag}-{rate}"
     data = work / f"data-{rate}"
@@ -839,7 +839,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
 
 def machine_info() -> dict[str, Any]:
     """bench/run.py's machine note without wrk, which this benchmark does not use."""
-    from tracker.kafka_local import KAFKA_VERSION
+    from tracker.cli.kafka_local import KAFKA_VERSION
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -860,7 +860,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_bench(rates: Sequence[int], seconds: float) -> int:
-    from tracker.kafka_local import LocalKafka, free_port
+    from tracker.cli.kafka_local import LocalKafka, free_port
 
     started = time.monotonic()
     run_tag = secrets.token_hex(3)
