@@ -613,8 +613,8 @@ def measure_rate(
 ) -> dict[str, Any]:
     """A fresh beacon and worker; warm up; the load at ``rate``; drain; measure in ClickHouse."""
     from tracker.cli.kafka_local import free_port
-    from tracker.settings import Settings
     from tracker.kafka.topology import Topology, ensure_topics
+    from tracker.settings import Settings
 
     tag = f"{run_tag}-{rate}"
     data = work / f"data-{rate}"
