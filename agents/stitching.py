@@ -1,9 +1,12 @@
 """Stitching: touchpoints joined into customers and journeys as they arrive.
 
-The flow, in two steps after ingest:
+Ingest hands each touchpoint to :class:`StitchRouter`: an event that may link identifiers not
+yet seen together takes the identity log; any other goes straight to step 2, keyed by its
+customer as this worker's :class:`~agents.identity.AliasReplica` knows it, with the position of
+the alias it was routed by. The flow, in two steps after ingest:
 
-1. **Identity.** Ingest forwards each touchpoint (its ClickHouse row, as JSON) to the identity
-   log, a single-partition topic, so every identity change has one order. :class:`IdentityStage`
+1. **Identity.** The identity log is a single-partition topic, so every identity change has one
+   order. :class:`IdentityStage`
    resolves the event's identifiers to a customer (:mod:`agents.identity`), publishes the
    identifiers whose customer changed as versioned alias records (a compacted topic and
    ClickHouse ``identities``), and forwards the event to the journey topic keyed by its
