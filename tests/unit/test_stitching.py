@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,8 +23,13 @@ from agents.identity import (
     AliasReplica,
     Identifier,
     IdentityResolver,
+    Link,
+    Route,
+    alias_record,
     customer_id_for,
     identifiers_of,
+    link_key,
+    link_record,
 )
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, touchpoint_row
 from agents.sink import MemorySink
@@ -373,3 +379,38 @@ def test_the_graph_rebuilt_from_saved_links_resolves_the_same() -> None:
     for t in EVENTS:
         ids = identifiers_of(t.anonymous_id, t.user_id, t.email_hash, t.phone_hash, t.click_id, {})
         assert resolver.resolve(t.event_id, t.ts, ids).customer_id == held[t.event_id]
+
+
+def test_a_replica_sends_direct_only_what_the_graph_would_skip() -> None:
+    replica = AliasReplica()
+    laptop, ada = Identifier("anon", "laptop"), Identifier("email", "ada")
+    signup = Link.of("signup", T0 + timedelta(minutes=5), [laptop, ada])
+    replica.apply("aliases", link_key(signup.identifiers), link_record(signup, 7))
+    replica.apply("aliases", ada.key, alias_record(ada, customer_id_for(laptop), 7))
+    replica.apply("aliases", ada.key, alias_record(ada, customer_id_for(ada), 3))  # older
+    later, earlier = T0 + timedelta(minutes=9), T0 + timedelta(minutes=1)
+    # The same pair again, later: nothing new for the graph; routed by the email's alias.
+    assert replica.route("again", later, [laptop, ada]) == Route(
+        customer_id_for(laptop), ada.key, 7
+    )
+    # The same pair seen earlier than the graph knows it could name another survivor: ordered.
+    assert replica.route("backfill", earlier, [laptop, ada]) is None
+    assert replica.route("new-pair", later, [laptop, Identifier("phone", "p1")]) is None
+    # One identifier never moved: its own customer, before any position of the identity log.
+    assert replica.route("visit", later, [laptop]) == Route(customer_id_for(laptop), laptop.key, -1)
+    # Junk does not count as a second identifier.
+    assert replica.route("junk", later, [laptop, Identifier("user", "null")]) is not None
+
+
+def test_an_event_without_analytics_consent_goes_direct_and_unstitched() -> None:
+    outbox = QueuedOutbox()
+    router = StitchRouter(outbox, "identity", "journey", AliasReplica())  # type: ignore[arg-type]
+    quiet = touchpoint("quiet", 0, anonymous_id="laptop", email_hash="ada")
+    row = list(touchpoint_row(quiet))
+    row[TOUCHPOINT_COLUMNS.index("consent_analytics")] = False
+    router.add("quiet", quiet.ts, row)
+    asyncio.run(router.flush())
+    assert not outbox.identity_log
+    [(_, value, _)] = [r for q in outbox.queues.values() for r in q]
+    wire = orjson.loads(value)
+    assert (wire["stitch"], wire["primary"]) == (False, "event:quiet")
