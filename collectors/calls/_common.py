@@ -118,7 +118,7 @@ def check_shape(payload: Any, where: str = "$") -> None:
                     raise Malformed(
                         [FieldError(path, f"has a key longer than {MAX_STRING_LENGTH} characters")]
                     )
-                pending.append((item, _path("" if path == "$" else path, key[:64]), depth + 1))
+                pending.append((item, _path("" if path == "$" else path, _key(key)), depth + 1))
         else:
             if len(value) > MAX_ITEMS:
                 raise Malformed([FieldError(path, f"must have at most {MAX_ITEMS} items")])
@@ -311,6 +311,11 @@ def _in_range(parsed: datetime, name: str, request: WebhookRequest, at: str = ""
 
 def _path(at: str, name: str) -> str:
     return f"{at}.{name}" if at else name
+
+
+def _key(key: str) -> str:
+    """An object key as a field name: cut short, and never empty."""
+    return key[:64] or '""'
 
 
 def _shown(value: str) -> str:

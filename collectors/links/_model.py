@@ -313,7 +313,7 @@ def parse_link(body: Any, existing: Link | None = None, slug: str | None = None)
         "version",
     }
     errors: list[FieldError] = [
-        FieldError(name, "is not a link field; see docs/links.md")
+        FieldError(name[:64] or '""', "is not a link field; see docs/links.md")
         for name in body
         if name not in known
     ]

@@ -277,7 +277,7 @@ TWILIO_FIELDS = [
 FORM_VALUES = st.text(max_size=40) | st.sampled_from(ODD_TIMES + BIG)
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=700)
 @given(
     params=st.builds(
         lambda changes, extra: {
@@ -327,7 +327,7 @@ FREESWITCH_VARIABLES = [
 ]
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=700)
 @given(
     variables=_mutated(
         {"uuid": "6f2b2ea6", "direction": "inbound", "start_epoch": "1795341600"},
