@@ -33,13 +33,12 @@ def edge(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         kafka.bootstrap,
         data_dir,
         TRACKER_GENERIC_WEBHOOK_SECRET=GENERIC_SECRET,
-        TRACKER_API_TOKEN=TOKEN,
     )
     running = Pipeline(env, data_dir)
     running.components = [
         running.worker().start(),
         running.calls().start(),
-        running.links().start(),
+        running.links(TRACKER_API_TOKEN=TOKEN).start(),  # the console, on the worker, stays open
     ]
     yield running
     running.stop()
