@@ -9,6 +9,8 @@ from functools import lru_cache
 
 import phonenumbers
 
+from tracker.errors import TrackerError
+
 __all__ = [
     "IDENTIFIER_KINDS",
     "InvalidIdentifier",
@@ -23,8 +25,9 @@ __all__ = [
 IDENTIFIER_KINDS = ("user", "anon", "email", "phone", "click")
 
 
-class InvalidIdentifier(ValueError):
-    """An email or phone number that cannot be normalized."""
+class InvalidIdentifier(TrackerError, ValueError):
+    """An email or phone number that cannot be normalized. Still a ``ValueError`` for callers
+    that catch parse errors broadly."""
 
 
 @lru_cache(maxsize=65536)  # pure, and the same visitors come back: keeps parsing off hot paths
