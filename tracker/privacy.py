@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from functools import lru_cache
+from typing import Final
 
 import phonenumbers
 
@@ -18,11 +20,18 @@ __all__ = [
     "identifier_key",
     "normalize_email",
     "normalize_phone",
+    "redact_emails",
     "truncate_ip",
 ]
 
 
 IDENTIFIER_KINDS = ("user", "anon", "email", "phone", "click")
+REDACTED_EMAIL: Final = "<redacted email>"
+# An address anywhere in a text. A match starts only where a run of local-part characters starts
+# (the lookbehind), and no class overlaps the separator after it, so the scan stays linear.
+_EMAIL_IN_TEXT = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+)
 
 
 class InvalidIdentifier(TrackerError, ValueError):
@@ -63,6 +72,11 @@ def normalize_phone(raw: str, default_region: str) -> str:
     if not phonenumbers.is_possible_number(number):
         raise InvalidIdentifier("is not a possible phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def redact_emails(text: str) -> str:
+    """``text`` with every email address in it replaced by ``<redacted email>``."""
+    return _EMAIL_IN_TEXT.sub(REDACTED_EMAIL, text) if "@" in text else text
 
 
 def hash_identifier(kind: str, normalized: str, salt: str) -> str:
