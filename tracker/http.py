@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Content-Encodings a request body may carry; aiohttp decodes them as it reads.
-BODY_ENCODINGS = ("gzip", "deflate", "zstd")
+BODY_ENCODINGS = ("gzip", "deflate", "br", "zstd")
 
 Readiness = Callable[[], Awaitable[bool] | bool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

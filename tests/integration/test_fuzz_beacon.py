@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import brotli
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -195,7 +196,7 @@ raw_bodies = st.one_of(
             b"\xef\xbb\xbf[]",
             b'{"events": 7}',
             b"[" + b"1," * 100_000 + b"1]",
-            b'"' + b"a" * 2_000_000 + b'"',
+            b'"' + b"a" * 1_000_000 + b'"',  # just under the body limit (413 is unit-tested)
         ]
     ),
 )
@@ -224,6 +225,12 @@ ENCODINGS = [
     "GZIP",
     "x" * 50,
 ]
+COMPRESS = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "zstd": zstd.compress,
+    "br": brotli.compress,
+}
 
 
 @st.composite
@@ -235,8 +242,7 @@ def encoded(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> tuple[bytes, d
         encoding = draw(st.sampled_from(ENCODINGS))
         headers["Content-Encoding"] = encoding
         if draw(st.booleans()):
-            compress = {"gzip": gzip.compress, "deflate": zlib.compress, "zstd": zstd.compress}
-            body = compress.get(encoding.lower(), lambda b: b)(body)
+            body = COMPRESS.get(encoding.lower(), lambda b: b)(body)
     return body, headers
 
 
