@@ -8,6 +8,7 @@ __all__ = [
     "BackpressureError",
     "ConfigError",
     "FieldError",
+    "StateTooLarge",
     "StoreError",
     "TrackerError",
     "ValidationError",
@@ -59,3 +60,15 @@ class StoreError(TrackerError):
     def __init__(self, message: str, retriable: bool = True) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class StateTooLarge(TrackerError):
+    """One key's state cannot be kept under ``TRACKER_STATE_MAX_BYTES`` even after folding:
+    the record that grew it cannot be processed (it goes to dead letters)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} would take {size} bytes of state, above TRACKER_STATE_MAX_BYTES ({limit})"
+        )
+        self.size = size
+        self.limit = limit
