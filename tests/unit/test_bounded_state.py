@@ -4,6 +4,7 @@ callbacks and an identity link each fit in one Kafka record, and what is folded 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,7 +97,7 @@ def callback(call_id: str, n: int, agent: str = "") -> RawMessage:
         "provider": "generic",
         "call_id": call_id,
         "callback_id": f"cb-{n}",
-        "status": "ringing" if n == 0 else "in-progress",
+        "status": "ringing" if n == 0 else "updated",
         "event_ts": (T0 + timedelta(seconds=n)).isoformat(),
         "received_ts": (T0 + timedelta(seconds=n)).isoformat(),
         "direction": "inbound",
@@ -155,7 +156,7 @@ def test_an_identity_link_too_large_to_save_is_refused_before_the_graph_changes(
         ts=T0,
         device_ts=T0,
         received_ts=T0,
-        anonymous_id="a" * LIMIT,
+        anonymous_id=uuid.uuid4().hex * (LIMIT // 32),
         user_id="u-1",
     )
     with pytest.raises(StateTooLarge):
