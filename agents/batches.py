@@ -24,7 +24,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from aiokafka.errors import KafkaTimeoutError, ProducerClosed
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from agents.ingest import DEAD_LETTER_COLUMNS, RawMessage, dead_letter_row, undeliverable
 from agents.sink import ClickHouseSink, Sink
@@ -37,6 +45,7 @@ __all__ = [
     "DeadLetterPolicy",
     "acked_batches",
     "dead_letter_policy",
+    "is_record_refused",
     "is_retriable",
     "run_batches",
 ]
@@ -62,6 +71,19 @@ async def run_batches(stream: Any, runner: BatchRunner[Any], size: int, within: 
     """Run a Faust stream's batches through ``runner``, acknowledging each once it is handled."""
     async for events in acked_batches(stream, size, within):
         await runner.run(events)
+
+
+def is_record_refused(exc: BaseException) -> bool:
+    """Whether Kafka refused a record for what it is (too large, malformed): sending it again
+    cannot help, so the batch runner dead-letters it. Other Kafka errors are waited out."""
+    return isinstance(
+        exc,
+        MessageSizeTooLargeError
+        | RecordTooLargeError
+        | RecordListTooLargeError
+        | CorruptRecordException
+        | InvalidTimestampError,
+    )
 
 
 def is_retriable(exc: BaseException) -> bool:

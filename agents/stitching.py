@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from agents.batches import is_retriable
+from agents.batches import is_record_refused
 from agents.customer import CustomerJourney, History, JourneyRules, StoredEvent, friction_id
 from agents.identity import (
     Identifier,
@@ -228,8 +228,8 @@ class Outbox(Service):
             await self._producer.stop()
 
     async def send_all(self, records: Sequence[Outgoing]) -> None:
-        """Raises a Kafka error that retrying cannot mend (a record too large, say): the batch
-        runner finds the record that caused it (agents/batches.py)."""
+        """Raises when Kafka refuses a record for what it is (too large, say): retrying cannot
+        mend that, and the batch runner finds the record (agents/batches.py)."""
         backoff = 0.2
         while True:
             await self._producer_ready.wait()
@@ -244,7 +244,7 @@ class Outbox(Service):
                 for future in futures:  # their errors are this one's; don't log them again
                     if future.done() and not future.cancelled():
                         future.exception()
-                if not is_retriable(exc):
+                if is_record_refused(exc):
                     raise
                 log.warning(
                     "kafka refused a forward; retrying",

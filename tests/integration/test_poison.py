@@ -208,3 +208,24 @@ def test_an_event_of_year_one_is_a_dead_letter_its_batch_lands_and_sigterm_stops
 
     worker = pipeline.components.pop(0)
     assert worker.stop(signal.SIGTERM, timeout=25) == 0  # exited on SIGTERM, not killed
+
+
+def test_a_raw_event_kafka_refuses_to_forward_is_a_dead_letter_and_its_batch_lands(
+    pipeline: Pipeline,
+) -> None:
+    """Its row for stitching (the page URL and its path, each 600 kB) is above Kafka's 1 MB."""
+    topics = topology(pipeline)
+    anon = "anon-" + uuid.uuid4().hex[:8]
+    huge_id = str(uuid.uuid4())
+    wire = orjson.loads(raw_touchpoint(datetime.now(UTC), anon, event_id=huge_id))
+    wire["page"] = {"url": "https://shop.example.com/" + "p" * 600_000}
+    base = datetime.now(UTC) - timedelta(minutes=1)
+    values = [raw_touchpoint(base + timedelta(seconds=n), anon) for n in range(3)]
+    values.insert(1, orjson.dumps(wire))
+    produce(pipeline, [(topics.raw.name, anon.encode(), value) for value in values])
+
+    landed = f"SELECT count() FROM tracker.touchpoints FINAL WHERE anonymous_id = '{anon}'"
+    assert pipeline.wait_for(landed, "3") == "3"
+    dead = f"FROM tracker.dead_letters WHERE stage = 'ingest' AND positionUTF8(payload, '{huge_id}') > 0"
+    assert pipeline.wait_for(f"SELECT count() {dead}", "1") == "1"
+    assert "MessageSizeTooLarge" in pipeline.query(f"SELECT reason {dead}")
