@@ -168,3 +168,63 @@ def test_kafka_errors_follow_their_flag_and_a_timed_out_produce_is_an_outage() -
     assert is_retriable(KafkaConnectionError())
     assert is_retriable(KafkaTimeoutError())
     assert not is_retriable(MessageSizeTooLargeError())
+
+
+def test_the_journey_stage_stitches_the_batch_mates_of_an_event_its_rules_cannot_take() -> None:
+    """The issue's year-1 event, reaching the journey stage itself: before, OverflowError."""
+    from datetime import UTC, datetime, timedelta
+
+    from agents.customer import JourneyRules
+    from agents.ingest import touchpoint_row
+    from agents.stitching import JourneyStage, Outgoing, encode_row, journey_key
+    from tracker.touchpoint import Touchpoint
+
+    class Outbox:
+        async def send_all(self, records: Sequence[Outgoing]) -> None:
+            return None
+
+    def record(n: int, ts: datetime) -> tuple[str, bytes, RawMessage]:
+        t = Touchpoint(
+            event_id=f"00000000-0000-4000-8000-{n:012d}",
+            type="page_view",
+            name="",
+            source="web_beacon",
+            channel="web",
+            ts=ts,
+            device_ts=ts,
+            received_ts=ts,
+            anonymous_id="a-1",
+        )
+        row = encode_row(touchpoint_row(t))
+        value = b'{"kind":"event","primary":"anon:a-1","v":0,"stitch":true,"row":' + row + b"}"
+        return (journey_key("cust-1").decode().strip('"'), value, RawMessage(value, "j", 0, n))
+
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    records = [record(n, t0 + timedelta(minutes=n)) for n in range(4)]
+    records.insert(2, record(9, datetime(1, 1, 1, tzinfo=UTC)))
+    touchpoints, letters = MemorySink(), CountingSink()
+    state: dict[str, Any] = {}
+    stage = JourneyStage(
+        Outbox(),  # type: ignore[arg-type]
+        "journey",
+        touchpoints,
+        MemorySink(),
+        MemorySink(),
+        MemorySink(),
+        MemorySink(),
+        JourneyRules(),
+    )
+
+    async def handle(batch: Sequence[tuple[str, bytes, RawMessage]]) -> None:
+        await stage.handle(batch, state)
+
+    journey = BatchRunner(
+        "journey", handle, lambda r: r[2], DeadLetterPolicy(letters), discard=stage.discard
+    )
+    asyncio.run(journey.run(records))
+
+    assert sorted(key for key, _ in touchpoints.rows) == [
+        f"00000000-0000-4000-8000-{n:012d}" for n in range(4)
+    ]
+    assert len(letters.flushed) == 1 and "OverflowError" in letters.flushed[0][REASON_COLUMN]
+    assert len(state["cust-1"]["events"]) == 4

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from agents.calls import CallsPipeline
 from agents.customer import CustomerJourney, JourneyRules
@@ -18,7 +19,6 @@ from agents.journey import JourneyEvent
 from agents.sink import MemorySink
 from agents.stitching import IdentityStage, Outgoing, encode_row
 from tracker.errors import StateTooLarge
-from tracker.metrics import STATE_FOLDED
 from tracker.touchpoint import Touchpoint
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -43,7 +43,8 @@ def size_of(journey: CustomerJourney, state: Any) -> int:
 
 
 def folded(state: str) -> float:
-    return STATE_FOLDED.labels(state)._value.get()
+    value = REGISTRY.get_sample_value("tracker_state_folded_total", {"state": state})
+    return value or 0.0
 
 
 def test_one_session_of_480_large_events_folds_to_fit_and_keeps_every_count() -> None:
@@ -112,7 +113,7 @@ def calls_pipeline() -> CallsPipeline:
 
 
 def test_a_call_keeps_callbacks_up_to_the_limit_and_counts_the_rest() -> None:
-    pipeline, state = calls_pipeline(), {}
+    pipeline, state = calls_pipeline(), dict[str, Any]()
     before = folded("call")
     messages = [callback("call-1", n, agent="a" * 2000) for n in range(100)]
     asyncio.run(pipeline.handle(messages, state))
@@ -123,7 +124,7 @@ def test_a_call_keeps_callbacks_up_to_the_limit_and_counts_the_rest() -> None:
 
 
 def test_a_callback_too_large_for_any_state_is_refused() -> None:
-    pipeline, state = calls_pipeline(), {}
+    pipeline, state = calls_pipeline(), dict[str, Any]()
     with pytest.raises(StateTooLarge):
         asyncio.run(pipeline.handle([callback("c" * LIMIT, 0)], state))
     assert state == {}  # state last: nothing of the failed batch was kept
