@@ -201,7 +201,7 @@ def test_the_journey_stage_stitches_the_batch_mates_of_an_event_its_rules_cannot
 
     t0 = datetime(2026, 11, 20, tzinfo=UTC)
     records = [record(n, t0 + timedelta(minutes=n)) for n in range(4)]
-    records.insert(2, record(9, datetime(1, 1, 1, tzinfo=UTC)))
+    records.insert(0, record(9, datetime(1, 1, 1, tzinfo=UTC)))  # first: nothing newer yet
     touchpoints, letters = MemorySink(), CountingSink()
     state: dict[str, Any] = {}
     stage = JourneyStage(
