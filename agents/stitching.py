@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from agents.batches import is_record_refused
 from agents.customer import CustomerJourney, History, JourneyRules, StoredEvent, friction_id
 from agents.identity import (
     AliasReplica,
@@ -53,6 +54,7 @@ from agents.identity import (
 )
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row, undeliverable
 from agents.journey import Friction, JourneyEvent, Session
+from tracker.errors import StateTooLarge
 from tracker.identity_log import split_command
 from tracker.metrics import (
     IDENTITY_CONFLICTS,
@@ -239,15 +241,24 @@ class Outbox(Service):
             await self._producer.stop()
 
     async def send_all(self, records: Sequence[Outgoing]) -> None:
+        """Raises when Kafka refuses a record for what it is (too large, say): retrying cannot
+        mend that, and the batch runner finds the record (agents/batches.py)."""
         backoff = 0.2
         while True:
             await self._producer_ready.wait()
             assert self._producer is not None
+            futures: list[asyncio.Future[Any]] = []
             try:
-                futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
+                for r in records:
+                    futures.append(await self._producer.send(r.topic, r.value, key=r.key))
                 await asyncio.gather(*futures)
                 return
             except KafkaError as exc:
+                for future in futures:  # their errors are this one's; don't log them again
+                    if future.done() and not future.cancelled():
+                        future.exception()
+                if is_record_refused(exc):
+                    raise
                 log.warning(
                     "kafka refused a forward; retrying",
                     extra={"records": len(records), "error": str(exc), "retry_in": backoff},
@@ -283,6 +294,9 @@ class StitchRouter:
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
         self._rows.setdefault((key, version), row)
+
+    def discard(self) -> None:
+        self._rows = {}
 
     async def flush(self) -> FlushResult:
         if self._ready is not None and self._rows:
@@ -338,6 +352,7 @@ class IdentityStage:
         identities: Sink,
         conflicts: Sink,
         rules: IdentityRules | None = None,
+        max_state_bytes: int = 262_144,
     ) -> None:
         self._outbox = outbox
         self._journey_topic = journey_topic
@@ -345,10 +360,17 @@ class IdentityStage:
         self._identities = identities
         self._conflicts = conflicts
         self._rules = rules
+        self._max_state_bytes = max_state_bytes
         self._resolver: IdentityResolver | None = None
 
     def reset(self) -> None:
         self._resolver = None
+
+    def discard(self) -> None:
+        """Forget a failed attempt: its rows, and the graph it grew ahead of the saved links."""
+        self.reset()
+        self._identities.discard()
+        self._conflicts.discard()
 
     def _loaded(self, links: Mapping[str, Any]) -> IdentityResolver:
         if self._resolver is None:
@@ -397,7 +419,13 @@ class IdentityStage:
                 link = Link.of(wire["event_id"], ts, ids)
                 if resolver.is_new(link):
                     keys = [i.key for i in link.identifiers]
-                    saved["|".join(keys)] = [link.event_id, ts.isoformat(), keys]
+                    key, kept = "|".join(keys), [link.event_id, ts.isoformat(), keys]
+                    size = len(key.encode()) + len(orjson.dumps(kept))
+                    if size > self._max_state_bytes:
+                        raise StateTooLarge(
+                            "the event's identity link", size, self._max_state_bytes
+                        )
+                    saved[key] = kept
                     # Every worker learns that this set is known from now on: its later events
                     # take the direct path (AliasReplica.route).
                     outgoing.append(
@@ -603,26 +631,70 @@ class JourneyStage:
             self._stitch(customer, entry)
         outgoing = []
         for target in passed_on.keys() | histories.keys():
-            leaving = passed_on.get(target, [])
-            restitch: dict[str, Any] = {
-                "kind": "restitch",
-                "events": [moving.to_state() for moving, _ in leaving],
-                "rows": {m.event.event_id: row for m, row in leaving if row is not None},
-            }
-            if target in histories:
-                restitch["history"] = histories[target].to_state()
-            outgoing.append(
-                Outgoing(self._journey_topic, journey_key(target), orjson.dumps(restitch))
+            outgoing.extend(
+                self._restitches(target, passed_on.get(target, []), histories.get(target))
             )
         await self._outbox.send_all(outgoing)
         await self._flush(sources)
-        for customer, entry in touched.items():
-            journey = entry.journey
-            if journey.merged_into and not journey.events and not journey.forwards:
+        # State last, all or nothing: each customer's is bounded first (it may not fit).
+        saved = {
+            customer: None
+            if journey.merged_into and not journey.events and not journey.forwards
+            else journey.bounded_state()
+            for customer, journey in ((c, e.journey) for c, e in touched.items())
+        }
+        for customer, kept in saved.items():
+            if kept is None:
                 state.pop(customer, None)
             else:
-                state[customer] = journey.to_state()
+                state[customer] = kept
         STITCH_EVENTS.labels("journey").inc(len(records))
+
+    def discard(self) -> None:
+        """Forget the rows a failed attempt added and did not write."""
+        for sink in (
+            self._touchpoints,
+            self._sessions,
+            self._journeys,
+            self._frictions,
+            self._dead_letters,
+        ):
+            sink.discard()
+
+    def _restitches(
+        self,
+        target: str,
+        leaving: Sequence[tuple[StoredEvent, Mapping[str, Any] | None]],
+        history: History | None,
+    ) -> list[Outgoing]:
+        """The restitch records that move ``leaving`` (and a merged ``history``) to ``target``,
+        as many as it takes to keep each under the state size: Kafka refuses records over 1 MB."""
+        limit, key = self.rules.max_state_bytes, journey_key(target)
+        records: list[Outgoing] = []
+        events: list[Any] = []
+        rows: dict[str, Mapping[str, Any]] = {}
+        size = 0
+
+        def close() -> None:
+            nonlocal events, rows, size
+            restitch: dict[str, Any] = {"kind": "restitch", "events": events, "rows": rows}
+            if history is not None and not records:
+                restitch["history"] = history.to_state()
+            records.append(Outgoing(self._journey_topic, key, orjson.dumps(restitch)))
+            events, rows, size = [], {}, 0
+
+        for moving, row in leaving:
+            event = moving.to_state()
+            grows = len(orjson.dumps(event)) + (len(orjson.dumps(row)) if row is not None else 0)
+            if events and size + grows > limit:
+                close()
+            events.append(event)
+            if row is not None:
+                rows[moving.event.event_id] = row
+            size += grows
+        if events or not records:
+            close()
+        return records
 
     def _stitch(self, customer: str, entry: _Touched) -> None:
         journey, version = entry.journey, entry.version

@@ -105,6 +105,7 @@ class Settings:
     session_split_at_midnight: bool = False
     journey_allowed_lateness_minutes: float = 60.0
     journey_max_events: int = 500
+    state_max_bytes: int = 262_144
     journey_stages: tuple[Mapping[str, Any], ...] = ()
     journey_conversions: tuple[Mapping[str, Any], ...] = ()
     friction_thresholds: Mapping[str, float] = field(default_factory=dict)
@@ -386,6 +387,20 @@ _RULE_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
+# Kafka refuses records above about 1 MB (the producers' max.request.size): state stays well under.
+STATE_MAX_BYTES_CEILING = 900_000
+
+
+def _state_max_bytes(reader: _Reader) -> int:
+    value = reader.integer("TRACKER_STATE_MAX_BYTES", 262_144, minimum=16_384)
+    if value > STATE_MAX_BYTES_CEILING:
+        raise ConfigError(
+            f"TRACKER_STATE_MAX_BYTES must be at most {STATE_MAX_BYTES_CEILING} (Kafka refuses "
+            f"records above about 1 MB), got {value}"
+        )
+    return value
+
+
 def _journey_settings(reader: _Reader) -> dict[str, Any]:
     return {
         "session_inactivity_minutes": reader.number("TRACKER_SESSION_INACTIVITY_MINUTES", 30.0),
@@ -395,6 +410,7 @@ def _journey_settings(reader: _Reader) -> dict[str, Any]:
             "TRACKER_JOURNEY_ALLOWED_LATENESS_MINUTES", 60.0
         ),
         "journey_max_events": reader.integer("TRACKER_JOURNEY_MAX_EVENTS", 500, minimum=10),
+        "state_max_bytes": _state_max_bytes(reader),
         "journey_stages": _rules(reader, "TRACKER_JOURNEY_STAGES", required="stage"),
         "journey_conversions": _rules(reader, "TRACKER_JOURNEY_CONVERSIONS", required="name"),
         "friction_thresholds": _numbers(reader, "TRACKER_FRICTION_THRESHOLDS", FRICTION_THRESHOLDS),
