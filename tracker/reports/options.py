@@ -92,7 +92,7 @@ _BY = {
 _ALLOWED = {
     "scorecard": {"by", "window_days"},
     "funnel": {"steps", "window_days"},
-    "paths": {"to", "top", "by"},
+    "paths": {"ending", "top", "by"},
     "stages": set(),
     "attribution": {"model", "by", "lookback_days", "half_life_days", "seed", "bootstrap_rounds"},
 }
@@ -158,7 +158,7 @@ def parse_options(name: str, query: Mapping[str, str], today: date | None = None
     if name not in REPORTS:
         raise ReportInvalid(f"no report {name!r}; reports: {', '.join(REPORTS)}")
     given = dict(query)
-    allowed = {"from", "to", "include_bots", "format", "ending", *_ALLOWED[name]}
+    allowed = {"from", "to", "include_bots", *_ALLOWED[name]}
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ReportInvalid(
@@ -191,8 +191,6 @@ def parse_options(name: str, query: Mapping[str, str], today: date | None = None
         changes["to"] = ending
         if "top" in given:
             changes["top"] = _integer("top", given["top"], 1, 10_000)
-    elif "ending" in given:
-        raise ReportInvalid(f"{name} takes no option ending")
     if name == "attribution":
         model = given.get("model", "all")
         if model not in MODEL_CHOICES:
