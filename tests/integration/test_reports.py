@@ -373,3 +373,25 @@ def test_cli_and_python_api_give_the_endpoints_rows(loaded: Pipeline, tmp_path: 
         assert run_report(store, "scorecard", {**RANGE, "by": "channel"}) == scorecard
     finally:
         store.close()
+
+
+def test_every_report_answers_an_empty_database(tmp_path: Path) -> None:
+    from tracker.reports import REPORTS, run_report
+    from tracker.store import ClickHouseStore
+
+    store = ClickHouseStore(f"chdb://{tmp_path / 'clickhouse'}", "tracker")
+    try:
+        store.run_sync(store.migrate_sync)
+        for name in REPORTS:
+            options = {"steps": "page_view,purchase"} if name == "funnel" else {}
+            rows = run_report(store, name, options)
+            if name == "funnel":
+                assert [(r["step"], r["customers"]) for r in rows] == [
+                    ("page_view", 0),
+                    ("purchase", 0),
+                ]
+                assert rows[1]["rate_from_first"] is None
+            else:
+                assert rows == [], name
+    finally:
+        store.close()
