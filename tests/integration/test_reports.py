@@ -180,6 +180,24 @@ def test_scorecard_by_touchpoint_and_with_bots(loaded: Pipeline) -> None:
     assert (landing["events"], landing["customers"], landing["converted_customers"]) == (2, 2, 2)
     (purchase,) = (r for key, r in rows.items() if key[:2] == ("social", "purchase"))
     assert (purchase["ces_n"], purchase["ces"]) == (2, 3.0), purchase["name"]
+    stages = {
+        stage: (
+            r["events"],
+            r["customers"],
+            r["converted_customers"],
+            r["nps_n"],
+            r["csat_n"],
+            r["ces_n"],
+        )
+        for stage, r in by(report(loaded, "scorecard", by="stage"), "stage").items()
+    }
+    # awareness: the three /landing views; consideration: A's /pricing and /shop, B's /pricing,
+    # C's identifies and /pricing; purchase: the two purchases (nobody buys again after them).
+    assert stages == {
+        "awareness": (3, 3, 2, 0, 0, 0),
+        "consideration": (6, 3, 2, 0, 1, 0),
+        "purchase": (2, 2, 0, 1, 0, 2),
+    }
     with_bots = by(report(loaded, "scorecard", by="channel", include_bots="true"), "channel")
     assert (with_bots["email"]["events"], with_bots["email"]["customers"]) == (6, 3)
     assert with_bots["email"]["converted_customers"] == 3

@@ -205,9 +205,9 @@ def _touchpoint_paths(query: _sql.Query, o: ReportOptions) -> list[Path]:
 
 def paths(query: _sql.Query, o: ReportOptions) -> list[Row]:
     found = _channel_paths(query, o, None) if o.by == "channel" else _touchpoint_paths(query, o)
-    if o.to == "conversion":
+    if o.ending == "conversion":
         found = [p for p in found if p.converted]
-    elif o.to == "no-conversion":
+    elif o.ending == "no-conversion":
         found = [p for p in found if not p.converted]
     counts: Counter[tuple[str, ...]] = Counter()
     converted: Counter[tuple[str, ...]] = Counter()

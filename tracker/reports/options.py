@@ -51,7 +51,7 @@ class ReportOptions:
     by: str = ""
     window_days: float = 7.0
     steps: tuple[Step, ...] = ()
-    to: str = ""
+    ending: str = ""
     """paths --to: conversion, no-conversion, or empty for both."""
     top: int = 20
     model: str = "all"
@@ -188,7 +188,7 @@ def parse_options(name: str, query: Mapping[str, str], today: date | None = None
         ending = given.get("ending", "")
         if ending not in ("", "conversion", "no-conversion"):
             raise ReportInvalid(f"paths ending must be conversion or no-conversion, got {ending!r}")
-        changes["to"] = ending
+        changes["ending"] = ending
         if "top" in given:
             changes["top"] = _integer("top", given["top"], 1, 10_000)
     if name == "attribution":
