@@ -1,11 +1,60 @@
-"""Taking a Faust stream a batch at a time, acknowledging a batch only once it is handled."""
+"""Taking records a batch at a time, so that no record can stop a stage.
+
+Every stage of the worker (raw ingest, click batches, dead letters, calls, the links mirror,
+identity, journey) hands its batches to a :class:`BatchRunner`. The happy path is one call of
+the stage's handler. Only after a failure does the runner look closer:
+
+- a *retriable* error (ClickHouse or Kafka away, :func:`is_retriable`) retries the batch with
+  backoff: a delay, never a loss;
+- any other error is a *poison* record somewhere in the batch: the runner bisects the batch,
+  re-running the halves in order, down to the record that fails on its own, and writes it as a
+  dead letter with the stage and the reason (:class:`DeadLetterPolicy`). Its batch-mates go on,
+  and the batch is then acknowledged, so the offending record is committed past.
+
+Re-running part of a batch is safe because every stage writes its outputs first (to idempotent
+sinks and an idempotent producer) and its state last: a failed attempt leaves no state behind,
+and what it wrote is skipped or read as one row when written again. ``discard`` drops what a
+failed attempt left in memory (rows not yet flushed, a graph built ahead of its saved state).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
-__all__ = ["acked_batches"]
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+
+from agents.ingest import DEAD_LETTER_COLUMNS, RawMessage, dead_letter_row, undeliverable
+from tracker.deadletter import DeadLetter
+from tracker.metrics import POISON_RECORDS, STAGE_RETRIES
+from tracker.store import ClickHouseStore
+from tracker.store.sink import ClickHouseSink, Sink
+
+__all__ = [
+    "BatchRunner",
+    "DeadLetterPolicy",
+    "acked_batches",
+    "dead_letter_policy",
+    "is_record_refused",
+    "is_retriable",
+    "run_batches",
+]
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_MAX_REASON = 1000
 
 
 async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
@@ -16,3 +65,157 @@ async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[
         yield events
         for event in events:
             await stream.ack(event)
+
+
+async def run_batches(stream: Any, runner: BatchRunner[Any], size: int, within: float) -> None:
+    """Run a Faust stream's batches through ``runner``, acknowledging each once it is handled."""
+    async for events in acked_batches(stream, size, within):
+        await runner.run(events)
+
+
+def is_record_refused(exc: BaseException) -> bool:
+    """Whether Kafka refused a record for what it is (too large, malformed): sending it again
+    cannot help, so the batch runner dead-letters it. Other Kafka errors are waited out."""
+    return isinstance(
+        exc,
+        MessageSizeTooLargeError
+        | RecordTooLargeError
+        | RecordListTooLargeError
+        | CorruptRecordException
+        | InvalidTimestampError,
+    )
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether ``exc`` says "try again later" (a dependency is away) rather than "this record
+    cannot be processed". Tracker's and aiokafka's errors carry a ``retriable`` flag; a produce
+    that timed out, a closed producer and a lost connection are outages too."""
+    if isinstance(exc, KafkaTimeoutError | ProducerClosed | ConnectionError | TimeoutError):
+        return True
+    return getattr(exc, "retriable", False) is True
+
+
+class DeadLetterPolicy:
+    """The one place a stage's unprocessable record becomes a stored dead letter.
+
+    Dead letters are keyed by where their record is (:func:`agents.ingest.undeliverable`), so
+    writing one again after a replay stores it once.
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def add(self, letter: DeadLetter) -> None:
+        self._sink.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+
+    async def flush(self) -> None:
+        """Returns once every letter added is stored; retries while ClickHouse is away."""
+        result = await self._sink.flush()
+        for reason in result.refused.values():
+            log.error("ClickHouse refused a dead letter", extra={"reason": reason})
+
+    async def poison(self, message: RawMessage, stage: str, exc: BaseException) -> None:
+        """Store the dead letter of a record ``stage`` could not process because of ``exc``."""
+        reason = f"{stage} could not process the record: {exc!r}"[:_MAX_REASON]
+        self.add(undeliverable(message, reason, stage=stage))
+        await self.flush()
+
+
+def dead_letter_policy(store: ClickHouseStore) -> DeadLetterPolicy:
+    """The policy writing to ClickHouse ``dead_letters``: one per stage, since stages run
+    side by side and each sink buffers one batch."""
+    return DeadLetterPolicy(
+        ClickHouseSink(store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts")
+    )
+
+
+class BatchRunner(Generic[R]):
+    """Runs one stage's batches so that a poison record is dead-lettered and the rest go on.
+
+    ``handle`` processes a batch (outputs first, state last) and returns once it is stored;
+    ``source`` names the Kafka record a batch item came from, for its dead letter; ``discard``
+    forgets what a failed attempt left in memory. ``stopping`` tells a retry loop to give up
+    (raising the last error) because the worker is shutting down: the batch is then not
+    acknowledged and is delivered again.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        handle: Callable[[Sequence[R]], Awaitable[None]],
+        source: Callable[[R], RawMessage],
+        dead_letters: DeadLetterPolicy,
+        *,
+        discard: Callable[[], None] | None = None,
+        stopping: Callable[[], bool] | None = None,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.stage = stage
+        self._handle = handle
+        self._source = source
+        self._dead_letters = dead_letters
+        self._discard = discard
+        self._stopping = stopping
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+
+    async def run(self, records: Sequence[R]) -> None:
+        """Returns once every record is handled or dead-lettered: acknowledge the batch then."""
+        if not records:
+            return
+        try:
+            await self._handle(records)
+        except Exception as exc:
+            await self._recover(records, exc)
+
+    async def _recover(self, records: Sequence[R], exc: Exception) -> None:
+        backoff = self._initial_backoff
+        while True:
+            self._forget()
+            if not is_retriable(exc):
+                break
+            if self._stopping is not None and self._stopping():
+                raise exc
+            STAGE_RETRIES.labels(self.stage).inc()
+            log.warning(
+                "stage failed for a reason that passes; retrying",
+                extra={
+                    "stage": self.stage,
+                    "records": len(records),
+                    "error": repr(exc)[:_MAX_REASON],
+                    "retry_in": backoff,
+                },
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+            try:
+                await self._handle(records)
+                return
+            except Exception as again:
+                exc = again
+        if len(records) == 1:
+            await self._poison(records[0], exc)
+            return
+        # Somewhere in here is a record that cannot be processed: halve, in order, until alone.
+        middle = len(records) // 2
+        await self.run(records[:middle])
+        await self.run(records[middle:])
+
+    async def _poison(self, record: R, exc: Exception) -> None:
+        message = self._source(record)
+        POISON_RECORDS.labels(self.stage).inc()
+        log.error(
+            "a record the stage cannot process goes to dead letters",
+            extra={
+                "stage": self.stage,
+                "record": message.coordinates,
+                "error": repr(exc)[:_MAX_REASON],
+            },
+            exc_info=exc,
+        )
+        await self._dead_letters.poison(message, self.stage, exc)
+
+    def _forget(self) -> None:
+        if self._discard is not None:
+            self._discard()

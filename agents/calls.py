@@ -22,8 +22,8 @@ from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
 from collectors.calls.pools import NumberPool, PoolBook, Reservation
 from collectors.calls.records import TERMINAL_STATUSES, CallCallback, status_rank
 from tracker.deadletter import DeadLetter
-from tracker.errors import FieldError
-from tracker.metrics import CALL_CALLBACKS_MERGED, CALL_POOL_CALLS
+from tracker.errors import FieldError, StateTooLarge
+from tracker.metrics import CALL_CALLBACKS_MERGED, CALL_POOL_CALLS, STATE_FOLDED
 from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
@@ -373,6 +373,7 @@ class CallsPipeline:
         tracking_numbers: TrackingNumbers,
         forgotten: ForgottenIdentifiers | None = None,
         pools: PoolAttribution | None = None,
+        max_state_bytes: int = 262_144,
     ) -> None:
         self.calls = calls
         self.touchpoints = touchpoints
@@ -380,9 +381,18 @@ class CallsPipeline:
         self.tracking_numbers = tracking_numbers
         self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
         self.pools = pools
+        self.max_state_bytes = max_state_bytes
+
+    def discard(self) -> None:
+        """Forget the rows a failed attempt added and did not write."""
+        for sink in (self.calls, self.touchpoints, self.dead_letters):
+            sink.discard()
 
     async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
+        """Outputs first, state last: a batch that fails midway leaves the state as it was."""
         touched: dict[str, dict[str, Any]] = {}
+        sizes: dict[str, int] = {}  # bytes of each touched call's state, as Kafka carries it
+        changed: set[str] = set()
         fresh: set[str] = set()  # calls this batch is the first to see
         for message in messages:
             try:
@@ -394,6 +404,7 @@ class CallsPipeline:
             known = touched.get(key)
             if known is None:
                 known = dict(state.get(key) or {})
+                sizes[key] = len(key.encode()) + len(orjson.dumps(known))
                 if not known:
                     fresh.add(key)
             if callback.callback_id in known:
@@ -401,9 +412,18 @@ class CallsPipeline:
             elif len(known) >= MAX_CALLBACKS_PER_CALL:
                 CALL_CALLBACKS_MERGED.labels("over_limit").inc()
             else:
-                known[callback.callback_id] = callback.to_wire()
-                state[key] = known
-                CALL_CALLBACKS_MERGED.labels("merged").inc()
+                wire = callback.to_wire()
+                grown = sizes[key] + len(orjson.dumps({callback.callback_id: wire}))
+                if grown <= self.max_state_bytes:
+                    known[callback.callback_id] = wire
+                    sizes[key] = grown
+                    changed.add(key)
+                    CALL_CALLBACKS_MERGED.labels("merged").inc()
+                elif known:  # the call is known well enough: further detail is counted, not kept
+                    CALL_CALLBACKS_MERGED.labels("over_size").inc()
+                    STATE_FOLDED.labels("call").inc()
+                else:
+                    raise StateTooLarge("the call's first callback", grown, self.max_state_bytes)
             touched[key] = known
         merged: dict[str, dict[str, Any]] = {}
         for key, known in touched.items():
@@ -438,6 +458,8 @@ class CallsPipeline:
             self.dead_letters.add(*_refused_letter(event_id, version, reason, merged[event_id]))
         if refused:
             await self.dead_letters.flush()
+        for key in changed:
+            state[key] = touched[key]
 
     def _dead_letter(self, message: RawMessage, reason: str) -> None:
         letter = DeadLetter(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+import orjson
+
 from agents.journey import (
     DEFAULT_CONVERSIONS,
     DEFAULT_STAGES,
@@ -35,6 +37,8 @@ from agents.journey import (
     stage_changes,
     stage_context,
 )
+from tracker.errors import StateTooLarge
+from tracker.metrics import STATE_FOLDED
 from tracker.settings import Settings
 
 __all__ = [
@@ -60,6 +64,8 @@ class JourneyRules:
     conversions: tuple[ConversionRule, ...] = DEFAULT_CONVERSIONS
     allowed_lateness: timedelta = timedelta(hours=1)
     max_events: int = 500
+    max_state_bytes: int = 262_144
+    """The most bytes :meth:`CustomerJourney.bounded_state` may take as JSON, with its key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +429,10 @@ class CustomerJourney:
             return
         cutoff = folded[-1].event.order
         folded.extend(s for s in ordered if s.late and s.event.order <= cutoff)
+        self._fold_events(folded)
+
+    def _fold_events(self, folded: list[StoredEvent]) -> None:
+        """Count ``folded`` into the history and drop them."""
         folded_ids = {s.event.event_id for s in folded}
         events = sorted((s.event for s in folded), key=lambda e: e.order)
         h = self.history
@@ -443,6 +453,45 @@ class CustomerJourney:
             del self.events[event_id]
 
     # -- state -----------------------------------------------------------------------------------
+
+    def bounded_state(self) -> dict[str, Any]:
+        """:meth:`to_state`, kept under ``rules.max_state_bytes`` whatever the events hold. Over
+        it, the oldest events are folded into the history (even part of the current session,
+        whose rest then counts as a session of its own), then the oldest moves are forgotten;
+        both are counted. Raises :class:`StateTooLarge` if even the newest event cannot fit."""
+        state = self.to_state()
+        limit = self.rules.max_state_bytes
+        size = _size(self.customer_id, state)
+        if size <= limit:
+            return state
+        # Aim well below the limit, so that a customer at the edge does not fold on every event.
+        excess = size - limit * 3 // 4
+        ordered = self._ordered()
+        folded: list[StoredEvent] = []
+        for stored in ordered[:-1]:
+            if excess <= 0:
+                break
+            folded.append(stored)
+            excess -= len(orjson.dumps(stored.to_state())) + 1
+        if folded:
+            folded_ids = {s.event.event_id for s in folded}
+            for session in self._sessionize(ordered):
+                if folded_ids.isdisjoint(session.event_ids):
+                    continue
+                if self._sessions.pop(session.session_id, None) is not None:
+                    self.history.sessions += 1
+            self._fold_events(folded)
+            STATE_FOLDED.labels("journey").inc(len(folded))
+        for identifier, _ in sorted(self.forwards.items(), key=lambda item: item[1][1]):
+            if excess <= 0:
+                break
+            excess -= len(orjson.dumps({identifier: self.forwards.pop(identifier)}))
+            STATE_FOLDED.labels("journey_forwards").inc()
+        state = self.to_state()
+        size = _size(self.customer_id, state)
+        if size > limit:
+            raise StateTooLarge(f"customer {self.customer_id[:64]}'s journey", size, limit)
+        return state
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -477,6 +526,11 @@ class CustomerJourney:
             f = Friction(reason, severity, datetime.fromisoformat(ts), event_id, detail)
             journey._frictions[friction_id(f)] = f
         return journey
+
+
+def _size(key: str, state: Any) -> int:
+    """Bytes of a state record as Kafka carries it: the JSON value and the key."""
+    return len(orjson.dumps(state)) + len(key.encode())
 
 
 def _signature(session: Session) -> list[Any]:
@@ -547,4 +601,5 @@ def rules_from_settings(settings: Settings) -> JourneyRules:
         conversions=found or DEFAULT_CONVERSIONS,
         allowed_lateness=timedelta(minutes=settings.journey_allowed_lateness_minutes),
         max_events=settings.journey_max_events,
+        max_state_bytes=settings.state_max_bytes,
     )

@@ -13,6 +13,7 @@ import orjson
 
 from agents.enrich import enrich
 from agents.forget import ForgottenIdentifiers
+from tracker.bounds import time_range_error
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.metrics import WORKER_EVENTS
@@ -174,6 +175,11 @@ class IngestPipeline:
         for reason in dead.refused.values():
             log.error("ClickHouse refused a dead letter", extra={"reason": reason})
 
+    def discard(self) -> None:
+        """Forget the rows a failed attempt added and did not write."""
+        self.touchpoints.discard()
+        self.dead_letters.discard()
+
     async def handle_dead_letters(self, messages: Sequence[RawMessage]) -> None:
         for message in messages:
             try:
@@ -195,6 +201,9 @@ def _decode_touchpoint(value: bytes) -> Touchpoint:
         raise TypeError("raw event is not a JSON object")
     touchpoint = Touchpoint.from_wire(wire)
     uuid.UUID(touchpoint.event_id)
+    # The edge checks this; a record produced around it must not reach the journey arithmetic.
+    if (why := time_range_error(touchpoint.ts, touchpoint.received_ts)) is not None:
+        raise ValueError(f"ts {why}")
     return touchpoint
 
 

@@ -5,13 +5,15 @@ The row mapping is plain Python; :func:`add_links_mirror` only wires the topic t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import orjson
 
-from agents.batches import acked_batches
+from agents.batches import BatchRunner, dead_letter_policy, run_batches
+from agents.ingest import RawMessage
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
@@ -99,7 +101,7 @@ def link_row(
         bool(link.get("forward_query", True)),
         _ts(link.get("valid_since")),
         _ts(link.get("valid_until")),
-        link.get("fallback_url", ""),
+        link.get("fallback_url") or "",  # null, as some records have it, is no fallback
         link.get("max_clicks"),
         bool(link.get("disabled", False)),
         orjson.dumps(link.get("rules") or []).decode(),
@@ -126,19 +128,25 @@ def add_links_mirror(
     )
     topic = app.topic(topology.links.name, value_serializer="raw", key_serializer="raw")
 
+    async def mirror(events: Sequence[Any]) -> None:
+        await mirror_links(
+            sink,
+            [
+                (e.key.decode(), e.value, int(e.message.timestamp * 1000))
+                for e in events
+                if e.key is not None
+            ],
+        )
+
+    def source(event: Any) -> RawMessage:
+        m = event.message
+        return RawMessage(event.value or b"", m.topic, m.partition, m.offset)
+
+    runner = BatchRunner("links", mirror, source, dead_letter_policy(store), discard=sink.discard)
+
     @app.agent(topic, name="links")
     async def links(stream: Any) -> None:
-        async for events in acked_batches(
-            stream, settings.sink_batch_size, settings.sink_flush_seconds
-        ):
-            await mirror_links(
-                sink,
-                [
-                    (e.key.decode(), e.value, int(e.message.timestamp * 1000))
-                    for e in events
-                    if e.key is not None
-                ],
-            )
+        await run_batches(stream, runner, settings.sink_batch_size, settings.sink_flush_seconds)
 
 
 def _ts(raw: Any) -> datetime | None:

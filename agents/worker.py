@@ -25,12 +25,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import CrashingSupervisor, Service
 
-from agents.batches import acked_batches
+from agents.batches import (
+    BatchRunner,
+    DeadLetterPolicy,
+    acked_batches,
+    dead_letter_policy,
+    run_batches,
+)
 from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
 from agents.clicks import expand_batches
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers, erase
-from agents.identity import IdentityRules
+from agents.identity import AliasReplica, IdentityRules
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.links import add_links_mirror
 from agents.stitching import (
@@ -39,10 +45,10 @@ from agents.stitching import (
     FRICTION_COLUMNS,
     JOURNEY_COLUMNS,
     SESSION_COLUMNS,
-    ForwardSink,
     IdentityStage,
     JourneyStage,
     Outbox,
+    StitchRouter,
 )
 from collectors.calls.pools import PoolBook
 from tracker.console import create_console
@@ -68,6 +74,7 @@ class BatchIngestService(Service):
     pipeline's sinks, and a forget waits for the batch being written."""
 
     group_suffix = "ingest"
+    stage = "ingest"
     max_poll_records: int | None = None
 
     def __init__(
@@ -75,12 +82,21 @@ class BatchIngestService(Service):
         settings: Settings,
         topic: str,
         pipeline: IngestPipeline,
+        dead_letters: DeadLetterPolicy,
         lock: asyncio.Lock | None = None,
         **kwargs: Any,
     ) -> None:
         self._settings = settings
         self._topic = topic
         self._pipeline = pipeline
+        self._runner = BatchRunner(
+            self.stage,
+            self.handle,
+            _source,
+            dead_letters,
+            discard=pipeline.discard,
+            stopping=lambda: self.should_stop,
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._idle = asyncio.Event()  # set whenever no batch is in hand
         self._idle.set()
@@ -88,7 +104,7 @@ class BatchIngestService(Service):
         self.consuming = False
         super().__init__(**kwargs)
 
-    async def handle(self, records: list[Any]) -> None:
+    async def handle(self, records: Sequence[Any]) -> None:
         raise NotImplementedError
 
     def weight(self, record: Any) -> int:
@@ -131,7 +147,12 @@ class BatchIngestService(Service):
         records = await self._next_batch(consumer)
         if records:
             async with self.lock:
-                await self.handle(records)
+                try:
+                    await self._runner.run(records)
+                except Exception:
+                    if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
+                        return
+                    raise
             # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
             last: dict[TopicPartition, int] = {}
             for record in records:
@@ -184,7 +205,7 @@ class BatchIngestService(Service):
 class RawIngestService(BatchIngestService):
     """The raw topic: touchpoints from the beacon and the calls collector, one per record."""
 
-    async def handle(self, records: list[Any]) -> None:
+    async def handle(self, records: Sequence[Any]) -> None:
         await self._pipeline.handle_touchpoints(
             [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
         )
@@ -198,6 +219,7 @@ class ClickBatchService(BatchIngestService):
     touchpoints that go through the same pipeline, and so the same sink, as the raw topic's."""
 
     group_suffix = "clicks"
+    stage = "clicks"
     # A record holds up to 1,024 clicks: fetch a few at a time, and count the clicks in them.
     max_poll_records = 16
 
@@ -208,7 +230,7 @@ class ClickBatchService(BatchIngestService):
                     return max(1, int(value))
         return 1
 
-    async def handle(self, records: list[Any]) -> None:
+    async def handle(self, records: Sequence[Any]) -> None:
         touchpoints, rejected = expand_batches(
             [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
             self._settings.hash_salt.value,
@@ -361,6 +383,39 @@ class PoolReservationsService(Service):
                 log.warning("number reservations are behind; waiting", extra={"error": repr(exc)})
 
 
+class AliasReplicaService(Service):
+    """This worker's replica of the identity aliases, followed from their compacted topic, so
+    that ingest sends most touchpoints straight to their customer (agents/stitching.py,
+    ``StitchRouter``). Every worker reads the whole topic (no consumer group)."""
+
+    def __init__(
+        self, settings: Settings, topic: str, replica: AliasReplica, **kwargs: Any
+    ) -> None:
+        self._loaded = asyncio.Event()
+        self._log = CompactedState(
+            settings,
+            [topic],
+            replica.apply,
+            what="identity aliases",
+            client_id=f"{settings.worker_id}-aliases",
+            writes=False,
+            on_loaded=self._loaded.set,
+        )
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self._log.start()
+
+    async def on_stop(self) -> None:
+        await self._log.stop()
+
+    async def loaded(self) -> None:
+        """Return once the topic as it stood at start is applied: before that, the replica
+        would route events its identifiers have long left, and the journey step would have to
+        pass each on."""
+        await self._loaded.wait()
+
+
 class ConsoleService(Service):
     """Serves the console on the worker's event loop, next to the ClickHouse engine it reads."""
 
@@ -407,12 +462,19 @@ class ConsoleService(Service):
 def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore]:
     """The Faust app, the services to run beside it (in start order), and the store."""
     topology = Topology.from_settings(settings)
-    store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+    store = ClickHouseStore(
+        settings.clickhouse_url, settings.clickhouse_database, cluster=settings.clickhouse_cluster
+    )
     forgotten = ForgottenIdentifiers()
     outbox = Outbox(settings)
+    replica = AliasReplica()
+    aliases = AliasReplicaService(settings, topology.aliases.name, replica)
+    # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
+    to_stitching = StitchRouter(
+        outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
+    )
     pipeline = IngestPipeline(
-        # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
-        touchpoints=ForwardSink(outbox, topology.identity.name),
+        touchpoints=to_stitching,
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
@@ -438,8 +500,10 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         agent_supervisor=CrashingSupervisor,
     )
     # Raw touchpoints and click batches go through the one pipeline, one batch at a time.
-    ingest = RawIngestService(settings, topology.raw.name, pipeline)
-    clicks = ClickBatchService(settings, topology.click_batches.name, pipeline, ingest.lock)
+    ingest = RawIngestService(settings, topology.raw.name, pipeline, dead_letter_policy(store))
+    clicks = ClickBatchService(
+        settings, topology.click_batches.name, pipeline, dead_letter_policy(store), ingest.lock
+    )
     forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
     # Number pools: only with pools configured does the worker follow the reservations.
     book = PoolBook()
@@ -452,10 +516,23 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
+    async def store_dead_letters(events: Sequence[Any]) -> None:
+        await pipeline.handle_dead_letters([_raw(e) for e in events])
+
+    # Shares ingest's dead-letter sink, so it takes ingest's lock: one batch in it at a time.
+    dead_letter_runner = BatchRunner(
+        "dead_letters",
+        store_dead_letters,
+        _raw,
+        dead_letter_policy(store),
+        discard=pipeline.dead_letters.discard,
+    )
+
     @app.agent(dead_topic, name="dead_letters")
     async def dead_letters(stream: Any) -> None:
         async for events in acked_batches(stream, batch, within):
-            await pipeline.handle_dead_letters([_raw(e) for e in events])
+            async with ingest.lock:
+                await dead_letter_runner.run(events)
 
     add_links_mirror(app, store, topology, settings)
 
@@ -463,17 +540,27 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     # table. Its changelog is partitioned by the same key, so it follows the calls topic.
     calls_pipeline = CallsPipeline(
         calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
-        touchpoints=ForwardSink(outbox, topology.identity.name),
+        touchpoints=StitchRouter(
+            outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
+        ),
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
         tracking_numbers=settings.call_tracking_numbers,
         forgotten=forgotten,
         pools=PoolAttribution(settings.call_number_pools, book) if reservations else None,
+        max_state_bytes=settings.state_max_bytes,
     )
     calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
     call_state = app.Table(
         "call_state", key_type=str, partitions=settings.topic_partitions, use_partitioner=True
+    )
+
+    async def merge_calls(events: Sequence[Any]) -> None:
+        await calls_pipeline.handle([_raw(e) for e in events], call_state)
+
+    calls_runner = BatchRunner(
+        "calls", merge_calls, _raw, dead_letter_policy(store), discard=calls_pipeline.discard
     )
 
     @app.agent(calls_topic, name="calls")
@@ -482,7 +569,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         async for events in acked_batches(stream, batch, within):
             if reservations is not None:
                 await reservations.caught_up()
-            await calls_pipeline.handle([_raw(e) for e in events], call_state)
+            await calls_runner.run(events)
 
     add_stitching(app, store, topology, settings, outbox)
 
@@ -502,14 +589,15 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
 
     app.task(mark_started)
     followers: list[Service] = [reservations] if reservations is not None else []
-    return app, [outbox, forget, ingest, clicks, *followers, console], store
+    return app, [outbox, aliases, forget, ingest, clicks, *followers, console], store
 
 
 def add_stitching(
     app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
 ) -> None:
-    """The identity agent on the single-partition identity log, and the journey agent keyed by
-    customer, each with a changelog-backed table for its state (agents/stitching.py)."""
+    """The identity agent on the single-partition identity log (only the touchpoints that may
+    link identifiers come this way, and splits), and the journey agent keyed by customer, each
+    with a changelog-backed table for its state (agents/stitching.py)."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
     def sink(
@@ -534,6 +622,7 @@ def add_stitching(
         identities=sink("identities", ALIAS_COLUMNS, "identifier", "ts", version=True),
         conflicts=sink("identity_conflicts", CONFLICT_COLUMNS, "conflict_id", "ts", False),
         rules=IdentityRules(limits={**IdentityRules().limits, **settings.identity_limits}),
+        max_state_bytes=settings.state_max_bytes,
     )
     identity_topic = app.topic(
         topology.identity.name,
@@ -548,13 +637,17 @@ def add_stitching(
         use_partitioner=True,  # written once per batch, after the events
     )
 
+    async def resolve(events: Sequence[Any]) -> None:
+        await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
+
+    identity_runner = BatchRunner(
+        "identity", resolve, _raw, dead_letter_policy(store), discard=identity_stage.discard
+    )
+
     @app.agent(identity_topic, name="identity")
     async def identity(stream: Any) -> None:
         await _changelog_known(app, identity_links)
-        async for events in acked_batches(stream, batch, within):
-            await identity_stage.handle(
-                [(e.value, e.message.offset) for e in events], identity_links
-            )
+        await run_batches(stream, identity_runner, batch, within)
 
     async def forget_graph(sender: Any, revoked: Any, **kwargs: Any) -> None:
         identity_stage.reset()  # the next owner rebuilds it from the table
@@ -577,7 +670,7 @@ def add_stitching(
         topology.journey.name,
         partitions=topology.journey.partitions,
         value_serializer="raw",
-        key_serializer="json",
+        key_serializer="raw",  # decoded by the stage: a bad key is a dead letter, not a crash
     )
     journey_state = app.Table(
         "journey_state",
@@ -586,11 +679,19 @@ def add_stitching(
         use_partitioner=True,  # batches span partitions: place each key by its own hash
     )
 
+    async def stitch(events: Sequence[Any]) -> None:
+        await journey_stage.handle(
+            [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
+        )
+
+    journey_runner = BatchRunner(
+        "journey", stitch, _raw, dead_letter_policy(store), discard=journey_stage.discard
+    )
+
     @app.agent(journey_topic, name="journey")
     async def journey(stream: Any) -> None:
         await _changelog_known(app, journey_state)
-        async for events in acked_batches(stream, batch, within):
-            await journey_stage.handle([(e.key, e.value, _raw(e)) for e in events], journey_state)
+        await run_batches(stream, journey_runner, batch, within)
 
 
 async def _changelog_known(app: faust.App, table: Any) -> None:
@@ -602,7 +703,20 @@ async def _changelog_known(app: faust.App, table: Any) -> None:
 
 def _raw(event: Any) -> RawMessage:
     message = event.message
-    return RawMessage(event.value, message.topic, message.partition, message.offset)
+    return RawMessage(event.value or b"", message.topic, message.partition, message.offset)
+
+
+def _source(record: Any) -> RawMessage:
+    """Where a record read by a :class:`BatchIngestService` came from, for its dead letter."""
+    return RawMessage(record.value or b"", record.topic, record.partition, record.offset)
+
+
+def _customer(key: bytes | None) -> str:
+    """A journey record's key: the customer id, as JSON (:func:`agents.stitching.journey_key`)."""
+    customer = orjson.loads(key or b"")
+    if not isinstance(customer, str):
+        raise TypeError(f"a journey record's key must be a customer id, got {customer!r}")
+    return customer
 
 
 def _wait_for_topics(settings: Settings, app: faust.App) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -18,8 +19,12 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tracker.cli.kafka_local import LocalKafka, free_port
+from tracker.kafka.topology import Topology
+from tracker.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +177,24 @@ class Pipeline:
         text: str = body
         return text
 
+    def wait_until_handled(self, timeout: float = 60.0) -> None:
+        """Return once the worker has handled everything on its input topics so far: every
+        consumer group of the worker has committed, on every partition, the topic's end offset.
+
+        Stages commit only after their output is written (ClickHouse, or the next stage's topic,
+        acknowledged), so this proves that what was sent before it has gone all the way, on any
+        partition. Fails the test on timeout."""
+        behind: dict[str, int] = {}
+
+        async def caught_up() -> None:
+            async with asyncio.timeout(timeout):
+                await _worker_caught_up(self.env, behind)
+
+        try:
+            asyncio.run(caught_up())
+        except TimeoutError:
+            pytest.fail(f"the worker did not catch up in {timeout}s; behind: {behind}")
+
     def wait_for(self, sql: str, expected: str, timeout: float = 30.0) -> str:
         """Poll until ``sql`` answers ``expected``; return the last answer either way."""
         deadline = time.monotonic() + timeout
@@ -182,6 +205,81 @@ class Pipeline:
                 return answer
             time.sleep(0.2)
         return answer
+
+
+async def _worker_caught_up(env: dict[str, str], behind: dict[str, int]) -> None:
+    """Poll until no consumer group of the worker is behind; ``behind`` holds the last reading."""
+    settings = Settings.from_env(env)
+    topology = Topology.from_settings(settings)
+    worker = settings.worker_id
+    inputs = {  # each consumer group of the worker, and the topics it reads
+        f"{worker}.ingest": [topology.raw.name],
+        f"{worker}.clicks": [topology.click_batches.name],
+        worker: [
+            topology.dead_letters.name,
+            topology.links.name,
+            topology.calls.name,
+            topology.identity.name,
+            topology.journey.name,
+        ],
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    ends = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)  # no group: reads only
+    await admin.start()
+    await ends.start()
+    try:
+        while True:
+            # Groups of a stage added later are found by name; their committed partitions count.
+            for group, *_ in await admin.list_consumer_groups():
+                if group == worker or group.startswith(f"{worker}."):
+                    inputs.setdefault(group, [])
+            named = sorted({topic for topics in inputs.values() for topic in topics})
+            found = {
+                described["topic"]: [p["partition"] for p in described["partitions"]]
+                for described in await admin.describe_topics(named)
+            }
+            missing = [topic for topic in named if not found.get(topic)]
+            if missing:  # every input topic is made before the worker starts: ask again
+                behind.clear()
+                behind.update(dict.fromkeys((f"{t} has no partitions yet" for t in missing), 0))
+                await asyncio.sleep(0.2)
+                continue
+            wanted = {
+                group: {
+                    TopicPartition(topic, partition)
+                    for topic in topics
+                    for partition in found[topic]
+                }
+                for group, topics in inputs.items()
+            }
+            for group in wanted:
+                wanted[group] |= set(await admin.list_consumer_group_offsets(group))
+            partitions = sorted({tp for tps in wanted.values() for tp in tps})
+            # Committed offsets read between two equal readings of the end offsets: an output
+            # a stage produced meanwhile shows as a change of the ends.
+            before = await ends.end_offsets(partitions)
+            committed = {group: await admin.list_consumer_group_offsets(group) for group in wanted}
+            after = await ends.end_offsets(partitions)
+            behind.clear()
+            behind.update(
+                {
+                    f"{group} {tp.topic}/{tp.partition}": before[tp] - _offset(committed[group], tp)
+                    for group, tps in wanted.items()
+                    for tp in tps
+                    if _offset(committed[group], tp) < before[tp]
+                }
+            )
+            if before == after and not behind:
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await ends.stop()
+        await admin.close()
+
+
+def _offset(committed: dict[TopicPartition, Any], partition: TopicPartition) -> int:
+    found = committed.get(partition)
+    return max(0, found.offset) if found is not None else 0
 
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
@@ -222,7 +320,18 @@ def pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
 def metric_value(base_url: str, sample: str) -> float:
     """One sample from a component's /metrics, e.g. ``tracker_worker_events_total{outcome="written"}``."""
     _, text, _ = http("GET", base_url + "/metrics")
-    for line in str(text).splitlines():
+    return sample_in(str(text), sample)
+
+
+async def scraped(client: Any, sample: str) -> float:
+    """One sample from the /metrics of an app under an aiohttp ``TestClient``. Counters live in
+    the process-wide registry, so compare values before and after an action: another test may
+    have moved them already."""
+    return sample_in(await (await client.get("/metrics")).text(), sample)
+
+
+def sample_in(exposition: str, sample: str) -> float:
+    for line in exposition.splitlines():
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0

@@ -9,6 +9,7 @@ __all__ = [
     "ConfigError",
     "FieldError",
     "QueryRefused",
+    "StateTooLarge",
     "StoreError",
     "TrackerError",
     "ValidationError",
@@ -67,3 +68,15 @@ class QueryRefused(TrackerError):
 
     The message says why, in words a person can act on; retrying the same query is futile.
     """
+
+
+class StateTooLarge(TrackerError):
+    """One key's state cannot be kept under ``TRACKER_STATE_MAX_BYTES`` even after folding:
+    the record that grew it cannot be processed (it goes to dead letters)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} would take {size} bytes of state, above TRACKER_STATE_MAX_BYTES ({limit})"
+        )
+        self.size = size
+        self.limit = limit

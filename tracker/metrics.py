@@ -27,10 +27,14 @@ __all__ = [
     "LINK_CLICKS",
     "LINK_CLICKS_DROPPED",
     "LINK_CLICK_QUEUE",
+    "POISON_RECORDS",
     "SINK_FAILURES",
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
+    "STAGE_RETRIES",
+    "STATE_FOLDED",
     "STITCH_EVENTS",
+    "STITCH_ROUTES",
     "WORKER_EVENTS",
     "WORKER_LAG",
     "WORKER_READY",
@@ -216,7 +220,8 @@ CALL_WEBHOOKS = Counter(
 )
 CALL_CALLBACKS_MERGED = Counter(
     "tracker_call_callbacks_merged_total",
-    "Call callbacks the worker handled: merged (new), duplicate (a retry) or over_limit.",
+    "Call callbacks the worker handled: merged (new), duplicate (a retry), over_limit (the "
+    "call has the most callbacks kept) or over_size (its state is at TRACKER_STATE_MAX_BYTES).",
     ["outcome"],
 )
 CALL_POOL_RESERVATIONS = Counter(
@@ -247,6 +252,13 @@ STITCH_EVENTS = Counter(
     "Records handled by each stitching step: identity (the identity log) or journey.",
     ["step"],
 )
+STITCH_ROUTES = Counter(
+    "tracker_stitch_routes_total",
+    "Touchpoints handed to stitching, by path: ordered (through the one-partition identity log: "
+    "they may link identifiers not yet linked) or direct (straight to their customer's "
+    "partition, resolved through the replicated aliases).",
+    ["path"],
+)
 IDENTITY_CONFLICTS = Counter(
     "tracker_identity_conflicts_total",
     "Links the identity rules refused (two user ids, a per-type limit, a split), kept for review.",
@@ -254,4 +266,21 @@ IDENTITY_CONFLICTS = Counter(
 JOURNEY_LATE_EVENTS = Counter(
     "tracker_journey_late_events_total",
     "Events later than the allowed lateness: kept and counted, not put into sessions.",
+)
+POISON_RECORDS = Counter(
+    "tracker_poison_records_total",
+    "Records a worker stage could not process, by stage: each went to dead letters with its "
+    "reason, and its batch-mates went on. Should stay 0.",
+    ["stage"],
+)
+STAGE_RETRIES = Counter(
+    "tracker_stage_retries_total",
+    "Batches a worker stage retried because ClickHouse or Kafka was away: a delay, not a loss.",
+    ["stage"],
+)
+STATE_FOLDED = Counter(
+    "tracker_state_folded_total",
+    "Detail dropped to keep one key's state under TRACKER_STATE_MAX_BYTES, by state: journey "
+    "(events folded into counts), journey_forwards (moves forgotten) or call (callbacks not kept).",
+    ["state"],
 )

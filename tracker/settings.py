@@ -79,6 +79,8 @@ class Settings:
     default_phone_region: str
     cors_origins: tuple[str, ...]
     log_level: str
+    # How long a collector waits for a request's body once its headers are in (answers 408 after).
+    body_read_timeout_seconds: float = 5.0
     links_base_url: str = "http://127.0.0.1:8002"
     links_click_buffer: int = 250_000
     links_api_rate: float = 10.0
@@ -103,6 +105,7 @@ class Settings:
     session_split_at_midnight: bool = False
     journey_allowed_lateness_minutes: float = 60.0
     journey_max_events: int = 500
+    state_max_bytes: int = 262_144
     journey_stages: tuple[Mapping[str, Any], ...] = ()
     journey_conversions: tuple[Mapping[str, Any], ...] = ()
     friction_thresholds: Mapping[str, float] = field(default_factory=dict)
@@ -117,6 +120,8 @@ class Settings:
     supervisor_backoff_seconds: float = 1.0
     supervisor_max_backoff_seconds: float = 30.0
     supervisor_stable_seconds: float = 60.0
+    # A ClickHouse cluster's name: migrations then make replicated, distributed tables ON CLUSTER.
+    clickhouse_cluster: str = ""
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -159,6 +164,11 @@ class Settings:
                 "TRACKER_CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}"
             ),
             clickhouse_database=reader.identifier("TRACKER_CLICKHOUSE_DATABASE", "tracker"),
+            clickhouse_cluster=(
+                reader.identifier("TRACKER_CLICKHOUSE_CLUSTER", "")
+                if reader.text("TRACKER_CLICKHOUSE_CLUSTER", "")
+                else ""
+            ),
             kafka_bootstrap=reader.text("TRACKER_KAFKA_BOOTSTRAP", LOCAL_KAFKA),
             kafka_local_port=reader.port("TRACKER_KAFKA_LOCAL_PORT", 9092),
             topic_prefix=reader.text("TRACKER_TOPIC_PREFIX", ""),
@@ -175,6 +185,7 @@ class Settings:
             hash_salt=Secret(salt),
             max_body_bytes=reader.integer("TRACKER_MAX_BODY_BYTES", 1_048_576, minimum=1024),
             max_events_per_request=reader.integer("TRACKER_MAX_EVENTS_PER_REQUEST", 500, minimum=1),
+            body_read_timeout_seconds=reader.number("TRACKER_BODY_READ_TIMEOUT_SECONDS", 5.0),
             produce_timeout_seconds=reader.number("TRACKER_PRODUCE_TIMEOUT_SECONDS", 5.0),
             retry_after_seconds=reader.integer("TRACKER_RETRY_AFTER_SECONDS", 5, minimum=1),
             sink_batch_size=reader.integer("TRACKER_SINK_BATCH_SIZE", 5000, minimum=1),
@@ -376,6 +387,20 @@ _RULE_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
+# Kafka refuses records above about 1 MB (the producers' max.request.size): state stays well under.
+STATE_MAX_BYTES_CEILING = 900_000
+
+
+def _state_max_bytes(reader: _Reader) -> int:
+    value = reader.integer("TRACKER_STATE_MAX_BYTES", 262_144, minimum=16_384)
+    if value > STATE_MAX_BYTES_CEILING:
+        raise ConfigError(
+            f"TRACKER_STATE_MAX_BYTES must be at most {STATE_MAX_BYTES_CEILING} (Kafka refuses "
+            f"records above about 1 MB), got {value}"
+        )
+    return value
+
+
 def _journey_settings(reader: _Reader) -> dict[str, Any]:
     return {
         "session_inactivity_minutes": reader.number("TRACKER_SESSION_INACTIVITY_MINUTES", 30.0),
@@ -385,6 +410,7 @@ def _journey_settings(reader: _Reader) -> dict[str, Any]:
             "TRACKER_JOURNEY_ALLOWED_LATENESS_MINUTES", 60.0
         ),
         "journey_max_events": reader.integer("TRACKER_JOURNEY_MAX_EVENTS", 500, minimum=10),
+        "state_max_bytes": _state_max_bytes(reader),
         "journey_stages": _rules(reader, "TRACKER_JOURNEY_STAGES", required="stage"),
         "journey_conversions": _rules(reader, "TRACKER_JOURNEY_CONVERSIONS", required="name"),
         "friction_thresholds": _numbers(reader, "TRACKER_FRICTION_THRESHOLDS", FRICTION_THRESHOLDS),

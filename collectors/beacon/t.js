@@ -105,11 +105,14 @@
   };
 
   const strings = (obj) => {
-    // The touchpoint's properties are a string map: numbers and the like become strings.
+    // The touchpoint's properties are a string map (numbers and the like become strings),
+    // held to the schema's limits: 50 entries, keys of 128 and values of 1024 characters.
     const out = {};
+    let n = 0;
     for (const [k, v] of Object.entries(obj || {})) {
       if (v === null || v === undefined) continue;
-      out[String(k).slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 4096);
+      if (n++ >= 50) break;
+      out[String(k).slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 1024);
     }
     return out;
   };

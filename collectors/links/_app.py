@@ -181,13 +181,14 @@ def redirect_handler(links: Links) -> Handler:
     table, clicks, click_ids = links.table, links.clicks, links.click_ids
     queue, bound = clicks.queue, clicks.bound
     trust_forwarded_for = links.settings.trust_forwarded_for
+    retry_after = str(links.settings.retry_after_seconds)
 
     async def follow(request: web.Request) -> web.StreamResponse:
         slug = request.match_info["slug"]
         link = table.links.get(slug)
         if link is None:
             if not links.loaded:  # restarting: every link would look unknown until it is read
-                return _page(503, {"Retry-After": "1"})
+                return _page(503, {"Retry-After": retry_after})
             _UNKNOWN.inc()
             return _page(404)
         qr = False

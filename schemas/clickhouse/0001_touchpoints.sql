@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS {db}.touchpoints
     inserted_at       DateTime64(3, 'UTC') DEFAULT now64(3),
     INDEX event_id_bloom event_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
+-- sharding key: cityHash64(event_id)
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (toDate(ts), event_id);

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
     payload        String,
     inserted_at    DateTime64(3, 'UTC') DEFAULT now64(3)
 )
+-- sharding key: cityHash64(dead_letter_id)
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(received_ts)
 ORDER BY (toDate(received_ts), dead_letter_id);

@@ -27,5 +27,6 @@ CREATE TABLE IF NOT EXISTS {db}.links
     updated_at    DateTime64(3, 'UTC'),
     inserted_at   DateTime64(3, 'UTC') DEFAULT now64(3)
 )
+-- sharding key: cityHash64(slug)
 ENGINE = ReplacingMergeTree(version)
 ORDER BY slug;

@@ -38,5 +38,6 @@ CREATE TABLE IF NOT EXISTS {db}.calls
     inserted_at      DateTime64(3, 'UTC') DEFAULT now64(3),
     INDEX call_uuid_bloom call_uuid TYPE bloom_filter(0.01) GRANULARITY 4
 )
+-- sharding key: cityHash64(call_uuid)
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (provider, call_id, call_uuid);

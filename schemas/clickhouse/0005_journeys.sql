@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS {db}.identities
     INDEX customer_bloom customer_id TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX own_customer_bloom own_customer_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
+-- sharding key: cityHash64(identifier)
 ENGINE = ReplacingMergeTree(version)
 ORDER BY identifier;
 
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS {db}.identity_conflicts
     rule             LowCardinality(String),
     recorded_at      DateTime64(3, 'UTC') DEFAULT now64(3)
 )
+-- sharding key: cityHash64(conflict_id)
 ENGINE = ReplacingMergeTree
 ORDER BY conflict_id;
 
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS {db}.sessions
     retired      Bool,
     updated_at   DateTime64(3, 'UTC') DEFAULT now64(3)
 )
+-- sharding key: cityHash64(session_id)
 ENGINE = ReplacingMergeTree(version)
 ORDER BY session_id;
 
@@ -88,6 +91,7 @@ CREATE TABLE IF NOT EXISTS {db}.journeys
     merged_into  String COMMENT 'set when this customer was merged into another',
     updated_at   DateTime64(3, 'UTC') DEFAULT now64(3)
 )
+-- sharding key: cityHash64(customer_id)
 ENGINE = ReplacingMergeTree(version)
 ORDER BY customer_id;
 
@@ -106,5 +110,6 @@ CREATE TABLE IF NOT EXISTS {db}.frictions
     retracted    Bool,
     updated_at   DateTime64(3, 'UTC') DEFAULT now64(3)
 )
+-- sharding key: cityHash64(friction_id)
 ENGINE = ReplacingMergeTree(version)
 ORDER BY friction_id;

@@ -3,10 +3,9 @@ beacon, call webhooks), Kafka and the worker's identity and journey agents, into
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +22,10 @@ from tracker.cli.kafka_local import LocalKafka
 pytestmark = pytest.mark.integration
 
 PHONE = "+14155550177"
-INACTIVITY_SECONDS = 3.0  # sessions end after 3 s without activity here, so phases are sessions
+# Sessions end after a minute of event time without activity. The whole story spans ten minutes
+# of event time, well within the allowed lateness (an hour), so the click, which comes through
+# the links service, may reach the journey agent before or after the web events that follow it.
+INACTIVITY = timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def journey_pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
         kafka.bootstrap,
         tmp_path,
         TRACKER_GENERIC_WEBHOOK_SECRET=GENERIC_SECRET,
-        TRACKER_SESSION_INACTIVITY_MINUTES=str(INACTIVITY_SECONDS / 60),
+        TRACKER_SESSION_INACTIVITY_MINUTES=str(INACTIVITY.total_seconds() / 60),
     )
     running = Pipeline(env, tmp_path).start()
     running.components += [running.links(TRACKER_API_TOKEN=TOKEN).start(), running.calls().start()]
@@ -41,17 +43,21 @@ def journey_pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stamp(datetime.now(UTC))
 
 
-def web(**fields: Any) -> dict[str, Any]:
-    return make_event(ts=now(), **fields)
+def stamp(ts: datetime) -> str:
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def phone_call(pipeline: Pipeline, **fields: Any) -> None:
+def web(at: datetime, **fields: Any) -> dict[str, Any]:
+    return make_event(ts=stamp(at), **fields)
+
+
+def phone_call(pipeline: Pipeline, at: datetime, **fields: Any) -> None:
     call_id = "call-" + uuid.uuid4().hex
     body = {"call_id": call_id, "direction": "inbound", "from": PHONE, "to": "+18005550100"}
-    assert generic_callback(pipeline, call_id, {**body, "timestamp": now(), **fields}) == 200
+    assert generic_callback(pipeline, call_id, {**body, "timestamp": stamp(at), **fields}) == 200
 
 
 def test_one_customer_from_email_click_to_unhappy_support_call(
@@ -67,24 +73,33 @@ def test_one_customer_from_email_click_to_unhappy_support_call(
     assert call("POST", links_url + "/api/links", created)[0] == 201
 
     # Session 1: the email link, the visit it leads to, pricing, and a form with the email.
+    # The click is stamped by the links service as it happens; every later event carries its
+    # own time, so the gaps between sessions are in event time, and nothing waits for them.
     _, _, headers = call(
         "GET", links_url + "/autumn-mail", headers={"User-Agent": FIREFOX}, follow=False
     )
+    clicked = datetime.now(UTC)
+
+    def seconds(n: float) -> datetime:
+        return clicked + timedelta(seconds=n)
+
     click_id = parse_qs(urlsplit(headers["Location"]).query)[CLICK_ID_PARAM][0]
     anon = "anon-" + uuid.uuid4().hex[:8]
     email = f"ada-{uuid.uuid4().hex[:6]}@example.com"
-    landing = "https://shop.example.com/autumn"
-    assert p.post([web(anonymous_id=anon, click_id=click_id, page={"url": landing})])[0] == 200
-    time.sleep(0.3)
-    pricing = web(anonymous_id=anon, page={"url": "https://shop.example.com/pricing"})
+    landing = web(
+        seconds(10), anonymous_id=anon, click_id=click_id, page={"url": created["target"]}
+    )
+    assert p.post([landing])[0] == 200
+    pricing = web(seconds(20), anonymous_id=anon, page={"url": "https://shop.example.com/pricing"})
     assert p.post([pricing])[0] == 200
-    time.sleep(0.3)
-    form = web(type="identify", anonymous_id=anon, email=email)
+    form = web(seconds(30), type="identify", anonymous_id=anon, email=email)
     assert p.post([form])[0] == 200
-    time.sleep(INACTIVITY_SECONDS + 1)
 
-    # Session 2: the CRM learns the phone number; the customer calls sales, then buys.
+    # Session 2, five minutes on: the CRM learns the phone number; the customer calls sales, buys.
+    session_2 = 300.0
+    assert seconds(session_2) - seconds(30) > INACTIVITY
     crm = web(
+        seconds(session_2),
         type="identify",
         source="server",
         email=email,
@@ -93,17 +108,30 @@ def test_one_customer_from_email_click_to_unhappy_support_call(
     )
     crm.pop("anonymous_id")
     assert p.post([crm])[0] == 200
-    time.sleep(0.3)
-    phone_call(p, status="completed", queue="sales", answered_at=now(), talk_seconds=240)
-    time.sleep(0.3)
-    purchase = web(type="purchase", anonymous_id=anon, value=120.0, currency="EUR")
+    sales_call = seconds(session_2 + 10)
+    phone_call(
+        p,
+        sales_call,
+        status="completed",
+        queue="sales",
+        answered_at=stamp(sales_call),
+        talk_seconds=240,
+    )
+    purchase = web(
+        seconds(session_2 + 50), type="purchase", anonymous_id=anon, value=120.0, currency="EUR"
+    )
     assert p.post([purchase])[0] == 200
-    time.sleep(INACTIVITY_SECONDS + 1)
 
-    # Session 3: a support call nobody answers, then an unhappy NPS answer.
-    phone_call(p, status="completed", queue="support", queue_seconds=200)
-    time.sleep(0.3)
-    survey = web(type="survey_response", survey={"kind": "nps", "score": 3}, email=email)
+    # Session 3, five minutes on again: a support call nobody answers, then an unhappy NPS answer.
+    session_3 = 600.0
+    assert seconds(session_3) - seconds(session_2 + 50) > INACTIVITY
+    phone_call(p, seconds(session_3), status="completed", queue="support", queue_seconds=200)
+    survey = web(
+        seconds(session_3 + 10),
+        type="survey_response",
+        survey={"kind": "nps", "score": 3},
+        email=email,
+    )
     survey.pop("anonymous_id")
     assert p.post([survey])[0] == 200
 

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from collectors.beacon import create_app
+from tests.conftest import scraped
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 
@@ -102,14 +103,23 @@ async def test_bad_requests_get_a_reason(
     assert (await response.json())["error"].startswith(error)
 
 
-async def test_kafka_unavailable_means_503_with_retry_after(
-    client: TestClient[Any, Any], publisher: MemoryPublisher
-) -> None:
+async def test_kafka_unavailable_means_503_with_retry_after(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_HASH_SALT": "s",
+            "TRACKER_RETRY_AFTER_SECONDS": "7",
+        }
+    )
+    publisher = MemoryPublisher(retry_after_seconds=settings.retry_after_seconds)
     publisher.unavailable = True
-    response = await client.post("/v1/events", json=[event()])
-    assert response.status == 503 and response.headers["Retry-After"] == "1"
-    assert (await client.get("/readyz")).status == 503
-    assert (await client.get("/healthz")).status == 200
+    async with TestClient(TestServer(create_app(settings, publisher))) as client:
+        response = await client.post("/v1/events", json=[event()])
+        # The wait configured in TRACKER_RETRY_AFTER_SECONDS, in the header and the body.
+        assert (response.status, response.headers["Retry-After"]) == (503, "7")
+        assert (await response.json())["retry_after"] == 7
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
 
 
 async def test_pixel_answers_a_gif_and_reads_the_query(
@@ -156,9 +166,15 @@ async def test_cors_preflight_for_allowed_origins_only(client: TestClient[Any, A
 
 
 async def test_metrics_count_answers_by_route(client: TestClient[Any, Any]) -> None:
-    await client.post("/v1/events", json=[event()])
-    text = await (await client.get("/metrics")).text()
-    assert (
+    answered = (
         'tracker_collector_requests_total{collector="beacon",route="/v1/events",status="200"}'
-        in text
     )
+    refused = 'tracker_collector_requests_total{collector="beacon",route="/v1/events",status="400"}'
+    before = (await scraped(client, answered), await scraped(client, refused))
+
+    await client.post("/v1/events", json=[event()])
+    await client.post("/v1/events", json=[event()])
+    await client.post("/v1/events", data=b"[]")
+
+    after = (await scraped(client, answered), await scraped(client, refused))
+    assert after == (before[0] + 2, before[1] + 1)

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import REGISTRY
 
 from collectors.beacon import NumberReservations, create_app
+from tests.conftest import scraped
 from tracker.kafka.compacted import MemoryLog
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
@@ -33,6 +33,7 @@ def settings(tmp_path: Path) -> Settings:
             "TRACKER_DATA_DIR": str(tmp_path),
             "TRACKER_HASH_SALT": "s",
             "TRACKER_CALL_NUMBER_POOLS": orjson.dumps(POOLS).decode(),
+            "TRACKER_RETRY_AFTER_SECONDS": "7",
         }
     )
 
@@ -63,8 +64,8 @@ async def ask(client: TestClient[Any, Any], **body: Any) -> tuple[int, Any]:
     return response.status, await response.json()
 
 
-def dry_count() -> float:
-    return REGISTRY.get_sample_value("tracker_call_pool_dry_total", {"pool": "spring"}) or 0.0
+async def dry_count(client: TestClient[Any, Any]) -> float:
+    return await scraped(client, 'tracker_call_pool_dry_total{pool="spring"}')
 
 
 async def test_a_session_gets_a_number_and_the_same_one_when_it_asks_again(
@@ -105,7 +106,7 @@ async def test_a_dry_pool_answers_its_fallback_counts_it_and_raises_an_event(
 ) -> None:
     for session in ("s1", "s2"):
         assert (await ask(client, pool="spring", session_id=session))[0] == 200
-    before = dry_count()
+    before = await dry_count(client)
 
     status, answer = await ask(client, pool="spring", anonymous_id="a3", session_id="s3")
 
@@ -118,7 +119,7 @@ async def test_a_dry_pool_answers_its_fallback_counts_it_and_raises_an_event(
         "reserved": False,
         "reason": "pool_dry",
     }
-    assert dry_count() == before + 1
+    assert await dry_count(client) == before + 1
     [event] = publisher.touchpoints
     assert (event.type, event.name, event.source) == ("custom", "call_pool_dry", "server")
     assert (event.anonymous_id, event.session_id) == ("a3", "s3")
@@ -151,7 +152,8 @@ async def test_when_kafka_does_not_take_the_reservation_the_answer_is_503(
     response = await client.post(
         "/v1/numbers", data=orjson.dumps({"pool": "spring", "session_id": "s1"})
     )
-    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    # The wait configured in TRACKER_RETRY_AFTER_SECONDS.
+    assert (response.status, response.headers["Retry-After"]) == (503, "7")
     assert numbers.book.holder("+18005550101") is None
 
 
@@ -159,5 +161,9 @@ async def test_without_reservations_the_beacon_answers_503_not_a_number(
     settings: Settings,
 ) -> None:
     async with TestClient(TestServer(create_app(settings, MemoryPublisher()))) as client:
-        status, answer = await ask(client, pool="spring", session_id="s1")
-    assert status == 503 and "loading" in answer["error"]
+        response = await client.post(
+            "/v1/numbers", data=orjson.dumps({"pool": "spring", "session_id": "s1"})
+        )
+        answer = await response.json()
+    assert response.status == 503 and "loading" in answer["error"]
+    assert (response.headers["Retry-After"], answer["retry_after"]) == ("7", 7)

@@ -28,6 +28,7 @@ from vonage_jwt.verify_jwt import verify_signature
 from collectors.calls import PROVIDERS, create_app
 from collectors.calls._common import WebhookRequest
 from collectors.calls.records import CallCallback, hash_number
+from tests.conftest import scraped
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 
@@ -653,22 +654,26 @@ async def test_a_provider_without_its_secret_refuses_everything_and_names_the_va
     assert publisher.calls == []
 
 
-async def test_kafka_unavailable_answers_503_with_retry_after(
-    client: TestClient[Any, Any], publisher: MemoryPublisher
-) -> None:
+async def test_kafka_unavailable_answers_503_with_retry_after(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, TRACKER_RETRY_AFTER_SECONDS="7")
+    publisher = MemoryPublisher(retry_after_seconds=settings.retry_after_seconds)
     publisher.unavailable = True
     body = orjson.dumps(GENERIC_CALL)
-    response = await client.post("/v1/calls/generic", data=body, headers=generic_headers(body))
-    assert response.status == 503 and int(response.headers["Retry-After"]) >= 1
+    async with TestClient(TestServer(create_app(settings, publisher))) as client:
+        response = await client.post("/v1/calls/generic", data=body, headers=generic_headers(body))
+        # The wait configured in TRACKER_RETRY_AFTER_SECONDS, in the header and the body.
+        assert (response.status, response.headers["Retry-After"]) == (503, "7")
+        assert (await response.json())["retry_after"] == 7
 
 
 async def test_health_and_metrics_routes(client: TestClient[Any, Any]) -> None:
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
+    accepted = 'tracker_call_webhooks_total{outcome="accepted",provider="generic"}'
+    before = await scraped(client, accepted)
     body = orjson.dumps(GENERIC_CALL)
     await client.post("/v1/calls/generic", data=body, headers=generic_headers(body))
-    metrics = await (await client.get("/metrics")).text()
-    assert 'tracker_call_webhooks_total{outcome="accepted",provider="generic"}' in metrics
+    assert await scraped(client, accepted) == before + 1
 
 
 # -- How provider-specific callbacks read ------------------------------------------------------

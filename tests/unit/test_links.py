@@ -489,8 +489,9 @@ class _LoadingState:
 
 
 async def test_while_links_load_a_slug_is_unavailable_not_unknown(tmp_path: Path) -> None:
-    app = create_app(settings(tmp_path), MemoryPublisher(), _LoadingState())  # type: ignore[arg-type]
+    configured = settings(tmp_path, TRACKER_RETRY_AFTER_SECONDS="7")
+    app = create_app(configured, MemoryPublisher(), _LoadingState())  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as loading:
         response = await loading.get("/anything", allow_redirects=False)
-        assert (response.status, response.headers["Retry-After"]) == (503, "1")
+        assert (response.status, response.headers["Retry-After"]) == (503, "7")
         assert (await loading.get("/readyz")).status == 503

@@ -152,7 +152,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     from tracker.store import ClickHouseStore
 
-    store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+    store = ClickHouseStore(
+        settings.clickhouse_url, settings.clickhouse_database, settings.clickhouse_cluster
+    )
     try:
         applied = store.run_sync(store.migrate_sync)
     finally:

@@ -233,8 +233,9 @@ class CompactedState:
 class MemoryLog:
     """An in-memory :class:`CompactedLog` for unit tests: a write is applied at once."""
 
-    def __init__(self, apply: Apply) -> None:
+    def __init__(self, apply: Apply, retry_after_seconds: float = 1.0) -> None:
         self._apply = apply
+        self._retry_after = retry_after_seconds  # the settings' value, as CompactedState uses
         self.records: list[tuple[str, str, bytes | None]] = []
         self.unavailable = False
 
@@ -250,7 +251,7 @@ class MemoryLog:
 
     async def write(self, topic: str, key: str, value: bytes | None, wait: bool = True) -> None:
         if self.unavailable:
-            raise BackpressureError("memory log marked unavailable", 1.0)
+            raise BackpressureError("memory log marked unavailable", self._retry_after)
         self.records.append((topic, key, value))
         self._apply(topic, key, value)
 

@@ -182,7 +182,10 @@ class KafkaPublisher:
 class MemoryPublisher:
     """An in-memory publisher for unit tests of collector logic."""
 
-    def __init__(self) -> None:
+    def __init__(self, retry_after_seconds: float = 1.0) -> None:
+        """``retry_after_seconds`` is the wait it asks for when unavailable: pass the settings'
+        value, as the Kafka publisher uses it."""
+        self.retry_after_seconds = retry_after_seconds
         self.touchpoints: list[Touchpoint] = []
         self.calls: list[KeyedRecord] = []
         self.click_batches: list[bytes] = []
@@ -203,19 +206,19 @@ class MemoryPublisher:
         self, touchpoints: Sequence[Touchpoint], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
         if self.unavailable:
-            raise BackpressureError("memory publisher marked unavailable", 1.0)
+            raise BackpressureError("memory publisher marked unavailable", self.retry_after_seconds)
         self.touchpoints.extend(touchpoints)
         self.dead_letters.extend(dead_letters)
 
     async def publish_click_batch(self, value: bytes, key: str, clicks: int) -> None:
         if self.unavailable:
-            raise BackpressureError("memory publisher marked unavailable", 1.0)
+            raise BackpressureError("memory publisher marked unavailable", self.retry_after_seconds)
         self.click_batches.append(value)
 
     async def publish_calls(
         self, callbacks: Sequence[KeyedRecord], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
         if self.unavailable:
-            raise BackpressureError("memory publisher marked unavailable", 1.0)
+            raise BackpressureError("memory publisher marked unavailable", self.retry_after_seconds)
         self.calls.extend(callbacks)
         self.dead_letters.extend(dead_letters)

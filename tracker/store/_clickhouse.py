@@ -13,7 +13,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from tracker.errors import ConfigError, QueryRefused, StoreError
-from tracker.store._migrations import load_migrations
+from tracker.store._migrations import load_migrations, on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ class ClickHouseStore:
     never block the event loop.
     """
 
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, cluster: str = "") -> None:
         self.url = url
         self.database = database
+        self.cluster = cluster  # TRACKER_CLICKHOUSE_CLUSTER: migrations run ON CLUSTER, replicated
         self._client: Any = None
         self._database_ready = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -173,13 +174,16 @@ class ClickHouseStore:
     def migrate_sync(self) -> list[int]:
         """Apply the migrations not yet applied; return their numbers. Safe to run again."""
         db = f"`{self.database}`"
-        self._call("command", f"CREATE DATABASE IF NOT EXISTS {db}")
-        self._call(
-            "command",
-            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
-            "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
-            "ENGINE = ReplacingMergeTree ORDER BY version",
+        on = f" ON CLUSTER `{self.cluster}`" if self.cluster else ""
+        self._call("command", f"CREATE DATABASE IF NOT EXISTS {db}{on}")
+        ledger = (
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations\n"
+            "(version UInt32, name String, applied_at DateTime64(3, 'UTC'))\n"
+            "-- sharding key: version\n"
+            "ENGINE = ReplacingMergeTree\nORDER BY version"
         )
+        for statement in on_cluster(ledger, self.database, self.cluster) if on else [ledger]:
+            self._call("command", statement)
         done = {
             row[0]
             for row in self._call(
@@ -190,13 +194,15 @@ class ClickHouseStore:
         for migration in load_migrations():
             if migration.version in done:
                 continue
-            for statement in migration.statements(self.database):
+            for statement in migration.statements(self.database, self.cluster):
                 self._call("command", statement)
             self._call(
                 "insert",
                 f"{self.database}.schema_migrations",
                 [[migration.version, migration.name, datetime.now(UTC)]],
                 column_names=["version", "name", "applied_at"],
+                # on a cluster, the record is on its shard before the next reader looks
+                settings={"insert_distributed_sync": 1} if self.cluster else None,
             )
             applied.append(migration.version)
             log.info(

@@ -50,6 +50,9 @@ class Sink(Protocol):
 
     async def flush(self) -> FlushResult: ...
 
+    def discard(self) -> None:
+        """Drop the rows added since the last flush (a failed attempt's, to be made again)."""
+
 
 class ClickHouseSink:
     """Buffers rows for one table and writes them in one insert, skipping (key, version) pairs
@@ -89,6 +92,10 @@ class ClickHouseSink:
         if (key, version) not in self._rows:
             self._rows[(key, version)] = row
             self._times.append(ts)
+
+    def discard(self) -> None:
+        self._rows = {}
+        self._times = []
 
     async def flush(self) -> FlushResult:
         if not self._rows:
@@ -172,14 +179,23 @@ class ClickHouseSink:
 
 
 class MemorySink:
-    """An in-memory sink for unit tests: same contract, a dict for a table."""
+    """An in-memory sink for unit tests: same contract, a dict for a table.
+
+    ``added`` records every ``add`` as it came, copies included, so a test can see what the
+    caller handed over rather than what this sink's own de-duplication kept.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[Key, Sequence[Any]] = {}
+        self.added: list[tuple[Key, datetime, Sequence[Any]]] = []
         self._pending: dict[Key, Sequence[Any]] = {}
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+        self.added.append(((key, version), ts, row))
         self._pending.setdefault((key, version), row)
+
+    def discard(self) -> None:
+        self._pending = {}
 
     async def flush(self) -> FlushResult:
         fresh = {k: v for k, v in self._pending.items() if k not in self.rows}
