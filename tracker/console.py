@@ -6,6 +6,7 @@ bound to localhost unless ``TRACKER_CONSOLE_HOST`` says otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from tracker.errors import QueryRefused, TrackerError
 from tracker.http import add_health_routes, json_error, json_response, request_metrics
 from tracker.privacy import InvalidIdentifier
 from tracker.readonly_sql import check_query
+from tracker.reports import ReportInvalid, run_report
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore, QueryLimits
 
@@ -49,6 +51,7 @@ def create_console(
     app[SETTINGS_KEY] = settings
     app.router.add_get("/", page)
     app.router.add_post("/api/query", query)
+    app.router.add_get("/api/reports/{name}", report)
     if forget is not None:
         app[FORGET_KEY] = forget
         app.router.add_post("/api/forget", forget_identifier)
@@ -124,6 +127,33 @@ async def query(request: web.Request) -> web.StreamResponse:
             )
         return json_error(400, str(exc))
     return web.Response(body=output, content_type="text/plain", charset="utf-8")
+
+
+async def report(request: web.Request) -> web.Response:
+    """A report's rows (tracker.reports), one JSON object per line, as ``tracker report`` gets them."""
+    if refused := _refusal(request):
+        return refused
+    settings = request.app[SETTINGS_KEY]
+    try:
+        rows = await asyncio.to_thread(
+            run_report,
+            request.app[STORE_KEY],
+            request.match_info["name"],
+            dict(request.query),
+            settings.journey_conversions,
+        )
+    except ReportInvalid as exc:
+        return json_error(400, str(exc))
+    except TrackerError as exc:
+        if not exc.retriable:
+            raise
+        return json_error(
+            503,
+            f"ClickHouse cannot answer now; retry: {exc}",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+    body = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+    return web.Response(body=body, content_type="application/x-ndjson")
 
 
 def query_limits(settings: Settings) -> QueryLimits:

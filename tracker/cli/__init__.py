@@ -85,9 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from tracker.cli.journey import add_journey_commands
     from tracker.cli.links import add_links_commands
+    from tracker.cli.report import add_report_commands
 
     add_journey_commands(commands)
     add_links_commands(commands)
+    add_report_commands(commands)
 
     check = commands.add_parser("check", help="exit 0 when the running instance is ready")
     check.set_defaults(run=_check)

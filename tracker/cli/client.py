@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import urllib.error
+import urllib.parse
 import urllib.request
+from typing import Any
 
 import orjson
 
@@ -16,7 +18,7 @@ from tracker.console import QUERY_FORMATS, query_limits
 from tracker.errors import TrackerError
 from tracker.settings import Settings
 
-__all__ = ["console_request", "run_query"]
+__all__ = ["console_request", "fetch_report", "run_query"]
 
 
 def run_query(settings: Settings, sql: str, format_name: str = "tsv") -> str:
@@ -41,13 +43,35 @@ def run_query(settings: Settings, sql: str, format_name: str = "tsv") -> str:
     return answer.decode()
 
 
-def console_request(settings: Settings, path: str, body: dict[str, object], what: str) -> bytes:
-    """POST to the running instance's console; its JSON errors become a TrackerError."""
+def fetch_report(settings: Settings, name: str, options: dict[str, str]) -> list[dict[str, Any]]:
+    """A report's rows: from the running instance's console for embedded chDB (GET
+    /api/reports/<name>); computed here, reading the ClickHouse server, otherwise."""
+    if not settings.uses_embedded_clickhouse:
+        from tracker.reports import run_report
+        from tracker.store import ClickHouseStore
+
+        store = ClickHouseStore(settings.clickhouse_url, settings.clickhouse_database)
+        try:
+            return run_report(store, name, options, settings.journey_conversions)
+        finally:
+            store.close()
+    path = f"/api/reports/{urllib.parse.quote(name)}?{urllib.parse.urlencode(options)}"
+    answer = console_request(settings, path, None, "report")
+    return [orjson.loads(line) for line in answer.splitlines() if line.strip()]
+
+
+def console_request(
+    settings: Settings, path: str, body: dict[str, object] | None, what: str
+) -> bytes:
+    """POST ``body`` (GET without one) to the running instance's console; its JSON errors
+    become a TrackerError."""
     headers = {"Content-Type": "application/json"}
     if settings.api_token:
         headers["Authorization"] = f"Bearer {settings.api_token.value}"
     request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.console_port}{path}", data=orjson.dumps(body), headers=headers
+        f"http://127.0.0.1:{settings.console_port}{path}",
+        data=None if body is None else orjson.dumps(body),
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -62,5 +86,9 @@ def console_request(settings: Settings, path: str, body: dict[str, object], what
         raise TrackerError(
             f"no running instance answers on port {settings.console_port} ({exc.reason}); "
             "start one with `tracker up`"
-            + (", or set TRACKER_CLICKHOUSE_URL to a ClickHouse server" if what == "query" else "")
+            + (
+                ", or set TRACKER_CLICKHOUSE_URL to a ClickHouse server"
+                if what in ("query", "report")
+                else ""
+            )
         ) from None
