@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from collectors.beacon._numbers import NumberReservations, numbers_handler
+from collectors.beacon._segment_app import add_segment_routes
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, request_metrics
@@ -56,6 +57,7 @@ def create_app(
     app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
     app.router.add_get("/t.js", _snippet_handler())
     app.router.add_post("/v1/numbers", numbers_handler(settings, publisher, numbers))
+    add_segment_routes(app, settings, publisher)  # Segment's tracking API, docs/segment.md
     add_health_routes(app, lambda: publisher.ready and (numbers is None or numbers.loaded))
 
     async def lifecycle(app: web.Application) -> Any:

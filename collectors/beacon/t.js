@@ -14,7 +14,11 @@
   const MAX_BYTES = 1024 * 1024;
   const BEACON_BYTES = 60 * 1024; // sendBeacon and keepalive fetch refuse larger bodies
   const MAX_QUEUE = 2000; // while the beacon is unreachable, older events are dropped past this
-  const KEY = { anon: "tracker_aid", session: "tracker_session", user: "tracker_uid", consent: "tracker_consent", unsent: "tracker_unsent" };
+  const AID = "tracker_aid";
+  const SESSION = "tracker_session";
+  const UID = "tracker_uid";
+  const CONSENT = "tracker_consent";
+  const UNSENT = "tracker_unsent";
 
   // Where to send: the script tag's data-endpoint, else the origin the script came from.
   const script = d.currentScript || d.querySelector('script[src*="/t.js"]');
@@ -23,30 +27,28 @@
   const flushMs = Number(script && script.getAttribute("data-flush-ms")) || FLUSH_MS;
 
   // Storage: localStorage, falling back to a first-party cookie when it is unavailable.
-  const store = {
-    get(key) {
-      try {
-        const value = w.localStorage.getItem(key);
-        if (value !== null) return value;
-      } catch (_) { /* storage blocked: try the cookie */ }
-      const match = d.cookie.match(new RegExp("(?:^|; )" + key + "=([^;]*)"));
-      return match ? decodeURIComponent(match[1]) : null;
-    },
-    set(key, value) {
-      try {
-        w.localStorage.setItem(key, value);
-        return;
-      } catch (_) { /* fall through to the cookie */ }
-      const secure = location.protocol === "https:" ? "; Secure" : "";
-      d.cookie = `${key}=${encodeURIComponent(value)}; path=/; max-age=63072000; SameSite=Lax${secure}`;
-    },
-    remove(key) {
-      try { w.localStorage.removeItem(key); } catch (_) { /* nothing stored there */ }
-      d.cookie = `${key}=; path=/; max-age=0`;
-    },
-    json(key) {
-      try { return JSON.parse(store.get(key) || "null"); } catch (_) { return null; }
-    },
+  const load = (key) => {
+    try {
+      const value = w.localStorage.getItem(key);
+      if (value !== null) return value;
+    } catch (_) { /* storage blocked: try the cookie */ }
+    const match = d.cookie.match(new RegExp("(?:^|; )" + key + "=([^;]*)"));
+    return match ? decodeURIComponent(match[1]) : null;
+  };
+  const save = (key, value) => {
+    try {
+      w.localStorage.setItem(key, value);
+      return;
+    } catch (_) { /* fall through to the cookie */ }
+    const secure = location.protocol === "https:" ? "; Secure" : "";
+    d.cookie = `${key}=${encodeURIComponent(value)}; path=/; max-age=63072000; SameSite=Lax${secure}`;
+  };
+  const forget = (key) => {
+    try { w.localStorage.removeItem(key); } catch (_) { /* nothing stored there */ }
+    d.cookie = `${key}=; path=/; max-age=0`;
+  };
+  const loadJson = (key) => {
+    try { return JSON.parse(load(key) || "null"); } catch (_) { return null; }
   };
 
   const uuid = () => {
@@ -61,7 +63,7 @@
 
   // Consent: unset by default (the server's rules apply). Global Privacy Control and Do Not Track
   // always mean marketing: false.
-  let consent = store.json(KEY.consent) || {};
+  let consent = loadJson(CONSENT) || {};
   const optedOut = nav.globalPrivacyControl === true || nav.doNotTrack === "1" || w.doNotTrack === "1";
   const analyticsOff = () => consent.analytics === false;
   const consentToSend = () => {
@@ -73,8 +75,8 @@
   };
 
   const anonymousId = () => {
-    let id = store.get(KEY.anon);
-    if (!id) store.set(KEY.anon, (id = uuid()));
+    let id = load(AID);
+    if (!id) save(AID, (id = uuid()));
     return id;
   };
 
@@ -94,13 +96,13 @@
   // The session rotates after 30 idle minutes; it keeps the short-link click id it started with.
   const session = () => {
     const t = Date.now();
-    let s = store.json(KEY.session);
+    let s = loadJson(SESSION);
     if (!s || !s.id || t - s.last > SESSION_MS) s = { id: uuid(), click_id: "" };
     if (landingClickId && landingClickId.length <= 256) s.click_id = landingClickId;
     if (landingCampaign) s.campaign = landingCampaign;
     landingClickId = landingCampaign = null;
     s.last = t;
-    store.set(KEY.session, JSON.stringify(s));
+    save(SESSION, JSON.stringify(s));
     return s;
   };
 
@@ -134,7 +136,7 @@
       event.anonymous_id = anonymousId();
       event.session_id = s.id;
       if (s.click_id) event.click_id = s.click_id;
-      const userId = store.get(KEY.user);
+      const userId = load(UID);
       if (userId) event.user_id = userId;
     }
     const c = consentToSend();
@@ -234,7 +236,7 @@
       const blob = new Blob([body(chunk)], { type: "text/plain" });
       if (!(nav.sendBeacon && endpoint && nav.sendBeacon(`${endpoint}/v1/events`, blob))) kept.push(...chunk);
     }
-    if (kept.length) store.set(KEY.unsent, JSON.stringify(kept.slice(-MAX_EVENTS)));
+    if (kept.length) save(UNSENT, JSON.stringify(kept.slice(-MAX_EVENTS)));
   };
   w.addEventListener("pagehide", flushOnExit);
   d.addEventListener("visibilitychange", () => { if (d.visibilityState === "hidden") flushOnExit(); });
@@ -295,7 +297,7 @@
     page: (fields) => pageView({ name: fields && fields.name, properties: fields && fields.properties }),
     track: (type, f = {}) => record(type, { name: f.name, properties: f.properties, value: f.value, currency: f.currency, channel: f.channel }),
     identify: (f = {}) => {
-      if (f.user_id && !analyticsOff()) store.set(KEY.user, String(f.user_id));
+      if (f.user_id && !analyticsOff()) save(UID, String(f.user_id));
       record("identify", { user_id: f.user_id && String(f.user_id), email: f.email, phone: f.phone });
     },
     survey: (f = {}) => {
@@ -305,8 +307,8 @@
     },
     consent: (f = {}) => {
       for (const k of ["analytics", "marketing"]) if (typeof f[k] === "boolean") consent[k] = f[k];
-      store.set(KEY.consent, JSON.stringify(consent));
-      if (analyticsOff()) for (const k of [KEY.anon, KEY.session, KEY.user]) store.remove(k);
+      save(CONSENT, JSON.stringify(consent));
+      if (analyticsOff()) for (const k of [AID, SESSION, UID]) forget(k);
     },
     numbers: () => swapNumbers(),
     number: (pool, callback) => reserveNumber(pool).then((answer) => { if (typeof callback === "function") callback(answer); }),
@@ -322,9 +324,9 @@
   const early = Array.from((w.tracker && w.tracker.q) || [], (a) => Array.from(a));
   w.tracker = tracker;
   early.filter((a) => a[0] === "consent").forEach((a) => tracker(...a));
-  const unsent = store.json(KEY.unsent);
+  const unsent = loadJson(UNSENT);
   if (Array.isArray(unsent) && unsent.length) {
-    store.remove(KEY.unsent);
+    forget(UNSENT);
     enqueue(unsent);
   }
   if (autoPages) pageView();
