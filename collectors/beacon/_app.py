@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -12,6 +10,7 @@ from aiohttp import web
 
 from collectors.beacon._numbers import NumberReservations, numbers_handler
 from collectors.beacon._segment_app import add_segment_routes
+from collectors.beacon._snippet import add_snippet_routes
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, request_metrics
@@ -55,7 +54,7 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
-    app.router.add_get("/t.js", _snippet_handler())
+    add_snippet_routes(app)  # /t.js, /t/<version>.js, /t.json
     app.router.add_post("/v1/numbers", numbers_handler(settings, publisher, numbers))
     add_segment_routes(app, settings, publisher)  # Segment's tracking API, docs/segment.md
     add_health_routes(app, lambda: publisher.ready and (numbers is None or numbers.loaded))
@@ -182,23 +181,6 @@ def _pixel_event(request: web.Request, received_ts: datetime) -> dict[str, Any]:
     if properties:
         event["properties"] = properties
     return event
-
-
-def _snippet_handler() -> Any:
-    """``GET /t.js``: the web snippet, cached by browsers for a few minutes and revalidated by ETag."""
-    body = resources.files("collectors.beacon").joinpath("t.js").read_bytes()
-    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
-
-    async def get_snippet(request: web.Request) -> web.Response:
-        if etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        return web.Response(
-            body=body,
-            headers={**headers, "Content-Type": "application/javascript; charset=utf-8"},
-        )
-
-    return get_snippet
 
 
 def _request_context(request: web.Request, settings: Settings) -> RequestContext:

@@ -1,6 +1,5 @@
 /* Tracker web snippet, tracker-js/0.1. Sends touchpoint events to the beacon; see docs/snippet.md. */
 (() => {
-  "use strict";
   const w = window;
   const d = document;
   const nav = navigator;
@@ -54,10 +53,9 @@
   const uuid = () => {
     if (w.crypto.randomUUID) return w.crypto.randomUUID(); // only in secure contexts
     const b = w.crypto.getRandomValues(new Uint8Array(16));
-    b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    b[6] = (b[6] & 15) | 64; // version 4
+    b[8] = (b[8] & 63) | 128; // RFC 4122 variant
+    return Array.from(b, (x) => (x + 256).toString(16).slice(1)).join("").replace(/(.{8})(.{4})(.{4})(.{4})/, "$1-$2-$3-$4-");
   };
   const now = () => new Date().toISOString(); // RFC 3339 in UTC with a Z
 
@@ -67,9 +65,7 @@
   const optedOut = nav.globalPrivacyControl === true || nav.doNotTrack === "1" || w.doNotTrack === "1";
   const analyticsOff = () => consent.analytics === false;
   const consentToSend = () => {
-    const sent = {};
-    if (typeof consent.analytics === "boolean") sent.analytics = consent.analytics;
-    if (typeof consent.marketing === "boolean") sent.marketing = consent.marketing;
+    const sent = { ...consent }; // only ever the booleans the consent command kept
     if (optedOut) sent.marketing = false;
     return Object.keys(sent).length ? sent : undefined;
   };
@@ -81,14 +77,17 @@
   };
 
   // A short-link click id is read from the address when a page is entered, and kept by the session.
-  const clickIdParam = () => new URL(location.href).searchParams.get("tc_id");
+  const query = () => new URL(location.href).searchParams;
+  const clickIdParam = () => query().get("tc_id");
   let landingClickId = clickIdParam();
   // So is the landing's campaign (utm_*), which a number-pool reservation carries.
-  const UTM = [["utm_source", "source"], ["utm_medium", "medium"], ["utm_campaign", "name"], ["utm_term", "term"], ["utm_content", "content"]];
   const campaignParams = () => {
-    const q = new URL(location.href).searchParams;
+    const q = query();
     const c = {};
-    for (const [param, key] of UTM) if (q.get(param)) c[key] = q.get(param).slice(0, 256);
+    for (const key of ["source", "medium", "campaign", "term", "content"]) {
+      const value = q.get("utm_" + key);
+      if (value) c[key === "campaign" ? "name" : key] = value.slice(0, 256);
+    }
     return Object.keys(c).length ? c : null;
   };
   let landingCampaign = campaignParams();
@@ -111,7 +110,7 @@
     const out = {};
     for (const [k, v] of Object.entries(obj || {})) {
       if (v === null || v === undefined) continue;
-      out[String(k).slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 4096);
+      out[k.slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 4096);
     }
     return out;
   };
@@ -145,7 +144,8 @@
       if (v === null || v === undefined || v === "") continue;
       event[k] = k === "properties" ? strings(v) : v;
     }
-    if (analyticsOff()) for (const k of ["anonymous_id", "session_id", "user_id", "email", "phone", "click_id"]) delete event[k];
+    // The other identifiers were never added; these come from identify's fields.
+    if (analyticsOff()) for (const k of ["user_id", "email", "phone"]) delete event[k];
     enqueue([event]);
   };
 
@@ -160,7 +160,7 @@
 
   const enqueue = (events) => {
     queue.push(...events);
-    if (queue.length > MAX_QUEUE) queue = queue.slice(queue.length - MAX_QUEUE);
+    queue = queue.slice(-MAX_QUEUE);
     if (!sending && !timer) timer = setTimeout(flush, queue.length >= MAX_EVENTS ? 0 : flushMs);
   };
 
@@ -181,6 +181,9 @@
     return JSON.stringify(batch.map((e) => ({ ...e, sent_ts: sent > e.ts ? sent : e.ts })));
   };
 
+  // A simple request (text/plain, no cookies): no CORS preflight.
+  const post = (path, text, keepalive) => fetch(`${endpoint}/v1/${path}`, { method: "POST", body: text, headers: { "Content-Type": "text/plain" }, credentials: "omit", keepalive });
+
   const retryLater = (batch, seconds) => {
     queue.unshift(...batch);
     failures += 1;
@@ -195,22 +198,14 @@
     const batch = take(MAX_BYTES);
     const text = body(batch);
     try {
-      const response = await fetch(`${endpoint}/v1/events`, {
-        method: "POST",
-        body: text,
-        headers: { "Content-Type": "text/plain" }, // a simple request: no CORS preflight
-        credentials: "omit",
-        keepalive: encoder.encode(text).length < BEACON_BYTES,
-      });
-      if (response.status === 503) {
-        let seconds = Number(response.headers.get("Retry-After"));
-        if (!seconds) seconds = Number((await response.json().catch(() => ({}))).retry_after);
-        retryLater(batch, seconds);
-      } else if (response.status === 413 && batch.length > 1) {
+      const response = await post("events", text, encoder.encode(text).length < BEACON_BYTES);
+      const status = response.status;
+      if (status >= 500 || status === 429) {
+        // Retry-After, or the body's retry_after when a cross-origin page cannot read the header.
+        retryLater(batch, Number(response.headers.get("Retry-After")) || Number((await response.json().catch(() => ({}))).retry_after));
+      } else if (status === 413 && batch.length > 1) {
         queue.unshift(...batch); // too large for this beacon's limits: send it in halves
         batchLimit = Math.ceil(batch.length / 2);
-      } else if (response.status >= 500 || response.status === 429) {
-        retryLater(batch, Number(response.headers.get("Retry-After")));
       } else {
         // 2xx: done. 400: the beacon kept the bad events as dead letters and accepted the rest; a
         // resend would fail the same way. Other 4xx cannot succeed either.
@@ -233,8 +228,8 @@
     const kept = [];
     while (queue.length) {
       const chunk = take(BEACON_BYTES);
-      const blob = new Blob([body(chunk)], { type: "text/plain" });
-      if (!(nav.sendBeacon && endpoint && nav.sendBeacon(`${endpoint}/v1/events`, blob))) kept.push(...chunk);
+      // A string goes as text/plain: no CORS preflight.
+      if (!(nav.sendBeacon && endpoint && nav.sendBeacon(`${endpoint}/v1/events`, body(chunk)))) kept.push(...chunk);
     }
     if (kept.length) save(UNSENT, JSON.stringify(kept.slice(-MAX_EVENTS)));
   };
@@ -269,12 +264,7 @@
     const s = session();
     const request = { pool: String(pool), anonymous_id: anonymousId(), session_id: s.id };
     if (s.campaign) request.campaign = s.campaign;
-    return fetch(`${endpoint}/v1/numbers`, {
-      method: "POST",
-      body: JSON.stringify(request),
-      headers: { "Content-Type": "text/plain" }, // a simple request: no CORS preflight
-      credentials: "omit",
-    }).then((response) => (response.ok ? response.json() : null)).catch(() => null);
+    return post("numbers", JSON.stringify(request)).then((response) => (response.ok ? response.json() : null)).catch(() => null);
   };
   const showNumber = (el, answer) => {
     const format = el.getAttribute("data-tracker-format");
@@ -297,8 +287,9 @@
     page: (fields) => pageView({ name: fields && fields.name, properties: fields && fields.properties }),
     track: (type, f = {}) => record(type, { name: f.name, properties: f.properties, value: f.value, currency: f.currency, channel: f.channel }),
     identify: (f = {}) => {
-      if (f.user_id && !analyticsOff()) save(UID, String(f.user_id));
-      record("identify", { user_id: f.user_id && String(f.user_id), email: f.email, phone: f.phone });
+      const userId = f.user_id && String(f.user_id);
+      if (userId && !analyticsOff()) save(UID, userId);
+      record("identify", { user_id: userId, email: f.email, phone: f.phone });
     },
     survey: (f = {}) => {
       const survey = { kind: f.kind, score: typeof f.score === "string" ? Number(f.score) : f.score };
@@ -310,13 +301,13 @@
       save(CONSENT, JSON.stringify(consent));
       if (analyticsOff()) for (const k of [AID, SESSION, UID]) forget(k);
     },
-    numbers: () => swapNumbers(),
+    numbers: swapNumbers,
     number: (pool, callback) => reserveNumber(pool).then((answer) => { if (typeof callback === "function") callback(answer); }),
   };
   const tracker = (command, ...args) => {
     const run = commands[command];
     if (run) run(...args);
-    else if (w.console) w.console.warn(`tracker: unknown command ${command}`);
+    else console.warn("tracker: unknown command", command);
   };
   tracker.loaded = true;
 
