@@ -9,8 +9,14 @@ import orjson
 from aiohttp import web
 
 from collectors.beacon._numbers import NumberReservations, numbers_handler
-from collectors.beacon._segment_app import add_segment_routes
+from collectors.beacon._segment_app import (
+    add_segment_routes,
+    claimed,
+    keyed_source,
+    refused_answer,
+)
 from collectors.beacon._snippet import add_snippet_routes
+from collectors.beacon.sources import Refused
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import add_health_routes, client_ip, json_error, json_response, request_metrics
@@ -94,13 +100,18 @@ async def post_events(request: web.Request) -> web.Response:
             413, f"at most {settings.max_events_per_request} events per request, got {len(events)}"
         )
 
+    try:
+        source = keyed_source(request)  # a write key is optional here; a wrong one is refused
+    except Refused as exc:
+        return refused_answer(exc)
     context = _request_context(request, settings)
     accepted: list[Touchpoint] = []
     rejected: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for index, event in enumerate(events):
         try:
-            accepted.append(accept(event, context))
+            touchpoint = accept(event, context)
+            accepted.append(touchpoint if source is None else claimed(touchpoint, source))
         except ValidationError as exc:
             rejected.append(_rejection(index, event, exc.errors))
             dead.append(_dead_letter(event, exc.errors, context))

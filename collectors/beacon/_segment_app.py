@@ -22,13 +22,13 @@ from collectors.beacon.segment import (
 from collectors.beacon.sources import Refused, Sources
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import client_ip, json_response
+from tracker.http import client_ip, json_error, json_response
 from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS
 from tracker.settings import Settings, Source
 from tracker.touchpoint import RequestContext, Touchpoint, accept
 
-__all__ = ["SOURCES_KEY", "add_segment_routes", "mark_source"]
+__all__ = ["SOURCES_KEY", "add_segment_routes", "claimed", "keyed_source", "refused_answer"]
 
 COLLECTOR = "beacon"
 SOURCES_KEY = web.AppKey("sources", Sources)
@@ -46,13 +46,48 @@ def add_segment_routes(app: web.Application, settings: Settings, publisher: Publ
         app.router.add_post(f"/v1/{call}", _segment)
 
 
-def mark_source(touchpoint: Touchpoint, source: Source) -> None:
-    """Mark what a known source sent: its name, and for a server source that it is trusted
-    (enrichment then never classifies it as a bot)."""
+def keyed_source(request: web.Request) -> Source | None:
+    """For ``/v1/events``: the source whose write key a request carries (HTTP basic), or None
+    without one; such a request stays open, as it always was. Raises :class:`Refused`."""
+    authorization = request.headers.get("Authorization")
+    if not authorization:
+        return None
+    sources = request.app[SOURCES_KEY]
+    source = sources.authenticate(authorization)
+    sources.throttle(source)
+    return source
+
+
+def claimed(touchpoint: Touchpoint, source: Source, channel_field: str = "channel") -> Touchpoint:
+    """What a known source sent, marked with its name, and for a server source as trusted
+    (enrichment then never classifies it as a bot). Raises :class:`ValidationError` for a
+    channel the source may not claim."""
+    channel = touchpoint.channel
+    if source.channels and channel and channel not in source.channels:
+        raise ValidationError(
+            [
+                FieldError(
+                    channel_field,
+                    f"source {source.name!r} may claim only the channels "
+                    f"{', '.join(source.channels)}, not {channel!r}",
+                )
+            ]
+        )
     touchpoint.context["source_name"] = source.name
     if source.kind == "server":
         touchpoint.source = "server"
         touchpoint.context["source_kind"] = "server"
+    return touchpoint
+
+
+def refused_answer(exc: Refused) -> web.Response:
+    """A refusal in ``/v1/events`` terms: ``{"error": ...}``."""
+    headers = (
+        {"Retry-After": str(exc.retry_after)}
+        if exc.status == 429
+        else {"WWW-Authenticate": 'Basic realm="tracker"'}
+    )
+    return json_error(exc.status, exc.reason, headers=headers)
 
 
 async def _segment(request: web.Request) -> web.Response:
@@ -172,17 +207,6 @@ def _accept(
             [FieldError("$", f"a message may be at most 32 KB, this one is {size} bytes")]
         )
     event, ip = to_event(message, received, call, sent_at)
-    channel = event.get("channel")
-    if source is not None and source.channels and channel and channel not in source.channels:
-        raise ValidationError(
-            [
-                FieldError(
-                    "integrations.Tracker.channel",
-                    f"source {source.name!r} may claim only the channels "
-                    f"{', '.join(source.channels)}, not {channel!r}",
-                )
-            ]
-        )
     # The request's user agent is the sending library's; the person's is context.userAgent.
     context = dataclasses.replace(base, user_agent="", ip=ip or base.ip)
     try:
@@ -191,9 +215,9 @@ def _accept(
         raise ValidationError(
             [FieldError(segment_field(e.field), e.reason) for e in exc.errors]
         ) from None
-    if source is not None:
-        mark_source(touchpoint, source)
-    return touchpoint
+    if source is None:
+        return touchpoint
+    return claimed(touchpoint, source, "integrations.Tracker.channel")
 
 
 def _request_context(request: web.Request, settings: Settings) -> RequestContext:

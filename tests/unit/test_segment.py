@@ -338,3 +338,44 @@ async def test_without_sources_the_api_is_open(publisher: MemoryPublisher, tmp_p
         )
         assert response.status == 200
     assert publisher.touchpoints[0].source == "web_beacon"
+
+
+# /v1/events takes the same write keys, optionally.
+
+
+def touchpoint_event(**fields: Any) -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "type": "signup", "ts": "2026-11-22T09:58:00Z", **fields}
+
+
+async def test_a_backend_posting_events_with_its_key_is_not_a_bot(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    headers = {**basic(SERVER_KEY), "User-Agent": "Python-urllib/3.11"}
+    assert (
+        await client.post("/v1/events", json=[touchpoint_event()], headers=headers)
+    ).status == 200
+    unkeyed = {"User-Agent": "Python-urllib/3.11"}
+    assert (
+        await client.post("/v1/events", json=[touchpoint_event()], headers=unkeyed)
+    ).status == 200
+    keyed, open_ = publisher.touchpoints
+    assert (keyed.source, enrich(keyed).is_bot) == ("server", False)
+    assert (open_.source, enrich(open_).is_bot) == ("web_beacon", True)
+    assert keyed.context["source_name"] == "backend"
+
+
+async def test_events_with_a_wrong_key_or_an_unclaimed_channel_are_refused(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    wrong = await client.post(
+        "/v1/events", json=[touchpoint_event()], headers=basic("nobody-knows-this-key")
+    )
+    assert wrong.status == 401 and "write key" in (await wrong.json())["error"]
+    unclaimed = await client.post(
+        "/v1/events", json=[touchpoint_event(channel="phone")], headers=basic(SERVER_KEY)
+    )
+    body = await unclaimed.json()
+    assert unclaimed.status == 400
+    assert body["rejected"][0]["errors"][0]["field"] == "channel"
+    assert "may claim only the channels web, email" in body["rejected"][0]["errors"][0]["reason"]
+    assert not publisher.touchpoints and len(publisher.dead_letters) == 1
