@@ -250,7 +250,8 @@ def _cors(settings: Settings) -> Any:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"
-            response.headers["Vary"] = "Origin"
+            vary = response.headers.get("Vary")  # the snippet varies by Accept-Encoding too
+            response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
         return response
 
     return middleware

@@ -71,6 +71,7 @@ async def test_browsers_on_other_origins_may_load_it(client: TestClient[Any, Any
 
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Vary"] == "Accept-Encoding, Origin"  # caches keep both apart
 
 
 def test_the_snippet_weighs_at_most_3_kb_gzipped() -> None:
