@@ -213,7 +213,10 @@ def _accept(
         touchpoint = accept(event, context)
     except ValidationError as exc:
         raise ValidationError(
-            [FieldError(segment_field(e.field), e.reason) for e in exc.errors]
+            [
+                FieldError(segment_field(e.field, call or str(message.get("type"))), e.reason)
+                for e in exc.errors
+            ]
         ) from None
     if source is None:
         return touchpoint

@@ -48,7 +48,6 @@ _CRM_PREFIX = "crm."
 _SEGMENT_NAMES: Final = (
     ("event_id", "messageId"),
     ("type", "event"),
-    ("name", "event"),
     ("ts", "timestamp"),
     ("sent_ts", "sentAt"),
     ("anonymous_id", "anonymousId"),
@@ -166,8 +165,10 @@ def to_event(
     return event, ip if isinstance(ip, str) else ""
 
 
-def segment_field(path: str) -> str:
+def segment_field(path: str, call: str = "") -> str:
     """A touchpoint field path in the terms of the Segment message it came from."""
+    if path == "name":
+        return "event" if call == "track" else "name"
     for ours, theirs in _SEGMENT_NAMES:
         if path == ours or path.startswith(ours + "."):
             return theirs + path[len(ours) :]

@@ -14,7 +14,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agents.enrich import enrich
 from collectors.beacon import create_app
-from collectors.beacon.segment import MESSAGE_ID_NAMESPACE, event_id_for, to_event
+from collectors.beacon.segment import (
+    MESSAGE_ID_NAMESPACE,
+    event_id_for,
+    segment_field,
+    to_event,
+)
 from tracker.errors import ConfigError, ValidationError
 from tracker.kafka.producer import MemoryPublisher
 from tracker.privacy import hash_identifier
@@ -191,6 +196,13 @@ def test_a_message_without_any_id_or_event_is_refused_in_segment_terms() -> None
         to_event({"type": "track", "properties": {"revenue": "lots"}}, RECEIVED)
     fields = {e.field for e in refused.value.errors}
     assert fields == {"event", "userId", "properties.revenue"}
+
+
+def test_reasons_name_fields_as_the_sender_did() -> None:
+    assert segment_field("ts") == "timestamp"
+    assert segment_field("page.url") == "context.page.url"
+    assert segment_field("context.user_agent") == "context.userAgent"
+    assert (segment_field("name", "track"), segment_field("name", "page")) == ("event", "name")
 
 
 def test_sources_are_checked_when_read(tmp_path: Path) -> None:
