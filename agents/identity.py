@@ -5,7 +5,9 @@ of links, not of their arrival order: a component's links are replayed in event-
 (ties by event id) whenever one of them arrives, and each link is accepted unless it breaks a
 rule given the links accepted before it. So redelivery, duplicates and reordering all give the
 same customers. The survivor is deterministic: a customer's id derives from its oldest
-identifier (first seen earliest, ties by name).
+identifier: the one first seen earliest *in a link* (an event carrying two identifiers or more),
+ties by name. An event with one identifier links nothing and names nothing, so it need not pass
+through the graph at all: it goes straight to its identifier's customer (:class:`AliasReplica`).
 
 Rules: junk values never link; two different user ids never merge (the conflict is recorded
 for review); per-type limits stop a shared device or phone from collapsing many customers into
@@ -15,15 +17,20 @@ one; a split removes a wrong link between two identifiers for good.
 from __future__ import annotations
 
 import functools
+import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple
+
+import orjson
 
 __all__ = [
     "JUNK_VALUES",
+    "UNROUTED",
+    "AliasReplica",
     "Conflict",
     "Identifier",
     "IdentityGraph",
@@ -32,12 +39,18 @@ __all__ = [
     "Link",
     "Move",
     "Resolution",
+    "Route",
+    "alias_record",
     "customer_id_for",
     "identifiers_of",
     "is_junk",
+    "link_key",
+    "link_record",
 ]
 
 _NEVER: Final = datetime.max.replace(tzinfo=UTC)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 _CUSTOMER_NAMESPACE: Final = uuid.UUID("2f6b8f3e-7d0c-4b9a-a8e1-5c3d9e0f4a21")
 JUNK_VALUES: Final = frozenset(
     {
@@ -120,8 +133,8 @@ class Conflict:
 
 
 class Move(NamedTuple):
-    """An identifier's customer before and after a change. ``new``: first seen just now, so
-    nothing was ever routed to its ``before``."""
+    """An identifier's customer before and after a change. ``new``: first seen in a link just
+    now; its ``before`` is its own customer, where events carrying it alone went."""
 
     before: str
     after: str
@@ -151,11 +164,12 @@ class IdentityGraph:
         return {i: move.after for i, move in self.add_moves(link).items()}
 
     def add_moves(self, link: Link) -> dict[Identifier, Move]:
-        """Record a link; return each identifier whose customer changed, from which to which."""
+        """Record a link; return each identifier whose customer changed, from which to which.
+        A link of one identifier links nothing and names nothing: it is not kept."""
         # A later version of an event (a call learnt better) may carry more identifiers: a link
         # is one event's one identifier set.
         key = f"{link.event_id}|{'|'.join(i.key for i in link.identifiers)}"
-        if key in self._links or not link.identifiers:
+        if key in self._links or len(link.identifiers) < 2:
             return {}
         self._links[key] = link
         for identifier in link.identifiers:
@@ -313,6 +327,9 @@ class Resolution:
     """Every identifier whose customer changed (or that is new), with its customer now."""
     conflicts: list[Conflict]
     """Refusals first seen now."""
+    replicated: dict[Identifier, str] = field(default_factory=dict)
+    """The part of ``aliases`` that says something an :class:`AliasReplica` does not assume
+    already: all but identifiers first seen now that stay their own customer."""
 
 
 class IdentityResolver:
@@ -326,8 +343,10 @@ class IdentityResolver:
         self._reported: set[tuple[str, str, str]] = set()
 
     def is_new(self, link: Link) -> bool:
+        """Whether the link can change anything: two identifiers or more, in a set never seen
+        at this time or earlier (the rule :meth:`AliasReplica.route` applies too)."""
         seen = self._earliest.get(frozenset(link.identifiers))
-        return bool(link.identifiers) and (seen is None or link.order < seen)
+        return len(link.identifiers) > 1 and (seen is None or link.order < seen)
 
     def resolve(self, event_id: str, ts: datetime, identifiers: Iterable[Identifier]) -> Resolution:
         link = Link.of(event_id, ts, identifiers)
@@ -341,23 +360,11 @@ class IdentityResolver:
             moves = self.graph.add_moves(link)
             conflicts = self._new_conflicts()
         primary = min(link.identifiers, key=_priority)
-        return Resolution(
-            self.graph.customer_of(primary),
-            primary.key,
-            _grouped(moves),
-            {i: m.after for i, m in moves.items()},
-            conflicts,
-        )
+        return _resolution(self.graph.customer_of(primary), primary.key, moves, conflicts)
 
     def split(self, left: Identifier, right: Identifier) -> Resolution:
         moves = self.graph.split_moves(left, right)
-        return Resolution(
-            self.graph.customer_of(left),
-            left.key,
-            _grouped(moves),
-            {i: m.after for i, m in moves.items()},
-            self._new_conflicts(),
-        )
+        return _resolution(self.graph.customer_of(left), left.key, moves, self._new_conflicts())
 
     def _new_conflicts(self) -> list[Conflict]:
         fresh = []
@@ -369,9 +376,125 @@ class IdentityResolver:
         return fresh
 
 
-def _grouped(moves: Mapping[Identifier, Move]) -> dict[str, dict[str, str]]:
+def _resolution(
+    customer: str, primary: str, moves: Mapping[Identifier, Move], conflicts: list[Conflict]
+) -> Resolution:
+    # An identifier new to the graph may have had events on its own customer (they came alone,
+    # by the direct path): a regroup sends them on, so new moves are grouped like any other.
     grouped: dict[str, dict[str, str]] = defaultdict(dict)
     for identifier, move in moves.items():
-        if move.before != move.after and not move.new:
+        if move.before != move.after:
             grouped[move.before][identifier.key] = move.after
-    return dict(grouped)
+    return Resolution(
+        customer,
+        primary,
+        dict(grouped),
+        {i: m.after for i, m in moves.items()},
+        conflicts,
+        {i: m.after for i, m in moves.items() if not (m.new and m.after == customer_id_for(i))},
+    )
+
+
+# -- the direct path ---------------------------------------------------------------------------
+
+UNROUTED: Final = -1
+"""The routing position of an identifier no decision of the identity log has moved: before
+every identity-log position (the first record's is 0)."""
+_LINK_PREFIX: Final = "links|"
+
+
+def link_key(identifiers: Iterable[Identifier]) -> str:
+    """The aliases-topic key of an identifier set seen in a link. Never an identifier key (those
+    are ``kind:value``); hashed, so that the key stays short whatever the set."""
+    joined = "|".join(sorted(i.key for i in identifiers))
+    return _LINK_PREFIX + hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where the direct path sends an event: its customer as far as this worker knows, the
+    identifier it is routed by, and the identity-log position of the decision behind it."""
+
+    customer_id: str
+    primary: str
+    position: int
+
+
+class AliasReplica:
+    """What the identity log has decided, as a worker reads it from the compacted aliases topic:
+    identifier → (customer, version) for identifiers that left their own customer, and the
+    earliest (time, event) each identifier set was seen in a link.
+
+    :meth:`route` answers for an event that cannot change the graph: one identifier (or none),
+    or an identifier set the graph saw at this event's time or earlier (the graph would skip it,
+    :meth:`IdentityResolver.is_new`). Anything else needs the identity log: ``None``.
+
+    The replica may lag the log by any amount. A lag can only send an event to a customer its
+    identifier has since left, with the older position; the journey step's forwards pass it on
+    (agents/customer.py, ``forward_for``), as for any event routed before a move. Link sets are
+    only ever added or seen earlier, so a lag never makes an event look redundant that is not.
+    """
+
+    def __init__(self) -> None:
+        self._aliases: dict[str, tuple[str, int]] = {}
+        self._links: dict[str, tuple[int, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._aliases) + len(self._links)
+
+    def apply(self, topic: str, key: str, value: bytes | None) -> None:
+        """One record of the aliases topic (``CompactedState``'s apply). Raises ``KeyError``,
+        ``TypeError`` or ``ValueError`` for a malformed record."""
+        if key.startswith(_LINK_PREFIX):
+            if value is None:
+                self._links.pop(key, None)
+                return
+            wire = orjson.loads(value)
+            order = (_micros(datetime.fromisoformat(wire["ts"])), str(wire["event_id"]))
+            known = self._links.get(key)
+            self._links[key] = order if known is None else min(known, order)
+            return
+        if value is None:
+            self._aliases.pop(key, None)
+            return
+        wire = orjson.loads(value)
+        version = int(wire["version"])
+        known_alias = self._aliases.get(key)
+        if known_alias is None or known_alias[1] <= version:
+            self._aliases[key] = (str(wire["customer_id"]), version)
+
+    def route(self, event_id: str, ts: datetime, identifiers: Iterable[Identifier]) -> Route | None:
+        link = Link.of(event_id, ts, identifiers)
+        if not link.identifiers:
+            own = Identifier("event", event_id)
+            return Route(customer_id_for(own), own.key, UNROUTED)
+        if len(link.identifiers) > 1:
+            seen = self._links.get(link_key(link.identifiers))
+            if seen is None or (_micros(ts), event_id) < seen:
+                return None
+        primary = min(link.identifiers, key=_priority)
+        known = self._aliases.get(primary.key)
+        if known is None:
+            return Route(customer_id_for(primary), primary.key, UNROUTED)
+        return Route(known[0], primary.key, known[1])
+
+
+def link_record(link: Link, version: int) -> bytes:
+    """The aliases-topic value saying that ``link``'s identifier set was seen at its time."""
+    return orjson.dumps({"ts": link.ts, "event_id": link.event_id, "version": version})
+
+
+def alias_record(identifier: Identifier, customer: str, version: int) -> bytes:
+    """The aliases-topic value of an identifier's customer as of identity-log ``version``."""
+    return orjson.dumps(
+        {
+            "identifier": identifier.key,
+            "customer_id": customer,
+            "own_customer_id": customer_id_for(identifier),
+            "version": version,
+        }
+    )
+
+
+def _micros(ts: datetime) -> int:
+    return (ts - _EPOCH) // _MICROSECOND

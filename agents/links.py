@@ -99,7 +99,7 @@ def link_row(
         bool(link.get("forward_query", True)),
         _ts(link.get("valid_since")),
         _ts(link.get("valid_until")),
-        link.get("fallback_url", ""),
+        link.get("fallback_url") or "",  # null, as some records have it, is no fallback
         link.get("max_clicks"),
         bool(link.get("disabled", False)),
         orjson.dumps(link.get("rules") or []).decode(),

@@ -1,9 +1,12 @@
 """Stitching: touchpoints joined into customers and journeys as they arrive.
 
-The flow, in two steps after ingest:
+Ingest hands each touchpoint to :class:`StitchRouter`: an event that may link identifiers not
+yet seen together takes the identity log; any other goes straight to step 2, keyed by its
+customer as this worker's :class:`~agents.identity.AliasReplica` knows it, with the position of
+the alias it was routed by. The flow, in two steps after ingest:
 
-1. **Identity.** Ingest forwards each touchpoint (its ClickHouse row, as JSON) to the identity
-   log, a single-partition topic, so every identity change has one order. :class:`IdentityStage`
+1. **Identity.** The identity log is a single-partition topic, so every identity change has one
+   order. :class:`IdentityStage`
    resolves the event's identifiers to a customer (:mod:`agents.identity`), publishes the
    identifiers whose customer changed as versioned alias records (a compacted topic and
    ClickHouse ``identities``), and forwards the event to the journey topic keyed by its
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,17 +40,27 @@ from mode import Service
 
 from agents.customer import CustomerJourney, History, JourneyRules, StoredEvent, friction_id
 from agents.identity import (
+    AliasReplica,
     Identifier,
     IdentityResolver,
     IdentityRules,
     Link,
+    alias_record,
     customer_id_for,
     identifiers_of,
+    link_key,
+    link_record,
 )
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row, undeliverable
 from agents.journey import Friction, JourneyEvent, Session
 from tracker.identity_log import split_command
-from tracker.metrics import IDENTITY_CONFLICTS, JOURNEY_LATE_EVENTS, STITCH_EVENTS, WORKER_EVENTS
+from tracker.metrics import (
+    IDENTITY_CONFLICTS,
+    JOURNEY_LATE_EVENTS,
+    STITCH_EVENTS,
+    STITCH_ROUTES,
+    WORKER_EVENTS,
+)
 from tracker.settings import Settings
 from tracker.store.sink import FlushResult, Sink
 
@@ -57,11 +70,11 @@ __all__ = [
     "FRICTION_COLUMNS",
     "JOURNEY_COLUMNS",
     "SESSION_COLUMNS",
-    "ForwardSink",
     "IdentityStage",
     "JourneyStage",
     "Outbox",
     "Outgoing",
+    "StitchRouter",
     "decode_row",
     "encode_row",
     "journey_event",
@@ -243,23 +256,70 @@ class Outbox(Service):
                 backoff = min(backoff * 2, 10.0)
 
 
-class ForwardSink:
-    """A :class:`Sink` that forwards touchpoint rows to the identity log instead of a table."""
+class StitchRouter:
+    """A :class:`Sink` that hands ingest's touchpoint rows to stitching, each by one of two paths.
 
-    def __init__(self, outbox: Outbox, topic: str) -> None:
+    An event that could change the identity graph (identifiers not yet seen together) goes to
+    the identity log, whose one order decides every change. Any other event goes straight to the
+    journey topic, keyed by its customer as ``replica`` knows it, in the same record the identity
+    step would have sent: its primary identifier and the position of the decision it was routed
+    by. ``ready`` is awaited before routing: the replica has loaded the aliases topic.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        identity_topic: str,
+        journey_topic: str,
+        replica: AliasReplica,
+        ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._outbox = outbox
-        self._topic = topic
+        self._identity_topic = identity_topic
+        self._journey_topic = journey_topic
+        self._replica = replica
+        self._ready = ready
         self._rows: dict[tuple[str, int], Sequence[Any]] = {}
 
     def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
         self._rows.setdefault((key, version), row)
 
     async def flush(self) -> FlushResult:
+        if self._ready is not None and self._rows:
+            await self._ready()
         rows, self._rows = self._rows, {}
-        await self._outbox.send_all(
-            [Outgoing(self._topic, key.encode(), encode_row(row)) for (key, _), row in rows.items()]
-        )
+        outgoing = [self.route(row) for row in rows.values()]
+        await self._outbox.send_all(outgoing)
+        ordered = sum(1 for record in outgoing if record.topic == self._identity_topic)
+        STITCH_ROUTES.labels("ordered").inc(ordered)
+        STITCH_ROUTES.labels("direct").inc(len(outgoing) - ordered)
         return FlushResult(written=0, duplicates=0, forwarded=len(rows))
+
+    def route(self, row: Sequence[Any]) -> Outgoing:
+        """The record that carries ``row`` on: to the identity log, or to its customer."""
+        event_id: str = row[_COLUMN["event_id"]]
+        stitch = row[_COLUMN["consent_analytics"]] is not False
+        ids = _row_identifiers(row) if stitch else []  # no consent: never joined to anyone
+        route = self._replica.route(event_id, row[_COLUMN["ts"]], ids)
+        if route is None:
+            return Outgoing(self._identity_topic, event_id.encode(), encode_row(row))
+        head = {"kind": "event", "primary": route.primary, "v": route.position, "stitch": stitch}
+        return Outgoing(
+            self._journey_topic,
+            journey_key(route.customer_id),
+            orjson.dumps({**head, "row": dict(zip(TOUCHPOINT_COLUMNS, row, strict=True))}),
+        )
+
+
+def _row_identifiers(row: Sequence[Any]) -> list[Identifier]:
+    return identifiers_of(
+        row[_COLUMN["anonymous_id"]],
+        row[_COLUMN["user_id"]],
+        row[_COLUMN["email_hash"]],
+        row[_COLUMN["phone_hash"]],
+        row[_COLUMN["click_id"]],
+        row[_COLUMN["properties"]],
+    )
 
 
 # -- step 1: identity --------------------------------------------------------------------------
@@ -338,6 +398,15 @@ class IdentityStage:
                 if resolver.is_new(link):
                     keys = [i.key for i in link.identifiers]
                     saved["|".join(keys)] = [link.event_id, ts.isoformat(), keys]
+                    # Every worker learns that this set is known from now on: its later events
+                    # take the direct path (AliasReplica.route).
+                    outgoing.append(
+                        Outgoing(
+                            self._aliases_topic,
+                            link_key(link.identifiers).encode(),
+                            link_record(link, offset),
+                        )
+                    )
                 resolution = resolver.resolve(wire["event_id"], ts, ids)
                 event = value
             for before, moves in resolution.moves.items():
@@ -345,8 +414,15 @@ class IdentityStage:
                 outgoing.append(
                     Outgoing(self._journey_topic, journey_key(before), orjson.dumps(regroup))
                 )
+            for identifier, customer in resolution.replicated.items():
+                outgoing.append(
+                    Outgoing(
+                        self._aliases_topic,
+                        identifier.key.encode(),
+                        alias_record(identifier, customer, offset),
+                    )
+                )
             for identifier, customer in resolution.aliases.items():
-                outgoing.append(_alias_record(self._aliases_topic, identifier, customer, offset))
                 self._identities.add(
                     identifier.key, ts, _alias_row(identifier, customer, offset, ts), offset
                 )
@@ -401,16 +477,6 @@ def _alias_row(
 ) -> tuple[Any, ...]:
     own = customer_id_for(identifier)
     return (identifier.key, identifier.kind, customer, own, version, ts)
-
-
-def _alias_record(topic: str, identifier: Identifier, customer: str, version: int) -> Outgoing:
-    value = {
-        "identifier": identifier.key,
-        "customer_id": customer,
-        "own_customer_id": customer_id_for(identifier),
-        "version": version,
-    }
-    return Outgoing(topic, identifier.key.encode(), orjson.dumps(value))
 
 
 # -- step 2: journey ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
 from agents.clicks import expand_batches
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers, erase
-from agents.identity import IdentityRules
+from agents.identity import AliasReplica, IdentityRules
 from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
 from agents.links import add_links_mirror
 from agents.stitching import (
@@ -39,10 +39,10 @@ from agents.stitching import (
     FRICTION_COLUMNS,
     JOURNEY_COLUMNS,
     SESSION_COLUMNS,
-    ForwardSink,
     IdentityStage,
     JourneyStage,
     Outbox,
+    StitchRouter,
 )
 from collectors.calls.pools import PoolBook
 from tracker.console import create_console
@@ -361,6 +361,39 @@ class PoolReservationsService(Service):
                 log.warning("number reservations are behind; waiting", extra={"error": repr(exc)})
 
 
+class AliasReplicaService(Service):
+    """This worker's replica of the identity aliases, followed from their compacted topic, so
+    that ingest sends most touchpoints straight to their customer (agents/stitching.py,
+    ``StitchRouter``). Every worker reads the whole topic (no consumer group)."""
+
+    def __init__(
+        self, settings: Settings, topic: str, replica: AliasReplica, **kwargs: Any
+    ) -> None:
+        self._loaded = asyncio.Event()
+        self._log = CompactedState(
+            settings,
+            [topic],
+            replica.apply,
+            what="identity aliases",
+            client_id=f"{settings.worker_id}-aliases",
+            writes=False,
+            on_loaded=self._loaded.set,
+        )
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self._log.start()
+
+    async def on_stop(self) -> None:
+        await self._log.stop()
+
+    async def loaded(self) -> None:
+        """Return once the topic as it stood at start is applied: before that, the replica
+        would route events its identifiers have long left, and the journey step would have to
+        pass each on."""
+        await self._loaded.wait()
+
+
 class ConsoleService(Service):
     """Serves the console on the worker's event loop, next to the ClickHouse engine it reads."""
 
@@ -412,9 +445,14 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     )
     forgotten = ForgottenIdentifiers()
     outbox = Outbox(settings)
+    replica = AliasReplica()
+    aliases = AliasReplicaService(settings, topology.aliases.name, replica)
+    # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
+    to_stitching = StitchRouter(
+        outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
+    )
     pipeline = IngestPipeline(
-        # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
-        touchpoints=ForwardSink(outbox, topology.identity.name),
+        touchpoints=to_stitching,
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
@@ -465,7 +503,9 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     # table. Its changelog is partitioned by the same key, so it follows the calls topic.
     calls_pipeline = CallsPipeline(
         calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
-        touchpoints=ForwardSink(outbox, topology.identity.name),
+        touchpoints=StitchRouter(
+            outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
+        ),
         dead_letters=ClickHouseSink(
             store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
         ),
@@ -504,14 +544,15 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
 
     app.task(mark_started)
     followers: list[Service] = [reservations] if reservations is not None else []
-    return app, [outbox, forget, ingest, clicks, *followers, console], store
+    return app, [outbox, aliases, forget, ingest, clicks, *followers, console], store
 
 
 def add_stitching(
     app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
 ) -> None:
-    """The identity agent on the single-partition identity log, and the journey agent keyed by
-    customer, each with a changelog-backed table for its state (agents/stitching.py)."""
+    """The identity agent on the single-partition identity log (only the touchpoints that may
+    link identifiers come this way, and splits), and the journey agent keyed by customer, each
+    with a changelog-backed table for its state (agents/stitching.py)."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
     def sink(

@@ -189,10 +189,10 @@ def customer_events(i: int, rng: random.Random, mix: Mix) -> list[dict[str, Any]
     return events
 
 
-def identity_log_records(customers: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Mix]:
-    """``(key, value)`` pairs as ingest forwards them to the identity log, in event-time order."""
+def touchpoint_rows(customers: int, seed: int) -> tuple[list[tuple[Any, ...]], Mix]:
+    """The touchpoint rows ingest makes of the mix (``accept`` then ``touchpoint_row``), in
+    event-time order."""
     from agents.ingest import touchpoint_row
-    from agents.stitching import encode_row
     from tracker.touchpoint import RequestContext, accept
 
     rng = random.Random(seed)
@@ -206,12 +206,49 @@ def identity_log_records(customers: int, seed: int) -> tuple[list[tuple[bytes, b
         )
         for source in ("web_beacon", "shortlink", "call_webhook", "server")
     }
-    records = []
-    for payload in payloads:
-        t = accept(payload, contexts[payload["source"]])
-        records.append((t.event_id.encode(), encode_row(touchpoint_row(t))))
-    mix.events = len(records)
-    return records, mix
+    rows = [touchpoint_row(accept(p, contexts[p["source"]])) for p in payloads]
+    mix.events = len(rows)
+    return rows, mix
+
+
+def identity_log_records(rows: Sequence[tuple[Any, ...]]) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` pairs as ingest forwarded every touchpoint to the identity log before
+    the direct path: the baseline's input."""
+    from agents.stitching import encode_row
+
+    return [(str(row[0]).encode(), encode_row(row)) for row in rows]
+
+
+@dataclass(slots=True)
+class Routed:
+    """The touchpoints as ingest hands them to stitching: the few that may link identifiers
+    on the identity log, the rest straight on the journey topic."""
+
+    identity: list[tuple[bytes, bytes]]
+    journey: list[tuple[bytes, bytes]]
+
+    @property
+    def ordered_share(self) -> float:
+        return len(self.identity) / (len(self.identity) + len(self.journey))
+
+
+def routed_records(rows: Sequence[tuple[Any, ...]]) -> Routed:
+    """Each row routed by ingest's own router (``StitchRouter.route``) with a replica that
+    knows nothing yet, as a worker that has just started on an empty aliases topic: every event
+    that carries two identifiers or more takes the identity log. A replica that keeps up sends
+    repeated identifier sets direct too (the in-process replay measures that share)."""
+    from agents.identity import AliasReplica
+    from agents.stitching import StitchRouter
+
+    router = StitchRouter(None, "identity", "journey", AliasReplica())  # type: ignore[arg-type]
+    routed = Routed([], [])
+    for row in rows:
+        record = router.route(row)
+        assert record.value is not None
+        (routed.identity if record.topic == "identity" else routed.journey).append(
+            (record.key, record.value)
+        )
+    return routed
 
 
 # -- Kafka helpers ------------------------------------------------------------------------------
@@ -522,6 +559,8 @@ def measure_worker(
             step: metric_value(console, "tracker_stitch_records_total", f'step="{step}"')
             for step in ("identity", "journey")
         },
+        # Pre-filled: the worker's own ingest routed nothing, so this is None unless it did.
+        "ordered_share": routes_share(console),
     }
     processes.stop(pid)
     for table_name in ("journey_state", "identity_links"):
@@ -540,6 +579,14 @@ def measure_worker(
         result["merged_customers"],
     )
     return result
+
+
+def routes_share(port: int) -> float | None:
+    """The share of touchpoints the worker's ingest sent to the identity log, from
+    ``tracker_stitch_routes_total``; ``None`` if it routed none."""
+    ordered = metric_value(port, "tracker_stitch_routes_total", 'path="ordered"')
+    direct = metric_value(port, "tracker_stitch_routes_total", 'path="direct"')
+    return ordered / (ordered + direct) if ordered + direct else None
 
 
 # -- state memory, in process -------------------------------------------------------------------
@@ -567,18 +614,22 @@ class _Loopback:
         self.sent.extend(records)
 
 
-async def replay(records: Sequence[tuple[bytes, bytes]], traced: bool) -> dict[str, Any]:
-    """Every record through IdentityStage and JourneyStage in batches, as the worker does, with
-    the outputs thrown away; then the heap the state holds (tracemalloc, when ``traced``)."""
+async def replay(rows: Sequence[tuple[Any, ...]], traced: bool) -> dict[str, Any]:
+    """Every row routed as ingest routes it (with a replica that reads every alias at once),
+    then through IdentityStage and JourneyStage in batches, as the worker does, with the
+    outputs thrown away; then the heap the state holds (tracemalloc, when ``traced``)."""
     from agents.customer import JourneyRules
+    from agents.identity import AliasReplica
     from agents.ingest import RawMessage
-    from agents.stitching import IdentityStage, JourneyStage
+    from agents.stitching import IdentityStage, JourneyStage, StitchRouter
 
     outbox = _Loopback()
     if traced:
         gc.collect()
         tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0] if traced else 0
+    replica = AliasReplica()
+    router = StitchRouter(outbox, "identity", "journey", replica)  # type: ignore[arg-type]
     identity = IdentityStage(
         outbox,  # type: ignore[arg-type]
         "journey",
@@ -598,20 +649,34 @@ async def replay(records: Sequence[tuple[bytes, bytes]], traced: bool) -> dict[s
     )
     links: dict[str, Any] = {}
     state: dict[str, Any] = {}
-    offset = 0
-    identity_seconds = journey_seconds = 0.0
-    for start in range(0, len(records), BATCH):
+    offset = identity_offset = ordered = 0
+    route_seconds = identity_seconds = journey_seconds = 0.0
+
+    def take(topic: str) -> list[Any]:
+        taken = [r for r in outbox.sent if r.topic == topic]
+        outbox.sent = [r for r in outbox.sent if r.topic != topic]
+        return taken
+
+    for start in range(0, len(rows), BATCH):
         began = time.perf_counter()
-        batch = [(value, start + i) for i, (_, value) in enumerate(records[start : start + BATCH])]
+        for record in take("aliases"):
+            replica.apply("aliases", record.key.decode(), record.value)
+        for row in rows[start : start + BATCH]:
+            router.add(str(row[0]), row[7], row, int(row[1]))
+        await router.flush()
+        route_seconds += time.perf_counter() - began
+        began = time.perf_counter()
+        batch = []
+        for record in take("identity"):
+            batch.append((record.value, identity_offset))
+            identity_offset += 1
+        ordered += len(batch)
         await identity.handle(batch, links)
         identity_seconds += time.perf_counter() - began
         began = time.perf_counter()
-        while outbox.sent:
-            sent, outbox.sent = outbox.sent, []
+        while sent := take("journey"):
             journey_records = []
             for record in sent:
-                if record.topic != "journey":
-                    continue
                 journey_records.append(
                     (
                         orjson.loads(record.key),
@@ -623,10 +688,12 @@ async def replay(records: Sequence[tuple[bytes, bytes]], traced: bool) -> dict[s
             await journey.handle(journey_records, state)
         journey_seconds += time.perf_counter() - began
     result: dict[str, Any] = {
+        "route_seconds": route_seconds,
         "identity_seconds": identity_seconds,
         "journey_seconds": journey_seconds,
         "journey_records": offset,
-        "events_per_second": len(records) / (identity_seconds + journey_seconds),
+        "ordered_share": ordered / len(rows),
+        "events_per_second": len(rows) / (route_seconds + identity_seconds + journey_seconds),
         "customers": len(state),
     }
     if traced:
@@ -668,13 +735,22 @@ def run_bench(customers: int, rounds: int) -> int:
     kafka = LocalKafka(work / "kafka", port=free_port())
     seed = int.from_bytes(hashlib.sha256(run_tag.encode()).digest()[:4])
     log.info("building %d customers' events", customers)
-    records, mix = identity_log_records(customers, seed)
+    rows, mix = touchpoint_rows(customers, seed)
+    records = identity_log_records(rows)
+    routed = routed_records(rows)
     event_bytes = sum(len(v) for _, v in records) / len(records)
     log.info(
         "%d events (%.0f bytes each on the identity log): %s",
         mix.events,
         event_bytes,
         ", ".join(f"{k} {v}" for k, v in sorted(mix.by_type.items())),
+    )
+    log.info(
+        "ordered path share: %.1f %% (%d of %d events take the identity log; the rest go "
+        "straight to the journey topic)",
+        100 * routed.ordered_share,
+        len(routed.identity),
+        mix.events,
     )
     workers: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []
@@ -696,19 +772,27 @@ def run_bench(customers: int, rounds: int) -> int:
             topology = Topology.from_settings(settings)
             out = f"bench-{run_tag}-passthrough{round_}.out"
             asyncio.run(create_topic(kafka.bootstrap, out, topology.journey.partitions))
+            # The baseline reads every event from one partition, as the identity log held them
+            # all before the direct path; the worker reads them as ingest routes them now.
+            source = f"bench-{run_tag}-passthrough{round_}.in"
+            asyncio.run(create_topic(kafka.bootstrap, source, topology.identity.partitions))
             began = time.perf_counter()
-            asyncio.run(produce(kafka.bootstrap, topology.identity.name, records))
+            asyncio.run(produce(kafka.bootstrap, source, records))
+            asyncio.run(produce(kafka.bootstrap, topology.identity.name, routed.identity))
+            asyncio.run(produce(kafka.bootstrap, topology.journey.name, routed.journey))
             log.info(
-                "round %d: %s pre-filled in %.1fs",
+                "round %d: %s, %s and %s pre-filled in %.1fs",
                 round_,
+                source,
                 topology.identity.name,
+                topology.journey.name,
                 time.perf_counter() - began,
             )
             log.info("round %d: baseline, a pass-through Faust agent", round_)
             baselines.append(
                 measure_passthrough(
                     kafka.bootstrap,
-                    topology.identity.name,
+                    source,
                     out,
                     mix.events,
                     work,
@@ -730,10 +814,10 @@ def run_bench(customers: int, rounds: int) -> int:
             log.error("kept %s for its logs", work)
 
     log.info("in-process replay of the same events (state memory)")
-    logic = asyncio.run(replay(records, traced=False))
+    logic = asyncio.run(replay(rows, traced=False))
     # tracemalloc slows every allocation: a quarter of the customers is enough for per-customer
     # figures, since no state is shared between customers.
-    sample, _ = identity_log_records(max(customers // 4, 1), seed)
+    sample, _ = touchpoint_rows(max(customers // 4, 1), seed)
     traced = asyncio.run(replay(sample, traced=True))
     logic["traced_sample"] = traced
     baseline = max(baselines, key=lambda r: float(r["events_per_second"]))
@@ -769,6 +853,11 @@ def run_bench(customers: int, rounds: int) -> int:
         "memory_per_customer": memory,
         "live_customers": live,
         "in_process_replay": logic,
+        "ordered_share": {
+            "cold_replica": routed.ordered_share,
+            "replica_keeping_up": logic["ordered_share"],
+            "worker_metric": product["ordered_share"],
+        },
     }
     JOURNEY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
     JOURNEY_RESULTS.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
@@ -776,9 +865,16 @@ def run_bench(customers: int, rounds: int) -> int:
     for name, value in memory.items():
         log.info("state memory: %s: %.0f", name, value)
     log.info(
-        "in-process replay (stages only, no Kafka, no ClickHouse): %.0f events/s "
-        "(identity %.1fs, journey %.1fs for %d journey records)",
+        "ordered path share: %.1f %% as pre-filled (a replica that knows nothing), %.1f %% with "
+        "a replica that keeps up (in-process replay)",
+        100 * routed.ordered_share,
+        100 * logic["ordered_share"],
+    )
+    log.info(
+        "in-process replay (routing and stages, no Kafka, no ClickHouse): %.0f events/s "
+        "(routing %.1fs, identity %.1fs, journey %.1fs for %d journey records)",
         logic["events_per_second"],
+        logic["route_seconds"],
         logic["identity_seconds"],
         logic["journey_seconds"],
         logic["journey_records"],

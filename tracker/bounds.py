@@ -8,17 +8,21 @@ future is refused with a reason, never an ``OverflowError`` deeper in the pipeli
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "EARLIEST_TS",
+    "MAX_DEPTH",
     "MAX_FUTURE_SKEW",
     "as_utc",
+    "deeper_than",
     "time_range_error",
 ]
 
 EARLIEST_TS: Final = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_FUTURE_SKEW: Final = timedelta(hours=24)
+# How deep JSON a client sends may nest. A touchpoint nests 2 levels; a request envelope adds 2.
+MAX_DEPTH: Final = 32
 
 
 def as_utc(parsed: datetime) -> datetime:
@@ -57,3 +61,20 @@ def time_range_error(
 def _hours(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours:g} hours"
+
+
+def deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON ``value`` nests more than ``limit`` objects or arrays deep.
+
+    Walks without recursion, so any depth a parser produced is safe to ask about.
+    """
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

@@ -5,13 +5,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
+from tracker.bounds import MAX_DEPTH
 from tracker.errors import FieldError
 
-__all__ = ["DeadLetter"]
+__all__ = ["MAX_PAYLOAD_CHARS", "DeadLetter"]
+
+# A dead letter keeps this much of the payload, so that whatever a client sent, it fits one
+# Kafka record; the rest is cut with a note of how much.
+MAX_PAYLOAD_CHARS: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ class DeadLetter:
         errors: list[FieldError],
         received_ts: datetime | None = None,
     ) -> DeadLetter:
-        raw = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+        raw = _bounded_text(payload if isinstance(payload, str) else _json(payload))
         event_id = payload.get("event_id", "") if isinstance(payload, dict) else ""
         return cls(
             source=source,
@@ -71,3 +76,32 @@ class DeadLetter:
             errors=tuple(FieldError(e["field"], e["reason"]) for e in wire.get("errors", [])),
             event_id=str(wire.get("event_id", "")),
         )
+
+
+def _json(payload: Any) -> str:
+    """``payload`` as JSON; what orjson cannot write (too deep, integers past 64 bits, odd keys)
+    is written cut to :data:`~tracker.bounds.MAX_DEPTH` levels with the rest as text."""
+    try:
+        return orjson.dumps(payload).decode()
+    except TypeError:
+        return orjson.dumps(_writable(payload, 1)).decode()
+
+
+def _writable(value: Any, depth: int) -> Any:
+    if isinstance(value, dict | list) and depth > MAX_DEPTH:
+        return f"<cut: nested deeper than {MAX_DEPTH} levels>"
+    if isinstance(value, dict):
+        return {str(k): _writable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_writable(v, depth + 1) for v in value]
+    if isinstance(value, str | float | bool) or value is None:
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    return str(value)
+
+
+def _bounded_text(raw: str) -> str:
+    if len(raw) <= MAX_PAYLOAD_CHARS:
+        return raw
+    return f"{raw[:MAX_PAYLOAD_CHARS]}<cut: {len(raw) - MAX_PAYLOAD_CHARS} more characters>"

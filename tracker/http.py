@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tracker.metrics import COLLECTOR_REQUEST_SECONDS, COLLECTOR_REQUESTS
@@ -19,8 +21,12 @@ __all__ = [
     "json_error",
     "json_response",
     "measured",
+    "read_body",
     "request_metrics",
 ]
+
+# Content-Encodings a request body may carry; aiohttp decodes them as it reads.
+BODY_ENCODINGS = ("gzip", "deflate", "br", "zstd")
 
 Readiness = Callable[[], Awaitable[bool] | bool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -128,3 +134,44 @@ def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
         if first:
             return first
     return request.remote or ""
+
+
+async def read_body(
+    request: web.Request, max_bytes: int, wait_seconds: float
+) -> bytes | web.Response:
+    """The request's body, decoded, or the answer to give instead: 415 for a Content-Encoding
+    Tracker does not read, 400 for a body that is not what its encoding says, 413 past
+    ``max_bytes`` (decoded), and 408 (closing the connection) when it does not arrive within
+    ``wait_seconds``."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity", *BODY_ENCODINGS):
+        return json_error(
+            415,
+            f"Content-Encoding {encoding[:40]!r} is not supported; send the body as is or "
+            f"with one of {', '.join(BODY_ENCODINGS)}",
+        )
+    if request.content_length is not None and request.content_length > max_bytes:
+        return _too_large(max_bytes)
+    try:
+        async with asyncio.timeout(wait_seconds):
+            return await request.read()
+    except TimeoutError:
+        response = json_error(
+            408,
+            f"the body did not arrive within {wait_seconds:g} s of the headers; "
+            "send the whole body its Content-Length announces",
+        )
+        response.force_close()
+        return response
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(max_bytes)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        if encoding:
+            return json_error(
+                400, f"body is not valid {encoding} data, as its Content-Encoding says"
+            )
+        return json_error(400, f"body could not be read: {str(exc).strip()[:200]}")
+
+
+def _too_large(max_bytes: int) -> web.Response:
+    return json_error(413, f"body is larger than {max_bytes} bytes; send smaller batches")

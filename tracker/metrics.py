@@ -31,6 +31,7 @@ __all__ = [
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
     "STITCH_EVENTS",
+    "STITCH_ROUTES",
     "WORKER_EVENTS",
     "WORKER_LAG",
     "WORKER_READY",
@@ -246,6 +247,13 @@ STITCH_EVENTS = Counter(
     "tracker_stitch_records_total",
     "Records handled by each stitching step: identity (the identity log) or journey.",
     ["step"],
+)
+STITCH_ROUTES = Counter(
+    "tracker_stitch_routes_total",
+    "Touchpoints handed to stitching, by path: ordered (through the one-partition identity log: "
+    "they may link identifiers not yet linked) or direct (straight to their customer's "
+    "partition, resolved through the replicated aliases).",
+    ["path"],
 )
 IDENTITY_CONFLICTS = Counter(
     "tracker_identity_conflicts_total",

@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from functools import lru_cache
+from typing import Final
 
 import phonenumbers
+
+from tracker.errors import TrackerError
 
 __all__ = [
     "IDENTIFIER_KINDS",
@@ -16,15 +20,23 @@ __all__ = [
     "identifier_key",
     "normalize_email",
     "normalize_phone",
+    "redact_emails",
     "truncate_ip",
 ]
 
 
 IDENTIFIER_KINDS = ("user", "anon", "email", "phone", "click")
+REDACTED_EMAIL: Final = "<redacted email>"
+# An address anywhere in a text. A match starts only where a run of local-part characters starts
+# (the lookbehind), and no class overlaps the separator after it, so the scan stays linear.
+_EMAIL_IN_TEXT = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+)
 
 
-class InvalidIdentifier(ValueError):
-    """An email or phone number that cannot be normalized."""
+class InvalidIdentifier(TrackerError, ValueError):
+    """An email or phone number that cannot be normalized. Still a ``ValueError`` for callers
+    that catch parse errors broadly."""
 
 
 @lru_cache(maxsize=65536)  # pure, and the same visitors come back: keeps parsing off hot paths
@@ -60,6 +72,11 @@ def normalize_phone(raw: str, default_region: str) -> str:
     if not phonenumbers.is_possible_number(number):
         raise InvalidIdentifier("is not a possible phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def redact_emails(text: str) -> str:
+    """``text`` with every email address in it replaced by ``<redacted email>``."""
+    return _EMAIL_IN_TEXT.sub(REDACTED_EMAIL, text) if "@" in text else text
 
 
 def hash_identifier(kind: str, normalized: str, salt: str) -> str:

@@ -94,6 +94,8 @@ class Settings:
     default_phone_region: str
     cors_origins: tuple[str, ...]
     log_level: str
+    # How long a collector waits for a request's body once its headers are in (answers 408 after).
+    body_read_timeout_seconds: float = 5.0
     links_base_url: str = "http://127.0.0.1:8002"
     links_click_buffer: int = 250_000
     links_api_rate: float = 10.0
@@ -201,6 +203,7 @@ class Settings:
             hash_salt=Secret(salt),
             max_body_bytes=reader.integer("TRACKER_MAX_BODY_BYTES", 1_048_576, minimum=1024),
             max_events_per_request=reader.integer("TRACKER_MAX_EVENTS_PER_REQUEST", 500, minimum=1),
+            body_read_timeout_seconds=reader.number("TRACKER_BODY_READ_TIMEOUT_SECONDS", 5.0),
             produce_timeout_seconds=reader.number("TRACKER_PRODUCE_TIMEOUT_SECONDS", 5.0),
             retry_after_seconds=reader.integer("TRACKER_RETRY_AFTER_SECONDS", 5, minimum=1),
             sink_batch_size=reader.integer("TRACKER_SINK_BATCH_SIZE", 5000, minimum=1),

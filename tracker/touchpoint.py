@@ -18,7 +18,9 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fastjsonschema
+import orjson
 
+from tracker.bounds import as_utc, time_range_error
 from tracker.errors import FieldError, ValidationError
 from tracker.privacy import (
     InvalidIdentifier,
@@ -30,6 +32,7 @@ from tracker.privacy import (
 
 __all__ = [
     "AD_CLICK_ID_PARAMS",
+    "MAX_EVENT_BYTES",
     "SCHEMA_ID",
     "RequestContext",
     "Touchpoint",
@@ -38,7 +41,12 @@ __all__ = [
 ]
 
 SCHEMA_ID: Final = "tracker/touchpoint/1-0-0"
-MAX_FUTURE_SKEW: Final = timedelta(hours=24)
+# One event as JSON, whatever its fields: the schema bounds each field, this bounds their sum.
+MAX_EVENT_BYTES: Final = 32 * 1024
+# Longest field path a refusal names; keys past it are cut (a client may send any key).
+MAX_PATH: Final = 200
+# The User-Agent header the collector adds to ``context`` is held to the schema's own limit.
+MAX_USER_AGENT: Final = 1024
 # Query parameters that identify one ad click, and so one person.
 AD_CLICK_ID_PARAMS: Final = (
     "gclid",
@@ -224,36 +232,25 @@ def accept(payload: Any, request: RequestContext) -> Touchpoint:
         _validator()(payload)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise ValidationError([_field_error(exc)]) from None
+    size = len(orjson.dumps(payload))
+    if size > MAX_EVENT_BYTES:
+        raise ValidationError(
+            [FieldError("$", f"is {size} bytes as JSON; an event may be at most {MAX_EVENT_BYTES}")]
+        )
 
     errors: list[FieldError] = []
-    device_ts = _checked_ts(payload, "ts", errors)
-    sent_ts = _checked_ts(payload, "sent_ts", errors) if "sent_ts" in payload else None
+    device_ts = _checked_ts(payload, "ts", errors, request)
+    sent_ts = _checked_ts(payload, "sent_ts", errors, request) if "sent_ts" in payload else None
     email_hash = _hashed(payload, "email", request, errors)
     phone_hash = _hashed(payload, "phone", request, errors)
     if errors:
         raise ValidationError(errors)
     assert device_ts is not None
-
-    ts = device_ts
-    if sent_ts is not None:
-        if sent_ts < device_ts:
-            raise ValidationError(
-                [
-                    FieldError(
-                        "sent_ts", "is earlier than ts; send the time the batch left the device"
-                    )
-                ]
-            )
-        # The device clock may be wrong, but the delay it measured between event and send is right.
-        ts = request.received_ts - (sent_ts - device_ts)
-    if ts - request.received_ts > MAX_FUTURE_SKEW:
-        raise ValidationError(
-            [FieldError("ts", "is more than 24 hours ahead of the collector's clock")]
-        )
+    ts = _event_time(device_ts, sent_ts, request)
 
     context = dict(payload.get("context") or {})
     if request.user_agent and "user_agent" not in context:
-        context["user_agent"] = request.user_agent
+        context["user_agent"] = request.user_agent[:MAX_USER_AGENT]
     if request.ip:
         context["ip"] = truncate_ip(request.ip)
 
@@ -286,6 +283,40 @@ def accept(payload: Any, request: RequestContext) -> Touchpoint:
     if touchpoint.consent.get("analytics") is False:
         _strip_identifiers(touchpoint)
     return touchpoint
+
+
+def _event_time(device_ts: datetime, sent_ts: datetime | None, request: RequestContext) -> datetime:
+    """When the event happened by the collector's clock, held to the accepted range.
+
+    Without ``sent_ts`` that is ``ts`` itself. With it, the device clock may be wrong but the
+    delay it measured between event and send is right, so the event happened that long before
+    the collector received it. ``ts`` and ``sent_ts`` are already within 1970 to now + the skew,
+    so no subtraction here can overflow.
+    """
+    now = request.received_ts
+    if sent_ts is None:
+        if reason := time_range_error(device_ts, now, request.max_event_age):
+            raise ValidationError([FieldError("ts", reason)])
+        return device_ts
+    if sent_ts < device_ts:
+        raise ValidationError(
+            [FieldError("sent_ts", "is earlier than ts; send the time the batch left the device")]
+        )
+    waited = sent_ts - device_ts
+    if waited > request.max_event_age:
+        raise ValidationError(
+            [
+                FieldError(
+                    "ts",
+                    f"is {waited.days} days before sent_ts; an event may wait at most "
+                    f"{request.max_event_age.days} days on the device (TRACKER_MAX_EVENT_AGE_DAYS)",
+                )
+            ]
+        )
+    ts = now - waited
+    if reason := time_range_error(ts, now, request.max_event_age):
+        raise ValidationError([FieldError("ts", f"once corrected by sent_ts, {reason}")])
+    return ts
 
 
 def _strip_identifiers(touchpoint: Touchpoint) -> None:
@@ -331,19 +362,41 @@ def _field_error(exc: Any) -> FieldError:
         return FieldError(_join(path, missing[0]), "is required")
     if exc.rule == "pattern" and path == "event_id":
         message = "must be a UUID made by the client, e.g. 0b8f3c2e-5d7a-4e1b-9c3f-2a6d8e4f1b7c"
-    return FieldError(path or "$", message)
+    if exc.rule == "not" and path == "event_id":
+        message = "must not be the nil UUID; make a random UUID (v4) for each event"
+    if exc.rule == "propertyNames":
+        names = definition.get("propertyNames", {})
+        limit = names.get("maxLength")
+        message = (
+            f"has a key longer than {limit} characters"
+            if limit
+            else f"has a key that does not match {names.get('pattern')}"
+        )
+    return FieldError(_short(path) or "$", message)
 
 
 def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    return _short(f"{path}.{name}" if path else name)
 
 
-def _checked_ts(payload: dict[str, Any], name: str, errors: list[FieldError]) -> datetime | None:
+def _short(path: str) -> str:
+    """A field path as a client can be told it: a key past any limit is cut, not echoed whole."""
+    return path if len(path) <= MAX_PATH else f"{path[:MAX_PATH]}..."
+
+
+def _checked_ts(
+    payload: dict[str, Any], name: str, errors: list[FieldError], request: RequestContext
+) -> datetime | None:
+    """The timestamp ``name`` in UTC, when it parses and lies between 1970 and now + the skew."""
     try:
-        return _parse_ts(payload[name])
+        parsed = _parse_ts(payload[name])
     except ValueError as exc:
         errors.append(FieldError(name, str(exc)))
         return None
+    if reason := time_range_error(parsed, request.received_ts):
+        errors.append(FieldError(name, reason))
+        return None
+    return parsed
 
 
 def _hashed(
@@ -371,9 +424,7 @@ def _parse_ts(raw: str) -> datetime:
         raise ValueError(
             f"must be an RFC 3339 timestamp such as 2026-11-22T10:00:00Z, got {raw!r}"
         ) from None
-    if parsed.tzinfo is None:
-        raise ValueError("must carry a UTC offset, such as a trailing Z")
-    return parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 def _parse_wire_ts(raw: str) -> datetime:

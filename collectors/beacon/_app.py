@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,11 +18,26 @@ from collectors.beacon._segment_app import (
 )
 from collectors.beacon._snippet import add_snippet_routes
 from collectors.beacon.sources import Refused
+from tracker.bounds import MAX_DEPTH, deeper_than
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import add_health_routes, client_ip, json_error, json_response, request_metrics
+from tracker.http import (
+    add_health_routes,
+    client_ip,
+    json_error,
+    json_response,
+    read_body,
+    request_metrics,
+)
 from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS
+from tracker.privacy import (
+    InvalidIdentifier,
+    hash_identifier,
+    normalize_email,
+    normalize_phone,
+    redact_emails,
+)
 from tracker.settings import Settings
 from tracker.touchpoint import RequestContext, Touchpoint, accept
 
@@ -80,12 +96,9 @@ def create_app(
 
 async def post_events(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _too_large(settings)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large(settings)
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -113,8 +126,9 @@ async def post_events(request: web.Request) -> web.Response:
             touchpoint = accept(event, context)
             accepted.append(touchpoint if source is None else claimed(touchpoint, source))
         except ValidationError as exc:
-            rejected.append(_rejection(index, event, exc.errors))
-            dead.append(_dead_letter(event, exc.errors, context))
+            errors = _with_depth(event, exc.errors)
+            rejected.append(_rejection(index, event, errors))
+            dead.append(_dead_letter(event, errors, context))
     return await _publish(request, accepted, dead, rejected)
 
 
@@ -206,32 +220,60 @@ def _request_context(request: web.Request, settings: Settings) -> RequestContext
     )
 
 
+def _with_depth(event: Any, errors: list[FieldError]) -> list[FieldError]:
+    """A refused event that nests too deep says so first: no touchpoint nests like that.
+
+    Asked only of refused events: the schema holds accepted ones to two levels.
+    """
+    if deeper_than(event, MAX_DEPTH):
+        return [FieldError("$", f"nests deeper than {MAX_DEPTH} levels; a touchpoint nests 2")]
+    return errors
+
+
 def _rejection(index: int, event: Any, errors: list[FieldError]) -> dict[str, Any]:
     event_id = event.get("event_id") if isinstance(event, dict) else None
+    if not isinstance(event_id, str) or len(event_id) > 36:
+        event_id = None  # only a UUID's worth is echoed back
     return {"index": index, "event_id": event_id, "errors": [e.as_dict() for e in errors]}
 
 
 def _dead_letter(event: Any, errors: list[FieldError], context: RequestContext) -> DeadLetter:
-    return DeadLetter.for_payload(
-        _redacted(event),
+    """The refused event as a dead letter, bounded in size and depth, with no email address or
+    phone number in clear: ``email`` and ``phone`` become the hashes the touchpoint would have
+    carried, and any other address in the payload or the reasons is redacted."""
+    letter = DeadLetter.for_payload(
+        _hashed_identifiers(event, context),
         source=COLLECTOR,
         stage="collect",
-        errors=errors,
+        errors=[FieldError(e.field, redact_emails(e.reason)) for e in errors],
         received_ts=context.received_ts,
     )
-
-
-def _redacted(event: Any) -> Any:
-    """Dead letters keep the payload, but never an email or phone number in clear."""
-    if isinstance(event, dict) and ("email" in event or "phone" in event):
-        return {k: ("<redacted>" if k in ("email", "phone") else v) for k, v in event.items()}
-    return event
-
-
-def _too_large(settings: Settings) -> web.Response:
-    return json_error(
-        413, f"body is larger than {settings.max_body_bytes} bytes; send smaller batches"
+    return dataclasses.replace(
+        letter, payload=redact_emails(letter.payload), event_id=letter.event_id[:64]
     )
+
+
+def _hashed_identifiers(event: Any, context: RequestContext) -> Any:
+    if not isinstance(event, dict) or not ("email" in event or "phone" in event):
+        return event
+    kept = {k: v for k, v in event.items() if k not in ("email", "phone")}
+    for name in ("email", "phone"):
+        if name in event:
+            kept.update(_hashed(name, event[name], context))
+    return kept
+
+
+def _hashed(name: str, raw: Any, context: RequestContext) -> dict[str, str]:
+    """``{"email_hash": ...}`` as the touchpoint would carry it, or a redaction marker."""
+    try:
+        if not isinstance(raw, str):
+            raise InvalidIdentifier("not a string")
+        normalized = (
+            normalize_email(raw) if name == "email" else normalize_phone(raw, context.phone_region)
+        )
+    except InvalidIdentifier:
+        return {name: "<redacted>"}
+    return {f"{name}_hash": hash_identifier(name, normalized, context.hash_salt)}
 
 
 def _cors(settings: Settings) -> Any:

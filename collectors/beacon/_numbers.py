@@ -21,7 +21,7 @@ from aiohttp import web
 
 from collectors.calls.pools import NumberPool, PoolBook, Reservation
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import json_error, json_response
+from tracker.http import json_error, json_response, read_body
 from tracker.kafka.compacted import CompactedLog, CompactedState, MemoryLog
 from tracker.kafka.producer import Publisher
 from tracker.kafka.topology import Topology
@@ -142,8 +142,11 @@ def numbers_handler(
     retry_after = settings.retry_after_seconds
 
     async def post_numbers(request: web.Request) -> web.Response:
+        raw = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return json_error(400, f"body is not valid JSON: {exc}")
         if not isinstance(body, dict):
@@ -159,7 +162,7 @@ def numbers_handler(
         pool = settings.call_number_pools.get(name)
         if pool is None:
             configured = ", ".join(sorted(settings.call_number_pools)) or "none"
-            return json_error(404, f"no number pool named {name!r}; configured: {configured}")
+            return json_error(404, f"no number pool named {name[:64]!r}; configured: {configured}")
         if not isinstance(body.get("session_id"), str) or not body["session_id"]:
             return _invalid([FieldError("session_id", "is required: the visit's session id")])
         try:

@@ -22,7 +22,7 @@ from collectors.beacon.segment import (
 from collectors.beacon.sources import Refused, Sources
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import client_ip, json_error, json_response
+from tracker.http import client_ip, json_error, json_response, read_body
 from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS
 from tracker.settings import Settings, Source
@@ -101,12 +101,15 @@ async def _segment(request: web.Request) -> web.Response:
         source = sources.authenticate(authorization) if authorization else None
     except Refused as exc:
         return _refused(exc)
-    if request.content_length is not None and request.content_length > limit:
-        return _too_large(batch)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large(batch)
+    body = await read_body(request, limit, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):  # the beacon's answer, in Segment's shape
+        if body.status == 413:
+            return _too_large(batch)
+        reason = orjson.loads(body.body if isinstance(body.body, bytes) else b"{}").get("error")
+        answer = _error(body.status, "invalid_request", str(reason))
+        if body.status == 408:
+            answer.force_close()
+        return answer
     if len(body) > limit:
         return _too_large(batch)
     try:

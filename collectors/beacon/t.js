@@ -106,11 +106,11 @@
   };
 
   const strings = (obj) => {
-    // The touchpoint's properties are a string map: numbers and the like become strings.
+    // The touchpoint's properties are a string map (numbers and the like become strings),
+    // held to the schema's limits: 50 entries, keys of 128 and values of 1024 characters.
     const out = {};
-    for (const [k, v] of Object.entries(obj || {})) {
-      if (v === null || v === undefined) continue;
-      out[k.slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 4096);
+    for (const [k, v] of Object.entries(obj || {}).filter((e) => e[1] != null).slice(0, 50)) {
+      out[k.slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 1024);
     }
     return out;
   };
@@ -122,7 +122,7 @@
     const ctx = { library: LIBRARY };
     if (nav.language) ctx.locale = nav.language.slice(0, 35);
     try { ctx.timezone = Intl.DateTimeFormat().resolvedOptions().timeZone.slice(0, 64); } catch (_) { /* no Intl */ }
-    if (w.screen && w.screen.width) ctx.screen = `${Math.round(w.screen.width)}x${Math.round(w.screen.height)}`;
+    if (w.screen && w.screen.width) ctx.screen = `${w.screen.width}x${w.screen.height}`; // whole CSS pixels
     return ctx;
   };
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -38,6 +38,10 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 log = logging.getLogger(__name__)
+
+# A refused body is kept as a dead letter up to this many bytes, so that the letter itself always
+# fits in one Kafka record whatever TRACKER_MAX_BODY_BYTES allows.
+MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
 
 
 class CallPublisher(Protocol):
@@ -100,6 +104,7 @@ async def post_callback(request: web.Request) -> web.Response:
         headers=request.headers,
         body=body,
         received_ts=datetime.now(UTC),
+        max_event_age=timedelta(days=settings.max_event_age_days),
     )
     try:
         provider.authenticate(webhook, settings)
@@ -117,7 +122,7 @@ async def post_callback(request: web.Request) -> web.Response:
         return json_response({"accepted": 0, "ignored": str(exc)})
     except Malformed as exc:
         letter = DeadLetter.for_payload(
-            redact_numbers(body),
+            _kept(body),
             source=COLLECTOR,
             stage="collect",
             errors=exc.errors,
@@ -149,12 +154,26 @@ def _normalize(
     """A payload shaped in a way no rule foresaw is still the sender's problem: 400 and a dead
     letter, never a 500 that the provider would retry forever."""
     try:
-        return provider.normalize(webhook, settings)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        callbacks = provider.normalize(webhook, settings)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError) as exc:
         log.warning(
             "call callback not understood", extra={"provider": provider.name, "error": repr(exc)}
         )
-        raise Malformed([FieldError("$", f"the payload could not be read: {exc!r}")]) from exc
+        shown = repr(exc)[:200]
+        raise Malformed([FieldError("$", f"the payload could not be read: {shown}")]) from exc
+    # Every provider's fields are bounded as they are read; this holds whatever one composes.
+    errors = [FieldError(f, reason) for c in callbacks for f, reason in c.limit_errors()]
+    if errors:
+        raise Malformed(errors)
+    return callbacks
+
+
+def _kept(body: bytes) -> str:
+    """What a dead letter keeps of a refused body: redacted, and cut at MAX_DEAD_LETTER_PAYLOAD."""
+    if len(body) <= MAX_DEAD_LETTER_PAYLOAD:
+        return redact_numbers(body)
+    cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
+    return f"{redact_numbers(body[:MAX_DEAD_LETTER_PAYLOAD])}... [{cut} more bytes not kept]"
 
 
 def _unavailable(exc: BackpressureError) -> web.Response:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 
 from collectors.calls._common import (
+    MAX_URL_LENGTH,
     Malformed,
     Provider,
     Unauthorized,
@@ -76,7 +77,11 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
         raise Malformed([FieldError("disposition", f"is not an Asterisk disposition: {raw!r}")])
     direction = text(cdr, "direction") if text(cdr, "direction") in ("inbound", "outbound") else ""
     parties = numbers(direction, text(cdr, "src"), text(cdr, "dst"), settings)
-    started, answered, ended = iso_time(cdr, "start"), iso_time(cdr, "answer"), iso_time(cdr, "end")
+    started, answered, ended = (
+        iso_time(cdr, "start", request),
+        iso_time(cdr, "answer", request),
+        iso_time(cdr, "end", request),
+    )
     duration, billsec = seconds(cdr, "duration"), seconds(cdr, "billsec")
     unique = text(cdr, "uniqueid")
     return [
@@ -101,7 +106,7 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             talk_seconds=billsec,
             queue=text(cdr, "queue"),
             agent=text(cdr, "agent"),
-            recording=bool(text(cdr, "recordingfile")) or None,
+            recording=bool(text(cdr, "recordingfile", limit=MAX_URL_LENGTH)) or None,
         )
     ]
 

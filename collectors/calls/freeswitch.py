@@ -11,15 +11,15 @@ import base64
 import binascii
 from typing import Any
 
-import orjson
-
 from collectors.calls._common import (
+    MAX_URL_LENGTH,
     Malformed,
     NotConfigured,
     Provider,
     Unauthorized,
     WebhookRequest,
     epoch_time,
+    json_object,
     numbers,
     same,
     seconds,
@@ -67,14 +67,7 @@ def authenticate(request: WebhookRequest, settings: Settings) -> None:
 def _cdr(request: WebhookRequest) -> dict[str, Any]:
     if request.body.lstrip().startswith(b"{"):
         return request.json_object()
-    encoded = single(request.form()).get("cdr", "")
-    try:
-        parsed = orjson.loads(encoded)
-    except orjson.JSONDecodeError as exc:
-        raise Malformed([FieldError("cdr", f"is not JSON: {exc}")]) from None
-    if not isinstance(parsed, dict):
-        raise Malformed([FieldError("cdr", "must be a JSON object")])
-    return parsed
+    return json_object(single(request.form()).get("cdr", ""), "cdr")
 
 
 def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]:
@@ -82,28 +75,40 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     variables = cdr.get("variables")
     if not isinstance(variables, dict):
         raise Malformed([FieldError("variables", "is required and must be an object")])
-    leg = text(variables, "uuid")
+    leg = text(variables, "uuid", at="variables")
     if not leg:
         raise Malformed([FieldError("variables.uuid", "is required")])
     profile = _caller_profile(cdr)
     channel_data = cdr.get("channel_data")
-    direction = text(variables, "direction") or (
-        text(channel_data, "direction") if isinstance(channel_data, dict) else ""
+    direction = text(variables, "direction", at="variables") or (
+        text(channel_data, "direction", at="channel_data") if isinstance(channel_data, dict) else ""
     )
     direction = direction if direction in ("inbound", "outbound") else ""
-    caller = text(variables, "caller_id_number") or text(profile, "caller_id_number")
-    called = text(variables, "destination_number") or text(profile, "destination_number")
+    caller = text(variables, "caller_id_number", at="variables") or text(
+        profile, "caller_id_number", at="callflow.caller_profile"
+    )
+    called = text(variables, "destination_number", at="variables") or text(
+        profile, "destination_number", at="callflow.caller_profile"
+    )
     parties = numbers(direction, caller, called, settings)
-    started = epoch_time(variables, "start_uepoch", 1e6) or epoch_time(variables, "start_epoch")
-    answered = epoch_time(variables, "answer_uepoch", 1e6) or epoch_time(variables, "answer_epoch")
-    ended = epoch_time(variables, "end_uepoch", 1e6) or epoch_time(variables, "end_epoch")
-    cause = text(variables, "hangup_cause")
+    started = epoch_time(variables, "start_uepoch", request, 1e6, at="variables") or epoch_time(
+        variables, "start_epoch", request, at="variables"
+    )
+    answered = epoch_time(variables, "answer_uepoch", request, 1e6, at="variables") or epoch_time(
+        variables, "answer_epoch", request, at="variables"
+    )
+    ended = epoch_time(variables, "end_uepoch", request, 1e6, at="variables") or epoch_time(
+        variables, "end_epoch", request, at="variables"
+    )
+    cause = text(variables, "hangup_cause", at="variables")
     status = "completed" if answered else _CAUSE_STATUS.get(cause, "completed")
     transfers = _transfers(cdr, leg)
     return [
         CallCallback(
             provider="freeswitch",
-            call_id=text(variables, "call_uuid") or text(variables, "originating_leg_uuid") or leg,
+            call_id=text(variables, "call_uuid", at="variables")
+            or text(variables, "originating_leg_uuid", at="variables")
+            or leg,
             leg_id=leg,
             callback_id=f"{leg}:cdr",
             status=status,
@@ -116,18 +121,25 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             started_at=started,
             answered_at=answered,
             ended_at=ended,
-            ring_seconds=seconds(variables, "progresssec") if answered else None,
-            talk_seconds=seconds(variables, "billsec"),
-            hold_seconds=seconds(variables, "hold_accum_seconds"),
+            ring_seconds=seconds(variables, "progresssec", at="variables") if answered else None,
+            talk_seconds=seconds(variables, "billsec", at="variables"),
+            hold_seconds=seconds(variables, "hold_accum_seconds", at="variables"),
             transfer_ids=transfers,
-            transfer_kind=("warm" if text(variables, "att_xfer_peer_uuid") else "cold")
+            transfer_kind=(
+                "warm" if text(variables, "att_xfer_peer_uuid", at="variables") else "cold"
+            )
             if transfers
             else "",
-            queue=text(variables, "cc_queue"),
-            agent=text(variables, "cc_agent"),
-            recording=bool(text(variables, "record_path") or text(variables, "record_file_path"))
+            queue=text(variables, "cc_queue", at="variables"),
+            agent=text(variables, "cc_agent", at="variables"),
+            recording=bool(
+                text(variables, "record_path", at="variables", limit=MAX_URL_LENGTH)
+                or text(variables, "record_file_path", at="variables", limit=MAX_URL_LENGTH)
+            )
             or None,
-            hangup_by=_hangup_by(direction, text(variables, "sip_hangup_disposition")),
+            hangup_by=_hangup_by(
+                direction, text(variables, "sip_hangup_disposition", at="variables")
+            ),
         )
     ]
 

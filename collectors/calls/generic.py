@@ -28,7 +28,7 @@ from collectors.calls._common import (
     secret_or_refuse,
     text,
 )
-from collectors.calls.records import CALL_STATUSES, CallCallback
+from collectors.calls.records import CALL_STATUSES, MAX_ID_LENGTH, MAX_TRANSFERS, CallCallback
 from tracker.errors import FieldError
 from tracker.settings import Settings
 
@@ -79,13 +79,16 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     direction = text(data, "direction")
     if direction not in ("", "inbound", "outbound"):
         raise Malformed([FieldError("direction", "must be inbound or outbound")])
-    event_ts = iso_time(data, "timestamp")
-    assert event_ts is not None
+    event_ts = iso_time(data, "timestamp", request)
+    if event_ts is None:  # require() has seen it present; kept for the type checker
+        raise Malformed([FieldError("timestamp", "is required")])
     parties = numbers(direction, text(data, "from"), text(data, "to"), settings)
     transfers, kind = _transfers(data.get("transfers"))
     hangup_by = text(data, "hangup_by")
     if hangup_by not in ("", "caller", "callee", "system"):
         raise Malformed([FieldError("hangup_by", "must be caller, callee or system")])
+    if len(request.header("webhook-id")) > MAX_ID_LENGTH:
+        raise Malformed([FieldError("webhook-id", f"must be at most {MAX_ID_LENGTH} characters")])
     recording = data.get("recording")
     if recording is not None and not isinstance(recording, bool):
         raise Malformed([FieldError("recording", "must be true or false")])
@@ -102,9 +105,9 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             caller_hash=parties.caller_hash,
             called_hash=parties.called_hash,
             tracking_number=parties.tracking_number,
-            started_at=iso_time(data, "started_at"),
-            answered_at=iso_time(data, "answered_at"),
-            ended_at=iso_time(data, "ended_at"),
+            started_at=iso_time(data, "started_at", request),
+            answered_at=iso_time(data, "answered_at", request),
+            ended_at=iso_time(data, "ended_at", request),
             ring_seconds=seconds(data, "ring_seconds"),
             queue_seconds=seconds(data, "queue_seconds"),
             talk_seconds=seconds(data, "talk_seconds"),
@@ -122,15 +125,17 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
 def _transfers(raw: Any) -> tuple[tuple[str, ...], str]:
     if raw is None:
         return (), ""
-    if not isinstance(raw, list) or not all(
-        isinstance(t, dict) and t.get("id") and t.get("kind", "cold") in ("cold", "warm")
-        for t in raw
-    ):
-        raise Malformed(
-            [FieldError("transfers", 'must be a list of {"id": ..., "kind": "cold" or "warm"}')]
-        )
+    if not isinstance(raw, list) or len(raw) > MAX_TRANSFERS:
+        raise Malformed([FieldError("transfers", f"must be a list of at most {MAX_TRANSFERS}")])
+    for index, transfer in enumerate(raw):
+        if not isinstance(transfer, dict) or transfer.get("kind", "cold") not in ("cold", "warm"):
+            raise Malformed(
+                [FieldError(f"transfers.{index}", 'must be {"id": ..., "kind": "cold" or "warm"}')]
+            )
+        require(transfer, "id", at=f"transfers.{index}")
     kinds = {t.get("kind", "cold") for t in raw}
-    return tuple(str(t["id"]) for t in raw), ("warm" if "warm" in kinds else "cold") if raw else ""
+    ids = tuple(text(t, "id", at=f"transfers.{index}") for index, t in enumerate(raw))
+    return ids, ("warm" if "warm" in kinds else "cold") if raw else ""
 
 
 PROVIDER = Provider("generic", authenticate, normalize)

@@ -89,9 +89,11 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     direction = "" if is_b_leg else text(data, "Direction")
     direction = direction if direction in ("inbound", "outbound") else ""
     parties = numbers(direction, text(data, "From"), text(data, "To"), settings)
-    answered_at = iso_time(data, "AnswerTime")
-    ended_at = iso_time(data, "EndTime")
-    event_ts = ended_at or answered_at or iso_time(data, "StartTime") or request.received_ts
+    answered_at = iso_time(data, "AnswerTime", request)
+    ended_at = iso_time(data, "EndTime", request)
+    event_ts = (
+        ended_at or answered_at or iso_time(data, "StartTime", request) or request.received_ts
+    )
     return [
         CallCallback(
             provider="plivo",
@@ -105,7 +107,7 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             caller_hash="" if is_b_leg else parties.caller_hash,
             called_hash="" if is_b_leg else parties.called_hash,
             tracking_number="" if is_b_leg else parties.tracking_number,
-            started_at=iso_time(data, "StartTime"),
+            started_at=iso_time(data, "StartTime", request),
             answered_at=answered_at or (event_ts if status == "answered" else None),
             ended_at=ended_at,
             talk_seconds=seconds(data, "BillDuration") if answered_at else None,

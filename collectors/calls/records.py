@@ -14,11 +14,16 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from tracker.bounds import as_utc
 from tracker.privacy import InvalidIdentifier, hash_identifier, normalize_phone
 
 __all__ = [
     "CALL_STATUSES",
     "DISPOSITIONS",
+    "MAX_CALLBACK_ID_LENGTH",
+    "MAX_ID_LENGTH",
+    "MAX_SECONDS",
+    "MAX_TRANSFERS",
     "TERMINAL_STATUSES",
     "CallCallback",
     "hash_number",
@@ -45,6 +50,13 @@ TERMINAL_STATUSES: Final = frozenset(
 )
 DISPOSITIONS: Final = ("answered", "abandoned", "busy", "no-answer", "failed", "voicemail")
 _RANK: Final = {"initiated": 1, "ringing": 2, "queued": 2, "answered": 3}
+
+# The bounds of a callback (docs/calls.md), so that no call's record can grow without limit.
+MAX_ID_LENGTH: Final = 256  # call_id, leg_id, each transfer id, queue, agent, any field read
+MAX_CALLBACK_ID_LENGTH: Final = 1024  # some providers' callback ids join several fields
+MAX_TRANSFERS: Final = 64  # transfers one callback reports
+MAX_SECONDS: Final = 7 * 24 * 3600  # ring, queue, talk and hold durations: one week at most
+_BOUNDED_TEXT: Final = ("call_id", "leg_id", "queue", "agent", "provider", "tracking_number")
 
 
 def status_rank(status: str) -> int:
@@ -102,6 +114,25 @@ class CallCallback:
     recording: bool | None = None
     hangup_by: str = ""  # caller, callee or system
 
+    def limit_errors(self) -> list[tuple[str, str]]:
+        """(field, reason) for each bound this callback breaks; empty when it keeps them all."""
+        errors = [
+            (name, f"must be at most {MAX_ID_LENGTH} characters")
+            for name in _BOUNDED_TEXT
+            if len(getattr(self, name)) > MAX_ID_LENGTH
+        ]
+        if len(self.callback_id) > MAX_CALLBACK_ID_LENGTH:
+            errors.append(("callback_id", f"must be at most {MAX_CALLBACK_ID_LENGTH} characters"))
+        if len(self.transfer_ids) > MAX_TRANSFERS:
+            errors.append(("transfer_ids", f"must list at most {MAX_TRANSFERS} transfers"))
+        elif any(len(t) > MAX_ID_LENGTH for t in self.transfer_ids):
+            errors.append(("transfer_ids", f"each must be at most {MAX_ID_LENGTH} characters"))
+        for name in ("ring_seconds", "queue_seconds", "talk_seconds", "hold_seconds"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_SECONDS:
+                errors.append((name, f"must be from 0 to {MAX_SECONDS} seconds"))
+        return errors
+
     @property
     def call_key(self) -> str:
         """The Kafka key and table key: every callback of one call shares it."""
@@ -122,7 +153,8 @@ class CallCallback:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> CallCallback:
-        """Read a callback back from the topic. Raises ``KeyError``, ``TypeError`` or ``ValueError``."""
+        """Read a callback back from the topic. Raises ``KeyError``, ``TypeError`` or ``ValueError``
+        (also for one outside the bounds, such as one written before they were checked)."""
         values: dict[str, Any] = {}
         for spec in fields(cls):
             if spec.name not in wire:
@@ -145,12 +177,16 @@ class CallCallback:
             if required not in values:
                 raise KeyError(required)
         if values["status"] not in CALL_STATUSES:
-            raise ValueError(f"unknown call status {values['status']!r}")
-        return cls(**values)
+            raise ValueError(f"unknown call status {str(values['status'])[:40]!r}")
+        callback = cls(**values)
+        if errors := callback.limit_errors():
+            raise ValueError("; ".join(f"{name}: {reason}" for name, reason in errors))
+        return callback
 
 
 def _parse_time(raw: Any) -> datetime:
+    """An aware time in UTC. Raises ``ValueError``, never ``OverflowError``."""
     parsed = datetime.fromisoformat(str(raw))
     if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a UTC offset: {raw!r}")
-    return parsed.astimezone(UTC)
+        raise ValueError(f"timestamp without a UTC offset: {str(raw)[:40]!r}")
+    return as_utc(parsed)

@@ -90,29 +90,40 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     data = envelope.get("data")
     if not isinstance(data, dict):
         raise Malformed([FieldError("data", "is required and must be an object")])
-    event_type = text(data, "event_type")
+    event_type = text(data, "event_type", at="data")
     if not event_type.startswith("call."):
         raise Ignored(f"{event_type or 'an event without event_type'} is not about a call")
     payload = data.get("payload")
     if not isinstance(payload, dict):
         raise Malformed([FieldError("data.payload", "is required and must be an object")])
-    require(data, "id")
-    if not text(payload, "call_session_id"):
+    require(data, "id", at="data")
+    if not text(payload, "call_session_id", at="data.payload"):
         raise Malformed([FieldError("data.payload.call_session_id", "is required")])
     status = _EVENT_STATUS.get(event_type, "updated")
     if event_type == "call.hangup":
-        status = _HANGUP_STATUS.get(text(payload, "hangup_cause"), "completed")
-    if event_type == "call.machine.detection.ended" and text(payload, "result") == "machine":
+        status = _HANGUP_STATUS.get(text(payload, "hangup_cause", at="data.payload"), "completed")
+    if (
+        event_type == "call.machine.detection.ended"
+        and text(payload, "result", at="data.payload") == "machine"
+    ):
         status = "voicemail"
-    event_ts = iso_time(data, "occurred_at") or request.received_ts
-    direction = {"incoming": "inbound", "outgoing": "outbound"}.get(text(payload, "direction"), "")
-    parties = numbers(direction, text(payload, "from"), text(payload, "to"), settings)
+    event_ts = iso_time(data, "occurred_at", request, at="data") or request.received_ts
+    direction = {"incoming": "inbound", "outgoing": "outbound"}.get(
+        text(payload, "direction", at="data.payload"), ""
+    )
+    parties = numbers(
+        direction,
+        text(payload, "from", at="data.payload"),
+        text(payload, "to", at="data.payload"),
+        settings,
+    )
     return [
         CallCallback(
             provider="telnyx",
-            call_id=text(payload, "call_session_id"),
-            leg_id=text(payload, "call_leg_id") or text(payload, "call_control_id"),
-            callback_id=text(data, "id"),
+            call_id=text(payload, "call_session_id", at="data.payload"),
+            leg_id=text(payload, "call_leg_id", at="data.payload")
+            or text(payload, "call_control_id", at="data.payload"),
+            callback_id=text(data, "id", at="data"),
             status=status,
             event_ts=event_ts,
             received_ts=request.received_ts,
@@ -120,12 +131,12 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             caller_hash=parties.caller_hash,
             called_hash=parties.called_hash,
             tracking_number=parties.tracking_number,
-            started_at=iso_time(payload, "start_time"),
+            started_at=iso_time(payload, "start_time", request, at="data.payload"),
             answered_at=event_ts if status == "answered" else None,
-            ended_at=iso_time(payload, "end_time"),
+            ended_at=iso_time(payload, "end_time", request, at="data.payload"),
             recording=True if event_type == "call.recording.saved" else None,
             hangup_by={"caller": "caller", "callee": "callee"}.get(
-                text(payload, "hangup_source"), ""
+                text(payload, "hangup_source", at="data.payload"), ""
             ),
         )
     ]

@@ -14,6 +14,7 @@ import hmac
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from collectors.calls._common import (
+    MAX_URL_LENGTH,
     Malformed,
     Provider,
     Unauthorized,
@@ -89,7 +90,9 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     if not call_sid:
         raise Malformed([FieldError("CallSid", "is required")])
     raw_status = text(data, "CallStatus")
-    recording = bool(text(data, "RecordingSid") or text(data, "RecordingUrl")) or None
+    recording = (
+        bool(text(data, "RecordingSid") or text(data, "RecordingUrl", limit=MAX_URL_LENGTH)) or None
+    )
     if raw_status:
         status = _STATUS.get(raw_status)
         if status is None:
@@ -104,7 +107,7 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
         status = "voicemail"
 
     parent = text(data, "ParentCallSid")
-    event_ts = rfc2822_time(data, "Timestamp") or request.received_ts
+    event_ts = rfc2822_time(data, "Timestamp", request) or request.received_ts
     # A child leg (a <Dial>ed agent, say) is part of its parent's call: the parent's direction
     # and numbers describe the call, the child adds its progress.
     direction = "" if parent else _direction(text(data, "Direction"))

@@ -78,7 +78,7 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     status = _STATUS.get(raw_status)
     if status is None:
         raise Malformed([FieldError("status", f"is not a Vonage call status: {raw_status!r}")])
-    event_ts = iso_time(data, "timestamp") or request.received_ts
+    event_ts = iso_time(data, "timestamp", request) or request.received_ts
     direction = (
         text(data, "direction") if text(data, "direction") in ("inbound", "outbound") else ""
     )
@@ -97,9 +97,9 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             caller_hash=parties.caller_hash,
             called_hash=parties.called_hash,
             tracking_number=parties.tracking_number,
-            started_at=iso_time(data, "start_time"),
+            started_at=iso_time(data, "start_time", request),
             answered_at=event_ts if status == "answered" else None,
-            ended_at=iso_time(data, "end_time"),
+            ended_at=iso_time(data, "end_time", request),
             talk_seconds=seconds(data, "duration") if status == "completed" else None,
         )
     ]

@@ -4,23 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
+from collectors.links._model import (
+    MAX_CLICKS_LIMIT,
+    MAX_RULE_LANGUAGES,
+    MAX_RULES,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    MAX_TEXT_LENGTH,
+    MAX_URL_LENGTH,
+)
+
 __all__ = ["OPENAPI"]
 
-_STRINGS = {"type": "array", "items": {"type": "string"}}
-_TIME = {"type": ["string", "null"], "format": "date-time"}
+_TIME = {
+    "type": ["string", "null"],
+    "format": "date-time",
+    "description": "with a UTC offset; from 1970-01-01T00:00:00Z to 2299-12-31T23:59:59Z",
+}
+_URL = {
+    "type": "string",
+    "format": "uri",
+    "maxLength": MAX_URL_LENGTH,
+    "description": "absolute http or https URL, ASCII, port 1-65535; a #fragment stays last",
+}
+_TEXT = {"type": "string", "maxLength": MAX_TEXT_LENGTH}
 
 _RULE = {
     "type": "object",
     "required": ["target"],
     "additionalProperties": False,
     "properties": {
-        "target": {"type": "string", "format": "uri"},
-        "devices": {"type": "array", "items": {"enum": ["mobile", "tablet", "desktop"]}},
+        "target": _URL,
+        "devices": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": {"enum": ["mobile", "tablet", "desktop"]},
+        },
         "os": {
             "type": "array",
+            "uniqueItems": True,
             "items": {"enum": ["ios", "android", "windows", "macos", "linux", "chromeos"]},
         },
-        "languages": {**_STRINGS, "description": "language tags such as fr or pt-br"},
+        "languages": {
+            "type": "array",
+            "maxItems": MAX_RULE_LANGUAGES,
+            "items": {"type": "string", "pattern": "^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$"},
+            "description": "language tags such as fr or pt-br",
+        },
     },
 }
 
@@ -28,30 +58,39 @@ _LINK_FIELDS: dict[str, Any] = {
     "slug": {
         "type": "string",
         "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        "maxLength": 64,
         "description": "generated (7 random base62 characters) when left out; api, healthz, readyz and metrics are reserved",
     },
-    "target": {"type": "string", "format": "uri", "description": "http or https only"},
+    "target": _URL,
     "status_code": {"enum": [301, 302, 307, 308], "default": 302},
-    "tags": _STRINGS,
-    "campaign": {"type": "string"},
+    "tags": {
+        "type": "array",
+        "maxItems": MAX_TAGS,
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH},
+    },
+    "campaign": _TEXT,
     "channel": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
     "utm": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {
-            k: {"type": "string"} for k in ("source", "medium", "campaign", "term", "content")
-        },
+        "properties": {k: _TEXT for k in ("source", "medium", "campaign", "term", "content")},
     },
     "forward_query": {"type": "boolean", "default": True},
     "valid_since": _TIME,
     "valid_until": _TIME,
     "fallback_url": {
-        "type": "string",
-        "description": "where disabled, expired or exhausted clicks go",
+        **_URL,
+        "type": ["string", "null"],
+        "description": "where disabled, expired or exhausted clicks go; null or empty for none",
     },
-    "max_clicks": {"type": ["integer", "null"], "minimum": 1},
+    "max_clicks": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CLICKS_LIMIT},
     "disabled": {"type": "boolean", "default": False},
-    "rules": {"type": "array", "items": _RULE, "description": "first match wins"},
+    "rules": {
+        "type": "array",
+        "maxItems": MAX_RULES,
+        "items": _RULE,
+        "description": "first match wins",
+    },
 }
 
 _LINK = {

@@ -13,6 +13,7 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from collectors.links.records import ClickLink, languages
+from tracker.bounds import as_utc
 from tracker.errors import FieldError, ValidationError
 
 __all__ = [
@@ -39,19 +40,27 @@ OPERATING_SYSTEMS: Final = ("ios", "android", "windows", "macos", "linux", "chro
 RESERVED_SLUGS: Final = frozenset(
     {"api", "healthz", "readyz", "metrics", "admin", "static", "assets", "robots", "favicon"}
 )
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Matched with fullmatch: "$" would let a final newline through.
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _BASE62 = string.ascii_letters + string.digits
-_CHANNEL = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
+_CHANNEL = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[a-z0-9]{2,8})?")
 GENERATED_SLUG_LENGTH: Final = 7
 MAX_URL_LENGTH: Final = 4096
 MAX_TAGS: Final = 32
+MAX_TAG_LENGTH: Final = 64
+MAX_TEXT_LENGTH: Final = 256  # campaign and each UTM value
 MAX_RULES: Final = 32
+MAX_RULE_LANGUAGES: Final = 32
+MAX_CLICKS_LIMIT: Final = 10**12
+# ClickHouse's DateTime64 stops at the end of 2299; validity is kept within it and after 1970.
+EARLIEST_VALIDITY: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_VALIDITY: Final = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 def validate_slug(slug: str) -> str | None:
     """Why ``slug`` cannot be a short link's path, or ``None`` when it can."""
-    if not _SLUG.match(slug):
+    if not _SLUG.fullmatch(slug):
         return "must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
     if slug.lower() in RESERVED_SLUGS:
         return f"{slug!r} is reserved for the service's own endpoints"
@@ -78,12 +87,15 @@ def validate_target(url: Any) -> str | None:
         return "must be ASCII: percent-encode other characters, and give hosts in punycode"
     try:
         parts = urlsplit(url)
+        port = parts.port  # raises for a port above 65535 or one that is not a number
     except ValueError:
-        return "is not a URL"
+        return "is not a URL: its host or port cannot be read (ports go from 1 to 65535)"
     if parts.scheme.lower() not in ("http", "https"):
         return "must use http or https; other schemes (javascript:, data:, ...) are refused"
     if not parts.hostname or "\\" in parts.netloc:
         return "must name a host, as in https://shop.example.com/page"
+    if port == 0:
+        return "must not use port 0"
     return None
 
 
@@ -148,16 +160,18 @@ class Link:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     version: int = 0
-    # Precomputed so that a redirect only appends the click id: target plus UTM, per target.
-    _prefixes: dict[str, tuple[str, bool]] = field(
+    # Precomputed so that a redirect only appends the click id: per target, the target plus UTM
+    # without its fragment, whether it has a query, and the fragment ("#..." or "").
+    _prefixes: dict[str, tuple[str, bool, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _window: tuple[float, float] = field(
         default=(0.0, float("inf")), init=False, repr=False, compare=False
     )
     click_prefix: str | None = field(default=None, init=False, repr=False, compare=False)
-    """For a link that is always on and untargeted: where every click goes, but for the click id
-    appended (and any query passed on). ``None`` for others: ask :meth:`resolve`."""
+    """For a link that is always on, untargeted and whose target has no fragment: where every
+    click goes, but for the click id appended (and any query passed on). ``None`` for others:
+    ask :meth:`resolve`."""
     click_fields: ClickLink = field(
         default=("", "", "", {}, ()), init=False, repr=False, compare=False
     )
@@ -172,9 +186,9 @@ class Link:
         fields = (self.slug, self.channel, self.campaign, self.utm, self.tags)
         object.__setattr__(self, "click_fields", fields)
         if not (self.rules or self.disabled or self.valid_since or self.valid_until) and (
-            self.max_clicks is None
+            self.max_clicks is None and not self._prefixes[self.target][2]
         ):
-            prefix, has_query = self._prefixes[self.target]
+            prefix, has_query, _ = self._prefixes[self.target]
             joiner = "&" if has_query else "?"
             object.__setattr__(self, "click_prefix", f"{prefix}{joiner}{CLICK_ID_PARAM}=")
 
@@ -206,7 +220,7 @@ class Link:
                 if rule.matches(device, os_name, accepted):
                     target = rule.target
                     break
-        prefix, has_query = self._prefixes[target]
+        prefix, has_query, fragment = self._prefixes[target]
         if passed_query and self.forward_query:
             extra = urlencode(passed_query)
             if click_id:
@@ -214,8 +228,10 @@ class Link:
         elif click_id:
             extra = f"{CLICK_ID_PARAM}={click_id}"
         else:
-            return Resolution(self.status_code, prefix, "", True)
-        return Resolution(self.status_code, f"{prefix}{'&' if has_query else '?'}{extra}", "", True)
+            return Resolution(self.status_code, prefix + fragment, "", True)
+        # The query goes before the fragment: a browser never sends what follows "#".
+        location = f"{prefix}{'&' if has_query else '?'}{extra}{fragment}"
+        return Resolution(self.status_code, location, "", True)
 
     def _unavailable(self, now: float, clicks: int) -> tuple[int, str] | None:
         if self.disabled:
@@ -265,7 +281,7 @@ class Link:
             forward_query=bool(record.get("forward_query", True)),
             valid_since=_parse(record.get("valid_since")),
             valid_until=_parse(record.get("valid_until")),
-            fallback_url=record.get("fallback_url", ""),
+            fallback_url=record.get("fallback_url") or "",
             max_clicks=record.get("max_clicks"),
             disabled=bool(record.get("disabled", False)),
             rules=tuple(
@@ -297,7 +313,7 @@ def parse_link(body: Any, existing: Link | None = None, slug: str | None = None)
         "version",
     }
     errors: list[FieldError] = [
-        FieldError(name, "is not a link field; see docs/links.md")
+        FieldError(name[:64] or '""', "is not a link field; see docs/links.md")
         for name in body
         if name not in known
     ]
@@ -335,19 +351,19 @@ def _check(link: dict[str, Any], errors: list[FieldError]) -> None:
     tags = link.get("tags", [])
     if not isinstance(tags, list) or len(tags) > MAX_TAGS:
         bad("tags", f"must be a list of at most {MAX_TAGS} strings")
-    elif not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags):
-        bad("tags", "each tag must be a string of 1-64 characters")
+    elif not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG_LENGTH for t in tags):
+        bad("tags", f"each tag must be a string of 1-{MAX_TAG_LENGTH} characters")
     campaign = link.get("campaign", "")
-    if not isinstance(campaign, str) or len(campaign) > 256:
-        bad("campaign", "must be a string of at most 256 characters")
+    if not isinstance(campaign, str) or len(campaign) > MAX_TEXT_LENGTH:
+        bad("campaign", f"must be a string of at most {MAX_TEXT_LENGTH} characters")
     channel = link.get("channel", "")
-    if not isinstance(channel, str) or (channel and not _CHANNEL.match(channel)):
+    if not isinstance(channel, str) or (channel and not _CHANNEL.fullmatch(channel)):
         bad("channel", "must be lower-case letters, digits and '_', such as email or social")
     utm = link.get("utm", {})
     if not isinstance(utm, dict) or any(k not in UTM_FIELDS for k in utm):
         bad("utm", f"must be an object with any of {', '.join(UTM_FIELDS)}")
-    elif not all(isinstance(v, str) and len(v) <= 256 for v in utm.values()):
-        bad("utm", "values must be strings of at most 256 characters")
+    elif not all(isinstance(v, str) and len(v) <= MAX_TEXT_LENGTH for v in utm.values()):
+        bad("utm", f"values must be strings of at most {MAX_TEXT_LENGTH} characters")
     if not isinstance(link.get("forward_query", True), bool):
         bad("forward_query", "must be true or false")
     if not isinstance(link.get("disabled", False), bool):
@@ -362,14 +378,23 @@ def _check(link: dict[str, Any], errors: list[FieldError]) -> None:
     since, until = _parse(link.get("valid_since")), _parse(link.get("valid_until"))
     if since is not None and until is not None and until <= since:
         bad("valid_until", "must be later than valid_since")
-    fallback = link.get("fallback_url", "")
-    if fallback and (reason := validate_target(fallback)) is not None:
+    fallback = link.get("fallback_url")
+    if fallback is None:
+        link["fallback_url"] = ""  # null and "" both mean: no fallback
+    elif not isinstance(fallback, str):
+        bad("fallback_url", "must be an absolute http:// or https:// URL, or null")
+    elif fallback and (reason := validate_target(fallback)) is not None:
         bad("fallback_url", reason)
     max_clicks = link.get("max_clicks")
     if max_clicks is not None and (
-        not isinstance(max_clicks, int) or isinstance(max_clicks, bool) or max_clicks < 1
+        not isinstance(max_clicks, int)
+        or isinstance(max_clicks, bool)
+        or not 1 <= max_clicks <= MAX_CLICKS_LIMIT
     ):
-        bad("max_clicks", "must be a whole number of at least 1, or null for no limit")
+        bad(
+            "max_clicks",
+            f"must be a whole number from 1 to {MAX_CLICKS_LIMIT:,}, or null for no limit",
+        )
     _check_rules(link.get("rules", []), bad)
 
 
@@ -389,12 +414,16 @@ def _check_rules(rules: Any, bad: Any) -> None:
             bad(f"{where}.target", reason)
         for name, allowed in (("devices", DEVICES), ("os", OPERATING_SYSTEMS)):
             values = rule.get(name, [])
-            if not isinstance(values, list) or any(v not in allowed for v in values):
-                bad(f"{where}.{name}", f"must be a list of {', '.join(allowed)}")
+            if (
+                not isinstance(values, list)
+                or len(values) > len(allowed)
+                or any(v not in allowed for v in values)
+            ):
+                bad(f"{where}.{name}", f"must be a list of {', '.join(allowed)}, each at most once")
         langs = rule.get("languages", [])
-        if not isinstance(langs, list) or not all(
-            isinstance(v, str) and _LANGUAGE.match(v.lower()) for v in langs
-        ):
+        if not isinstance(langs, list) or len(langs) > MAX_RULE_LANGUAGES:
+            bad(f"{where}.languages", f"must be a list of at most {MAX_RULE_LANGUAGES} tags")
+        elif not all(isinstance(v, str) and _LANGUAGE.fullmatch(v.lower()) for v in langs):
             bad(f"{where}.languages", "must be a list of language tags such as fr or pt-br")
         else:
             rule["languages"] = [v.lower() for v in langs]
@@ -423,39 +452,48 @@ def device_and_os(user_agent: str) -> tuple[str, str]:
     return ("mobile" if "mobi" in ua else "desktop"), ""
 
 
-def _prefix(url: str, utm: dict[str, str]) -> tuple[str, bool]:
-    """The target with the link's UTM parameters merged in (they replace same-named ones)."""
-    parts = urlsplit(url)
+def _prefix(url: str, utm: dict[str, str]) -> tuple[str, bool, str]:
+    """The target with the link's UTM parameters merged in (they replace same-named ones) and
+    its fragment taken off, whether that has a query, and the fragment (``"#..."`` or ``""``)."""
+    base, hash_mark, fragment = url.partition("#")
+    parts = urlsplit(base)
     if not utm:
-        return url, bool(parts.query)
+        return base, bool(parts.query), hash_mark + fragment
     names = {f"utm_{k}" for k in utm}
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in names]
     query += [(f"utm_{k}", v) for k, v in utm.items() if v]
     encoded = urlencode(query, quote_via=quote)
-    return urlunsplit(parts._replace(query=encoded)), bool(encoded)
+    return urlunsplit(parts._replace(query=encoded)), bool(encoded), hash_mark + fragment
 
 
 def _parse(value: Any) -> datetime | None:
+    """A time kept on a record (validated when written), or ``None``."""
     if not value:
         return None
     try:
-        return _parse_strict(value)
+        return _read_time(value)
     except ValueError:
         return None
 
 
 def _parse_strict(value: Any) -> datetime:
+    """A validity time from the API, within the range the ``links`` table can hold."""
+    utc = _read_time(value)
+    if not EARLIEST_VALIDITY <= utc <= LATEST_VALIDITY:
+        raise ValueError("must be between 1970-01-01T00:00:00Z and 2299-12-31T23:59:59Z")
+    return utc
+
+
+def _read_time(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp such as 2026-12-01T00:00:00Z, or null")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(
-            f"must be an RFC 3339 timestamp such as 2026-12-01T00:00:00Z, got {value!r}"
+            f"must be an RFC 3339 timestamp such as 2026-12-01T00:00:00Z, got {value[:40]!r}"
         ) from None
-    if parsed.tzinfo is None:
-        raise ValueError("must carry a UTC offset, such as a trailing Z")
-    return parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 def _format(value: datetime | None) -> str | None:

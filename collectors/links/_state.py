@@ -17,7 +17,7 @@ import uuid
 import orjson
 from aiokafka.errors import KafkaError
 
-from collectors.links._model import Link
+from collectors.links._model import Link, validate_slug
 from tracker.kafka.compacted import CompactedState
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
@@ -63,6 +63,12 @@ class LinkTable:
             self.links.pop(slug, None)
             self._counts.pop(slug, None)
             self.dirty.discard(slug)
+            return
+        if validate_slug(slug) is not None:
+            # Written before slugs were checked in full (one ending in a newline, say): such a
+            # path must never redirect.
+            log.warning("link with an invalid slug skipped", extra={"slug": slug[:80]})
+            self.links.pop(slug, None)
             return
         self.links[slug] = Link.from_record(orjson.loads(value))
 

@@ -108,7 +108,9 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
             text=True,
             timeout=30,
         )
-        assert refused.returncode == 1 and "readonly" in refused.stderr.lower()
+        assert (
+            refused.returncode == 1 and "only reads" in refused.stderr and "drop" in refused.stderr
+        )
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(90)

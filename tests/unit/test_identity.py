@@ -88,13 +88,15 @@ def test_no_customer_holds_two_user_ids_or_more_than_its_limits(links: list[Link
 @given(links_strategy)
 def test_a_customer_is_named_after_its_oldest_identifier(links: list[Link]) -> None:
     customers, _ = resolved(links)
+    # First seen in a link: an event with one identifier names nothing.
     first_seen: dict[Identifier, tuple[datetime, str]] = {}
     for item in sorted(links, key=lambda item: item.order):
-        for identifier in item.identifiers:
+        for identifier in item.identifiers if len(item.identifiers) > 1 else ():
             first_seen.setdefault(identifier, (item.ts, identifier.key))
     for customer in set(customers.values()):
         group = [i for i, c in customers.items() if c == customer]
-        assert customer == customer_id_for(min(group, key=first_seen.__getitem__))
+        oldest = min(group, key=lambda i: first_seen.get(i, (datetime.max.replace(tzinfo=UTC), "")))
+        assert customer == customer_id_for(oldest)
 
 
 def test_an_email_joins_a_browser_to_a_known_user() -> None:
@@ -178,12 +180,26 @@ def test_a_later_version_of_an_event_links_what_it_learnt() -> None:
     assert graph.customer_of(anon("laptop")) == graph.customer_of(phone("+1555"))
 
 
-def test_an_identifier_seen_for_the_first_time_moves_from_nowhere() -> None:
+def test_an_identifier_first_linked_leaves_its_own_customer_with_a_regroup() -> None:
     from agents.identity import IdentityResolver
 
     resolver = IdentityResolver()
-    resolver.resolve("visit", T0, [anon("laptop")])
+    alone = resolver.resolve("newsletter", T0, [email("e1")])
+    assert alone.customer_id == customer_id_for(email("e1")) and not alone.aliases
+    resolver.resolve("visit", T0 + timedelta(minutes=1), [anon("laptop")])
     joined = resolver.resolve("signup", T0 + timedelta(minutes=5), [anon("laptop"), email("e1")])
-    # The new email joins the laptop's customer; no events were ever sent to the email's own.
-    assert joined.moves == {}
-    assert joined.aliases[email("e1")] == customer_id_for(anon("laptop"))
+    # The email's first event went to its own customer by the direct path, so the link that
+    # joins it to the laptop (named first in the link, the earlier key) sends a regroup there.
+    laptop = customer_id_for(anon("laptop"))
+    assert joined.moves == {customer_id_for(email("e1")): {"email:e1": laptop}}
+    assert joined.aliases == {email("e1"): laptop, anon("laptop"): laptop}
+    # Only the email's move is news to a replica: the laptop is still its own customer.
+    assert joined.replicated == {email("e1"): laptop}
+
+
+def test_events_of_one_identifier_do_not_decide_the_survivor() -> None:
+    graph = IdentityGraph()
+    graph.add(link("newsletter", 0, email("e1")))  # the email alone, long before
+    graph.add(link("signup", 60, anon("laptop"), email("e1")))
+    # Both first seen in a link at 60: the earlier key names the customer.
+    assert graph.customer_of(email("e1")) == customer_id_for(anon("laptop"))

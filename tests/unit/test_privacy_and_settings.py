@@ -4,8 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from tracker.errors import ConfigError
-from tracker.privacy import InvalidIdentifier, hash_identifier, normalize_phone, truncate_ip
+from tracker.errors import ConfigError, TrackerError
+from tracker.privacy import (
+    InvalidIdentifier,
+    hash_identifier,
+    normalize_email,
+    normalize_phone,
+    truncate_ip,
+)
 from tracker.settings import Settings
 
 
@@ -28,6 +34,12 @@ def test_phone_numbers_normalize_to_e164_before_hashing() -> None:
     assert normalize_phone("020 7946 0958", "GB") == "+442079460958"
     with pytest.raises(InvalidIdentifier):
         normalize_phone("call me", "US")
+
+
+def test_an_invalid_identifier_is_a_tracker_error() -> None:
+    """Callers that handle Tracker's own errors handle a bad email or phone with them."""
+    with pytest.raises(TrackerError):
+        normalize_email("not-an-address")
 
 
 def test_hashes_depend_on_the_salt_and_the_kind() -> None:

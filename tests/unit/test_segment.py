@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -391,3 +392,16 @@ async def test_events_with_a_wrong_key_or_an_unclaimed_channel_are_refused(
     assert body["rejected"][0]["errors"][0]["field"] == "channel"
     assert "may claim only the channels web, email" in body["rejected"][0]["errors"][0]["reason"]
     assert not publisher.touchpoints and len(publisher.dead_letters) == 1
+
+
+async def test_a_gzipped_batch_is_read_and_a_corrupt_one_refused(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    body = orjson.dumps({"batch": [track()]})
+    headers = {**basic(SERVER_KEY), "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    ok = await client.post("/v1/batch", data=gzip.compress(body), headers=headers)
+    assert (ok.status, await ok.json()) == (200, {"success": True})
+    corrupt = await client.post("/v1/batch", data=b"not gzip at all", headers=headers)
+    answer = await corrupt.json()
+    assert corrupt.status == 400 and "gzip" in answer["message"] and answer["code"]
+    assert len(publisher.touchpoints) == 1

@@ -120,7 +120,7 @@ def test_sent_before_the_event_is_rejected() -> None:
 def test_event_far_in_the_future_is_rejected() -> None:
     assert rejection(event(ts="2026-11-24T10:00:00Z"))[0] == (
         "ts",
-        "is more than 24 hours ahead of the collector's clock",
+        "must not be more than 24 hours ahead of the server's clock",
     )
 
 

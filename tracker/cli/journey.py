@@ -256,21 +256,37 @@ def _current_customer(settings: Settings, raw: str) -> str | None:
         found = _rows(
             settings, f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}"
         )
-        return str(found[0]["customer_id"]) if found else None
-    # A customer id: the one an identifier had on its own (current, or merged since), or that
-    # of an event without identifiers.
-    found = _rows(
-        settings,
-        f"SELECT customer_id FROM identities FINAL WHERE own_customer_id = {_quote(text)} LIMIT 1",
-    )
-    if found:
-        return str(found[0]["customer_id"])
+        if found:
+            return str(found[0]["customer_id"])
+        # Never linked to another identifier: its events went straight to its own customer.
+        text = _own_customer_id(key)
+    else:
+        # A customer id: the one an identifier had on its own (current, or merged since), or
+        # that of an event without identifiers.
+        found = _rows(
+            settings,
+            f"SELECT customer_id FROM identities FINAL WHERE own_customer_id = {_quote(text)} "
+            "LIMIT 1",
+        )
+        if found:
+            return str(found[0]["customer_id"])
     for table in ("journeys", "touchpoints"):
         if _rows(
             settings, f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(text)} LIMIT 1"
         ):
             return text
     return None
+
+
+def _own_customer_id(key: str) -> str:
+    """The customer an identifier (``kind:value``, ``crm:<system>:value``) is on its own."""
+    from agents.identity import Identifier, customer_id_for
+
+    kind, _, value = key.partition(":")
+    if kind == "crm":
+        system, _, value = value.partition(":")
+        kind = f"crm:{system}"
+    return customer_id_for(Identifier(kind, value))
 
 
 def _rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
