@@ -8,6 +8,7 @@ docs/segment.md.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import datetime
@@ -242,7 +243,13 @@ def _properties(
 def _put(out: dict[str, str], key: str, value: Any) -> None:
     if value is None:
         return
-    out[key] = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if isinstance(value, str):
+        out[key] = value
+        return
+    try:
+        out[key] = orjson.dumps(value).decode()
+    except TypeError:  # what orjson cannot write, such as an integer past 64 bits
+        out[key] = json.dumps(value, default=str, separators=(",", ":"))
 
 
 def _money(properties: dict[str, Any], event: dict[str, Any], errors: list[FieldError]) -> None:

@@ -12,10 +12,15 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from agents.enrich import enrich
 from collectors.beacon import create_app
 from collectors.beacon.segment import (
+    _UUID,
+    CALLS,
     MESSAGE_ID_NAMESPACE,
     event_id_for,
     segment_field,
@@ -405,3 +410,58 @@ async def test_a_gzipped_batch_is_read_and_a_corrupt_one_refused(
     answer = await corrupt.json()
     assert corrupt.status == 400 and "gzip" in answer["message"] and answer["code"]
     assert len(publisher.touchpoints) == 1
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_segment_keys = st.sampled_from(
+    [
+        "type",
+        "event",
+        "userId",
+        "anonymousId",
+        "previousId",
+        "groupId",
+        "messageId",
+        "name",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "properties",
+        "traits",
+        "context",
+        "integrations",
+    ]
+)
+_messages = st.dictionaries(_segment_keys, _json, max_size=8)
+
+
+@given(message=_messages, call=st.sampled_from([None, *CALLS]))
+@hypothesis_settings(max_examples=400, deadline=None)
+def test_any_message_maps_or_is_refused_with_reasons(
+    message: dict[str, Any], call: str | None
+) -> None:
+    try:
+        event, _ = to_event(message, RECEIVED, call)
+    except ValidationError as exc:
+        assert exc.errors and all(e.field and e.reason for e in exc.errors)
+        return
+    assert _UUID.match(event["event_id"]) and event["ts"]
+
+
+@given(batch=st.lists(_messages, min_size=1, max_size=4))
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+async def test_no_message_makes_the_beacon_fail(
+    client: TestClient[Any, Any], batch: list[dict[str, Any]]
+) -> None:
+    response = await client.post("/v1/batch", json={"batch": batch}, headers=basic(SERVER_KEY))
+    assert response.status in (200, 400), await response.text()
+    body = await response.json()
+    assert body["success"] is (response.status == 200)
