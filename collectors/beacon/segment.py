@@ -94,7 +94,7 @@ def to_event(
     errors: list[FieldError] = []
     context = _object(message, "context", errors)
     properties_in = _object(message, "properties", errors)
-    traits = _object(message, "traits", errors) or _object(context, "traits", errors)
+    traits = _object(message, "traits", errors) or _object(context, "traits", errors, "context.")
     user_id = _identifier(message, "userId", errors)
     anonymous_id = _identifier(message, "anonymousId", errors)
     event: dict[str, Any] = {"event_id": event_id_for(message.get("messageId"))}
@@ -138,7 +138,7 @@ def to_event(
 
     page = {
         key: str(value)
-        for key, value in _object(context, "page", errors).items()
+        for key, value in _object(context, "page", errors, "context.").items()
         if key in _PAGE and value
     }
     if kind == "page":
@@ -149,7 +149,7 @@ def to_event(
         event["page"] = page
     campaign = {
         key: str(value)
-        for key, value in _object(context, "campaign", errors).items()
+        for key, value in _object(context, "campaign", errors, "context.").items()
         if key in _CAMPAIGN and value not in (None, "")
     }
     if campaign:
@@ -157,7 +157,9 @@ def to_event(
     device = _device(context)
     if device:
         event["context"] = device
-    channel = _object(_object(message, "integrations", errors), "Tracker", errors).get("channel")
+    channel = _object(
+        _object(message, "integrations", errors), "Tracker", errors, "integrations."
+    ).get("channel")
     if channel:
         event["channel"] = channel
     if errors:
@@ -286,12 +288,14 @@ def _device(context: dict[str, Any]) -> dict[str, str]:
     return device
 
 
-def _object(parent: dict[str, Any], name: str, errors: list[FieldError]) -> dict[str, Any]:
+def _object(
+    parent: dict[str, Any], name: str, errors: list[FieldError], prefix: str = ""
+) -> dict[str, Any]:
     value = parent.get(name)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        errors.append(FieldError(name, "must be a JSON object"))
+        errors.append(FieldError(prefix + name, "must be a JSON object"))
         return {}
     return value
 

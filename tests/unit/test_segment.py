@@ -205,6 +205,9 @@ def test_a_message_without_any_id_or_event_is_refused_in_segment_terms() -> None
 
 
 def test_reasons_name_fields_as_the_sender_did() -> None:
+    with pytest.raises(ValidationError) as refused:
+        to_event({"userId": "u", "context": {"page": "home"}}, RECEIVED, call="page")
+    assert [e.field for e in refused.value.errors] == ["context.page"]
     assert segment_field("ts") == "timestamp"
     assert segment_field("page.url") == "context.page.url"
     assert segment_field("context.user_agent") == "context.userAgent"
