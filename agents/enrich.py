@@ -135,6 +135,8 @@ def enrich(touchpoint: Touchpoint) -> Enrichment:
     referrer_host, _, _ = _url_parts(touchpoint.page.get("referrer", ""))
     agent = classify_user_agent(touchpoint.context.get("user_agent", ""))
     is_bot, bot_reason = agent.is_bot, agent.bot_reason
+    if touchpoint.context.get("source_kind") == "server":
+        is_bot, bot_reason = False, ""  # an authenticated server source (write key) is trusted
     if not is_bot and touchpoint.properties.get("http_method") == "HEAD":
         # A short link fetched without its body: link checkers and previewers, never a person.
         is_bot, bot_reason = True, "head_request"

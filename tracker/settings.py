@@ -17,7 +17,7 @@ from typing import Any, Final
 from tracker.errors import ConfigError
 from tracker.privacy import InvalidIdentifier, normalize_phone
 
-__all__ = ["CAMPAIGN_KEYS", "NumberPool", "Secret", "Settings"]
+__all__ = ["CAMPAIGN_KEYS", "NumberPool", "Secret", "Settings", "Source"]
 
 CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
 
@@ -31,6 +31,21 @@ class NumberPool:
     fallback: str
     campaign: Mapping[str, str] = field(default_factory=dict)
     channel: str = "phone"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One sender from ``TRACKER_SOURCES``, known by its write key. A ``server`` source is
+    trusted: its events are never classified as bots. ``channels``: those its events may claim
+    (empty: any). ``rate``/``burst``: its own request limit, else the ``TRACKER_SOURCE_*`` ones."""
+
+    name: str
+    write_key: Secret
+    kind: str
+    channels: tuple[str, ...] = ()
+    revoked: bool = False
+    rate: float | None = None
+    burst: int | None = None
 
 
 LOCAL_KAFKA = "local"
@@ -122,6 +137,10 @@ class Settings:
     supervisor_stable_seconds: float = 60.0
     # A ClickHouse cluster's name: migrations then make replicated, distributed tables ON CLUSTER.
     clickhouse_cluster: str = ""
+    # Write keys (collectors/beacon/sources.py, docs/sources.md): who may send, and how fast.
+    sources: tuple[Source, ...] = ()
+    source_rate: float = 50.0
+    source_burst: int = 200
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -208,7 +227,85 @@ class Settings:
             **_journey_settings(reader),
             **_query_settings(reader),
             **_supervisor_settings(reader),
+            **_source_settings(reader),
         )
+
+
+def _source_settings(reader: _Reader) -> dict[str, Any]:
+    return {
+        "sources": _sources(reader.text("TRACKER_SOURCES", "")),
+        "source_rate": reader.number("TRACKER_SOURCE_RATE", 50.0),
+        "source_burst": reader.integer("TRACKER_SOURCE_BURST", 200, minimum=1),
+    }
+
+
+_SOURCE_KEYS = ("name", "write_key", "kind", "channels", "revoked", "rate", "burst")
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def _sources(raw: str) -> tuple[Source, ...]:
+    """``TRACKER_SOURCES``: inline JSON, or the path of a JSON file, listing each source as
+    ``{"name", "write_key", "kind": "server" | "browser", "channels": [...]}``."""
+    name = "TRACKER_SOURCES"
+    if not raw:
+        return ()
+    parsed = _json_setting(name, raw)
+    if not isinstance(parsed, list):
+        raise ConfigError(f"{name} must be a JSON list of sources")
+    sources: list[Source] = []
+    for index, entry in enumerate(parsed):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be an object")
+        unknown = sorted(set(entry) - set(_SOURCE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(_SOURCE_KEYS)}"
+            )
+        label, key, kind = entry.get("name"), entry.get("write_key"), entry.get("kind")
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{where}: name must be a non-empty string")
+        # The key is never echoed in an error: configuration errors end up in logs.
+        if not isinstance(key, str) or len(key) < 8:
+            raise ConfigError(
+                f"{where} ({label}): write_key must be a string of 8 characters or more"
+            )
+        if kind not in ("server", "browser"):
+            raise ConfigError(f'{where} ({label}): kind must be "server" or "browser"')
+        channels = entry.get("channels", [])
+        if not isinstance(channels, list) or not all(
+            isinstance(c, str) and _CHANNEL.match(c) for c in channels
+        ):
+            raise ConfigError(f"{where} ({label}): channels must be a list of snake_case names")
+        revoked = entry.get("revoked", False)
+        if not isinstance(revoked, bool):
+            raise ConfigError(f"{where} ({label}): revoked must be true or false")
+        rate, burst = entry.get("rate"), entry.get("burst")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0
+        ):
+            raise ConfigError(f"{where} ({label}): rate must be a positive number")
+        if burst is not None and (
+            isinstance(burst, bool) or not isinstance(burst, int) or burst < 1
+        ):
+            raise ConfigError(f"{where} ({label}): burst must be a whole number of 1 or more")
+        sources.append(
+            Source(
+                name=label.strip(),
+                write_key=Secret(key),
+                kind=kind,
+                channels=tuple(channels),
+                revoked=revoked,
+                rate=float(rate) if rate is not None else None,
+                burst=burst,
+            )
+        )
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{name}: source names must be unique")
+    if len({s.write_key.value for s in sources}) != len(sources):
+        raise ConfigError(f"{name}: two sources share one write key")
+    return tuple(sources)
 
 
 def _read_local_salt(data_dir: Path) -> str:

@@ -2,16 +2,22 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from collectors.beacon._numbers import NumberReservations, numbers_handler
+from collectors.beacon._segment_app import (
+    add_segment_routes,
+    claimed,
+    keyed_source,
+    refused_answer,
+)
+from collectors.beacon._snippet import add_snippet_routes
+from collectors.beacon.sources import Refused
 from tracker.bounds import MAX_DEPTH, deeper_than
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
@@ -70,8 +76,9 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
-    app.router.add_get("/t.js", _snippet_handler())
+    add_snippet_routes(app)  # /t.js, /t/<version>.js, /t.json
     app.router.add_post("/v1/numbers", numbers_handler(settings, publisher, numbers))
+    add_segment_routes(app, settings, publisher)  # Segment's tracking API, docs/segment.md
     add_health_routes(app, lambda: publisher.ready and (numbers is None or numbers.loaded))
 
     async def lifecycle(app: web.Application) -> Any:
@@ -106,13 +113,18 @@ async def post_events(request: web.Request) -> web.Response:
             413, f"at most {settings.max_events_per_request} events per request, got {len(events)}"
         )
 
+    try:
+        source = keyed_source(request)  # a write key is optional here; a wrong one is refused
+    except Refused as exc:
+        return refused_answer(exc)
     context = _request_context(request, settings)
     accepted: list[Touchpoint] = []
     rejected: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for index, event in enumerate(events):
         try:
-            accepted.append(accept(event, context))
+            touchpoint = accept(event, context)
+            accepted.append(touchpoint if source is None else claimed(touchpoint, source))
         except ValidationError as exc:
             errors = _with_depth(event, exc.errors)
             rejected.append(_rejection(index, event, errors))
@@ -194,23 +206,6 @@ def _pixel_event(request: web.Request, received_ts: datetime) -> dict[str, Any]:
     if properties:
         event["properties"] = properties
     return event
-
-
-def _snippet_handler() -> Any:
-    """``GET /t.js``: the web snippet, cached by browsers for a few minutes and revalidated by ETag."""
-    body = resources.files("collectors.beacon").joinpath("t.js").read_bytes()
-    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
-
-    async def get_snippet(request: web.Request) -> web.Response:
-        if etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        return web.Response(
-            body=body,
-            headers={**headers, "Content-Type": "application/javascript; charset=utf-8"},
-        )
-
-    return get_snippet
 
 
 def _request_context(request: web.Request, settings: Settings) -> RequestContext:
@@ -297,7 +292,8 @@ def _cors(settings: Settings) -> Any:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"
-            response.headers["Vary"] = "Origin"
+            vary = response.headers.get("Vary")  # the snippet varies by Accept-Encoding too
+            response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
         return response
 
     return middleware

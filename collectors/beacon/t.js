@@ -1,6 +1,5 @@
 /* Tracker web snippet, tracker-js/0.1. Sends touchpoint events to the beacon; see docs/snippet.md. */
 (() => {
-  "use strict";
   const w = window;
   const d = document;
   const nav = navigator;
@@ -14,7 +13,11 @@
   const MAX_BYTES = 1024 * 1024;
   const BEACON_BYTES = 60 * 1024; // sendBeacon and keepalive fetch refuse larger bodies
   const MAX_QUEUE = 2000; // while the beacon is unreachable, older events are dropped past this
-  const KEY = { anon: "tracker_aid", session: "tracker_session", user: "tracker_uid", consent: "tracker_consent", unsent: "tracker_unsent" };
+  const AID = "tracker_aid";
+  const SESSION = "tracker_session";
+  const UID = "tracker_uid";
+  const CONSENT = "tracker_consent";
+  const UNSENT = "tracker_unsent";
 
   // Where to send: the script tag's data-endpoint, else the origin the script came from.
   const script = d.currentScript || d.querySelector('script[src*="/t.js"]');
@@ -23,70 +26,68 @@
   const flushMs = Number(script && script.getAttribute("data-flush-ms")) || FLUSH_MS;
 
   // Storage: localStorage, falling back to a first-party cookie when it is unavailable.
-  const store = {
-    get(key) {
-      try {
-        const value = w.localStorage.getItem(key);
-        if (value !== null) return value;
-      } catch (_) { /* storage blocked: try the cookie */ }
-      const match = d.cookie.match(new RegExp("(?:^|; )" + key + "=([^;]*)"));
-      return match ? decodeURIComponent(match[1]) : null;
-    },
-    set(key, value) {
-      try {
-        w.localStorage.setItem(key, value);
-        return;
-      } catch (_) { /* fall through to the cookie */ }
-      const secure = location.protocol === "https:" ? "; Secure" : "";
-      d.cookie = `${key}=${encodeURIComponent(value)}; path=/; max-age=63072000; SameSite=Lax${secure}`;
-    },
-    remove(key) {
-      try { w.localStorage.removeItem(key); } catch (_) { /* nothing stored there */ }
-      d.cookie = `${key}=; path=/; max-age=0`;
-    },
-    json(key) {
-      try { return JSON.parse(store.get(key) || "null"); } catch (_) { return null; }
-    },
+  const load = (key) => {
+    try {
+      const value = w.localStorage.getItem(key);
+      if (value !== null) return value;
+    } catch (_) { /* storage blocked: try the cookie */ }
+    const match = d.cookie.match(new RegExp("(?:^|; )" + key + "=([^;]*)"));
+    return match ? decodeURIComponent(match[1]) : null;
+  };
+  const save = (key, value) => {
+    try {
+      w.localStorage.setItem(key, value);
+      return;
+    } catch (_) { /* fall through to the cookie */ }
+    const secure = location.protocol === "https:" ? "; Secure" : "";
+    d.cookie = `${key}=${encodeURIComponent(value)}; path=/; max-age=63072000; SameSite=Lax${secure}`;
+  };
+  const forget = (key) => {
+    try { w.localStorage.removeItem(key); } catch (_) { /* nothing stored there */ }
+    d.cookie = `${key}=; path=/; max-age=0`;
+  };
+  const loadJson = (key) => {
+    try { return JSON.parse(load(key) || "null"); } catch (_) { return null; }
   };
 
   const uuid = () => {
     if (w.crypto.randomUUID) return w.crypto.randomUUID(); // only in secure contexts
     const b = w.crypto.getRandomValues(new Uint8Array(16));
-    b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    b[6] = (b[6] & 15) | 64; // version 4
+    b[8] = (b[8] & 63) | 128; // RFC 4122 variant
+    return Array.from(b, (x) => (x + 256).toString(16).slice(1)).join("").replace(/(.{8})(.{4})(.{4})(.{4})/, "$1-$2-$3-$4-");
   };
   const now = () => new Date().toISOString(); // RFC 3339 in UTC with a Z
 
   // Consent: unset by default (the server's rules apply). Global Privacy Control and Do Not Track
   // always mean marketing: false.
-  let consent = store.json(KEY.consent) || {};
+  let consent = loadJson(CONSENT) || {};
   const optedOut = nav.globalPrivacyControl === true || nav.doNotTrack === "1" || w.doNotTrack === "1";
   const analyticsOff = () => consent.analytics === false;
   const consentToSend = () => {
-    const sent = {};
-    if (typeof consent.analytics === "boolean") sent.analytics = consent.analytics;
-    if (typeof consent.marketing === "boolean") sent.marketing = consent.marketing;
+    const sent = { ...consent }; // only ever the booleans the consent command kept
     if (optedOut) sent.marketing = false;
     return Object.keys(sent).length ? sent : undefined;
   };
 
   const anonymousId = () => {
-    let id = store.get(KEY.anon);
-    if (!id) store.set(KEY.anon, (id = uuid()));
+    let id = load(AID);
+    if (!id) save(AID, (id = uuid()));
     return id;
   };
 
   // A short-link click id is read from the address when a page is entered, and kept by the session.
-  const clickIdParam = () => new URL(location.href).searchParams.get("tc_id");
+  const query = () => new URL(location.href).searchParams;
+  const clickIdParam = () => query().get("tc_id");
   let landingClickId = clickIdParam();
   // So is the landing's campaign (utm_*), which a number-pool reservation carries.
-  const UTM = [["utm_source", "source"], ["utm_medium", "medium"], ["utm_campaign", "name"], ["utm_term", "term"], ["utm_content", "content"]];
   const campaignParams = () => {
-    const q = new URL(location.href).searchParams;
+    const q = query();
     const c = {};
-    for (const [param, key] of UTM) if (q.get(param)) c[key] = q.get(param).slice(0, 256);
+    for (const key of ["source", "medium", "campaign", "term", "content"]) {
+      const value = q.get("utm_" + key);
+      if (value) c[key === "campaign" ? "name" : key] = value.slice(0, 256);
+    }
     return Object.keys(c).length ? c : null;
   };
   let landingCampaign = campaignParams();
@@ -94,13 +95,13 @@
   // The session rotates after 30 idle minutes; it keeps the short-link click id it started with.
   const session = () => {
     const t = Date.now();
-    let s = store.json(KEY.session);
+    let s = loadJson(SESSION);
     if (!s || !s.id || t - s.last > SESSION_MS) s = { id: uuid(), click_id: "" };
     if (landingClickId && landingClickId.length <= 256) s.click_id = landingClickId;
     if (landingCampaign) s.campaign = landingCampaign;
     landingClickId = landingCampaign = null;
     s.last = t;
-    store.set(KEY.session, JSON.stringify(s));
+    save(SESSION, JSON.stringify(s));
     return s;
   };
 
@@ -108,11 +109,8 @@
     // The touchpoint's properties are a string map (numbers and the like become strings),
     // held to the schema's limits: 50 entries, keys of 128 and values of 1024 characters.
     const out = {};
-    let n = 0;
-    for (const [k, v] of Object.entries(obj || {})) {
-      if (v === null || v === undefined) continue;
-      if (n++ >= 50) break;
-      out[String(k).slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 1024);
+    for (const [k, v] of Object.entries(obj || {}).filter((e) => e[1] != null).slice(0, 50)) {
+      out[k.slice(0, 128)] = (typeof v === "object" ? JSON.stringify(v) : String(v)).slice(0, 1024);
     }
     return out;
   };
@@ -124,7 +122,7 @@
     const ctx = { library: LIBRARY };
     if (nav.language) ctx.locale = nav.language.slice(0, 35);
     try { ctx.timezone = Intl.DateTimeFormat().resolvedOptions().timeZone.slice(0, 64); } catch (_) { /* no Intl */ }
-    if (w.screen && w.screen.width) ctx.screen = `${Math.round(w.screen.width)}x${Math.round(w.screen.height)}`;
+    if (w.screen && w.screen.width) ctx.screen = `${w.screen.width}x${w.screen.height}`; // whole CSS pixels
     return ctx;
   };
 
@@ -137,7 +135,7 @@
       event.anonymous_id = anonymousId();
       event.session_id = s.id;
       if (s.click_id) event.click_id = s.click_id;
-      const userId = store.get(KEY.user);
+      const userId = load(UID);
       if (userId) event.user_id = userId;
     }
     const c = consentToSend();
@@ -146,7 +144,8 @@
       if (v === null || v === undefined || v === "") continue;
       event[k] = k === "properties" ? strings(v) : v;
     }
-    if (analyticsOff()) for (const k of ["anonymous_id", "session_id", "user_id", "email", "phone", "click_id"]) delete event[k];
+    // The other identifiers were never added; these come from identify's fields.
+    if (analyticsOff()) for (const k of ["user_id", "email", "phone"]) delete event[k];
     enqueue([event]);
   };
 
@@ -161,7 +160,7 @@
 
   const enqueue = (events) => {
     queue.push(...events);
-    if (queue.length > MAX_QUEUE) queue = queue.slice(queue.length - MAX_QUEUE);
+    queue = queue.slice(-MAX_QUEUE);
     if (!sending && !timer) timer = setTimeout(flush, queue.length >= MAX_EVENTS ? 0 : flushMs);
   };
 
@@ -182,6 +181,9 @@
     return JSON.stringify(batch.map((e) => ({ ...e, sent_ts: sent > e.ts ? sent : e.ts })));
   };
 
+  // A simple request (text/plain, no cookies): no CORS preflight.
+  const post = (path, text, keepalive) => fetch(`${endpoint}/v1/${path}`, { method: "POST", body: text, headers: { "Content-Type": "text/plain" }, credentials: "omit", keepalive });
+
   const retryLater = (batch, seconds) => {
     queue.unshift(...batch);
     failures += 1;
@@ -196,22 +198,14 @@
     const batch = take(MAX_BYTES);
     const text = body(batch);
     try {
-      const response = await fetch(`${endpoint}/v1/events`, {
-        method: "POST",
-        body: text,
-        headers: { "Content-Type": "text/plain" }, // a simple request: no CORS preflight
-        credentials: "omit",
-        keepalive: encoder.encode(text).length < BEACON_BYTES,
-      });
-      if (response.status === 503) {
-        let seconds = Number(response.headers.get("Retry-After"));
-        if (!seconds) seconds = Number((await response.json().catch(() => ({}))).retry_after);
-        retryLater(batch, seconds);
-      } else if (response.status === 413 && batch.length > 1) {
+      const response = await post("events", text, encoder.encode(text).length < BEACON_BYTES);
+      const status = response.status;
+      if (status >= 500 || status === 429) {
+        // Retry-After, or the body's retry_after when a cross-origin page cannot read the header.
+        retryLater(batch, Number(response.headers.get("Retry-After")) || Number((await response.json().catch(() => ({}))).retry_after));
+      } else if (status === 413 && batch.length > 1) {
         queue.unshift(...batch); // too large for this beacon's limits: send it in halves
         batchLimit = Math.ceil(batch.length / 2);
-      } else if (response.status >= 500 || response.status === 429) {
-        retryLater(batch, Number(response.headers.get("Retry-After")));
       } else {
         // 2xx: done. 400: the beacon kept the bad events as dead letters and accepted the rest; a
         // resend would fail the same way. Other 4xx cannot succeed either.
@@ -234,10 +228,10 @@
     const kept = [];
     while (queue.length) {
       const chunk = take(BEACON_BYTES);
-      const blob = new Blob([body(chunk)], { type: "text/plain" });
-      if (!(nav.sendBeacon && endpoint && nav.sendBeacon(`${endpoint}/v1/events`, blob))) kept.push(...chunk);
+      // A string goes as text/plain: no CORS preflight.
+      if (!(nav.sendBeacon && endpoint && nav.sendBeacon(`${endpoint}/v1/events`, body(chunk)))) kept.push(...chunk);
     }
-    if (kept.length) store.set(KEY.unsent, JSON.stringify(kept.slice(-MAX_EVENTS)));
+    if (kept.length) save(UNSENT, JSON.stringify(kept.slice(-MAX_EVENTS)));
   };
   w.addEventListener("pagehide", flushOnExit);
   d.addEventListener("visibilitychange", () => { if (d.visibilityState === "hidden") flushOnExit(); });
@@ -270,12 +264,7 @@
     const s = session();
     const request = { pool: String(pool), anonymous_id: anonymousId(), session_id: s.id };
     if (s.campaign) request.campaign = s.campaign;
-    return fetch(`${endpoint}/v1/numbers`, {
-      method: "POST",
-      body: JSON.stringify(request),
-      headers: { "Content-Type": "text/plain" }, // a simple request: no CORS preflight
-      credentials: "omit",
-    }).then((response) => (response.ok ? response.json() : null)).catch(() => null);
+    return post("numbers", JSON.stringify(request)).then((response) => (response.ok ? response.json() : null)).catch(() => null);
   };
   const showNumber = (el, answer) => {
     const format = el.getAttribute("data-tracker-format");
@@ -298,8 +287,9 @@
     page: (fields) => pageView({ name: fields && fields.name, properties: fields && fields.properties }),
     track: (type, f = {}) => record(type, { name: f.name, properties: f.properties, value: f.value, currency: f.currency, channel: f.channel }),
     identify: (f = {}) => {
-      if (f.user_id && !analyticsOff()) store.set(KEY.user, String(f.user_id));
-      record("identify", { user_id: f.user_id && String(f.user_id), email: f.email, phone: f.phone });
+      const userId = f.user_id && String(f.user_id);
+      if (userId && !analyticsOff()) save(UID, userId);
+      record("identify", { user_id: userId, email: f.email, phone: f.phone });
     },
     survey: (f = {}) => {
       const survey = { kind: f.kind, score: typeof f.score === "string" ? Number(f.score) : f.score };
@@ -308,16 +298,16 @@
     },
     consent: (f = {}) => {
       for (const k of ["analytics", "marketing"]) if (typeof f[k] === "boolean") consent[k] = f[k];
-      store.set(KEY.consent, JSON.stringify(consent));
-      if (analyticsOff()) for (const k of [KEY.anon, KEY.session, KEY.user]) store.remove(k);
+      save(CONSENT, JSON.stringify(consent));
+      if (analyticsOff()) for (const k of [AID, SESSION, UID]) forget(k);
     },
-    numbers: () => swapNumbers(),
+    numbers: swapNumbers,
     number: (pool, callback) => reserveNumber(pool).then((answer) => { if (typeof callback === "function") callback(answer); }),
   };
   const tracker = (command, ...args) => {
     const run = commands[command];
     if (run) run(...args);
-    else if (w.console) w.console.warn(`tracker: unknown command ${command}`);
+    else console.warn("tracker: unknown command", command);
   };
   tracker.loaded = true;
 
@@ -325,9 +315,9 @@
   const early = Array.from((w.tracker && w.tracker.q) || [], (a) => Array.from(a));
   w.tracker = tracker;
   early.filter((a) => a[0] === "consent").forEach((a) => tracker(...a));
-  const unsent = store.json(KEY.unsent);
+  const unsent = loadJson(UNSENT);
   if (Array.isArray(unsent) && unsent.length) {
-    store.remove(KEY.unsent);
+    forget(UNSENT);
     enqueue(unsent);
   }
   if (autoPages) pageView();

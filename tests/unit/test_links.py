@@ -17,10 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from agents.clicks import expand_batches
 from agents.ingest import RawMessage
 from collectors.links import create_app, parse_link
-from collectors.links._app import LINKS_KEY, TokenBuckets
+from collectors.links._app import LINKS_KEY
 from collectors.links._model import device_and_os, generate_slug, languages, validate_slug
 from tracker.errors import ValidationError
 from tracker.kafka.producer import MemoryPublisher
+from tracker.ratelimit import TokenBuckets
 from tracker.settings import Settings
 from tracker.touchpoint import Touchpoint
 
