@@ -125,7 +125,7 @@ def test_provider_events_land_on_the_email_channel_and_join_the_web_customer(
         "bounce": email_event_id("sendgrid", f"{run}-4"),
         "complaint": email_event_id("mailgun", f"mg-{run}"),
     }
-    where = f"email_hash = '{hashed}'"
+    where = f"email_hash = '{hashed}' AND source = 'email_webhook'"
     expected = (
         "email_bounce\temail\tnewsletter\n"
         "email_click\temail\tautumn\n"
