@@ -90,6 +90,7 @@ _SCANNER_TOKENS = (
     ("ciscosecureemail", "scanner:cisco_secure_email"),
 )
 _SOURCE_CHANNEL = {
+    "email_webhook": "email",
     "call_webhook": "phone",
     "shortlink": "web",
     "web_beacon": "web",

@@ -36,6 +36,13 @@ __all__ = [
 
 _SESSION_NAMESPACE: Final = uuid.UUID("9b0f3c8e-3c1a-4d8e-8f0b-5a2e7c6d1e42")
 CONTACT_TYPES: Final = frozenset({"call", "chat", "support_email", "ticket"})
+# Email events that are a friction, and its severity: the customer cannot be reached, or no
+# longer wants to be (collectors/email/records.py writes them).
+EMAIL_FRICTIONS: Final = {
+    "email_bounce": "medium",
+    "email_spam_report": "high",
+    "email_unsubscribe": "medium",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +384,8 @@ def _event_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction
                 f"{event.survey_kind} {event.survey_score:g}",
             )
         )
+    if event.type in EMAIL_FRICTIONS:
+        found.append(Friction(event.type, EMAIL_FRICTIONS[event.type], event.ts, event.event_id))
     if (event.status_code or 0) >= rules.error_status or event.type == "error":
         found.append(
             Friction("error_page", "low", event.ts, event.event_id, str(event.status_code or ""))

@@ -51,6 +51,7 @@ def component_env(kafka_bootstrap: str, data_dir: Path, **overrides: str) -> dic
             "TRACKER_BEACON_PORT": str(free_port()),
             "TRACKER_LINKS_PORT": str(free_port()),
             "TRACKER_CALLS_PORT": str(free_port()),
+            "TRACKER_EMAIL_PORT": str(free_port()),
             "TRACKER_SINK_FLUSH_SECONDS": "0.2",
             "TRACKER_PRODUCE_TIMEOUT_SECONDS": "3",
             "TRACKER_RETRY_AFTER_SECONDS": "2",
@@ -156,6 +157,15 @@ class Pipeline:
     def calls(self) -> Component:
         return Component(
             ["serve", "calls"], self.env, f"{self.calls_url}/readyz", self.data_dir / "calls.log"
+        )
+
+    @property
+    def email_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['TRACKER_EMAIL_PORT']}"
+
+    def email(self) -> Component:
+        return Component(
+            ["serve", "email"], self.env, f"{self.email_url}/readyz", self.data_dir / "email.log"
         )
 
     def start(self) -> Pipeline:

@@ -21,6 +21,7 @@ __all__ = [
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
+    "EMAIL_WEBHOOKS",
     "IDENTITY_CONFLICTS",
     "JOURNEY_LATE_EVENTS",
     "KAFKA_PRODUCE_FAILURES",
@@ -216,6 +217,12 @@ LINK_CLICKS_DROPPED = Counter(
 CALL_WEBHOOKS = Counter(
     "tracker_call_webhooks_total",
     "Call webhooks by provider and outcome: accepted, unauthorized, malformed, not_configured.",
+    ["provider", "outcome"],
+)
+EMAIL_WEBHOOKS = Counter(
+    "tracker_email_webhooks_total",
+    "Email provider webhooks by provider and outcome: accepted, ignored, unauthorized, malformed, "
+    "not_configured, or subscription (an SNS subscription awaiting an operator's confirmation).",
     ["provider", "outcome"],
 )
 CALL_CALLBACKS_MERGED = Counter(

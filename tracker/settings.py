@@ -114,6 +114,15 @@ class Settings:
     freeswitch_password: Secret = Secret("")
     asterisk_signing_secret: Secret = Secret("")
     generic_webhook_secret: Secret = Secret("")
+    # Email webhooks (collectors/email, docs/email.md). An empty secret turns its provider off.
+    email_port: int = 8004
+    email_signature_tolerance_seconds: int = 300
+    sendgrid_webhook_public_key: Secret = Secret("")
+    mailgun_webhook_signing_key: Secret = Secret("")
+    postmark_webhook_username: str = ""
+    postmark_webhook_password: Secret = Secret("")
+    ses_sns_topic_arns: tuple[str, ...] = ()
+    ses_sns_certificates: str = ""
     # Journey stitching (agents/stitching.py, docs/journeys.md). Empty rule lists mean the defaults.
     session_inactivity_minutes: float = 30.0
     session_split_on_campaign: bool = False
@@ -224,6 +233,7 @@ class Settings:
             links_api_rate=reader.number("TRACKER_LINKS_API_RATE", 10.0),
             links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
             **_call_settings(reader),
+            **_email_settings(reader),
             **_journey_settings(reader),
             **_query_settings(reader),
             **_supervisor_settings(reader),
@@ -346,6 +356,26 @@ def _call_settings(reader: _Reader) -> dict[str, Any]:
         "freeswitch_password": Secret(reader.text("TRACKER_FREESWITCH_PASSWORD", "")),
         "asterisk_signing_secret": Secret(reader.text("TRACKER_ASTERISK_SIGNING_SECRET", "")),
         "generic_webhook_secret": Secret(reader.text("TRACKER_GENERIC_WEBHOOK_SECRET", "")),
+    }
+
+
+def _email_settings(reader: _Reader) -> dict[str, Any]:
+    arns = reader.text("TRACKER_SES_SNS_TOPIC_ARNS", "")
+    return {
+        "email_port": reader.port("TRACKER_EMAIL_PORT", 8004),
+        "email_signature_tolerance_seconds": reader.integer(
+            "TRACKER_EMAIL_SIGNATURE_TOLERANCE_SECONDS", 300, minimum=1
+        ),
+        "sendgrid_webhook_public_key": Secret(
+            reader.text("TRACKER_SENDGRID_WEBHOOK_PUBLIC_KEY", "")
+        ),
+        "mailgun_webhook_signing_key": Secret(
+            reader.text("TRACKER_MAILGUN_WEBHOOK_SIGNING_KEY", "")
+        ),
+        "postmark_webhook_username": reader.text("TRACKER_POSTMARK_WEBHOOK_USERNAME", ""),
+        "postmark_webhook_password": Secret(reader.text("TRACKER_POSTMARK_WEBHOOK_PASSWORD", "")),
+        "ses_sns_topic_arns": tuple(a.strip() for a in arns.split(",") if a.strip()),
+        "ses_sns_certificates": reader.text("TRACKER_SES_SNS_CERTIFICATES", ""),
     }
 
 

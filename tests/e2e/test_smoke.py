@@ -27,6 +27,7 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
         TRACKER_BEACON_PORT=str(free_port()),
         TRACKER_LINKS_PORT=str(free_port()),
         TRACKER_CALLS_PORT=str(free_port()),
+        TRACKER_EMAIL_PORT=str(free_port()),
     )
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen([TRACKER, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -46,6 +47,7 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
             "beacon\tready",
             "links\tready",
             "calls\tready",
+            "email\tready",
         ]
 
         demo = subprocess.run(

@@ -64,7 +64,12 @@ def test_minimal_event_gets_defaults_from_the_collector() -> None:
         ),
         (
             event(source="fax"),
-            [("source", "must be one of ['web_beacon', 'shortlink', 'call_webhook', 'server']")],
+            [
+                (
+                    "source",
+                    "must be one of ['web_beacon', 'shortlink', 'call_webhook', 'email_webhook', 'server']",
+                )
+            ],
         ),
         (
             event(ts="2026-11-22T09:59:00"),

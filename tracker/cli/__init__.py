@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     serve = commands.add_parser("serve", help="run one collector")
-    serve.add_argument("collector", choices=["beacon", "links", "calls"])
+    serve.add_argument("collector", choices=["beacon", "links", "calls", "email"])
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
@@ -137,6 +137,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         from collectors.calls import create_app as create_calls_app
 
         app, port = create_calls_app(settings, publisher), settings.calls_port
+    elif args.collector == "email":
+        from collectors.email import create_app as create_email_app
+
+        app, port = create_email_app(settings, publisher), settings.email_port
     else:
         from collectors.beacon import NumberReservations, create_app
 
@@ -195,6 +199,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
         "beacon": f"http://127.0.0.1:{settings.beacon_port}/readyz",
         "links": f"http://127.0.0.1:{settings.links_port}/readyz",
         "calls": f"http://127.0.0.1:{settings.calls_port}/readyz",
+        "email": f"http://127.0.0.1:{settings.email_port}/readyz",
     }
     healthy = True
     for name, url in targets.items():

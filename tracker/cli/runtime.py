@@ -131,6 +131,7 @@ def run_up(settings: Settings) -> int:
         child("beacon", ["serve", "beacon"], settings.beacon_port),
         child("links", ["serve", "links"], settings.links_port),
         child("calls", ["serve", "calls"], settings.calls_port),
+        child("email", ["serve", "email"], settings.email_port),
     ]
     try:
         asyncio.run(ensure_topics(settings))
@@ -173,6 +174,7 @@ def _log_ready(settings: Settings) -> None:
             "beacon": f"http://{settings.host}:{settings.beacon_port}/v1/events",
             "links": settings.links_base_url,
             "calls": f"http://{settings.host}:{settings.calls_port}/v1/calls/{{provider}}",
+            "email": f"http://{settings.host}:{settings.email_port}/v1/email/{{provider}}",
             "kafka": settings.bootstrap_servers,
             "clickhouse": "embedded chDB" if settings.uses_embedded_clickhouse else "server",
             "data_dir": str(settings.data_dir),
