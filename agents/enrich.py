@@ -11,7 +11,13 @@ from ua_parser import parse as parse_user_agent
 
 from tracker.touchpoint import AD_CLICK_ID_PARAMS, Touchpoint
 
-__all__ = ["Enrichment", "classify_user_agent", "derive_channel", "enrich"]
+__all__ = [
+    "Enrichment",
+    "acquisition_channel",
+    "classify_user_agent",
+    "derive_channel",
+    "enrich",
+]
 
 _UTM = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
 _MEDIUM_CHANNEL = {
@@ -174,6 +180,30 @@ def derive_channel(
             return "search"
         return "referral"
     return _SOURCE_CHANNEL.get(source, "web")
+
+
+# Channels that name the event's own medium rather than where the customer came from.
+_MEDIUM_ONLY = frozenset({"", "web"})
+
+
+def acquisition_channel(
+    channel: str,
+    source: str,
+    medium: str,
+    has_ad_click: bool,
+    referrer_host: str,
+    page_host: str,
+) -> str:
+    """Where the customer who started a session came from, from the session's first event.
+
+    A web event (channel ``web`` or none, also when the client named ``web`` itself) is
+    derived from its campaign medium, ad click ids and referrer as :func:`derive_channel` does,
+    and is ``direct`` without any of them. Link clicks, calls and every other channel keep
+    the channel the touchpoint has."""
+    if channel not in _MEDIUM_ONLY or source == "shortlink":
+        return channel
+    derived = derive_channel(source, medium, has_ad_click, referrer_host, page_host)
+    return "direct" if derived == "web" else derived
 
 
 @lru_cache(maxsize=8192)
