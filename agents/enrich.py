@@ -16,6 +16,7 @@ __all__ = [
     "acquisition_channel",
     "classify_user_agent",
     "derive_channel",
+    "email_image_proxy",
     "enrich",
 ]
 
@@ -95,6 +96,15 @@ _SCANNER_TOKENS = (
     ("mimecast", "scanner:mimecast"),
     ("ciscosecureemail", "scanner:cisco_secure_email"),
 )
+# Mail providers that fetch an email's images for their readers, each by the user agent it sends.
+# They never run JavaScript, so one reaching the beacon fetched the pixel (GET /v1/p.gif): an
+# email open by a person behind the proxy, not a crawler. Apple's Mail Privacy Protection sends
+# nothing but "Mozilla/5.0"; no browser does.
+_EMAIL_IMAGE_PROXIES = (
+    ("googleimageproxy", "gmail"),
+    ("yahoomailproxy", "yahoo"),
+)
+_APPLE_MAIL_PROXY_AGENT = "mozilla/5.0"
 _SOURCE_CHANNEL = {
     "call_webhook": "phone",
     "shortlink": "web",
@@ -139,7 +149,11 @@ def enrich(touchpoint: Touchpoint) -> Enrichment:
         if query.get(param):
             ad_click_ids.setdefault(param, query[param])
     referrer_host, _, _ = _url_parts(touchpoint.page.get("referrer", ""))
-    agent = classify_user_agent(touchpoint.context.get("user_agent", ""))
+    user_agent = touchpoint.context.get("user_agent", "")
+    agent = classify_user_agent(user_agent)
+    if touchpoint.source == "web_beacon" and (proxy := email_image_proxy(user_agent)):
+        # The proxy's own user agent says nothing of the reader's device.
+        agent = UserAgentInfo("unknown", "", "", False, f"proxy:{proxy}")
     is_bot, bot_reason = agent.is_bot, agent.bot_reason
     if not is_bot and touchpoint.properties.get("http_method") == "HEAD":
         # A short link fetched without its body: link checkers and previewers, never a person.
@@ -180,6 +194,18 @@ def derive_channel(
             return "search"
         return "referral"
     return _SOURCE_CHANNEL.get(source, "web")
+
+
+def email_image_proxy(user_agent: str) -> str:
+    """``gmail``, ``yahoo`` or ``apple`` when the user agent is that mail provider's image
+    proxy; empty otherwise."""
+    lowered = user_agent.strip().lower()
+    if lowered == _APPLE_MAIL_PROXY_AGENT:
+        return "apple"
+    for token, provider in _EMAIL_IMAGE_PROXIES:
+        if token in lowered:
+            return provider
+    return ""
 
 
 # Channels that name the event's own medium rather than where the customer came from.

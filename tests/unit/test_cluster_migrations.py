@@ -101,9 +101,7 @@ def test_column_changes_reach_the_shards_and_the_distributed_table_and_views_joi
     assert "GLOBAL LEFT JOIN" in view and "GLOBAL GLOBAL" not in view
 
 
-def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_the_cluster() -> (
-    None
-):
+def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_the_cluster() -> None:
     statements = _rendered()
     views = [s for s in statements if s.startswith("CREATE MATERIALIZED VIEW")]
     assert {v.split(" ON CLUSTER")[0].rsplit(".", 1)[1] for v in views} == {
