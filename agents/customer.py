@@ -101,6 +101,7 @@ class StoredEvent:
             self.routed,
             e.acquisition,
             e.survey_touchpoint_id,
+            e.is_bot,
         ]
 
     @classmethod
@@ -127,6 +128,7 @@ class StoredEvent:
             # State written before these fields has 22 items.
             acquisition=s[22] if len(s) > 22 else "",
             survey_touchpoint_id=s[23] if len(s) > 23 else "",
+            is_bot=s[24] if len(s) > 24 else False,
         )
         return cls(event, s[18], s[19], s[20], s[21])
 
@@ -219,8 +221,8 @@ class JourneyUpdate:
     frictions: list[Friction]
     retracted_frictions: list[Friction]
     summary: dict[str, Any]
-    friction_places: dict[str, list[str]] = field(default_factory=dict)
-    """friction_id → [channel, type, name, stage] of the touchpoint each friction (new or
+    friction_places: dict[str, list[Any]] = field(default_factory=dict)
+    """friction_id → [channel, type, name, stage, is_bot] of the touchpoint each friction (new or
     retracted) is on, as when it was detected: a retraction is counted where its friction was."""
 
 
@@ -240,7 +242,7 @@ class CustomerJourney:
         """Identifiers moved away: where to, and at which identity-log position."""
         self._sessions: dict[str, list[Any]] = {}  # published: id -> signature
         self._frictions: dict[str, Friction] = {}  # published: friction_id -> friction
-        self._friction_places: dict[str, list[str]] = {}  # published: friction_id -> place
+        self._friction_places: dict[str, list[Any]] = {}  # published: friction_id -> place
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -403,14 +405,15 @@ class CustomerJourney:
         self._frictions = found
         stitched = self.stitched_all() if new_frictions or retracted else {}
 
-        def place(f: Friction) -> list[str]:
-            """The touchpoint a friction is on: channel, type, name (a page's path), stage."""
+        def place(f: Friction) -> list[Any]:
+            """The touchpoint a friction is on: channel, type, name (a page's path), stage, and
+            whether a bot sent it."""
             held = self.events.get(f.event_id)
             if held is None:
                 return []
             e = held.event
             name = e.page_path if e.type == "page_view" else e.name
-            return [e.channel, e.type, name, stitched[f.event_id].stage]
+            return [e.channel, e.type, name, stitched[f.event_id].stage, e.is_bot]
 
         places = {
             friction_id(f): self._friction_places.pop(friction_id(f), []) or place(f)

@@ -66,6 +66,7 @@ class JourneyEvent:
     """Where the customer came from, if this event starts a session (enrich.acquisition_channel)."""
     survey_touchpoint_id: str = ""
     """For a survey answer: the event_id of the touchpoint it rates, as the client named it."""
+    is_bot: bool = False
 
     @property
     def is_survey(self) -> bool:

@@ -126,6 +126,7 @@ FRICTION_COLUMNS: Final = (
     "type",
     "name",
     "stage",
+    "is_bot",
 )
 # Columns added since rows first went on the wire, with what a row written before means.
 _ADDED_COLUMNS: Final = {"conversion": "", "survey_touchpoint_id": ""}
@@ -189,7 +190,14 @@ def journey_event(row: Sequence[Any]) -> JourneyEvent:
             get("page_host"),
         ),
         survey_touchpoint_id=get("survey_touchpoint_id"),
+        is_bot=bool(get("is_bot")),
     )
+
+
+def _place(place: Sequence[Any] | None) -> tuple[Any, ...]:
+    """A friction's place as columns; one remembered before is_bot was kept is no bot's."""
+    channel, kind, name, stage, *rest = place or ("", "", "", "")
+    return (channel, kind, name, stage, bool(rest[0]) if rest else False)
 
 
 def _number(text: str | None) -> float:
@@ -628,7 +636,7 @@ class JourneyStage:
         friction: Friction,
         customer: str,
         version: int,
-        places: Mapping[str, Sequence[str]],
+        places: Mapping[str, Sequence[Any]],
         *,
         retracted: bool,
     ) -> None:
@@ -645,8 +653,8 @@ class JourneyStage:
             friction.severity,
             friction.detail,
             retracted,
-            # channel, type, name, stage of the touchpoint it is on (for the rollups)
-            *(places.get(friction_id(friction)) or ("", "", "", "")),
+            # channel, type, name, stage and is_bot of the touchpoint it is on (for the rollups)
+            *_place(places.get(friction_id(friction))),
         )
         self._frictions.add(key, friction.ts, row, version)
 

@@ -31,3 +31,8 @@ ALTER TABLE {db}.frictions
     ADD COLUMN IF NOT EXISTS stage LowCardinality(String) DEFAULT ''
     COMMENT 'the customer''s stage at the touchpoint the friction is on'
     AFTER name;
+
+ALTER TABLE {db}.frictions
+    ADD COLUMN IF NOT EXISTS is_bot Bool DEFAULT false
+    COMMENT 'whether the touchpoint the friction is on came from a bot'
+    AFTER stage;

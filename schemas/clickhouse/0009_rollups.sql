@@ -103,10 +103,10 @@ SELECT
     type,
     name AS touchpoint_name,
     stage,
-    false AS is_bot,
+    is_bot,
     sumState(toInt64(if(retracted, -1, 1))) AS frictions
 FROM {db}.frictions
-GROUP BY day, channel, type, touchpoint_name, stage;
+GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
 
 -- Frictions stored before this migration, on their touchpoints, less those retracted.
 INSERT INTO {db}.touchpoint_daily (day, channel, type, touchpoint_name, stage, is_bot, frictions)
@@ -116,9 +116,9 @@ SELECT
     t.type AS type,
     if(t.type = 'page_view', t.page_path, t.name) AS touchpoint_name,
     t.stage AS stage,
-    false AS is_bot,
+    t.is_bot AS is_bot,
     sumState(toInt64(1)) AS frictions
 FROM (SELECT event_id, ts FROM {db}.frictions FINAL WHERE NOT retracted AND channel = '') AS f
-INNER JOIN (SELECT toString(event_id) AS event_id, channel, type, name, page_path, stage
+INNER JOIN (SELECT toString(event_id) AS event_id, channel, type, name, page_path, stage, is_bot
             FROM {db}.touchpoints FINAL) AS t ON t.event_id = f.event_id
-GROUP BY day, channel, type, touchpoint_name, stage;
+GROUP BY day, channel, type, touchpoint_name, stage, is_bot;

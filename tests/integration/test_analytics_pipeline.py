@@ -119,15 +119,18 @@ def test_sessions_surveys_proxied_opens_and_rollups_through_the_pipeline(
 
     friction = _rows(
         pipeline,
-        "SELECT event_id, channel, type, name, stage FROM frictions FINAL "
+        "SELECT event_id, channel, type, name, stage, is_bot FROM frictions FINAL "
         "WHERE reason = 'bounce' AND NOT retracted",
     )
-    assert friction == [[bounce["event_id"], "web", "page_view", "/pricing", "consideration"]]
+    assert friction == [
+        [bounce["event_id"], "web", "page_view", "/pricing", "consideration", "true"]
+    ]
 
     # The rollup answers as a direct aggregation of what is stored.
     rollup, direct = pipeline.query(_ROLLUP), pipeline.query(_DIRECT)
     assert rollup == direct
-    assert "\t/pricing\tconsideration\tfalse\t1\t1\t0\t0\t1\t" in rollup  # the bounce page
+    # The bounce page, posted without a browser's user agent: a bot's, and so is its friction.
+    assert "\t/pricing\tconsideration\ttrue\t1\t1\t0\t0\t1\t" in rollup
 
     # A bare email address finds the customer.
     done = subprocess.run(

@@ -165,20 +165,20 @@ FROM (
            count() AS e, uniqExactIf(identity_key, identity_key != '') AS c,
            countIf(conversion != '') AS conv, sumIf(ifNull(value, 0), conversion != '') AS val,
            0 AS f,
-           countIf(survey_kind = 'nps') AS nn, sumIf(toFloat64(survey_score), survey_kind = 'nps') AS ns,
+           countIf(survey_kind = 'nps') AS nn, sumIf(toFloat64(ifNull(survey_score, 0)), survey_kind = 'nps') AS ns,
            countIf(survey_kind = 'nps' AND survey_score >= 9) AS np,
            countIf(survey_kind = 'nps' AND survey_score <= 6) AS nd,
-           countIf(survey_kind = 'csat') AS cn, sumIf(toFloat64(survey_score), survey_kind = 'csat') AS cs,
+           countIf(survey_kind = 'csat') AS cn, sumIf(toFloat64(ifNull(survey_score, 0)), survey_kind = 'csat') AS cs,
            countIf(survey_kind = 'csat' AND survey_score >= 4) AS csat,
-           countIf(survey_kind = 'ces') AS en, sumIf(toFloat64(survey_score), survey_kind = 'ces') AS es,
-           sumIf(pow(toFloat64(survey_score), 2), survey_kind = 'ces') AS eq
+           countIf(survey_kind = 'ces') AS en, sumIf(toFloat64(ifNull(survey_score, 0)), survey_kind = 'ces') AS es,
+           sumIf(pow(toFloat64(ifNull(survey_score, 0)), 2), survey_kind = 'ces') AS eq
     FROM touchpoints FINAL
     GROUP BY {_DIMENSIONS}
     UNION ALL
-    SELECT toDate(ts), channel, type, name, stage, false, 0, 0, 0, 0, count(),
+    SELECT toDate(ts), channel, type, name, stage, is_bot, 0, 0, 0, 0, count(),
            0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     FROM frictions FINAL WHERE NOT retracted
-    GROUP BY toDate(ts), channel, type, name, stage
+    GROUP BY toDate(ts), channel, type, name, stage, is_bot
 )
 GROUP BY {_DIMENSIONS}
 HAVING events > 0 OR frictions != 0
@@ -246,6 +246,7 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
             "type": "page_view",
             "name": f"/p{i % 2}",
             "stage": "awareness",
+            "is_bot": i % 11 == 0,
         }
         for i in range(1, 6)
     ]
@@ -260,4 +261,5 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
         "sumMerge(frictions) AS frictions, sumMerge(nps_promoters) AS promoters "
         "FROM touchpoint_daily",
     )
-    assert totals == [{"events": 80, "conversions": 7, "frictions": 4, "promoters": 3}]
+    # 60 page views, 8 purchases (7 of them conversions), 13 survey answers, 1 call in 2 versions
+    assert totals == [{"events": 82, "conversions": 7, "frictions": 4, "promoters": 3}]

@@ -178,7 +178,7 @@ def test_frictions_are_placed_on_their_touchpoint_and_retractions_where_they_wer
     first = journey.update()
     assert [f.reason for f in first.frictions] == ["bounce"]
     bounce = first.frictions[0]
-    place = ["web", "page_view", "/", "awareness"]
+    place = ["web", "page_view", "/", "awareness", False]
     assert list(first.friction_places.values()) == [place]
     # a late event joins the first session: the bounce is retracted, from where it was counted
     journey.add(_event("second", 10, channel="web", page_path="/about"), 1, "anon:a")
