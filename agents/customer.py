@@ -31,8 +31,10 @@ from agents.journey import (
     SessionRules,
     StageContext,
     StageRule,
+    conversion_rule,
     conversions,
     frictions,
+    rated_touchpoints,
     sessionize,
     stage_changes,
     stage_context,
@@ -103,6 +105,9 @@ class StoredEvent:
             self.primary,
             self.late,
             self.routed,
+            e.acquisition,
+            e.survey_touchpoint_id,
+            e.is_bot,
         ]
 
     @classmethod
@@ -126,6 +131,10 @@ class StoredEvent:
             cold_transfers=s[15],
             survey_kind=s[16],
             survey_score=s[17],
+            # State written before these fields has 22 items.
+            acquisition=s[22] if len(s) > 22 else "",
+            survey_touchpoint_id=s[23] if len(s) > 23 else "",
+            is_bot=s[24] if len(s) > 24 else False,
         )
         return cls(event, s[18], s[19], s[20], s[21])
 
@@ -203,6 +212,10 @@ class Stitched:
     stage: str
     seq: int
     late: bool
+    conversion: str = ""
+    """The name of the conversion rule the touchpoint matches; empty if none."""
+    survey_touchpoint_id: str = ""
+    """For a survey answer, the touchpoint it rates (journey.rated_touchpoints)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +227,9 @@ class JourneyUpdate:
     frictions: list[Friction]
     retracted_frictions: list[Friction]
     summary: dict[str, Any]
+    friction_places: dict[str, list[Any]] = field(default_factory=dict)
+    """friction_id → [channel, type, name, stage, is_bot] of the touchpoint each friction (new or
+    retracted) is on, as when it was detected: a retraction is counted where its friction was."""
 
 
 def friction_id(friction: Friction) -> str:
@@ -232,6 +248,7 @@ class CustomerJourney:
         """Identifiers moved away: where to, and at which identity-log position."""
         self._sessions: dict[str, list[Any]] = {}  # published: id -> signature
         self._frictions: dict[str, Friction] = {}  # published: friction_id -> friction
+        self._friction_places: dict[str, list[Any]] = {}  # published: friction_id -> place
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -330,7 +347,14 @@ class CustomerJourney:
                 if event_id in session.event_ids:
                     session_id = session.session_id
                     break
-        return Stitched(session_id, stage, seq, stored.late)
+        return Stitched(
+            session_id,
+            stage,
+            seq,
+            stored.late,
+            self._conversion(stored.event),
+            rated_touchpoints(s.event for s in ordered).get(event_id, ""),
+        )
 
     def stitched_all(self) -> dict[str, Stitched]:
         """:meth:`stitched` for every event held, from one pass of the rules."""
@@ -340,6 +364,7 @@ class CustomerJourney:
         for session in self._sessionize(ordered):
             for event_id in session.event_ids:
                 session_of.setdefault(event_id, session.session_id)
+        rated = rated_touchpoints(s.event for s in ordered)
         found: dict[str, Stitched] = {}
         stage, next_change = self.history.last_stage, 0
         for seq, stored in enumerate(ordered, self.history.events + 1):
@@ -350,8 +375,19 @@ class CustomerJourney:
                     break
                 stage, next_change = change.stage, next_change + 1
             session_id = "" if stored.late else session_of.get(event.event_id, "")
-            found[event.event_id] = Stitched(session_id, stage, seq, stored.late)
+            found[event.event_id] = Stitched(
+                session_id,
+                stage,
+                seq,
+                stored.late,
+                self._conversion(event),
+                rated.get(event.event_id, ""),
+            )
         return found
+
+    def _conversion(self, event: JourneyEvent) -> str:
+        rule = conversion_rule(event, self.rules.conversions)
+        return rule.name if rule else ""
 
     def update(self) -> JourneyUpdate:
         """Fold old sessions into history, then diff what the rules say against what was
@@ -373,7 +409,27 @@ class CustomerJourney:
         new_frictions = [f for key, f in found.items() if key not in self._frictions]
         retracted = [f for key, f in self._frictions.items() if key not in found]
         self._frictions = found
-        return JourneyUpdate(changed, retired, new_frictions, retracted, self._summary(ordered))
+        stitched = self.stitched_all() if new_frictions or retracted else {}
+
+        def place(f: Friction) -> list[Any]:
+            """The touchpoint a friction is on: channel, type, name (a page's path), stage, and
+            whether a bot sent it."""
+            held = self.events.get(f.event_id)
+            if held is None:
+                return []
+            e = held.event
+            name = e.page_path if e.type == "page_view" else e.name
+            return [e.channel, e.type, name, stitched[f.event_id].stage, e.is_bot]
+
+        places = {
+            friction_id(f): self._friction_places.pop(friction_id(f), []) or place(f)
+            for f in retracted
+        }
+        for f in new_frictions:
+            places[friction_id(f)] = self._friction_places[friction_id(f)] = place(f)
+        return JourneyUpdate(
+            changed, retired, new_frictions, retracted, self._summary(ordered), places
+        )
 
     def _summary(self, ordered: list[StoredEvent]) -> dict[str, Any]:
         events = [s.event for s in ordered]
@@ -448,6 +504,7 @@ class CustomerJourney:
         h.stage = stage_context(events, self.rules.stages, h.stage)
         for key in [k for k, f in self._frictions.items() if f.event_id in folded_ids]:
             del self._frictions[key]
+            self._friction_places.pop(key, None)
             h.frictions += 1
         for event_id in folded_ids:
             del self.events[event_id]
@@ -505,6 +562,7 @@ class CustomerJourney:
                 [f.reason, f.severity, f.ts.isoformat(), f.event_id, f.detail]
                 for f in self._frictions.values()
             ],
+            "friction_places": self._friction_places,
         }
 
     @classmethod
@@ -525,6 +583,7 @@ class CustomerJourney:
         for reason, severity, ts, event_id, detail in state["frictions"]:
             f = Friction(reason, severity, datetime.fromisoformat(ts), event_id, detail)
             journey._frictions[friction_id(f)] = f
+        journey._friction_places = dict(state.get("friction_places", {}))
         return journey
 
 

@@ -11,7 +11,14 @@ from ua_parser import parse as parse_user_agent
 
 from tracker.touchpoint import AD_CLICK_ID_PARAMS, Touchpoint
 
-__all__ = ["Enrichment", "classify_user_agent", "derive_channel", "enrich"]
+__all__ = [
+    "Enrichment",
+    "acquisition_channel",
+    "classify_user_agent",
+    "derive_channel",
+    "email_image_proxy",
+    "enrich",
+]
 
 _UTM = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
 _MEDIUM_CHANNEL = {
@@ -89,6 +96,15 @@ _SCANNER_TOKENS = (
     ("mimecast", "scanner:mimecast"),
     ("ciscosecureemail", "scanner:cisco_secure_email"),
 )
+# Mail providers that fetch an email's images for their readers, each by the user agent it sends.
+# They never run JavaScript, so one reaching the beacon fetched the pixel (GET /v1/p.gif): an
+# email open by a person behind the proxy, not a crawler. Apple's Mail Privacy Protection sends
+# nothing but "Mozilla/5.0"; no browser does.
+_EMAIL_IMAGE_PROXIES = (
+    ("googleimageproxy", "gmail"),
+    ("yahoomailproxy", "yahoo"),
+)
+_APPLE_MAIL_PROXY_AGENT = "mozilla/5.0"
 _SOURCE_CHANNEL = {
     "email_webhook": "email",
     "call_webhook": "phone",
@@ -134,7 +150,11 @@ def enrich(touchpoint: Touchpoint) -> Enrichment:
         if query.get(param):
             ad_click_ids.setdefault(param, query[param])
     referrer_host, _, _ = _url_parts(touchpoint.page.get("referrer", ""))
-    agent = classify_user_agent(touchpoint.context.get("user_agent", ""))
+    user_agent = touchpoint.context.get("user_agent", "")
+    agent = classify_user_agent(user_agent)
+    if touchpoint.source == "web_beacon" and (proxy := email_image_proxy(user_agent)):
+        # The proxy's own user agent says nothing of the reader's device.
+        agent = UserAgentInfo("unknown", "", "", False, f"proxy:{proxy}")
     is_bot, bot_reason = agent.is_bot, agent.bot_reason
     if touchpoint.context.get("source_kind") == "server":
         is_bot, bot_reason = False, ""  # an authenticated server source (write key) is trusted
@@ -177,6 +197,42 @@ def derive_channel(
             return "search"
         return "referral"
     return _SOURCE_CHANNEL.get(source, "web")
+
+
+def email_image_proxy(user_agent: str) -> str:
+    """``gmail``, ``yahoo`` or ``apple`` when the user agent is that mail provider's image
+    proxy; empty otherwise."""
+    lowered = user_agent.strip().lower()
+    if lowered == _APPLE_MAIL_PROXY_AGENT:
+        return "apple"
+    for token, provider in _EMAIL_IMAGE_PROXIES:
+        if token in lowered:
+            return provider
+    return ""
+
+
+# Channels that name the event's own medium rather than where the customer came from.
+_MEDIUM_ONLY = frozenset({"", "web"})
+
+
+def acquisition_channel(
+    channel: str,
+    source: str,
+    medium: str,
+    has_ad_click: bool,
+    referrer_host: str,
+    page_host: str,
+) -> str:
+    """Where the customer who started a session came from, from the session's first event.
+
+    A web event (channel ``web`` or none, also when the client named ``web`` itself) is
+    derived from its campaign medium, ad click ids and referrer as :func:`derive_channel` does,
+    and is ``direct`` without any of them. Link clicks, calls and every other channel keep
+    the channel the touchpoint has."""
+    if channel not in _MEDIUM_ONLY or source == "shortlink":
+        return channel
+    derived = derive_channel(source, medium, has_ad_click, referrer_host, page_host)
+    return "direct" if derived == "web" else derived
 
 
 @lru_cache(maxsize=8192)

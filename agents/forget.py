@@ -65,6 +65,10 @@ async def erase(store: ClickHouseStore, key: str) -> Erasure:
     touchpoints = int(found.rows[0][0])
     if touchpoints:
         await store.command_with(f"DELETE FROM touchpoints WHERE {where}", {"value": value})
+        # and the copy ordered by identity key that journey lookups read
+        await store.command_with(
+            f"DELETE FROM touchpoints_by_customer WHERE {where}", {"value": value}
+        )
     if kind == "phone":  # call records name both numbers
         numbers = "caller_hash = {value:String} OR called_hash = {value:String}"
         found = await store.query(f"SELECT count() FROM calls WHERE {numbers}", {"value": value})

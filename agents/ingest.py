@@ -85,6 +85,8 @@ TOUCHPOINT_COLUMNS = (
     "timezone",
     "screen",
     "library",
+    "conversion",
+    "survey_touchpoint_id",
 )
 DEAD_LETTER_COLUMNS = (
     "dead_letter_id",
@@ -284,6 +286,8 @@ def touchpoint_row(t: Touchpoint) -> tuple[Any, ...]:
         context.get("timezone", ""),
         context.get("screen", ""),
         context.get("library", ""),
+        "",  # conversion: decided when stitched
+        survey.get("touchpoint_id", "").lower(),  # the rated touchpoint, if the client named it
     )
 
 

@@ -27,8 +27,10 @@ __all__ = [
     "StageChange",
     "StageContext",
     "StageRule",
+    "conversion_rule",
     "conversions",
     "frictions",
+    "rated_touchpoints",
     "sessionize",
     "stage_changes",
     "stage_context",
@@ -67,6 +69,15 @@ class JourneyEvent:
     cold_transfers: int = 0
     survey_kind: str = ""
     survey_score: float | None = None
+    acquisition: str = ""
+    """Where the customer came from, if this event starts a session (enrich.acquisition_channel)."""
+    survey_touchpoint_id: str = ""
+    """For a survey answer: the event_id of the touchpoint it rates, as the client named it."""
+    is_bot: bool = False
+
+    @property
+    def is_survey(self) -> bool:
+        return bool(self.survey_kind) or self.type == "survey_response"
 
     @property
     def order(self) -> tuple[datetime, str]:
@@ -146,7 +157,7 @@ def _session(customer_id: str, members: Sequence[JourneyEvent]) -> Session:
         start=first.ts,
         end=members[-1].ts,
         event_ids=tuple(e.event_id for e in members),
-        channel=first.channel,
+        channel=first.acquisition or first.channel,
         campaign=next((e.campaign for e in members if e.campaign), ""),
         page_views=sum(1 for e in members if e.type == "page_view"),
     )
@@ -429,13 +440,36 @@ def conversions(
 ) -> list[Conversion]:
     found = []
     for event in _ordered(events):
-        for rule in rules:
-            if event.type not in rule.types:
-                continue
-            if rule.min_value is not None and (
-                event.value is None or event.value <= rule.min_value
-            ):
-                continue
+        if rule := conversion_rule(event, rules):
             found.append(Conversion(rule.name, event.ts, event.event_id, event.value or 0.0))
-            break
     return found
+
+
+def conversion_rule(
+    event: JourneyEvent, rules: Sequence[ConversionRule] = DEFAULT_CONVERSIONS
+) -> ConversionRule | None:
+    """The first conversion rule the event matches, if any."""
+    for rule in rules:
+        if event.type not in rule.types:
+            continue
+        if rule.min_value is not None and (event.value is None or event.value <= rule.min_value):
+            continue
+        return rule
+    return None
+
+
+# -- surveys -------------------------------------------------------------------------------------
+
+
+def rated_touchpoints(events: Iterable[JourneyEvent]) -> dict[str, str]:
+    """For each survey answer, the event_id of the touchpoint it rates: the one the client named
+    (``survey.touchpoint_id``), else the customer's most recent non-survey touchpoint before it
+    in event time; empty when there is none."""
+    rated: dict[str, str] = {}
+    last = ""
+    for event in _ordered(events):
+        if event.is_survey:
+            rated[event.event_id] = event.survey_touchpoint_id or last
+        else:
+            last = event.event_id
+    return rated

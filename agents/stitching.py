@@ -40,6 +40,7 @@ from mode import Service
 
 from agents.batches import is_record_refused
 from agents.customer import CustomerJourney, History, JourneyRules, StoredEvent, friction_id
+from agents.enrich import acquisition_channel
 from agents.identity import (
     AliasReplica,
     Identifier,
@@ -136,7 +137,14 @@ FRICTION_COLUMNS: Final = (
     "severity",
     "detail",
     "retracted",
+    "channel",
+    "type",
+    "name",
+    "stage",
+    "is_bot",
 )
+# Columns added since rows first went on the wire, with what a row written before means.
+_ADDED_COLUMNS: Final = {"conversion": "", "survey_touchpoint_id": ""}
 _TIME_COLUMNS: Final = ("ts", "device_ts", "sent_ts", "received_ts")
 _COLUMN: Final = {name: i for i, name in enumerate(TOUCHPOINT_COLUMNS)}
 _CONFLICT_NAMESPACE: Final = uuid.UUID("0d4e2b7a-8c31-4f5e-b6a9-2e7c1d3f5a80")
@@ -153,7 +161,7 @@ def encode_row(row: Sequence[Any]) -> bytes:
 
 def decode_row(data: bytes | Mapping[str, Any]) -> list[Any]:
     wire = orjson.loads(data) if isinstance(data, bytes) else data
-    row = [wire[name] for name in TOUCHPOINT_COLUMNS]
+    row = [wire[name] if name in wire else _ADDED_COLUMNS[name] for name in TOUCHPOINT_COLUMNS]
     for name in _TIME_COLUMNS:
         value = row[_COLUMN[name]]
         if value is not None:
@@ -188,7 +196,23 @@ def journey_event(row: Sequence[Any]) -> JourneyEvent:
         cold_transfers=1 if properties.get("transfer_kind") == "cold" else 0,
         survey_kind=get("survey_kind"),
         survey_score=get("survey_score"),
+        acquisition=acquisition_channel(
+            get("channel"),
+            get("source"),
+            get("campaign_medium"),
+            bool(get("ad_click_ids")),
+            get("referrer_host"),
+            get("page_host"),
+        ),
+        survey_touchpoint_id=get("survey_touchpoint_id"),
+        is_bot=bool(get("is_bot")),
     )
+
+
+def _place(place: Sequence[Any] | None) -> tuple[Any, ...]:
+    """A friction's place as columns; one remembered before is_bot was kept is no bot's."""
+    channel, kind, name, stage, *rest = place or ("", "", "", "")
+    return (channel, kind, name, stage, bool(rest[0]) if rest else False)
 
 
 def _number(text: str | None) -> float:
@@ -707,6 +731,8 @@ class JourneyStage:
             row[_COLUMN["session_id"]] = stitched.session_id
             row[_COLUMN["stage"]] = stitched.stage
             row[_COLUMN["seq"]] = stitched.seq
+            row[_COLUMN["conversion"]] = stitched.conversion
+            row[_COLUMN["survey_touchpoint_id"]] = stitched.survey_touchpoint_id
             self._touchpoints.add(event_id, row[_COLUMN["ts"]], row, row[_COLUMN["version"]])
         update = journey.update()
         for session in update.sessions:
@@ -729,10 +755,11 @@ class JourneyStage:
                 True,
             )
             self._sessions.add(session_id, _EPOCH, retired, version)
+        places = update.friction_places
         for friction in update.frictions:
-            self._add_friction(friction, customer, version, retracted=False)
+            self._add_friction(friction, customer, version, places, retracted=False)
         for friction in update.retracted_frictions:
-            self._add_friction(friction, customer, version, retracted=True)
+            self._add_friction(friction, customer, version, places, retracted=True)
         summary = update.summary
         as_of = summary["last_seen"] or _EPOCH
         self._journeys.add(
@@ -743,7 +770,13 @@ class JourneyStage:
         )
 
     def _add_friction(
-        self, friction: Friction, customer: str, version: int, *, retracted: bool
+        self,
+        friction: Friction,
+        customer: str,
+        version: int,
+        places: Mapping[str, Sequence[Any]],
+        *,
+        retracted: bool,
     ) -> None:
         # Keyed per customer: an event that moves writes a new row there, and the retraction
         # left behind (versioned on another partition) cannot hide it.
@@ -758,6 +791,8 @@ class JourneyStage:
             friction.severity,
             friction.detail,
             retracted,
+            # channel, type, name, stage and is_bot of the touchpoint it is on (for the rollups)
+            *_place(places.get(friction_id(friction))),
         )
         self._frictions.add(key, friction.ts, row, version)
 

@@ -60,7 +60,8 @@ def test_every_table_becomes_replicated_shards_behind_a_distributed_table_of_its
             f"ENGINE = Distributed('{CLUSTER}', 'tracker', '{table}_local', cityHash64("
             in distributed
         )
-    assert all("ON CLUSTER" in s for s in statements)
+    # backfills run once, through the distributed tables; everything else on every node
+    assert all("ON CLUSTER" in s for s in statements if not s.startswith("INSERT INTO"))
 
 
 def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_key() -> None:
@@ -80,6 +81,7 @@ def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_k
         "sessions": "cityHash64(session_id)",
         "journeys": "cityHash64(customer_id)",
         "frictions": "cityHash64(friction_id)",
+        "touchpoints_by_customer": "cityHash64(event_id)",  # as touchpoints: its MV is per shard
     }
 
 
@@ -97,6 +99,21 @@ def test_column_changes_reach_the_shards_and_the_distributed_table_and_views_joi
         f"CREATE VIEW IF NOT EXISTS `tracker`.customer_touchpoints ON CLUSTER `{CLUSTER}` AS"
     )
     assert "GLOBAL LEFT JOIN" in view and "GLOBAL GLOBAL" not in view
+
+
+def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_the_cluster() -> None:
+    statements = _rendered()
+    views = [s for s in statements if s.startswith("CREATE MATERIALIZED VIEW")]
+    assert {v.split(" ON CLUSTER")[0].rsplit(".", 1)[1] for v in views} == {
+        "touchpoints_by_customer_mv",
+        "touchpoint_daily_touchpoints_mv",
+        "touchpoint_daily_frictions_mv",
+    }
+    daily = next(v for v in views if "touchpoint_daily_touchpoints_mv" in v)
+    assert f"ON CLUSTER `{CLUSTER}` TO `tracker`.touchpoint_daily_local AS" in daily
+    assert "FROM `tracker`.touchpoints_local\n" in daily
+    backfills = [s for s in statements if s.startswith("INSERT INTO")]
+    assert backfills and all("_local" not in s and "ON CLUSTER" not in s for s in backfills)
 
 
 def test_clickhouse_parses_every_statement_of_the_cluster_variant() -> None:
@@ -148,7 +165,7 @@ def test_tracker_migrate_on_a_cluster_keeps_its_ledger_on_the_cluster_too() -> N
         f"CREATE TABLE IF NOT EXISTS `tracker`.schema_migrations_local ON CLUSTER `{CLUSTER}`"
     )
     assert "ENGINE = Distributed" in commands[2] and "cityHash64" not in commands[2]
-    assert all("ON CLUSTER" in c for c in commands)
+    assert all("ON CLUSTER" in c for c in commands if not c.startswith("INSERT INTO"))
     inserts = [kwargs for fn, _, kwargs in sent if fn == "insert"]
     assert len(inserts) == len(applied)
     assert all(k["settings"] == {"insert_distributed_sync": 1} for k in inserts)

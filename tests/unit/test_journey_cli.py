@@ -165,3 +165,19 @@ def test_stored_key_refuses_to_guess_a_salt(tmp_path: object) -> None:
     with pytest.raises(TrackerError, match="TRACKER_HASH_SALT"):
         stored_key("phone:+1 415 555 0100", settings)
     assert stored_key("user:42", settings) == "user:42"
+
+
+def test_a_bare_email_or_phone_number_is_recognised_and_customer_ids_stay_as_typed() -> None:
+    from tracker.cli.journey import typed_identifier
+
+    assert typed_identifier("jane@example.com") == "email:jane@example.com"
+    assert typed_identifier(" +14155550132 ") == "phone:+14155550132"
+    assert typed_identifier("(415) 555-0132") == "phone:(415) 555-0132"
+    assert typed_identifier("email:ada@example.com") == "email:ada@example.com"
+    assert typed_identifier("1c9e5a0e-4d1b-5b8e-9f0a-2c6d1e7a3b40") == (
+        "1c9e5a0e-4d1b-5b8e-9f0a-2c6d1e7a3b40"
+    )
+    assert typed_identifier("12345678-1234-5234-8234-123456789012") == (
+        "12345678-1234-5234-8234-123456789012"  # a customer id of digits is no phone number
+    )
+    assert typed_identifier("42") == "42"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,10 +34,19 @@ __all__ = [
     "render_json",
     "render_text",
     "stored_key",
+    "typed_identifier",
 ]
 
 _HASHED = frozenset({"email", "phone"})
 _CRM = "crm:"
+# A bare phone number as people type it: digits, spaces and punctuation, at least 7 digits.
+_BARE_PHONE = re.compile(r"^\+?[0-9(][0-9 ().\-]*[0-9]$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+# Journey lookups read touchpoints through this table, ordered by identity key (0008).
+_BY_KEY = "touchpoints_by_customer"
+
+Reader = Callable[[str], list[dict[str, Any]]]
+"""Runs one read-only query, returning its rows as dicts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +92,8 @@ def add_journey_commands(commands: Any) -> None:
         description=(
             "tracker journey IDENTIFIER prints the stitched timeline of the customer an "
             "identifier (email:ada@example.com, phone:+1 415 555 0100, user:42, anon:..., "
-            "click:..., crm:<system>:<id>) or a customer id belongs to. "
+            "click:..., crm:<system>:<id>; a bare email or phone number too) or a customer id "
+            "belongs to. "
             "tracker journey split LEFT RIGHT unlinks two identifiers for good."
         ),
     )
@@ -145,31 +156,51 @@ def stored_key(raw: str, settings: Settings) -> str:
 # -- reading it --------------------------------------------------------------------------------
 
 
-def find_journey(settings: Settings, raw: str) -> Journey | None:
-    """The journey of the customer ``raw`` (an identifier or a customer id) belongs to now."""
-    customer = _current_customer(settings, raw)
+def typed_identifier(raw: str) -> str:
+    """What a person typed, as ``kind:value``: a bare email address or phone number gets its
+    kind; anything else is returned as typed (an identifier with its kind, or a customer id)."""
+    text = raw.strip()
+    if ":" in text:
+        return text
+    if "@" in text:
+        return f"email:{text}"
+    digits = sum(c.isdigit() for c in text)
+    if _BARE_PHONE.match(text) and digits >= 7 and not _UUID.match(text):
+        return f"phone:{text}"
+    return text
+
+
+def find_journey(settings: Settings, raw: str, read: Reader | None = None) -> Journey | None:
+    """The journey of the customer ``raw`` (an identifier, a bare email or phone number, or a
+    customer id) belongs to now. Touchpoints are read by identity key, never by a scan."""
+
+    def default_read(sql: str) -> list[dict[str, Any]]:
+        return _rows(settings, sql)
+
+    read = read or default_read
+    customer = _current_customer(settings, typed_identifier(raw), read)
     if customer is None:
         return None
-    identities = _rows(
-        settings,
+    identities = read(
         "SELECT identifier, kind, own_customer_id FROM identities FINAL "
         f"WHERE customer_id = {_quote(customer)} ORDER BY kind, identifier",
     )
     keys = {r["identifier"] for r in identities}
     old_ids = {r["own_customer_id"] for r in identities} | {customer}
-    candidates = _rows(
-        settings,
+    columns = (
         "SELECT toString(event_id) AS event_id, ts, type, name, channel, source, session_id, "
-        "stage, value, customer_id, identity_key FROM touchpoints FINAL "
-        f"WHERE customer_id IN {_tuple(old_ids)}"
-        + (f" OR identity_key IN {_tuple(keys)}" if keys else ""),
+        f"stage, value, customer_id, identity_key FROM {_BY_KEY} FINAL "
     )
+    # Two reads, each on an index: the customer's identity keys (the table's order), and the
+    # touchpoints stitched to its customer ids under other keys (a bloom filter on customer_id).
+    found = read(columns + f"WHERE identity_key IN {_tuple(keys)}") if keys else []
+    found += read(columns + f"WHERE customer_id IN {_tuple(old_ids)}")
+    candidates = list({r["event_id"]: r for r in found}.values())
     elsewhere = {r["identity_key"] for r in candidates} - keys - {""}
     resolved = (
         {
             r["identifier"]: r["customer_id"]
-            for r in _rows(
-                settings,
+            for r in read(
                 "SELECT identifier, customer_id FROM identities FINAL "
                 f"WHERE identifier IN {_tuple(elsewhere)}",
             )
@@ -183,24 +214,20 @@ def find_journey(settings: Settings, raw: str) -> Journey | None:
         if belongs(r["identity_key"], r["customer_id"], customer, keys, old_ids, resolved)
     ]
     sessions: dict[str, str] = {}
-    for session in _rows(
-        settings,
+    for session in read(
         "SELECT session_id, event_ids FROM sessions FINAL "
         f"WHERE customer_id = {_quote(customer)} AND NOT retired",
     ):
         sessions.update(dict.fromkeys(session["event_ids"], session["session_id"]))
     frictions: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     if rows:
-        for f in _rows(
-            settings,
+        for f in read(
             "SELECT event_id, reason, severity, detail FROM frictions FINAL "
             f"WHERE NOT retracted AND event_id IN {_tuple(r['event_id'] for r in rows)} "
             "ORDER BY ts, reason",
         ):
             frictions[f["event_id"]].append((f["reason"], f["severity"], f["detail"]))
-    summary = _rows(
-        settings, f"SELECT * FROM journeys FINAL WHERE customer_id = {_quote(customer)}"
-    )
+    summary = read(f"SELECT * FROM journeys FINAL WHERE customer_id = {_quote(customer)}")
     events = [
         TimelineEvent(
             event_id=r["event_id"],
@@ -210,7 +237,7 @@ def find_journey(settings: Settings, raw: str) -> Journey | None:
             channel=r["channel"],
             source=r["source"],
             # The session as it stands now (a merge or a late event may have reshaped it).
-            session_id=sessions.get(r["event_id"], r["session_id"]),
+            session_id=str(sessions.get(r["event_id"], r["session_id"])),
             stage=r["stage"],
             value=r["value"],
             stitched_customer_id=r["customer_id"],
@@ -249,13 +276,11 @@ def belongs(
     return stitched_customer in old_ids
 
 
-def _current_customer(settings: Settings, raw: str) -> str | None:
+def _current_customer(settings: Settings, raw: str, read: Reader) -> str | None:
     text = raw.strip()
     if ":" in text:
         key = stored_key(text, settings)
-        found = _rows(
-            settings, f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}"
-        )
+        found = read(f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}")
         if found:
             return str(found[0]["customer_id"])
         # Never linked to another identifier: its events went straight to its own customer.
@@ -263,17 +288,14 @@ def _current_customer(settings: Settings, raw: str) -> str | None:
     else:
         # A customer id: the one an identifier had on its own (current, or merged since), or
         # that of an event without identifiers.
-        found = _rows(
-            settings,
-            f"SELECT customer_id FROM identities FINAL WHERE own_customer_id = {_quote(text)} "
-            "LIMIT 1",
+        found = read(
+            "SELECT customer_id FROM identities FINAL "
+            f"WHERE own_customer_id = {_quote(text)} LIMIT 1",
         )
         if found:
             return str(found[0]["customer_id"])
-    for table in ("journeys", "touchpoints"):
-        if _rows(
-            settings, f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(text)} LIMIT 1"
-        ):
+    for table in ("journeys", _BY_KEY):
+        if read(f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(text)} LIMIT 1"):
             return text
     return None
 

@@ -10,7 +10,15 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 # The shapes of statement a migration may hold, and how each is rendered for a cluster.
 _CREATE_TABLE = re.compile(r"^(CREATE TABLE IF NOT EXISTS `[^`]+`\.)(\w+)", re.MULTILINE)
-_CREATE_VIEW = re.compile(r"^(CREATE VIEW IF NOT EXISTS `[^`]+`\.)(\w+)", re.MULTILINE)
+_CREATE_VIEW = re.compile(
+    r"^(CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?`[^`]+`\.)(\w+)", re.MULTILINE
+)
+_CREATE_MATERIALIZED_VIEW = re.compile(
+    r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (`[^`]+`\.\w+) TO (`[^`]+`\.\w+) AS\b",
+    re.MULTILINE,
+)
+_FROM_TABLE = re.compile(r"\bFROM (`[^`]+`\.\w+)")
+_INSERT_SELECT = re.compile(r"^INSERT INTO `[^`]+`\.\w+\b[^;]*?\bSELECT\b", re.DOTALL)
 _ALTER_TABLE = re.compile(r"^(ALTER TABLE `[^`]+`\.)(\w+)", re.MULTILINE)
 _ALTER_COLUMNS = re.compile(r"^\s*(ADD|DROP|MODIFY|COMMENT|RENAME) COLUMN\b", re.MULTILINE)
 _ENGINE = re.compile(r"^ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?", re.MULTILINE)
@@ -54,6 +62,10 @@ def on_cluster(statement: str, database: str, cluster: str) -> list[str]:
     - ``ALTER TABLE t ... COLUMN`` alters ``t_local`` and then ``t``.
     - ``CREATE VIEW`` reads the distributed tables, with every JOIN made ``GLOBAL`` (the right side
       is gathered from all shards once, not joined shard by shard).
+    - ``CREATE MATERIALIZED VIEW v TO t AS SELECT ... FROM s`` is made on every shard, from
+      ``s_local`` to ``t_local``: each shard rolls up the rows it stores.
+    - ``INSERT INTO t SELECT ...`` (a backfill) runs once, as written: the distributed tables
+      read every shard and route each row to its shard.
 
     Anything else is refused, so that a new migration cannot land half-rendered on a cluster.
     """
@@ -70,6 +82,15 @@ def on_cluster(statement: str, database: str, cluster: str) -> list[str]:
         head, name = alter.group(1), alter.group(2)
         rest = code[alter.end() :]
         return [f"{head}{name}{LOCAL_SUFFIX}{where}{rest}", f"{head}{name}{where}{rest}"]
+    if (materialized := _CREATE_MATERIALIZED_VIEW.match(code)) is not None:
+        view_name, target = materialized.group(1), materialized.group(2)
+        select = _FROM_TABLE.sub(rf"FROM \1{LOCAL_SUFFIX}", code[materialized.end() :], count=1)
+        return [
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view_name}{where} "
+            f"TO {target}{LOCAL_SUFFIX} AS{select}"
+        ]
+    if _INSERT_SELECT.match(code) is not None:
+        return [code]
     if (view := _CREATE_VIEW.match(code)) is not None:
         return [_JOIN.sub(r"GLOBAL \1", f"{view.group(0)}{where}{code[view.end() :]}")]
     raise ConfigError(f"migration statement {code[:60]!r}... has no cluster rendering")
