@@ -119,6 +119,11 @@ class Settings:
     supervisor_stable_seconds: float = 60.0
     # A ClickHouse cluster's name: migrations then make replicated, distributed tables ON CLUSTER.
     clickhouse_cluster: str = ""
+    # Health and shutdown (docs/operations.md): how often a collector looks at Kafka, how long
+    # a stopping process may take, and how often one repeated log line may be written.
+    kafka_probe_seconds: float = 2.0
+    shutdown_grace_seconds: float = 30.0
+    log_repeat_seconds: float = 60.0
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -204,6 +209,9 @@ class Settings:
             **_journey_settings(reader),
             **_query_settings(reader),
             **_supervisor_settings(reader),
+            kafka_probe_seconds=reader.number("TRACKER_KAFKA_PROBE_SECONDS", 2.0),
+            shutdown_grace_seconds=reader.number("TRACKER_SHUTDOWN_GRACE_SECONDS", 30.0),
+            log_repeat_seconds=reader.number("TRACKER_LOG_REPEAT_SECONDS", 60.0),
         )
 
 

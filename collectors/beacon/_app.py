@@ -56,7 +56,7 @@ def create_app(
     app.router.add_get("/v1/p.gif", get_pixel, allow_head=False)  # a HEAD is no open
     app.router.add_get("/t.js", _snippet_handler())
     app.router.add_post("/v1/numbers", numbers_handler(settings, publisher, numbers))
-    add_health_routes(app, lambda: publisher.ready and (numbers is None or numbers.loaded))
+    add_health_routes(app, lambda: _unready(publisher, numbers))
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
@@ -69,6 +69,13 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _unready(publisher: Publisher, numbers: NumberReservations | None) -> list[str]:
+    reasons = [publisher.unready] if publisher.unready else []
+    if numbers is not None and not numbers.loaded:
+        reasons.append("number pool reservations are still loading from Kafka")
+    return reasons
 
 
 async def post_events(request: web.Request) -> web.Response:
