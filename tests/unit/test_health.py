@@ -154,3 +154,29 @@ def test_health_settings_are_read_and_checked() -> None:
     assert grace.shutdown_grace_seconds == 12.5
     with pytest.raises(ConfigError, match="TRACKER_SHUTDOWN_GRACE_SECONDS must be positive"):
         Settings.from_env({"TRACKER_SHUTDOWN_GRACE_SECONDS": "0"})
+
+
+HANGING_STOP = """
+import time
+from tracker.shutdown import ShutdownDeadline
+
+deadline = ShutdownDeadline(1.0)
+deadline.arm()
+deadline.arm()  # a second signal does not restart the clock
+time.sleep(3600)  # a last flush to a Kafka or ClickHouse that never answers
+"""
+
+
+def test_a_stop_that_hangs_still_ends_the_process_within_the_grace_period() -> None:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", HANGING_STOP], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    try:
+        assert process.wait(timeout=1.0 + 10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
