@@ -37,8 +37,9 @@ class JsonFormatter(logging.Formatter):
 
 class RepeatFilter(logging.Filter):
     """Lets one warning or error of a kind through per ``interval`` seconds, so that an outage
-    cannot fill a disk. A kind is the logger, the level and the message template (its arguments
-    may differ). The first line after an interval carries ``repeated``: how many were held back.
+    cannot fill a disk. A kind is what the line would say: the logger, the level, the message
+    and its ``extra`` fields (so "component exited" of the worker and of Kafka are two kinds).
+    The first line after an interval carries ``repeated``: how many were held back.
     """
 
     _MAX_KINDS = 4096
@@ -47,13 +48,13 @@ class RepeatFilter(logging.Filter):
         super().__init__()
         self._interval = interval
         self._clock = clock
-        self._kinds: dict[tuple[str, int, str], list[float]] = {}  # kind: [window start, held]
+        self._kinds: dict[tuple[Any, ...], list[float]] = {}  # kind: [window start, held]
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        kind = (record.name, record.levelno, str(record.msg))
+        kind = _kind(record)
         now = self._clock()
         with self._lock:
             window = self._kinds.get(kind)
@@ -72,6 +73,19 @@ class RepeatFilter(logging.Filter):
         stale = [kind for kind, (start, _) in self._kinds.items() if start < cutoff]
         for kind in stale or list(self._kinds):
             del self._kinds[kind]
+
+
+def _kind(record: logging.LogRecord) -> tuple[Any, ...]:
+    extra = tuple(
+        (key, repr(value))
+        for key, value in record.__dict__.items()
+        if key not in _RESERVED and not key.startswith("_")
+    )
+    try:
+        message = record.getMessage()
+    except Exception:  # arguments that do not fit the message: the handler reports it
+        message = str(record.msg)
+    return (record.name, record.levelno, message, extra)
 
 
 def logging_config(level: str, repeat_seconds: float = 60.0) -> dict[str, Any]:

@@ -53,13 +53,16 @@ def test_an_error_repeated_through_an_outage_is_one_line_per_interval_with_a_cou
     logger, out = _logger(60.0, clock)
     for second in range(180):  # three minutes of an outage, a hundred errors a second
         clock.now = 1000.0 + second
-        for node in range(100):
-            logger.error("Unable connect to node with id %s", node)
+        for _ in range(100):
+            logger.error("Unable connect to node with id %s", 1)
+            logger.warning("kafka not reachable yet", extra={"retry_in": 10.0})
     lines = _lines(out)
-    assert len(lines) == 3
-    assert "repeated" not in lines[0]
-    assert [line["repeated"] for line in lines[1:]] == [5999, 5999]
-    assert lines[1]["msg"].startswith("Unable connect to node with id")
+    assert len(lines) == 6
+    assert [line.get("repeated") for line in lines] == [None, None, 5999, 5999, 5999, 5999]
+    assert {line["msg"] for line in lines} == {
+        "Unable connect to node with id 1",
+        "kafka not reachable yet",
+    }
 
 
 def test_other_kinds_and_info_lines_are_not_held_back() -> None:
@@ -68,14 +71,19 @@ def test_other_kinds_and_info_lines_are_not_held_back() -> None:
     logger.warning("kafka not reachable yet")
     logger.error("ClickHouse refused a batch")
     logger.warning("kafka not reachable yet")
+    # The same message about two subjects says two things: both are written.
+    logger.warning("component exited; restarting", extra={"component": "worker"})
+    logger.warning("component exited; restarting", extra={"component": "kafka"})
     for _ in range(3):
         logger.info("worker started")
-    assert [line["msg"] for line in _lines(out)] == [
-        "kafka not reachable yet",
-        "ClickHouse refused a batch",
-        "worker started",
-        "worker started",
-        "worker started",
+    assert [(line["msg"], line.get("component")) for line in _lines(out)] == [
+        ("kafka not reachable yet", None),
+        ("ClickHouse refused a batch", None),
+        ("component exited; restarting", "worker"),
+        ("component exited; restarting", "kafka"),
+        ("worker started", None),
+        ("worker started", None),
+        ("worker started", None),
     ]
 
 
