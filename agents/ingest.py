@@ -16,7 +16,7 @@ from agents.forget import ForgottenIdentifiers
 from tracker.bounds import time_range_error
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
-from tracker.metrics import WORKER_EVENTS
+from tracker.metrics import WORKER_EVENTS, observe_stage_lag
 from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
@@ -147,6 +147,7 @@ class IngestPipeline:
         """Store touchpoints that are already decoded, each with the record it came from (its
         dead letter if ClickHouse refuses the row), and the dead letters of those that were not.
         Returns once both are stored: commit offsets only after this."""
+        observe_stage_lag("ingest", (touchpoint.received_ts for touchpoint, _ in touchpoints))
         forgotten = 0
         sources: dict[tuple[str, int], RawMessage] = {}
         for letter in rejected:

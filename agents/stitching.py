@@ -63,6 +63,7 @@ from tracker.metrics import (
     STITCH_EVENTS,
     STITCH_ROUTES,
     WORKER_EVENTS,
+    observe_stage_lag,
 )
 from tracker.settings import Settings
 from tracker.store.sink import FlushResult, Sink
@@ -428,6 +429,7 @@ class IdentityStage:
                 ts = datetime.fromisoformat(wire["requested_at"])
                 event: bytes | None = None
             else:
+                observe_stage_lag("identity", (wire.get("received_ts"),))
                 properties = wire["properties"]
                 ids = identifiers_of(
                     wire["anonymous_id"],
@@ -580,6 +582,7 @@ class JourneyStage:
         passed_on: dict[str, list[tuple[StoredEvent, Mapping[str, Any] | None]]] = {}
         histories: dict[str, History] = {}
         sources: dict[tuple[str, int], RawMessage] = {}
+        unstitched: list[datetime] = []  # stored as they came, without consent to stitching
 
         def journey_of(customer: str, offset: int) -> _Touched:
             entry = touched.get(customer)
@@ -616,11 +619,13 @@ class JourneyStage:
             kind = wire["kind"]
             if kind == "event":
                 row = decode_row(wire["row"])
+                observe_stage_lag("journey", (row[_COLUMN["received_ts"]],))
                 event = journey_event(row)
                 version = row[_COLUMN["version"]]
                 sources[(event.event_id, version)] = source
                 if not wire.get("stitch", True):
                     self._touchpoints.add(event.event_id, event.ts, row, version)
+                    unstitched.append(row[_COLUMN["received_ts"]])
                     continue
                 take(
                     entry,
@@ -660,6 +665,10 @@ class JourneyStage:
             )
         await self._outbox.send_all(outgoing)
         await self._flush(sources)
+        written = [
+            row[_COLUMN["received_ts"]] for e in touched.values() for row, _ in e.rows.values()
+        ]
+        observe_stage_lag("write", written + unstitched)
         # State last, all or nothing: each customer's is bounded first (it may not fit).
         saved = {
             customer: None

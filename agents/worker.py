@@ -54,11 +54,13 @@ from collectors.calls.pools import PoolBook
 from tracker.console import create_console
 from tracker.errors import BackpressureError
 from tracker.kafka.compacted import CompactedState
+from tracker.kafka.probe import KafkaProbe
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
-from tracker.metrics import WORKER_LAG, WORKER_READY
+from tracker.metrics import WORKER_LAG, WORKER_PARTITION_LAG, WORKER_READY
 from tracker.privacy import identifier_key
 from tracker.settings import Settings
+from tracker.shutdown import ShutdownDeadline
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink
 
@@ -100,9 +102,19 @@ class BatchIngestService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._idle = asyncio.Event()  # set whenever no batch is in hand
         self._idle.set()
+        self._lag_labels: set[tuple[str, str]] = set()
         self.lock = lock or asyncio.Lock()
         self.consuming = False
         super().__init__(**kwargs)
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def assigned(self) -> bool:
+        """Whether the group gave this worker any partition of the topic."""
+        return self._consumer is not None and bool(self._consumer.assignment())
 
     async def handle(self, records: Sequence[Any]) -> None:
         raise NotImplementedError
@@ -127,8 +139,11 @@ class BatchIngestService(Service):
     async def on_stop(self) -> None:
         """Graceful: the batch in hand is written and committed before the consumer leaves."""
         self.consuming = False
+        # Half the grace period; the process ends at the whole one (tracker/shutdown.py).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=30.0)
+            await asyncio.wait_for(
+                self._idle.wait(), timeout=self._settings.shutdown_grace_seconds / 2
+            )
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -164,21 +179,26 @@ class BatchIngestService(Service):
 
     @Service.timer(10.0)
     async def _record_lag(self) -> None:
-        """Records on Kafka not yet stored: end offsets minus committed ones, on a timer of its
-        own so that it keeps counting while a ClickHouse outage holds the ingest loop."""
+        """Records on Kafka not yet stored, per partition, on a timer of its own so that it keeps
+        counting while a ClickHouse outage holds the ingest loop."""
         consumer = self._consumer
-        partitions = consumer.assignment() if consumer is not None else set()
-        if consumer is None or not partitions:
+        partitions = list(consumer.assignment()) if consumer is not None else []
+        if consumer is None:
             return
         try:
-            ends = await consumer.end_offsets(list(partitions))
-            lag = 0
-            for partition, end in ends.items():
-                lag += max(0, end - (await consumer.committed(partition) or 0))
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            starts = await consumer.beginning_offsets(partitions) if partitions else {}
+            lags = {p: partition_lag(ends[p], await consumer.committed(p), starts[p]) for p in ends}
         except KafkaError as exc:
             log.warning("could not measure lag", extra={"error": str(exc)})
             return
-        self.record_lag(lag)
+        labels = {(p.topic, str(p.partition)): lag for p, lag in lags.items()}
+        for gone in self._lag_labels - labels.keys():  # moved to another worker
+            WORKER_PARTITION_LAG.remove(*gone)
+        for label, lag in labels.items():
+            WORKER_PARTITION_LAG.labels(*label).set(lag)
+        self._lag_labels = set(labels)
+        self.record_lag(sum(lags.values()))
 
     def record_lag(self, lag: int) -> None:
         return None
@@ -200,6 +220,12 @@ class BatchIngestService(Service):
                 records.extend(partition_records)
                 events += sum(self.weight(record) for record in partition_records)
         return records
+
+
+def partition_lag(end: int, committed: int | None, start: int) -> int:
+    """Records of a partition not yet handled. Where retention deleted records never committed
+    (or nothing was committed yet), handling starts at the log start, not at offset 0."""
+    return max(end - max(committed or 0, start), 0)
 
 
 class RawIngestService(BatchIngestService):
@@ -434,17 +460,45 @@ class ConsoleService(Service):
         self._forget = forget
         self._reservations = reservations
         self._runner: web.AppRunner | None = None
+        self._kafka = KafkaProbe(
+            settings.bootstrap_servers,
+            settings.kafka_probe_seconds,
+            settings.produce_timeout_seconds,
+            client_id=settings.worker_id,
+        )
         self.started_agents = False
         super().__init__(**kwargs)
 
-    async def _ready(self) -> bool:
-        consuming = all(service.consuming for service in self._ingest)
-        ready = self.started_agents and consuming and self._forget.loaded
-        ready = ready and (self._reservations is None or self._reservations.loaded)
-        return ready and await self._store.ping()
+    async def unready(self) -> list[str]:
+        """What keeps the worker from its work, for /readyz; none when it is ready."""
+        reasons = [] if self._kafka.reachable else [self._kafka.reason]
+        if not self.started_agents:
+            reasons.append("the stream agents are starting")
+        for service in self._ingest:
+            if not service.consuming:
+                reasons.append(f"the consumer of {service.topic} is starting")
+        raw = self._ingest[0]
+        if raw.consuming and not raw.assigned:
+            reasons.append(
+                f"no partition of {raw.topic} is assigned to this worker (a rebalance is under "
+                "way, or there are more workers than partitions)"
+            )
+        if not self._forget.loaded:
+            reasons.append("the forgotten identifiers are still loading from Kafka")
+        if self._reservations is not None and not self._reservations.loaded:
+            reasons.append("the number pool reservations are still loading from Kafka")
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                answers = await self._store.ping()
+        except TimeoutError:
+            answers = False
+        if not answers:
+            reasons.append("ClickHouse does not answer (see TRACKER_CLICKHOUSE_URL)")
+        return reasons
 
     async def on_start(self) -> None:
-        console = create_console(self._settings, self._store, self._ready, self._forget.forget)
+        await self._kafka.start()
+        console = create_console(self._settings, self._store, self.unready, self._forget.forget)
         self._runner = web.AppRunner(console, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.console_host, self._settings.console_port)
@@ -455,8 +509,21 @@ class ConsoleService(Service):
         )
 
     async def on_stop(self) -> None:
+        await self._kafka.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, ending within the shutdown grace period once a signal asks it to stop."""
+
+    def __init__(self, *args: Any, deadline: ShutdownDeadline, **kwargs: Any) -> None:
+        self._deadline = deadline
+        super().__init__(*args, **kwargs)
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        self._deadline.arm()
+        super()._schedule_shutdown(signal)
 
 
 def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore]:
@@ -760,11 +827,12 @@ def run_worker(settings: Settings) -> None:
             "embedded": store.embedded,
         },
     )
-    worker = faust.Worker(
+    worker = _Worker(
         app,
         *services,
+        deadline=ShutdownDeadline(settings.shutdown_grace_seconds),
         loglevel=settings.log_level,
-        logging_config=logging_config(settings.log_level),
+        logging_config=logging_config(settings.log_level, settings.log_repeat_seconds),
         quiet=True,
         redirect_stdouts=False,
     )

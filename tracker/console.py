@@ -15,7 +15,13 @@ import orjson
 from aiohttp import web
 
 from tracker.errors import QueryRefused, TrackerError
-from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.http import (
+    Readiness,
+    add_health_routes,
+    json_error,
+    json_response,
+    request_metrics,
+)
 from tracker.privacy import InvalidIdentifier
 from tracker.readonly_sql import check_query
 from tracker.reports import ReportInvalid, run_report
@@ -43,7 +49,7 @@ FORGET_KEY: web.AppKey[Forget] = web.AppKey("forget")
 def create_console(
     settings: Settings,
     store: ClickHouseStore,
-    ready: Callable[[], Awaitable[bool] | bool],
+    ready: Readiness,
     forget: Forget | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[request_metrics("console")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tracker.metrics import COLLECTOR_REQUEST_SECONDS, COLLECTOR_REQUESTS
 
 __all__ = [
+    "Readiness",
     "add_health_routes",
     "client_ip",
     "json_error",
@@ -28,7 +29,10 @@ __all__ = [
 # Content-Encodings a request body may carry; aiohttp decodes them as it reads.
 BODY_ENCODINGS = ("gzip", "deflate", "br", "zstd")
 
-Readiness = Callable[[], Awaitable[bool] | bool]
+# What keeps a service from its work, in words an operator can act on: none means ready. A bare
+# bool is accepted too (False: not ready, for no stated reason).
+Unready = Sequence[str] | bool
+Readiness = Callable[[], Awaitable[Unready] | Unready]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -47,17 +51,23 @@ def json_error(
 
 
 def add_health_routes(app: web.Application, ready: Readiness) -> None:
-    """``/healthz`` (the process answers), ``/readyz`` (it can do its work), ``/metrics``."""
+    """``/healthz`` (the process answers), ``/readyz`` (it can do its work: 200, or 503 with the
+    ``reasons`` it cannot), ``/metrics``."""
 
     async def healthz(_: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
         outcome = ready()
-        is_ready = outcome if isinstance(outcome, bool) else await outcome
-        if is_ready:
+        if not isinstance(outcome, bool | Sequence):
+            outcome = await outcome
+        if isinstance(outcome, bool):
+            reasons: Sequence[str] = () if outcome else ("not ready",)
+        else:
+            reasons = outcome
+        if not reasons:
             return json_response({"status": "ready"})
-        return json_response({"status": "not ready"}, status=503)
+        return json_response({"status": "not ready", "reasons": list(reasons)}, status=503)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

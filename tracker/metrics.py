@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -25,6 +26,7 @@ __all__ = [
     "IDENTITY_CONFLICTS",
     "JOURNEY_LATE_EVENTS",
     "KAFKA_PRODUCE_FAILURES",
+    "KAFKA_REACHABLE",
     "LINK_CLICKS",
     "LINK_CLICKS_DROPPED",
     "LINK_CLICK_QUEUE",
@@ -32,15 +34,18 @@ __all__ = [
     "SINK_FAILURES",
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
+    "STAGE_LAG",
     "STAGE_RETRIES",
     "STATE_FOLDED",
     "STITCH_EVENTS",
     "STITCH_ROUTES",
     "WORKER_EVENTS",
     "WORKER_LAG",
+    "WORKER_PARTITION_LAG",
     "WORKER_READY",
     "LoopCounter",
     "LoopHistogram",
+    "observe_stage_lag",
 ]
 
 
@@ -183,9 +188,21 @@ WORKER_EVENTS = Counter(
     "stored), duplicate (already stored), dead_letter or forgotten.",
     ["outcome"],
 )
+KAFKA_REACHABLE = Gauge(
+    "tracker_kafka_reachable",
+    "1 while this collector's producer reaches Kafka, 0 while it is known to be down (requests "
+    "are then answered 503 with Retry-After at once, and /readyz says why).",
+)
 WORKER_LAG = Gauge(
     "tracker_worker_lag_events",
-    "Raw events in Kafka that this worker has not yet stored (end minus committed offsets): a ClickHouse outage shows here as delay.",
+    "Raw events in Kafka that this worker has not yet stored, over its partitions: a ClickHouse "
+    "outage shows here as delay.",
+)
+WORKER_PARTITION_LAG = Gauge(
+    "tracker_worker_partition_lag_events",
+    "Records of one partition this worker owns that it has not yet handled: end offset minus "
+    "the committed one (or the log start, where retention deleted what was never committed).",
+    ["topic", "partition"],
 )
 WORKER_READY = Gauge(
     "tracker_worker_ready", "1 once the worker has applied migrations and started."
@@ -254,6 +271,13 @@ CALL_POOL_CALLS = Counter(
     "joined to its web session) or unattributed (kept, without a session).",
     ["pool", "outcome"],
 )
+STAGE_LAG = LoopHistogram(
+    "tracker_stage_lag_seconds",
+    "Seconds from an event's receipt by a collector (received_ts) until a stage of the worker took "
+    "it (ingest, identity, journey) or its stitched row was written to ClickHouse (write).",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
 STITCH_EVENTS = Counter(
     "tracker_stitch_records_total",
     "Records handled by each stitching step: identity (the identity log) or journey.",
@@ -291,3 +315,17 @@ STATE_FOLDED = Counter(
     "(events folded into counts), journey_forwards (moves forgotten) or call (callbacks not kept).",
     ["state"],
 )
+
+
+def observe_stage_lag(stage: str, received: Iterable[datetime | str | None]) -> None:
+    """One sample per event of ``tracker_stage_lag_seconds``: now minus its ``received_ts``
+    (a datetime, or its ISO text as on the wire). A clock behind the collector's counts as 0."""
+    child = STAGE_LAG.labels(stage)
+    now = datetime.now(UTC)
+    for ts in received:
+        if ts is None:
+            continue
+        at = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        child.observe(max((now - at).total_seconds(), 0.0))

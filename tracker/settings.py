@@ -150,6 +150,11 @@ class Settings:
     sources: tuple[Source, ...] = ()
     source_rate: float = 50.0
     source_burst: int = 200
+    # Health and shutdown (docs/operations.md): how often a collector looks at Kafka, how long
+    # a stopping process may take, and how often one repeated log line may be written.
+    kafka_probe_seconds: float = 2.0
+    shutdown_grace_seconds: float = 30.0
+    log_repeat_seconds: float = 60.0
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -238,6 +243,9 @@ class Settings:
             **_query_settings(reader),
             **_supervisor_settings(reader),
             **_source_settings(reader),
+            kafka_probe_seconds=reader.number("TRACKER_KAFKA_PROBE_SECONDS", 2.0),
+            shutdown_grace_seconds=reader.number("TRACKER_SHUTDOWN_GRACE_SECONDS", 30.0),
+            log_repeat_seconds=reader.number("TRACKER_LOG_REPEAT_SECONDS", 60.0),
         )
 
 

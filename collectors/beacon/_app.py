@@ -79,7 +79,7 @@ def create_app(
     add_snippet_routes(app)  # /t.js, /t/<version>.js, /t.json
     app.router.add_post("/v1/numbers", numbers_handler(settings, publisher, numbers))
     add_segment_routes(app, settings, publisher)  # Segment's tracking API, docs/segment.md
-    add_health_routes(app, lambda: publisher.ready and (numbers is None or numbers.loaded))
+    add_health_routes(app, lambda: _unready(publisher, numbers))
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
@@ -92,6 +92,13 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _unready(publisher: Publisher, numbers: NumberReservations | None) -> list[str]:
+    reasons = [publisher.unready] if publisher.unready else []
+    if numbers is not None and not numbers.loaded:
+        reasons.append("number pool reservations are still loading from Kafka")
+    return reasons
 
 
 async def post_events(request: web.Request) -> web.Response:

@@ -50,6 +50,9 @@ class CallPublisher(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def unready(self) -> str: ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -70,7 +73,7 @@ def create_app(settings: Settings, publisher: CallPublisher) -> web.Application:
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
     app.router.add_post("/v1/calls/{provider}", post_callback)
-    add_health_routes(app, lambda: publisher.ready)
+    add_health_routes(app, lambda: [publisher.unready] if publisher.unready else [])
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()

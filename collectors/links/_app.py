@@ -69,6 +69,13 @@ class Links:
     def ready(self) -> bool:
         return self.publisher.ready and self.loaded
 
+    @property
+    def unready(self) -> list[str]:
+        reasons = [self.publisher.unready] if self.publisher.unready else []
+        if not self.loaded:
+            reasons.append("links are still loading from Kafka")
+        return reasons
+
     def short_url(self, slug: str) -> str:
         return f"{self.settings.links_base_url}/{slug}"
 
@@ -104,7 +111,7 @@ def create_app(
     # each route is measured by a wrapper instead (health routes are not measured).
     app = web.Application(client_max_size=64 * 1024)
     app[LINKS_KEY] = links
-    add_health_routes(app, lambda: links.ready)
+    add_health_routes(app, lambda: links.unready)
     app.router.add_get("/api/openapi.json", measured(COLLECTOR, openapi, "/api/openapi.json"))
     api = [
         ("GET", "/api/links", list_links, False),

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrackerError as exc:
         sys.stderr.write(f"tracker: {exc}\n")
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_repeat_seconds)
     try:
         result: int = args.run(settings, args)
         return result
@@ -146,9 +146,23 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
         numbers = NumberReservations(settings) if settings.call_number_pools else None
         app, port = create_app(settings, publisher, numbers), settings.beacon_port
+    from tracker.shutdown import ShutdownDeadline
+
+    deadline = ShutdownDeadline(settings.shutdown_grace_seconds)
+
+    async def arm_deadline(_: web.Application) -> None:
+        deadline.arm()
+
+    app.on_shutdown.insert(0, arm_deadline)
     log.info(f"{args.collector} listening", extra={"host": settings.host, "port": port})
     web.run_app(
-        app, host=settings.host, port=port, access_log=None, print=None, shutdown_timeout=10.0
+        app,
+        host=settings.host,
+        port=port,
+        access_log=None,
+        print=None,
+        # Open requests may finish in a third of the grace period; flushing takes the rest.
+        shutdown_timeout=settings.shutdown_grace_seconds / 3,
     )
     return 0
 
@@ -194,6 +208,8 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, _: argparse.Namespace) -> int:
+    """One line per component: ``ready``, or ``not ready: why`` from its /readyz. Exits 1 unless
+    every component is ready."""
     targets = {
         "console": f"http://127.0.0.1:{settings.console_port}/readyz",
         "beacon": f"http://127.0.0.1:{settings.beacon_port}/readyz",
@@ -207,9 +223,17 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
             with urllib.request.urlopen(url, timeout=3) as response:
                 status = "ready" if response.status == 200 else f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:
-            status = f"not ready (HTTP {exc.code})"
-        except urllib.error.URLError as exc:
-            status = f"unreachable ({exc.reason})"
+            status = f"not ready: {_reasons(exc.code, exc.read())}"
+        except (urllib.error.URLError, OSError) as exc:
+            status = f"unreachable ({getattr(exc, 'reason', exc)})"
         healthy = healthy and status == "ready"
         sys.stdout.write(f"{name}\t{status}\n")
     return 0 if healthy else 1
+
+
+def _reasons(code: int, body: bytes) -> str:
+    try:
+        reasons = orjson.loads(body).get("reasons") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        reasons = []
+    return "; ".join(str(r) for r in reasons) or f"HTTP {code}"

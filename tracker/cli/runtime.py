@@ -159,7 +159,8 @@ def run_up(settings: Settings) -> int:
             time.sleep(0.2)
     finally:
         for component in reversed(children):  # collectors first, then the worker
-            component.stop()
+            # Each ends itself within its grace period; killed only if that somehow fails.
+            component.stop(settings.shutdown_grace_seconds + 10)
         if kafka is not None:
             kafka.stop()
     log.info("tracker stopped", extra={"failed": failed})

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError
+from tracker.kafka.probe import KafkaProbe
 from tracker.kafka.topology import Topology, ensure_topics
 from tracker.metrics import KAFKA_PRODUCE_FAILURES
 from tracker.settings import Settings
@@ -43,6 +44,11 @@ class Publisher(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def unready(self) -> str:
+        """Why it cannot publish now, or ``""``."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -58,14 +64,45 @@ class KafkaPublisher:
         self._topology = topology or Topology.from_settings(settings)
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._probe: KafkaProbe | None = None
 
     @property
     def ready(self) -> bool:
-        return self._producer is not None
+        return not self.unready
+
+    @property
+    def unready(self) -> str:
+        if self._producer is None:
+            return f"not connected to Kafka at {self._settings.bootstrap_servers} yet"
+        if self._probe is not None and not self._probe.reachable:
+            return self._probe.reason
+        return ""
 
     async def start(self) -> None:
         """Connect in the background: a collector starts, and answers 503, while Kafka is away."""
+        self._probe = KafkaProbe(
+            self._settings.bootstrap_servers,
+            self._settings.kafka_probe_seconds,
+            self._settings.produce_timeout_seconds,
+            client_id="tracker-collector",
+        )
+        await self._probe.start()
         self._connecting = asyncio.create_task(self._connect_until_up())
+
+    def _available(self) -> AIOKafkaProducer:
+        """The producer, or at once a 503 while Kafka is not connected or known to be down."""
+        producer, unready = self._producer, self.unready
+        if producer is None or unready:
+            raise BackpressureError(
+                f"Kafka is unavailable ({unready}); send the events again after Retry-After",
+                float(self._settings.retry_after_seconds),
+            )
+        return producer
+
+    def _failed(self, topic: str, exc: BaseException) -> None:
+        KAFKA_PRODUCE_FAILURES.labels(topic).inc()
+        if self._probe is not None:
+            self._probe.mark_down(f"Kafka did not acknowledge a write in time: {exc!r}")
 
     async def _connect_until_up(self) -> None:
         delay = 0.5
@@ -95,22 +132,26 @@ class KafkaPublisher:
             return
 
     async def stop(self) -> None:
-        """Flush what is in flight, then disconnect."""
+        """Flush what is in flight, then disconnect. Bounded by the shutdown grace period: with
+        Kafka down, what is still unacknowledged was answered 503, and is sent again."""
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        if self._probe is not None:
+            await self._probe.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                async with asyncio.timeout(self._settings.shutdown_grace_seconds / 2):
+                    await producer.stop()
+            except TimeoutError:
+                log.warning("kafka producer did not flush before the grace period; leaving")
 
     async def publish(
         self, touchpoints: Sequence[Touchpoint], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
-        producer = self._producer
-        retry_after = float(self._settings.retry_after_seconds)
-        if producer is None:
-            raise BackpressureError("Kafka is not connected yet", retry_after)
+        producer = self._available()
         raw = self._topology.raw.name
         records = [(raw, t.identity_hint, t.to_wire()) for t in touchpoints]
         await self._send_all(producer, raw, records, dead_letters)
@@ -119,21 +160,15 @@ class KafkaPublisher:
         self, callbacks: Sequence[KeyedRecord], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
         """Call callbacks to the calls topic, keyed by call so one worker merges each call."""
-        producer = self._producer
-        if producer is None:
-            raise BackpressureError(
-                "Kafka is not connected yet", float(self._settings.retry_after_seconds)
-            )
+        producer = self._available()
         calls = self._topology.calls.name
         records = [(calls, c.call_key, c.to_wire()) for c in callbacks]
         await self._send_all(producer, calls, records, dead_letters)
 
     async def publish_click_batch(self, value: bytes, key: str, clicks: int) -> None:
         """One compact batch of short-link clicks (:mod:`collectors.links.records`) to its own topic."""
-        producer = self._producer
+        producer = self._available()
         retry_after = float(self._settings.retry_after_seconds)
-        if producer is None:
-            raise BackpressureError("Kafka is not connected yet", retry_after)
         topic = self._topology.click_batches.name
         try:
             async with asyncio.timeout(self._settings.produce_timeout_seconds):
@@ -142,7 +177,7 @@ class KafkaPublisher:
                 )
                 await sent
         except (KafkaError, TimeoutError) as exc:
-            KAFKA_PRODUCE_FAILURES.labels(topic).inc()
+            self._failed(topic, exc)
             raise BackpressureError(
                 f"Kafka did not acknowledge a batch of {clicks} clicks in time", retry_after
             ) from exc
@@ -170,7 +205,7 @@ class KafkaPublisher:
                 ]
                 await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:
-            KAFKA_PRODUCE_FAILURES.labels(topic).inc()
+            self._failed(topic, exc)
             log.warning("kafka did not acknowledge", extra={"error": repr(exc)})
             raise BackpressureError(
                 "Kafka did not acknowledge the events in time; send them again as they were "
@@ -195,6 +230,10 @@ class MemoryPublisher:
     @property
     def ready(self) -> bool:
         return not self.unavailable
+
+    @property
+    def unready(self) -> str:
+        return "memory publisher marked unavailable" if self.unavailable else ""
 
     async def start(self) -> None:
         return None
