@@ -164,10 +164,11 @@ def test_a_poison_record_on_every_topic_is_a_dead_letter_and_a_restart_does_not_
     )
     assert pipeline.wait_for(by_stage, expected, timeout=60) == expected
     assert all(reason for stage in stages for reason in dead_letters_of(pipeline, stage))
-    assert "StateTooLarge" in dead_letters_of(pipeline, "calls")[0]
+    # The 500,000-character call id is refused by the callback's own bounds, named in the reason.
+    assert "call_id" in dead_letters_of(pipeline, "calls")[0]
     good = (
         "SELECT (SELECT count() FROM tracker.touchpoints FINAL WHERE anonymous_id = "
-        f"'{anon}' AND customer_id != '') + (SELECT count() FROM collectors.calls.records FINAL WHERE "
+        f"'{anon}' AND customer_id != '') + (SELECT count() FROM tracker.calls FINAL WHERE "
         f"call_id = '{good_call.call_id}') + (SELECT count() FROM tracker.dead_letters WHERE "
         f"dead_letter_id = '{good_letter.dead_letter_id}')"
     )
