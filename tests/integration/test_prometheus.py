@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,12 @@ pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "tracker-rules.yml"
 STAGES = ("ingest", "identity", "journey", "write")
+
+
+def linking_event() -> dict[str, object]:
+    """An event that links a new visitor to a new email: it takes every stage, the ordered
+    identity log included (an event with one identifier goes straight to its customer)."""
+    return make_event(email=f"visitor-{uuid.uuid4().hex[:12]}@example.com")
 
 
 class Prometheus:
@@ -163,7 +170,7 @@ def test_prometheus_sees_lag_and_throughput_move_and_the_stopped_broker_alert_fi
     assert prometheus.value('tracker_kafka_reachable{instance="beacon"}') == 1
 
     for _ in range(3):
-        assert pipeline.post([make_event() for _ in range(100)])[0] == 200
+        assert pipeline.post([linking_event() for _ in range(100)])[0] == 200
     accepted = 'sum(tracker_collector_events_total{outcome="accepted"})'
     written = 'sum(tracker_stage_lag_seconds_count{stage="write"})'
     prometheus.until("the first load accepted", prometheus.at_least(accepted, 300))
@@ -176,7 +183,7 @@ def test_prometheus_sees_lag_and_throughput_move_and_the_stopped_broker_alert_fi
     assert first is not None
 
     for _ in range(3):
-        assert pipeline.post([make_event() for _ in range(100)])[0] == 200
+        assert pipeline.post([linking_event() for _ in range(100)])[0] == 200
     prometheus.until("the second load accepted", prometheus.at_least(accepted, 600))
     prometheus.until("the write lag count move", prometheus.at_least(written, first + 300))
     p99 = prometheus.value(
