@@ -19,16 +19,17 @@ from tracker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-# The worker as `tracker worker` runs it, with the dead-letter agent's handler failing the way an
-# unforeseen bug would.
+# The worker as `tracker worker` runs it, with the batch runner itself failing the way an
+# unforeseen bug would. (A handler's failure is isolated by the runner and becomes a dead letter;
+# only a failure outside that isolation crashes the agent.)
 CRASHING_AGENT = """
 import sys
-import agents.ingest
+import agents.batches
 
-async def broken(self, messages):
+async def broken(self, records):
     raise RuntimeError("an unforeseen bug in the dead-letter agent")
 
-agents.ingest.IngestPipeline.handle_dead_letters = broken
+agents.batches.BatchRunner.run = broken
 from tracker.cli import main
 sys.exit(main(["worker"]))
 """

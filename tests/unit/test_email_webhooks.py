@@ -8,7 +8,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -399,24 +399,28 @@ async def test_mailgun_stored_event_is_acknowledged_and_ignored(
     assert publisher.touchpoints == []
 
 
+# Bodies are made when the test runs, not when it is collected: they are signed with the clock.
 @pytest.mark.parametrize(
-    ("body", "reason"),
+    ("make_body", "reason"),
     [
         (
-            mailgun_body(mailgun_event("delivered", 1), key="another-key"),
+            lambda: mailgun_body(mailgun_event("delivered", 1), key="another-key"),
             "signature.signature does not match",
         ),
         (
-            mailgun_body(mailgun_event("delivered", 1), stamp=int(time.time()) - 3600),
+            lambda: mailgun_body(mailgun_event("delivered", 1), stamp=int(time.time()) - 3600),
             "signature.timestamp is more than",
         ),
-        (b"event=delivered", "not a signed Mailgun JSON webhook"),
+        (lambda: b"event=delivered", "not a signed Mailgun JSON webhook"),
     ],
 )
 async def test_mailgun_forged_or_stale_event_is_refused_401(
-    client: TestClient[Any, Any], publisher: MemoryPublisher, body: bytes, reason: str
+    client: TestClient[Any, Any],
+    publisher: MemoryPublisher,
+    make_body: Callable[[], bytes],
+    reason: str,
 ) -> None:
-    response = await client.post("/v1/email/mailgun", data=body)
+    response = await client.post("/v1/email/mailgun", data=make_body())
     assert response.status == 401
     assert (await response.json())["error"].startswith(reason)
     assert publisher.touchpoints == [] and publisher.dead_letters == []
