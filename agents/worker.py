@@ -1,64 +1,47 @@
-"""The Faust worker: wires Kafka to the ingest pipeline and hosts the console. Thin on purpose.
+"""The worker's composition root: builds the stages, the services (agents/services.py) and the
+Faust agents (agents/streams.py), and runs them. Thin on purpose.
 
 The raw topic is read by :class:`RawIngestService`, a batch consumer running inside the Faust
 worker: Faust's per-message stream machinery costs about 130 µs an event, which capped ingest
 at a quarter of a bare consume-and-insert loop (bench/README.md). Short-link click batches are
-read the same way by :class:`ClickBatchService`, expanded into touchpoints and handed to the same
-pipeline. Faust agents keep the lower-volume and stateful work: dead letters now, identity and
-journeys next.
+read the same way and handed to the same pipeline. Faust agents keep the stateful work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
-from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from mode import CrashingSupervisor, Service
 
 from agents.batches import (
-    BatchRunner,
-    DeadLetterPolicy,
-    acked_batches,
     dead_letter_policy,
-    run_batches,
 )
-from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
-from agents.clicks import expand_batches
-from agents.customer import rules_from_settings
-from agents.forget import ForgottenIdentifiers, erase
-from agents.identity import AliasReplica, IdentityRules
-from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.forget import ForgottenIdentifiers
+from agents.identity import AliasReplica
+from agents.ingest import DEAD_LETTER_COLUMNS, IngestPipeline
 from agents.links import add_links_mirror
+from agents.services import (
+    AliasReplicaService,
+    ClickBatchService,
+    ConsoleService,
+    ForgetService,
+    PoolReservationsService,
+    RawIngestService,
+)
 from agents.stitching import (
-    ALIAS_COLUMNS,
-    CONFLICT_COLUMNS,
-    FRICTION_COLUMNS,
-    JOURNEY_COLUMNS,
-    SESSION_COLUMNS,
-    IdentityStage,
-    JourneyStage,
     Outbox,
     StitchRouter,
 )
+from agents.streams import add_calls, add_dead_letters, add_stitching
 from collectors.calls.pools import PoolBook
-from tracker.console import create_console
-from tracker.errors import BackpressureError
-from tracker.kafka.compacted import CompactedState
-from tracker.kafka.probe import KafkaProbe
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
-from tracker.metrics import WORKER_LAG, WORKER_PARTITION_LAG, WORKER_READY
-from tracker.privacy import identifier_key
+from tracker.metrics import WORKER_READY
 from tracker.settings import Settings
 from tracker.shutdown import ShutdownDeadline
 from tracker.store import ClickHouseStore
@@ -67,451 +50,6 @@ from tracker.store.sink import ClickHouseSink
 __all__ = ["build_worker", "run_worker"]
 
 log = logging.getLogger(__name__)
-
-
-class BatchIngestService(Service):
-    """Reads one topic in batches (flushed on size or time) and commits only what is stored.
-
-    Every such service of a worker shares one lock, held while a batch is written: they share the
-    pipeline's sinks, and a forget waits for the batch being written."""
-
-    group_suffix = "ingest"
-    stage = "ingest"
-    max_poll_records: int | None = None
-
-    def __init__(
-        self,
-        settings: Settings,
-        topic: str,
-        pipeline: IngestPipeline,
-        dead_letters: DeadLetterPolicy,
-        lock: asyncio.Lock | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._settings = settings
-        self._topic = topic
-        self._pipeline = pipeline
-        self._runner = BatchRunner(
-            self.stage,
-            self.handle,
-            _source,
-            dead_letters,
-            discard=pipeline.discard,
-            stopping=lambda: self.should_stop,
-        )
-        self._consumer: AIOKafkaConsumer | None = None
-        self._idle = asyncio.Event()  # set whenever no batch is in hand
-        self._idle.set()
-        self._lag_labels: set[tuple[str, str]] = set()
-        self.lock = lock or asyncio.Lock()
-        self.consuming = False
-        super().__init__(**kwargs)
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def assigned(self) -> bool:
-        """Whether the group gave this worker any partition of the topic."""
-        return self._consumer is not None and bool(self._consumer.assignment())
-
-    async def handle(self, records: Sequence[Any]) -> None:
-        raise NotImplementedError
-
-    def weight(self, record: Any) -> int:
-        """How many events a record holds, towards the batch size."""
-        return 1
-
-    async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            self._topic,
-            bootstrap_servers=self._settings.bootstrap_servers,
-            group_id=f"{self._settings.worker_id}.{self.group_suffix}",
-            client_id=f"{self._settings.worker_id}-{self.group_suffix}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_poll_records or self._settings.sink_batch_size,
-        )
-        await self._consumer.start()
-        self.consuming = True
-
-    async def on_stop(self) -> None:
-        """Graceful: the batch in hand is written and committed before the consumer leaves."""
-        self.consuming = False
-        # Half the grace period; the process ends at the whole one (tracker/shutdown.py).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._idle.wait(), timeout=self._settings.shutdown_grace_seconds / 2
-            )
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    @Service.task
-    async def _ingest(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        self._idle.clear()
-        try:
-            while not self.should_stop:
-                await self._ingest_batch(consumer)
-        finally:
-            self._idle.set()
-
-    async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
-        records = await self._next_batch(consumer)
-        if records:
-            async with self.lock:
-                try:
-                    await self._runner.run(records)
-                except Exception:
-                    if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
-                        return
-                    raise
-            # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
-            last: dict[TopicPartition, int] = {}
-            for record in records:
-                last[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            try:
-                await consumer.commit(last)
-            except CommitFailedError as exc:  # rebalanced meanwhile: the new owner skips them
-                log.warning("offset commit failed after a rebalance", extra={"error": str(exc)})
-
-    @Service.timer(10.0)
-    async def _record_lag(self) -> None:
-        """Records on Kafka not yet stored, per partition, on a timer of its own so that it keeps
-        counting while a ClickHouse outage holds the ingest loop."""
-        consumer = self._consumer
-        partitions = list(consumer.assignment()) if consumer is not None else []
-        if consumer is None:
-            return
-        try:
-            ends = await consumer.end_offsets(partitions) if partitions else {}
-            starts = await consumer.beginning_offsets(partitions) if partitions else {}
-            lags = {p: partition_lag(ends[p], await consumer.committed(p), starts[p]) for p in ends}
-        except KafkaError as exc:
-            log.warning("could not measure lag", extra={"error": str(exc)})
-            return
-        labels = {(p.topic, str(p.partition)): lag for p, lag in lags.items()}
-        for gone in self._lag_labels - labels.keys():  # moved to another worker
-            WORKER_PARTITION_LAG.remove(*gone)
-        for label, lag in labels.items():
-            WORKER_PARTITION_LAG.labels(*label).set(lag)
-        self._lag_labels = set(labels)
-        self.record_lag(sum(lags.values()))
-
-    def record_lag(self, lag: int) -> None:
-        return None
-
-    async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[Any]:
-        size, loop = self._settings.sink_batch_size, asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.sink_flush_seconds
-        records: list[Any] = []
-        events = 0
-        while events < size and not self.should_stop:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            fetched = await consumer.getmany(
-                timeout_ms=int(remaining * 1000),
-                max_records=min(size - events, self.max_poll_records or size),
-            )
-            for partition_records in fetched.values():
-                records.extend(partition_records)
-                events += sum(self.weight(record) for record in partition_records)
-        return records
-
-
-def partition_lag(end: int, committed: int | None, start: int) -> int:
-    """Records of a partition not yet handled. Where retention deleted records never committed
-    (or nothing was committed yet), handling starts at the log start, not at offset 0."""
-    return max(end - max(committed or 0, start), 0)
-
-
-class RawIngestService(BatchIngestService):
-    """The raw topic: touchpoints from the beacon and the calls collector, one per record."""
-
-    async def handle(self, records: Sequence[Any]) -> None:
-        await self._pipeline.handle_touchpoints(
-            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
-        )
-
-    def record_lag(self, lag: int) -> None:
-        WORKER_LAG.set(lag)
-
-
-class ClickBatchService(BatchIngestService):
-    """Short-link click batches: each record holds many clicks, expanded into ``link_click``
-    touchpoints that go through the same pipeline, and so the same sink, as the raw topic's."""
-
-    group_suffix = "clicks"
-    stage = "clicks"
-    # A record holds up to 1,024 clicks: fetch a few at a time, and count the clicks in them.
-    max_poll_records = 16
-
-    def weight(self, record: Any) -> int:
-        for name, value in record.headers or ():
-            if name == "clicks":
-                with contextlib.suppress(ValueError):
-                    return max(1, int(value))
-        return 1
-
-    async def handle(self, records: Sequence[Any]) -> None:
-        touchpoints, rejected = expand_batches(
-            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
-            self._settings.hash_salt.value,
-        )
-        await self._pipeline.handle_decoded(touchpoints, rejected)
-
-
-class ForgetService(Service):
-    """Keeps the forgotten identifiers current from their compacted topic, and carries out
-    forgets asked for on the console: tombstone first, then erase what is stored."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        topic: str,
-        store: ClickHouseStore,
-        forgotten: ForgottenIdentifiers,
-        ingest: BatchIngestService,
-        **kwargs: Any,
-    ) -> None:
-        self._settings = settings
-        self._topic = topic
-        self._store = store
-        self._forgotten = forgotten
-        self._ingest = ingest
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self.loaded = False
-        super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers, acks="all", enable_idempotence=True
-        )
-        await self._producer.start()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False
-        )
-        await consumer.start()
-        partitions = [TopicPartition(self._topic, p) for p in await self._partitions(consumer)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        while [p for p, end in ends.items() if await consumer.position(p) < end]:
-            self._remember(await consumer.getmany(timeout_ms=500))
-        self._consumer = consumer
-        self.loaded = True
-        log.info("forgotten identifiers loaded", extra={"count": len(self._forgotten)})
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
-        for _ in range(50):
-            found = consumer.partitions_for_topic(self._topic)
-            if found:
-                return set(found)
-            await consumer._client.force_metadata_update()  # the topic was just created
-            await asyncio.sleep(0.1)
-        raise KafkaError(f"topic {self._topic} has no partitions")
-
-    async def on_stop(self) -> None:
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
-
-    @Service.task
-    async def _follow(self) -> None:
-        """Forgets made through other workers reach this one within a poll."""
-        while not self.should_stop:
-            if self._consumer is None:
-                await asyncio.sleep(0.1)
-                continue
-            self._remember(await self._consumer.getmany(timeout_ms=1000))
-
-    def _remember(self, fetched: dict[Any, list[Any]]) -> None:
-        for records in fetched.values():
-            for record in records:
-                self._forgotten.add(record.key.decode())
-
-    async def forget(self, identifier: str) -> dict[str, Any]:
-        """Raises ``InvalidIdentifier`` for a malformed identifier, ``BackpressureError`` when
-        Kafka does not take the forget (nothing is changed then)."""
-        key = identifier_key(
-            identifier, self._settings.hash_salt.value, self._settings.default_phone_region
-        )
-        assert self._producer is not None
-        record = {"identifier": key, "forgotten_at": datetime.now(UTC).isoformat()}
-        try:
-            await self._producer.send_and_wait(self._topic, orjson.dumps(record), key=key.encode())
-        except KafkaError as exc:
-            raise BackpressureError(
-                f"Kafka did not take the forget: {exc!r}", self._settings.retry_after_seconds
-            ) from exc
-        self._forgotten.add(key)
-        async with self._ingest.lock:  # a batch being written now cannot land after the erase
-            erased = await erase(self._store, key)
-        # Other workers learn of it within a poll; erase once more after their batches land.
-        self.add_future(self._erase_again(key))
-        log.info(
-            "forgot an identifier",
-            extra={"kind": key.split(":", 1)[0], "touchpoints": erased.touchpoints},
-        )
-        return {
-            "identifier": identifier.split(":", 1)[0] + ":…",
-            "touchpoints": erased.touchpoints,
-            "dead_letters": erased.dead_letters,
-        }
-
-    async def _erase_again(self, key: str) -> None:
-        await asyncio.sleep(30)
-        await erase(self._store, key)
-
-
-class PoolReservationsService(Service):
-    """Every number-pool reservation, followed from the compacted reservations topic.
-
-    Each worker reads the whole topic (it has one partition, and no consumer group), so whichever
-    worker merges a call sees every reservation, however the calls' partitions are spread.
-    """
-
-    def __init__(self, settings: Settings, topic: str, book: PoolBook, **kwargs: Any) -> None:
-        self._settings = settings
-        self._log = CompactedState(
-            settings,
-            [topic],
-            lambda _topic, key, value: book.apply_record(key, value),
-            what="number reservations",
-            client_id=f"{settings.worker_id}-reservations",
-            writes=False,
-        )
-        super().__init__(**kwargs)
-
-    @property
-    def loaded(self) -> bool:
-        return self._log.loaded
-
-    async def on_start(self) -> None:
-        await self._log.start()
-
-    async def on_stop(self) -> None:
-        await self._log.stop()
-
-    async def caught_up(self) -> None:
-        """Return once every reservation in Kafka now is applied. A beacon answers a number only
-        after Kafka has its reservation, so a call to that number, merged after this, sees it."""
-        while True:
-            try:
-                async with asyncio.timeout(self._settings.produce_timeout_seconds * 2):
-                    await self._log.caught_up()
-                return
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("number reservations are behind; waiting", extra={"error": repr(exc)})
-
-
-class AliasReplicaService(Service):
-    """This worker's replica of the identity aliases, followed from their compacted topic, so
-    that ingest sends most touchpoints straight to their customer (agents/stitching.py,
-    ``StitchRouter``). Every worker reads the whole topic (no consumer group)."""
-
-    def __init__(
-        self, settings: Settings, topic: str, replica: AliasReplica, **kwargs: Any
-    ) -> None:
-        self._loaded = asyncio.Event()
-        self._log = CompactedState(
-            settings,
-            [topic],
-            replica.apply,
-            what="identity aliases",
-            client_id=f"{settings.worker_id}-aliases",
-            writes=False,
-            on_loaded=self._loaded.set,
-        )
-        super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        await self._log.start()
-
-    async def on_stop(self) -> None:
-        await self._log.stop()
-
-    async def loaded(self) -> None:
-        """Return once the topic as it stood at start is applied: before that, the replica
-        would route events its identifiers have long left, and the journey step would have to
-        pass each on."""
-        await self._loaded.wait()
-
-
-class ConsoleService(Service):
-    """Serves the console on the worker's event loop, next to the ClickHouse engine it reads."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        store: ClickHouseStore,
-        ingest: Sequence[BatchIngestService],
-        forget: ForgetService,
-        reservations: PoolReservationsService | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._ingest = ingest
-        self._forget = forget
-        self._reservations = reservations
-        self._runner: web.AppRunner | None = None
-        self._kafka = KafkaProbe(
-            settings.bootstrap_servers,
-            settings.kafka_probe_seconds,
-            settings.produce_timeout_seconds,
-            client_id=settings.worker_id,
-        )
-        self.started_agents = False
-        super().__init__(**kwargs)
-
-    async def unready(self) -> list[str]:
-        """What keeps the worker from its work, for /readyz; none when it is ready."""
-        reasons = [] if self._kafka.reachable else [self._kafka.reason]
-        if not self.started_agents:
-            reasons.append("the stream agents are starting")
-        for service in self._ingest:
-            if not service.consuming:
-                reasons.append(f"the consumer of {service.topic} is starting")
-        raw = self._ingest[0]
-        if raw.consuming and not raw.assigned:
-            reasons.append(
-                f"no partition of {raw.topic} is assigned to this worker (a rebalance is under "
-                "way, or there are more workers than partitions)"
-            )
-        if not self._forget.loaded:
-            reasons.append("the forgotten identifiers are still loading from Kafka")
-        if self._reservations is not None and not self._reservations.loaded:
-            reasons.append("the number pool reservations are still loading from Kafka")
-        try:
-            async with asyncio.timeout(self._settings.produce_timeout_seconds):
-                answers = await self._store.ping()
-        except TimeoutError:
-            answers = False
-        if not answers:
-            reasons.append("ClickHouse does not answer (see TRACKER_CLICKHOUSE_URL)")
-        return reasons
-
-    async def on_start(self) -> None:
-        await self._kafka.start()
-        console = create_console(self._settings, self._store, self.unready, self._forget.forget)
-        self._runner = web.AppRunner(console, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._settings.console_host, self._settings.console_port)
-        await site.start()
-        log.info(
-            "console listening",
-            extra={"host": self._settings.console_host, "port": self._settings.console_port},
-        )
-
-    async def on_stop(self) -> None:
-        await self._kafka.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 class _Worker(faust.Worker):
@@ -580,64 +118,13 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         else None
     )
     console = ConsoleService(settings, store, [ingest, clicks], forget, reservations)
-    dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
-    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
-
-    async def store_dead_letters(events: Sequence[Any]) -> None:
-        await pipeline.handle_dead_letters([_raw(e) for e in events])
-
-    # Shares ingest's dead-letter sink, so it takes ingest's lock: one batch in it at a time.
-    dead_letter_runner = BatchRunner(
-        "dead_letters",
-        store_dead_letters,
-        _raw,
-        dead_letter_policy(store),
-        discard=pipeline.dead_letters.discard,
-    )
-
-    @app.agent(dead_topic, name="dead_letters")
-    async def dead_letters(stream: Any) -> None:
-        async for events in acked_batches(stream, batch, within):
-            async with ingest.lock:
-                await dead_letter_runner.run(events)
-
+    add_dead_letters(app, store, topology, settings, pipeline, ingest.lock)
     add_links_mirror(app, store, topology, settings)
-
-    # Calls: callbacks keyed by call; the merged state of each call lives in a changelog-backed
-    # table. Its changelog is partitioned by the same key, so it follows the calls topic.
-    calls_pipeline = CallsPipeline(
-        calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
-        touchpoints=StitchRouter(
-            outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
-        ),
-        dead_letters=ClickHouseSink(
-            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-        ),
-        tracking_numbers=settings.call_tracking_numbers,
-        forgotten=forgotten,
-        pools=PoolAttribution(settings.call_number_pools, book) if reservations else None,
-        max_state_bytes=settings.state_max_bytes,
+    # The calls stage routes its touchpoints through a router of its own: each flushes its own.
+    calls_router = StitchRouter(
+        outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
     )
-    calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
-    call_state = app.Table(
-        "call_state", key_type=str, partitions=settings.topic_partitions, use_partitioner=True
-    )
-
-    async def merge_calls(events: Sequence[Any]) -> None:
-        await calls_pipeline.handle([_raw(e) for e in events], call_state)
-
-    calls_runner = BatchRunner(
-        "calls", merge_calls, _raw, dead_letter_policy(store), discard=calls_pipeline.discard
-    )
-
-    @app.agent(calls_topic, name="calls")
-    async def calls(stream: Any) -> None:
-        await _changelog_known(app, call_state)
-        async for events in acked_batches(stream, batch, within):
-            if reservations is not None:
-                await reservations.caught_up()
-            await calls_runner.run(events)
-
+    add_calls(app, store, topology, settings, calls_router, forgotten, reservations, book)
     add_stitching(app, store, topology, settings, outbox)
 
     async def mark_started() -> None:
@@ -657,133 +144,6 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     app.task(mark_started)
     followers: list[Service] = [reservations] if reservations is not None else []
     return app, [outbox, aliases, forget, ingest, clicks, *followers, console], store
-
-
-def add_stitching(
-    app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
-) -> None:
-    """The identity agent on the single-partition identity log (only the touchpoints that may
-    link identifiers come this way, and splits), and the journey agent keyed by customer, each
-    with a changelog-backed table for its state (agents/stitching.py)."""
-    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
-
-    def sink(
-        table: str, columns: Sequence[str], key: str, ts: str, version: bool
-    ) -> ClickHouseSink:
-        """Touchpoints and dead letters are looked up before writing, so that a replay adds no
-        second row; the derived tables are read with FINAL, where a replayed copy is one row."""
-        return ClickHouseSink(
-            store,
-            table,
-            columns,
-            key,
-            ts,
-            "version" if version else None,
-            look_before_writing=table in ("touchpoints", "dead_letters"),
-        )
-
-    identity_stage = IdentityStage(
-        outbox,
-        journey_topic=topology.journey.name,
-        aliases_topic=topology.aliases.name,
-        identities=sink("identities", ALIAS_COLUMNS, "identifier", "ts", version=True),
-        conflicts=sink("identity_conflicts", CONFLICT_COLUMNS, "conflict_id", "ts", False),
-        rules=IdentityRules(limits={**IdentityRules().limits, **settings.identity_limits}),
-        max_state_bytes=settings.state_max_bytes,
-    )
-    identity_topic = app.topic(
-        topology.identity.name,
-        partitions=topology.identity.partitions,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
-    identity_links = app.Table(
-        "identity_links",
-        key_type=str,
-        partitions=topology.identity.partitions,
-        use_partitioner=True,  # written once per batch, after the events
-    )
-
-    async def resolve(events: Sequence[Any]) -> None:
-        await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
-
-    identity_runner = BatchRunner(
-        "identity", resolve, _raw, dead_letter_policy(store), discard=identity_stage.discard
-    )
-
-    @app.agent(identity_topic, name="identity")
-    async def identity(stream: Any) -> None:
-        await _changelog_known(app, identity_links)
-        await run_batches(stream, identity_runner, batch, within)
-
-    async def forget_graph(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        identity_stage.reset()  # the next owner rebuilds it from the table
-
-    app.on_partitions_revoked.connect(forget_graph)  # type: ignore[arg-type]
-
-    journey_stage = JourneyStage(
-        outbox,
-        journey_topic=topology.journey.name,
-        touchpoints=sink("touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version=True),
-        sessions=sink("sessions", SESSION_COLUMNS, "session_id", "start", version=True),
-        journeys=sink("journeys", JOURNEY_COLUMNS, "customer_id", "as_of", version=True),
-        frictions=sink("frictions", FRICTION_COLUMNS, "friction_id", "ts", version=True),
-        dead_letters=sink(
-            "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts", False
-        ),
-        rules=rules_from_settings(settings),
-    )
-    journey_topic = app.topic(
-        topology.journey.name,
-        partitions=topology.journey.partitions,
-        value_serializer="raw",
-        key_serializer="raw",  # decoded by the stage: a bad key is a dead letter, not a crash
-    )
-    journey_state = app.Table(
-        "journey_state",
-        key_type=str,
-        partitions=topology.journey.partitions,
-        use_partitioner=True,  # batches span partitions: place each key by its own hash
-    )
-
-    async def stitch(events: Sequence[Any]) -> None:
-        await journey_stage.handle(
-            [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
-        )
-
-    journey_runner = BatchRunner(
-        "journey", stitch, _raw, dead_letter_policy(store), discard=journey_stage.discard
-    )
-
-    @app.agent(journey_topic, name="journey")
-    async def journey(stream: Any) -> None:
-        await _changelog_known(app, journey_state)
-        await run_batches(stream, journey_runner, batch, within)
-
-
-async def _changelog_known(app: faust.App, table: Any) -> None:
-    """Tables placed by key hash need their changelog's partitions in the producer's metadata,
-    which a topic Faust has only just created may not be in yet: wait for it."""
-    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-    await producer.partitions_for(table.changelog_topic.get_topic_name())
-
-
-def _raw(event: Any) -> RawMessage:
-    message = event.message
-    return RawMessage(event.value or b"", message.topic, message.partition, message.offset)
-
-
-def _source(record: Any) -> RawMessage:
-    """Where a record read by a :class:`BatchIngestService` came from, for its dead letter."""
-    return RawMessage(record.value or b"", record.topic, record.partition, record.offset)
-
-
-def _customer(key: bytes | None) -> str:
-    """A journey record's key: the customer id, as JSON (:func:`agents.stitching.journey_key`)."""
-    customer = orjson.loads(key or b"")
-    if not isinstance(customer, str):
-        raise TypeError(f"a journey record's key must be a customer id, got {customer!r}")
-    return customer
 
 
 def _wait_for_topics(settings: Settings, app: faust.App) -> None:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agents.worker import partition_lag
+from agents.services import partition_lag
 from collectors.beacon import create_app
 from tracker.cli.kafka_local import free_port
 from tracker.errors import BackpressureError, ConfigError

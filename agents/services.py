@@ -1,0 +1,497 @@
+"""The worker's long-running services beside its Faust agents: the batch consumers of the raw
+and click topics, forgetting, the number-pool and alias followers, and the console."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from mode import Service
+
+from agents.batches import (
+    BatchRunner,
+    DeadLetterPolicy,
+)
+from agents.clicks import expand_batches
+from agents.forget import ForgottenIdentifiers, erase
+from agents.identity import AliasReplica
+from agents.ingest import IngestPipeline, RawMessage
+from collectors.calls.pools import PoolBook
+from tracker.console import create_console
+from tracker.errors import BackpressureError
+from tracker.kafka.compacted import CompactedState
+from tracker.kafka.probe import KafkaProbe
+from tracker.metrics import WORKER_LAG, WORKER_PARTITION_LAG
+from tracker.privacy import identifier_key
+from tracker.settings import Settings
+from tracker.store import ClickHouseStore
+
+__all__ = [
+    "AliasReplicaService",
+    "ClickBatchService",
+    "ConsoleService",
+    "ForgetService",
+    "PoolReservationsService",
+    "RawIngestService",
+    "partition_lag",
+]
+
+log = logging.getLogger(__name__)
+
+
+class BatchIngestService(Service):
+    """Reads one topic in batches (flushed on size or time) and commits only what is stored.
+
+    Every such service of a worker shares one lock, held while a batch is written: they share the
+    pipeline's sinks, and a forget waits for the batch being written."""
+
+    group_suffix = "ingest"
+    stage = "ingest"
+    max_poll_records: int | None = None
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        pipeline: IngestPipeline,
+        dead_letters: DeadLetterPolicy,
+        lock: asyncio.Lock | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._pipeline = pipeline
+        self._runner = BatchRunner(
+            self.stage,
+            self.handle,
+            _source,
+            dead_letters,
+            discard=pipeline.discard,
+            stopping=lambda: self.should_stop,
+        )
+        self._consumer: AIOKafkaConsumer | None = None
+        self._idle = asyncio.Event()  # set whenever no batch is in hand
+        self._idle.set()
+        self._lag_labels: set[tuple[str, str]] = set()
+        self.lock = lock or asyncio.Lock()
+        self.consuming = False
+        super().__init__(**kwargs)
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def assigned(self) -> bool:
+        """Whether the group gave this worker any partition of the topic."""
+        return self._consumer is not None and bool(self._consumer.assignment())
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def weight(self, record: Any) -> int:
+        """How many events a record holds, towards the batch size."""
+        return 1
+
+    async def on_start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            self._topic,
+            bootstrap_servers=self._settings.bootstrap_servers,
+            group_id=f"{self._settings.worker_id}.{self.group_suffix}",
+            client_id=f"{self._settings.worker_id}-{self.group_suffix}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_poll_records or self._settings.sink_batch_size,
+        )
+        await self._consumer.start()
+        self.consuming = True
+
+    async def on_stop(self) -> None:
+        """Graceful: the batch in hand is written and committed before the consumer leaves."""
+        self.consuming = False
+        # Half the grace period; the process ends at the whole one (tracker/shutdown.py).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._idle.wait(), timeout=self._settings.shutdown_grace_seconds / 2
+            )
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    @Service.task
+    async def _ingest(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        self._idle.clear()
+        try:
+            while not self.should_stop:
+                await self._ingest_batch(consumer)
+        finally:
+            self._idle.set()
+
+    async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
+        records = await self._next_batch(consumer)
+        if records:
+            async with self.lock:
+                try:
+                    await self._runner.run(records)
+                except Exception:
+                    if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
+                        return
+                    raise
+            # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
+            last: dict[TopicPartition, int] = {}
+            for record in records:
+                last[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            try:
+                await consumer.commit(last)
+            except CommitFailedError as exc:  # rebalanced meanwhile: the new owner skips them
+                log.warning("offset commit failed after a rebalance", extra={"error": str(exc)})
+
+    @Service.timer(10.0)
+    async def _record_lag(self) -> None:
+        """Records on Kafka not yet stored, per partition, on a timer of its own so that it keeps
+        counting while a ClickHouse outage holds the ingest loop."""
+        consumer = self._consumer
+        partitions = list(consumer.assignment()) if consumer is not None else []
+        if consumer is None:
+            return
+        try:
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            starts = await consumer.beginning_offsets(partitions) if partitions else {}
+            lags = {p: partition_lag(ends[p], await consumer.committed(p), starts[p]) for p in ends}
+        except KafkaError as exc:
+            log.warning("could not measure lag", extra={"error": str(exc)})
+            return
+        labels = {(p.topic, str(p.partition)): lag for p, lag in lags.items()}
+        for gone in self._lag_labels - labels.keys():  # moved to another worker
+            WORKER_PARTITION_LAG.remove(*gone)
+        for label, lag in labels.items():
+            WORKER_PARTITION_LAG.labels(*label).set(lag)
+        self._lag_labels = set(labels)
+        self.record_lag(sum(lags.values()))
+
+    def record_lag(self, lag: int) -> None:
+        return None
+
+    async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[Any]:
+        size, loop = self._settings.sink_batch_size, asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.sink_flush_seconds
+        records: list[Any] = []
+        events = 0
+        while events < size and not self.should_stop:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            fetched = await consumer.getmany(
+                timeout_ms=int(remaining * 1000),
+                max_records=min(size - events, self.max_poll_records or size),
+            )
+            for partition_records in fetched.values():
+                records.extend(partition_records)
+                events += sum(self.weight(record) for record in partition_records)
+        return records
+
+
+def partition_lag(end: int, committed: int | None, start: int) -> int:
+    """Records of a partition not yet handled. Where retention deleted records never committed
+    (or nothing was committed yet), handling starts at the log start, not at offset 0."""
+    return max(end - max(committed or 0, start), 0)
+
+
+class RawIngestService(BatchIngestService):
+    """The raw topic: touchpoints from the beacon and the calls collector, one per record."""
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        await self._pipeline.handle_touchpoints(
+            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
+        )
+
+    def record_lag(self, lag: int) -> None:
+        WORKER_LAG.set(lag)
+
+
+class ClickBatchService(BatchIngestService):
+    """Short-link click batches: each record holds many clicks, expanded into ``link_click``
+    touchpoints that go through the same pipeline, and so the same sink, as the raw topic's."""
+
+    group_suffix = "clicks"
+    stage = "clicks"
+    # A record holds up to 1,024 clicks: fetch a few at a time, and count the clicks in them.
+    max_poll_records = 16
+
+    def weight(self, record: Any) -> int:
+        for name, value in record.headers or ():
+            if name == "clicks":
+                with contextlib.suppress(ValueError):
+                    return max(1, int(value))
+        return 1
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        touchpoints, rejected = expand_batches(
+            [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
+            self._settings.hash_salt.value,
+        )
+        await self._pipeline.handle_decoded(touchpoints, rejected)
+
+
+class ForgetService(Service):
+    """Keeps the forgotten identifiers current from their compacted topic, and carries out
+    forgets asked for on the console: tombstone first, then erase what is stored."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        store: ClickHouseStore,
+        forgotten: ForgottenIdentifiers,
+        ingest: BatchIngestService,
+        **kwargs: Any,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._store = store
+        self._forgotten = forgotten
+        self._ingest = ingest
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.loaded = False
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers, acks="all", enable_idempotence=True
+        )
+        await self._producer.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False
+        )
+        await consumer.start()
+        partitions = [TopicPartition(self._topic, p) for p in await self._partitions(consumer)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while [p for p, end in ends.items() if await consumer.position(p) < end]:
+            self._remember(await consumer.getmany(timeout_ms=500))
+        self._consumer = consumer
+        self.loaded = True
+        log.info("forgotten identifiers loaded", extra={"count": len(self._forgotten)})
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
+        for _ in range(50):
+            found = consumer.partitions_for_topic(self._topic)
+            if found:
+                return set(found)
+            await consumer._client.force_metadata_update()  # the topic was just created
+            await asyncio.sleep(0.1)
+        raise KafkaError(f"topic {self._topic} has no partitions")
+
+    async def on_stop(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+
+    @Service.task
+    async def _follow(self) -> None:
+        """Forgets made through other workers reach this one within a poll."""
+        while not self.should_stop:
+            if self._consumer is None:
+                await asyncio.sleep(0.1)
+                continue
+            self._remember(await self._consumer.getmany(timeout_ms=1000))
+
+    def _remember(self, fetched: dict[Any, list[Any]]) -> None:
+        for records in fetched.values():
+            for record in records:
+                self._forgotten.add(record.key.decode())
+
+    async def forget(self, identifier: str) -> dict[str, Any]:
+        """Raises ``InvalidIdentifier`` for a malformed identifier, ``BackpressureError`` when
+        Kafka does not take the forget (nothing is changed then)."""
+        key = identifier_key(
+            identifier, self._settings.hash_salt.value, self._settings.default_phone_region
+        )
+        assert self._producer is not None
+        record = {"identifier": key, "forgotten_at": datetime.now(UTC).isoformat()}
+        try:
+            await self._producer.send_and_wait(self._topic, orjson.dumps(record), key=key.encode())
+        except KafkaError as exc:
+            raise BackpressureError(
+                f"Kafka did not take the forget: {exc!r}", self._settings.retry_after_seconds
+            ) from exc
+        self._forgotten.add(key)
+        async with self._ingest.lock:  # a batch being written now cannot land after the erase
+            erased = await erase(self._store, key)
+        # Other workers learn of it within a poll; erase once more after their batches land.
+        self.add_future(self._erase_again(key))
+        log.info(
+            "forgot an identifier",
+            extra={"kind": key.split(":", 1)[0], "touchpoints": erased.touchpoints},
+        )
+        return {
+            "identifier": identifier.split(":", 1)[0] + ":…",
+            "touchpoints": erased.touchpoints,
+            "dead_letters": erased.dead_letters,
+        }
+
+    async def _erase_again(self, key: str) -> None:
+        await asyncio.sleep(30)
+        await erase(self._store, key)
+
+
+class PoolReservationsService(Service):
+    """Every number-pool reservation, followed from the compacted reservations topic.
+
+    Each worker reads the whole topic (it has one partition, and no consumer group), so whichever
+    worker merges a call sees every reservation, however the calls' partitions are spread.
+    """
+
+    def __init__(self, settings: Settings, topic: str, book: PoolBook, **kwargs: Any) -> None:
+        self._settings = settings
+        self._log = CompactedState(
+            settings,
+            [topic],
+            lambda _topic, key, value: book.apply_record(key, value),
+            what="number reservations",
+            client_id=f"{settings.worker_id}-reservations",
+            writes=False,
+        )
+        super().__init__(**kwargs)
+
+    @property
+    def loaded(self) -> bool:
+        return self._log.loaded
+
+    async def on_start(self) -> None:
+        await self._log.start()
+
+    async def on_stop(self) -> None:
+        await self._log.stop()
+
+    async def caught_up(self) -> None:
+        """Return once every reservation in Kafka now is applied. A beacon answers a number only
+        after Kafka has its reservation, so a call to that number, merged after this, sees it."""
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.produce_timeout_seconds * 2):
+                    await self._log.caught_up()
+                return
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("number reservations are behind; waiting", extra={"error": repr(exc)})
+
+
+class AliasReplicaService(Service):
+    """This worker's replica of the identity aliases, followed from their compacted topic, so
+    that ingest sends most touchpoints straight to their customer (agents/stitching.py,
+    ``StitchRouter``). Every worker reads the whole topic (no consumer group)."""
+
+    def __init__(
+        self, settings: Settings, topic: str, replica: AliasReplica, **kwargs: Any
+    ) -> None:
+        self._loaded = asyncio.Event()
+        self._log = CompactedState(
+            settings,
+            [topic],
+            replica.apply,
+            what="identity aliases",
+            client_id=f"{settings.worker_id}-aliases",
+            writes=False,
+            on_loaded=self._loaded.set,
+        )
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self._log.start()
+
+    async def on_stop(self) -> None:
+        await self._log.stop()
+
+    async def loaded(self) -> None:
+        """Return once the topic as it stood at start is applied: before that, the replica
+        would route events its identifiers have long left, and the journey step would have to
+        pass each on."""
+        await self._loaded.wait()
+
+
+class ConsoleService(Service):
+    """Serves the console on the worker's event loop, next to the ClickHouse engine it reads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ClickHouseStore,
+        ingest: Sequence[BatchIngestService],
+        forget: ForgetService,
+        reservations: PoolReservationsService | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._ingest = ingest
+        self._forget = forget
+        self._reservations = reservations
+        self._runner: web.AppRunner | None = None
+        self._kafka = KafkaProbe(
+            settings.bootstrap_servers,
+            settings.kafka_probe_seconds,
+            settings.produce_timeout_seconds,
+            client_id=settings.worker_id,
+        )
+        self.started_agents = False
+        super().__init__(**kwargs)
+
+    async def unready(self) -> list[str]:
+        """What keeps the worker from its work, for /readyz; none when it is ready."""
+        reasons = [] if self._kafka.reachable else [self._kafka.reason]
+        if not self.started_agents:
+            reasons.append("the stream agents are starting")
+        for service in self._ingest:
+            if not service.consuming:
+                reasons.append(f"the consumer of {service.topic} is starting")
+        raw = self._ingest[0]
+        if raw.consuming and not raw.assigned:
+            reasons.append(
+                f"no partition of {raw.topic} is assigned to this worker (a rebalance is under "
+                "way, or there are more workers than partitions)"
+            )
+        if not self._forget.loaded:
+            reasons.append("the forgotten identifiers are still loading from Kafka")
+        if self._reservations is not None and not self._reservations.loaded:
+            reasons.append("the number pool reservations are still loading from Kafka")
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                answers = await self._store.ping()
+        except TimeoutError:
+            answers = False
+        if not answers:
+            reasons.append("ClickHouse does not answer (see TRACKER_CLICKHOUSE_URL)")
+        return reasons
+
+    async def on_start(self) -> None:
+        await self._kafka.start()
+        console = create_console(self._settings, self._store, self.unready, self._forget.forget)
+        self._runner = web.AppRunner(console, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.console_host, self._settings.console_port)
+        await site.start()
+        log.info(
+            "console listening",
+            extra={"host": self._settings.console_host, "port": self._settings.console_port},
+        )
+
+    async def on_stop(self) -> None:
+        await self._kafka.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _source(record: Any) -> RawMessage:
+    """Where a record read by a :class:`BatchIngestService` came from, for its dead letter."""
+    return RawMessage(record.value or b"", record.topic, record.partition, record.offset)

@@ -1,0 +1,243 @@
+"""The worker's Faust agents: dead letters, calls, identity and journey, each a topic read in
+batches through a :class:`~agents.batches.BatchRunner` around its stage's handler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import orjson
+
+from agents.batches import (
+    BatchRunner,
+    acked_batches,
+    dead_letter_policy,
+    run_batches,
+)
+from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
+from agents.customer import rules_from_settings
+from agents.forget import ForgottenIdentifiers
+from agents.identity import IdentityRules
+from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.services import PoolReservationsService
+from agents.stitching import (
+    ALIAS_COLUMNS,
+    CONFLICT_COLUMNS,
+    FRICTION_COLUMNS,
+    JOURNEY_COLUMNS,
+    SESSION_COLUMNS,
+    IdentityStage,
+    JourneyStage,
+    Outbox,
+    StitchRouter,
+)
+from collectors.calls.pools import PoolBook
+from tracker.kafka.topology import Topology
+from tracker.settings import Settings
+from tracker.store import ClickHouseStore
+from tracker.store.sink import ClickHouseSink
+
+__all__ = ["add_calls", "add_dead_letters", "add_stitching", "changelog_known"]
+
+log = logging.getLogger(__name__)
+
+
+def add_dead_letters(
+    app: faust.App,
+    store: ClickHouseStore,
+    topology: Topology,
+    settings: Settings,
+    pipeline: IngestPipeline,
+    lock: asyncio.Lock,
+) -> None:
+    """Dead letters sent by the collectors, stored through ingest's dead-letter sink."""
+    dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
+    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
+
+    async def store_dead_letters(events: Sequence[Any]) -> None:
+        await pipeline.handle_dead_letters([_raw(e) for e in events])
+
+    dead_letter_runner = BatchRunner(
+        "dead_letters",
+        store_dead_letters,
+        _raw,
+        dead_letter_policy(store),
+        discard=pipeline.dead_letters.discard,
+    )
+
+    @app.agent(dead_topic, name="dead_letters")
+    async def dead_letters(stream: Any) -> None:
+        async for events in acked_batches(stream, batch, within):
+            # Shares ingest's dead-letter sink, so it takes ingest's lock: one batch at a time.
+            async with lock:
+                await dead_letter_runner.run(events)
+
+
+def add_calls(
+    app: faust.App,
+    store: ClickHouseStore,
+    topology: Topology,
+    settings: Settings,
+    touchpoints: StitchRouter,
+    forgotten: ForgottenIdentifiers,
+    reservations: PoolReservationsService | None,
+    book: PoolBook,
+) -> None:
+    """Calls: callbacks keyed by call; the merged state of each call lives in a changelog-backed
+    table. Its changelog is partitioned by the same key, so it follows the calls topic."""
+    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
+    calls_pipeline = CallsPipeline(
+        calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
+        touchpoints=touchpoints,
+        dead_letters=ClickHouseSink(
+            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
+        ),
+        tracking_numbers=settings.call_tracking_numbers,
+        forgotten=forgotten,
+        pools=PoolAttribution(settings.call_number_pools, book) if reservations else None,
+        max_state_bytes=settings.state_max_bytes,
+    )
+    calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
+    call_state = app.Table(
+        "call_state", key_type=str, partitions=settings.topic_partitions, use_partitioner=True
+    )
+
+    async def merge_calls(events: Sequence[Any]) -> None:
+        await calls_pipeline.handle([_raw(e) for e in events], call_state)
+
+    calls_runner = BatchRunner(
+        "calls", merge_calls, _raw, dead_letter_policy(store), discard=calls_pipeline.discard
+    )
+
+    @app.agent(calls_topic, name="calls")
+    async def calls(stream: Any) -> None:
+        await changelog_known(app, call_state)
+        async for events in acked_batches(stream, batch, within):
+            if reservations is not None:
+                await reservations.caught_up()
+            await calls_runner.run(events)
+
+
+def add_stitching(
+    app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
+) -> None:
+    """The identity agent on the single-partition identity log (only the touchpoints that may
+    link identifiers come this way, and splits), and the journey agent keyed by customer, each
+    with a changelog-backed table for its state (agents/stitching.py)."""
+    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
+
+    def sink(
+        table: str, columns: Sequence[str], key: str, ts: str, version: bool
+    ) -> ClickHouseSink:
+        """Touchpoints and dead letters are looked up before writing, so that a replay adds no
+        second row; the derived tables are read with FINAL, where a replayed copy is one row."""
+        return ClickHouseSink(
+            store,
+            table,
+            columns,
+            key,
+            ts,
+            "version" if version else None,
+            look_before_writing=table in ("touchpoints", "dead_letters"),
+        )
+
+    identity_stage = IdentityStage(
+        outbox,
+        journey_topic=topology.journey.name,
+        aliases_topic=topology.aliases.name,
+        identities=sink("identities", ALIAS_COLUMNS, "identifier", "ts", version=True),
+        conflicts=sink("identity_conflicts", CONFLICT_COLUMNS, "conflict_id", "ts", False),
+        rules=IdentityRules(limits={**IdentityRules().limits, **settings.identity_limits}),
+        max_state_bytes=settings.state_max_bytes,
+    )
+    identity_topic = app.topic(
+        topology.identity.name,
+        partitions=topology.identity.partitions,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    identity_links = app.Table(
+        "identity_links",
+        key_type=str,
+        partitions=topology.identity.partitions,
+        use_partitioner=True,  # written once per batch, after the events
+    )
+
+    async def resolve(events: Sequence[Any]) -> None:
+        await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
+
+    identity_runner = BatchRunner(
+        "identity", resolve, _raw, dead_letter_policy(store), discard=identity_stage.discard
+    )
+
+    @app.agent(identity_topic, name="identity")
+    async def identity(stream: Any) -> None:
+        await changelog_known(app, identity_links)
+        await run_batches(stream, identity_runner, batch, within)
+
+    async def forget_graph(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        identity_stage.reset()  # the next owner rebuilds it from the table
+
+    app.on_partitions_revoked.connect(forget_graph)  # type: ignore[arg-type]
+
+    journey_stage = JourneyStage(
+        outbox,
+        journey_topic=topology.journey.name,
+        touchpoints=sink("touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version=True),
+        sessions=sink("sessions", SESSION_COLUMNS, "session_id", "start", version=True),
+        journeys=sink("journeys", JOURNEY_COLUMNS, "customer_id", "as_of", version=True),
+        frictions=sink("frictions", FRICTION_COLUMNS, "friction_id", "ts", version=True),
+        dead_letters=sink(
+            "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts", False
+        ),
+        rules=rules_from_settings(settings),
+    )
+    journey_topic = app.topic(
+        topology.journey.name,
+        partitions=topology.journey.partitions,
+        value_serializer="raw",
+        key_serializer="raw",  # decoded by the stage: a bad key is a dead letter, not a crash
+    )
+    journey_state = app.Table(
+        "journey_state",
+        key_type=str,
+        partitions=topology.journey.partitions,
+        use_partitioner=True,  # batches span partitions: place each key by its own hash
+    )
+
+    async def stitch(events: Sequence[Any]) -> None:
+        await journey_stage.handle(
+            [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
+        )
+
+    journey_runner = BatchRunner(
+        "journey", stitch, _raw, dead_letter_policy(store), discard=journey_stage.discard
+    )
+
+    @app.agent(journey_topic, name="journey")
+    async def journey(stream: Any) -> None:
+        await changelog_known(app, journey_state)
+        await run_batches(stream, journey_runner, batch, within)
+
+
+async def changelog_known(app: faust.App, table: Any) -> None:
+    """Tables placed by key hash need their changelog's partitions in the producer's metadata,
+    which a topic Faust has only just created may not be in yet: wait for it."""
+    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    await producer.partitions_for(table.changelog_topic.get_topic_name())
+
+
+def _raw(event: Any) -> RawMessage:
+    message = event.message
+    return RawMessage(event.value or b"", message.topic, message.partition, message.offset)
+
+
+def _customer(key: bytes | None) -> str:
+    """A journey record's key: the customer id, as JSON (:func:`agents.stitching.journey_key`)."""
+    customer = orjson.loads(key or b"")
+    if not isinstance(customer, str):
+        raise TypeError(f"a journey record's key must be a customer id, got {customer!r}")
+    return customer
