@@ -23,6 +23,7 @@ import orjson
 from agents.journey import (
     DEFAULT_CONVERSIONS,
     DEFAULT_STAGES,
+    NEGATIVE_CALL_TOPIC,
     ConversionRule,
     Friction,
     FrictionRules,
@@ -108,6 +109,7 @@ class StoredEvent:
             e.acquisition,
             e.survey_touchpoint_id,
             e.is_bot,
+            list(e.call_topics),
         ]
 
     @classmethod
@@ -135,6 +137,7 @@ class StoredEvent:
             acquisition=s[22] if len(s) > 22 else "",
             survey_touchpoint_id=s[23] if len(s) > 23 else "",
             is_bot=s[24] if len(s) > 24 else False,
+            call_topics=tuple(s[25]) if len(s) > 25 else (),
         )
         return cls(event, s[18], s[19], s[20], s[21])
 
@@ -233,7 +236,10 @@ class JourneyUpdate:
 
 
 def friction_id(friction: Friction) -> str:
-    return str(uuid.uuid5(_FRICTION_NAMESPACE, f"{friction.event_id}|{friction.reason}"))
+    key = f"{friction.event_id}|{friction.reason}"
+    if friction.reason == NEGATIVE_CALL_TOPIC:  # one friction per topic a call flags
+        key += f"|{friction.detail}"
+    return str(uuid.uuid5(_FRICTION_NAMESPACE, key))
 
 
 class CustomerJourney:

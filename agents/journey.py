@@ -17,6 +17,7 @@ from typing import Final
 __all__ = [
     "DEFAULT_CONVERSIONS",
     "DEFAULT_STAGES",
+    "NEGATIVE_CALL_TOPIC",
     "Conversion",
     "ConversionRule",
     "Friction",
@@ -38,6 +39,8 @@ __all__ = [
 
 _SESSION_NAMESPACE: Final = uuid.UUID("9b0f3c8e-3c1a-4d8e-8f0b-5a2e7c6d1e42")
 CONTACT_TYPES: Final = frozenset({"call", "chat", "support_email", "ticket"})
+# A topic a call's transcript flags is a friction, one per topic (its name is the detail).
+NEGATIVE_CALL_TOPIC: Final = "negative_call_topic"
 # Email events that are a friction, and its severity: the customer cannot be reached, or no
 # longer wants to be (collectors/email/records.py writes them).
 EMAIL_FRICTIONS: Final = {
@@ -74,6 +77,8 @@ class JourneyEvent:
     survey_touchpoint_id: str = ""
     """For a survey answer: the event_id of the touchpoint it rates, as the client named it."""
     is_bot: bool = False
+    call_topics: tuple[str, ...] = ()
+    """Topics a call's transcript flags (collectors/calls/transcripts.py)."""
 
     @property
     def is_survey(self) -> bool:
@@ -373,6 +378,10 @@ def _event_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction
                     "long_hold", "medium", event.ts, event.event_id, f"{event.hold_seconds:.0f} s"
                 )
             )
+        found.extend(
+            Friction(NEGATIVE_CALL_TOPIC, "medium", event.ts, event.event_id, topic)
+            for topic in event.call_topics
+        )
         if event.cold_transfers:
             found.append(Friction("cold_transfer", "medium", event.ts, event.event_id))
         if event.transfers >= rules.transfers:

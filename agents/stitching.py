@@ -207,6 +207,7 @@ def journey_event(row: Sequence[Any]) -> JourneyEvent:
         ),
         survey_touchpoint_id=get("survey_touchpoint_id"),
         is_bot=bool(get("is_bot")),
+        call_topics=tuple(t for t in properties.get("topics", "").split(",") if t),
     )
 
 
