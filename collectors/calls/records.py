@@ -155,7 +155,12 @@ class CallCallback:
             value = getattr(self, spec.name)
             if isinstance(value, datetime):
                 value = value.astimezone(UTC).isoformat()
-            if value is None or value == "" or value == () or (spec.name == "transcribed" and not value):
+            if (
+                value is None
+                or value == ""
+                or value == ()
+                or (spec.name == "transcribed" and not value)
+            ):
                 continue
             if isinstance(value, tuple):
                 value = list(value)

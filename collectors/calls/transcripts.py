@@ -20,6 +20,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Final
 
+from collectors.calls._common import Ignored
 from collectors.calls.records import MAX_TRANSCRIPT_LENGTH, CallCallback
 from tracker.privacy import redact_emails
 from tracker.settings import Settings
@@ -54,7 +55,7 @@ _UNSPACED_SCRIPTS: Final = (
 )
 
 
-class TranscriptsOff(Exception):
+class TranscriptsOff(Ignored):
     """``TRACKER_CALL_TRANSCRIPTS=off``: the transcript is acknowledged and not kept."""
 
 
