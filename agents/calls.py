@@ -308,7 +308,7 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         "recording": "true" if record.recording else "false",
         "hangup_by": record.hangup_by,
         # Topics only: a transcript's text is kept on the call record, never on the touchpoint.
-        "topics": ",".join(record.topics),
+        "topics": _listed(record.topics),
     }
     return Touchpoint(
         event_id=record.event_id,
@@ -324,6 +324,16 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         campaign=campaign,
         properties={k: v for k, v in properties.items() if v},
     )
+
+
+def _listed(topics: Sequence[str], limit: int = 1024) -> str:
+    """Topics comma-separated, as many whole ones as a touchpoint property holds."""
+    kept: list[str] = []
+    for topic in topics:
+        if len(",".join([*kept, topic])) > limit:
+            break
+        kept.append(topic)
+    return ",".join(kept)
 
 
 def _seconds(value: float | None) -> str:

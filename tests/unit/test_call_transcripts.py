@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from agents.calls import CALL_COLUMNS, CallsPipeline, call_touchpoint, merge_callbacks
+from agents.calls import CALL_COLUMNS, CallsPipeline, call_row, call_touchpoint, merge_callbacks
 from agents.customer import friction_id
 from agents.ingest import RawMessage
 from agents.journey import JourneyEvent, frictions
@@ -485,3 +485,11 @@ def test_each_flagged_topic_is_its_own_negative_call_topic_friction() -> None:
     found = [f for f in frictions([event], []) if f.reason == "negative_call_topic"]
     assert [(f.detail, f.event_id) for f in found] == [("cancel", "e-call"), ("refund", "e-call")]
     assert len({friction_id(f) for f in found}) == 2
+
+
+def test_a_call_flagging_many_topics_lists_as_many_as_a_touchpoint_property_holds() -> None:
+    many = tuple(f"topic-{i:02d}-" + "x" * 50 for i in range(64))
+    record = replace(merge_callbacks(call_callbacks()), topics=many)
+    listed = call_touchpoint(record, {}).properties["topics"]
+    assert len(listed) <= 1024 and listed.split(",") == list(many[: len(listed.split(","))])
+    assert dict(zip(CALL_COLUMNS, call_row(record, {}), strict=True))["topics"] == list(many)
