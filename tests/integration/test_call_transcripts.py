@@ -176,3 +176,58 @@ def test_a_transcript_saying_cancel_flags_the_call_raises_a_friction_and_keeps_n
         stored = transcripts_pipeline.query(f"SELECT * FROM {table} FORMAT TSV")
         assert "want to" not in stored and "contract" not in stored, table
         assert "555 0199" not in stored and "5550199" not in stored, table
+
+
+@pytest.fixture
+def storing_pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
+    env = component_env(
+        kafka.bootstrap,
+        tmp_path,
+        TRACKER_CALLS_PUBLIC_URL=PUBLIC,
+        TRACKER_TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+        TRACKER_CALL_TRANSCRIPTS="store",
+        TRACKER_CALL_TOPICS=orjson.dumps(
+            {"refund": ["refund", "Rückerstattung"], "cancel": ["cancel"]}
+        ).decode(),
+    )
+    running = Pipeline(env, tmp_path)
+    running.components = [running.worker().start(), running.calls().start()]
+    yield running
+    running.stop()
+
+
+def test_a_stored_transcript_is_redacted_and_erased_by_forget(storing_pipeline: Pipeline) -> None:
+    sid = "CA" + uuid.uuid4().hex
+    said = "Ich möchte eine RÜCKERSTATTUNG, schreiben Sie an ada@example.com oder 0151 2345 6789"
+    for params in (
+        call_status(sid, "in-progress", 0),
+        call_status(sid, "completed", 3, CallDuration="180"),
+        {**transcription(sid), "TranscriptionText": said},
+    ):
+        assert twilio(storing_pipeline, params) == (200, {"accepted": 1})
+
+    expected = (
+        "['refund']\tIch möchte eine RÜCKERSTATTUNG, schreiben Sie an <redacted email> "
+        "oder <redacted number>"
+    )
+    row = storing_pipeline.wait_for(
+        f"SELECT topics, transcript FROM calls FINAL WHERE call_id = '{sid}'", expected, timeout=60
+    )
+    assert row == expected
+
+    status, answer, _ = http(
+        "POST",
+        storing_pipeline.console_url + "/api/forget",
+        orjson.dumps({"identifier": f"phone:{CUSTOMER}"}),
+    )
+    assert status == 200, answer
+    assert storing_pipeline.query("SELECT count() FROM calls").strip() == "0"
+
+    # A transcript of the forgotten caller's call arriving later is not stored either.
+    late = {**transcription(sid), "TranscriptionText": "I want to cancel"}
+    assert twilio(storing_pipeline, late) == (200, {"accepted": 1})
+    storing_pipeline.wait_until_handled()
+    assert storing_pipeline.query("SELECT count() FROM calls").strip() == "0"
+    for table in ("calls", "touchpoints", "frictions", "dead_letters"):
+        stored = storing_pipeline.query(f"SELECT * FROM {table} FORMAT TSV")
+        assert "RÜCKERSTATTUNG" not in stored and "cancel" not in stored, table
