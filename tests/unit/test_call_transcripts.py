@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from agents.calls import CALL_COLUMNS, CallsPipeline, call_row, call_touchpoint, merge_callbacks
-from agents.customer import friction_id
-from agents.ingest import RawMessage
+from agents.customer import StoredEvent, friction_id
+from agents.ingest import RawMessage, touchpoint_row
 from agents.journey import JourneyEvent, frictions
+from agents.stitching import journey_event
 from collectors.calls import create_app
 from collectors.calls.records import CallCallback
 from collectors.calls.transcripts import (
@@ -493,3 +494,21 @@ def test_a_call_flagging_many_topics_lists_as_many_as_a_touchpoint_property_hold
     listed = call_touchpoint(record, {}).properties["topics"]
     assert len(listed) <= 1024 and listed.split(",") == list(many[: len(listed.split(","))])
     assert dict(zip(CALL_COLUMNS, call_row(record, {}), strict=True))["topics"] == list(many)
+
+
+def test_a_calls_topics_survive_the_journey_state_so_a_restart_keeps_its_frictions() -> None:
+    event = JourneyEvent("e-call", T0, "call", channel="phone", call_topics=("cancel",))
+    stored = StoredEvent(event, 2, "phone:h")
+    assert StoredEvent.from_state(stored.to_state()) == stored
+    before_topics = stored.to_state()[:25]  # state written before call topics existed
+    assert StoredEvent.from_state(before_topics).event.call_topics == ()
+
+
+def test_the_journey_reads_a_call_touchpoints_topics() -> None:
+    touchpoint = call_touchpoint(merge_callbacks(call_callbacks()), {})
+    event = journey_event(touchpoint_row(touchpoint))
+    assert event.call_topics == ("cancel", "refund")
+    assert [f.detail for f in frictions([event], []) if f.reason == "negative_call_topic"] == [
+        "cancel",
+        "refund",
+    ]
