@@ -22,6 +22,7 @@ from typing import Final
 
 from collectors.calls._common import Ignored
 from collectors.calls.records import MAX_TRANSCRIPT_LENGTH, CallCallback
+from tracker.metrics import CALL_TRANSCRIPTS
 from tracker.privacy import redact_emails
 from tracker.settings import Settings
 
@@ -130,11 +131,13 @@ def transcript_callback(
     Raises :class:`TranscriptsOff` when transcripts are off: the caller acknowledges it.
     """
     if settings.call_transcripts == "off":
+        CALL_TRANSCRIPTS.labels(provider, "off").inc()
         raise TranscriptsOff(
             "call transcripts are off on this server (TRACKER_CALL_TRANSCRIPTS=off)"
         )
     text = " ".join(t.strip() for t in texts if t.strip())
     topics = matcher_for(settings.call_topics).topics(text)
+    CALL_TRANSCRIPTS.labels(provider, "flagged" if topics else "unflagged").inc()
     kept = ""
     if settings.call_transcripts == "store":
         kept = redact_transcript(text)[:MAX_TRANSCRIPT_LENGTH]

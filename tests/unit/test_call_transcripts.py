@@ -32,6 +32,7 @@ from collectors.calls.transcripts import (
     redact_transcript,
     transcript_callback,
 )
+from tests.conftest import scraped
 from tests.unit.test_call_webhooks import (
     CUSTOMER,
     PUBLIC,
@@ -394,10 +395,13 @@ async def test_generic_transcript_signed_with_standard_webhooks(
 async def test_with_transcripts_off_a_transcript_is_acknowledged_and_nothing_is_produced(
     publisher: MemoryPublisher, tmp_path: Path
 ) -> None:
+    dropped = 'tracker_call_transcripts_total{outcome="off",provider="twilio"}'
     async for client in client_for(settings_for(tmp_path), publisher):
+        before = await scraped(client, dropped)
         response = await client.post("/v1/calls/twilio", **twilio_form(TWILIO_TRANSCRIPTION))
         assert response.status == 200
         assert "TRACKER_CALL_TRANSCRIPTS" in (await response.json())["ignored"]
+        assert await scraped(client, dropped) == before + 1
     assert publisher.calls == [] and publisher.dead_letters == []
 
 
