@@ -37,7 +37,7 @@ from agents.stitching import (
     Outbox,
     StitchRouter,
 )
-from agents.streams import add_calls, add_dead_letters, add_stitching
+from agents.streams import add_calls, add_dead_letters, add_stitching, table_store
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
@@ -88,7 +88,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        store="memory://",
+        store=table_store(settings),
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
