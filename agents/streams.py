@@ -34,6 +34,7 @@ from agents.stitching import (
     Outbox,
     StitchRouter,
 )
+from agents.table_store import STORE_SCHEME
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
@@ -248,7 +249,7 @@ _ROCKSDB_OPTIONS = {
 
 def table_store(settings: Settings) -> str:
     """The Faust store URL for the worker's tables (``TRACKER_TABLE_STORE``)."""
-    return "rocksdb://" if settings.table_store == "rocksdb" else "memory://"
+    return f"{STORE_SCHEME}://" if settings.table_store == "rocksdb" else "memory://"
 
 
 def table_options(settings: Settings) -> dict[str, Any]:
