@@ -4,7 +4,8 @@ Faust's RocksDB store files a key under the partition of the event being process
 a write made outside one. The worker's tables place each key by its hash (``use_partitioner``)
 and are written once per batch, after it: this store files a key where its changelog record goes
 (the producer's murmur2 partitioner), so that each partition's database holds exactly what that
-changelog partition recovers when the partition moves to another worker.
+changelog partition recovers when the partition moves to another worker. It also gives the
+store the ``update`` that Faust's serialized stores lack.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ class KeyedRocksDBStore(Store):
         partition = self._partition_of(key)
         self._key_index[key] = partition
         self._db_for_partition(partition).put(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Faust's serialized stores inherit an ``update`` that needs an in-memory dict."""
+        for mapping in (*args, kwargs):
+            for key, value in mapping.items():
+                self[key] = value
 
     def _get(self, key: bytes) -> Any:
         db = self._dbs.get(self._partition_of(key))
