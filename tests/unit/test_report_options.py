@@ -112,6 +112,8 @@ def test_paths_take_dates_with_to_and_the_outcome_with_outcome() -> None:
 
 def test_the_scorecard_can_leave_conversions_out() -> None:
     assert parse_options("scorecard", {}).conversion is True
+    args = _parser().parse_args(["report", "scorecard", "--no-conversion"])
+    assert _options(args) == {"conversion": "false"}
     assert parse_options("scorecard", {"conversion": "false"}).conversion is False
     with pytest.raises(ReportInvalid, match="conversion must be true or false"):
         parse_options("scorecard", {"conversion": "maybe"})
