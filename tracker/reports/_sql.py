@@ -159,16 +159,17 @@ GROUP BY {", ".join(f"b.{a}" for a in aliases)}
 """
 
 
-def scorecard_surveys(o: ReportOptions) -> str:
-    """Each survey answer in the range on the touchpoint it rates: the one stored with it
-    (survey_touchpoint_id: named by the client, else the customer's most recent non-survey
-    touchpoint before it, as the journey agent found it). Answers stored without one fall back
-    to that most recent touchpoint here."""
-    aliases, selected = _aliased(KEYS[o.by])
-    answers = (
+_SCORES = """count(), countIf(score >= 9), countIf(score <= 6), countIf(score >= 4),
+       sum(score), sum(score * score)"""
+UNRATED = "(unrated)"
+"""The kind under which ``scorecard_surveys`` counts the answers it found no touchpoint for."""
+
+
+def _answers(o: ReportOptions) -> str:
+    return (
         "SELECT toString(event_id) AS answer, survey_touchpoint_id AS rated, identity_key,"
-        " customer_id, ts,"
-        " survey_kind AS kind, toFloat64(assumeNotNull(survey_score)) AS score FROM "
+        " customer_id, ts, survey_kind AS kind, toFloat64(assumeNotNull(survey_score)) AS score"
+        " FROM "
         + _by_key(
             o,
             o.start_ts,
@@ -177,18 +178,39 @@ def scorecard_surveys(o: ReportOptions) -> str:
         )
         + " LIMIT 1 BY answer"
     )
-    named = f"""
-    SELECT {", ".join(f"r.{a}" for a in aliases)}, s.kind AS kind, s.score AS score
-    FROM ({answers}) AS s
-    INNER JOIN (
+
+
+def scorecard_surveys(o: ReportOptions) -> str:
+    """The survey answers in the range on the touchpoints they rate, as stored with them
+    (survey_touchpoint_id: named by the client, else the customer's most recent non-survey
+    touchpoint before it, as the journey agent found it); the answers stored without one, or
+    naming a touchpoint not stored, are counted under the kind ``UNRATED``."""
+    aliases, selected = _aliased(KEYS[o.by])
+    return f"""
+SELECT {", ".join(aliases)}, if(found, kind, {quote(UNRATED)}) AS rated_kind, {_SCORES}
+FROM (
+    SELECT {", ".join(f"r.{a}" for a in aliases)}, r.rated != '' AS found, s.kind AS kind,
+           s.score AS score
+    FROM ({_answers(o)}) AS s
+    LEFT JOIN (
         SELECT toString(event_id) AS rated, {selected} FROM touchpoints
-        WHERE event_id IN (SELECT toUUIDOrZero(rated) FROM ({answers}) WHERE rated != '')
+        WHERE event_id IN (SELECT toUUIDOrZero(rated) FROM ({_answers(o)}) WHERE rated != '')
         LIMIT 1 BY rated
     ) AS r ON r.rated = s.rated
-    WHERE s.rated != ''"""
-    # Answers stored without the touchpoint they rate: the customer's latest touchpoint before
-    # the answer, read by the identity keys of those customers only (none: nothing is read).
-    unrated = f"SELECT * FROM ({answers}) WHERE rated = ''"
+)
+GROUP BY {", ".join(aliases)}, rated_kind
+"""
+
+
+def scorecard_unrated(o: ReportOptions) -> str:
+    """Answers stored without the touchpoint they rate (before migration 0007): on the
+    customer's latest non-survey touchpoint before the answer, read by the identity keys of
+    those customers only."""
+    aliases, selected = _aliased(KEYS[o.by])
+    unrated = f"""SELECT * FROM ({_answers(o)}) AS a
+        WHERE a.rated = '' OR toUUIDOrZero(a.rated) NOT IN (
+            SELECT event_id FROM touchpoints
+            WHERE event_id IN (SELECT toUUIDOrZero(rated) FROM ({_answers(o)})))"""
     keys_of = (
         "SELECT identifier FROM identities FINAL WHERE customer_id IN ("
         f"SELECT customer_id FROM identities FINAL WHERE identifier IN "
@@ -198,7 +220,9 @@ def scorecard_surveys(o: ReportOptions) -> str:
         "SELECT identifier, customer_id FROM identities FINAL "
         f"WHERE identifier IN ({keys_of}) OR identifier IN (SELECT identity_key FROM ({unrated}))"
     )
-    fallback = f"""
+    return f"""
+SELECT {", ".join(aliases)}, kind, {_SCORES}
+FROM (
     SELECT {", ".join(f"r.{a}" for a in aliases)}, s.kind AS kind, s.score AS score
     FROM (
         SELECT a.kind AS kind, a.score AS score, a.ts AS ts,
@@ -216,13 +240,7 @@ def scorecard_surveys(o: ReportOptions) -> str:
                    OR identity_key IN (SELECT identity_key FROM ({unrated})))
         ) AS t
         LEFT JOIN ({current}) AS i ON i.identifier = t.identity_key
-    ) AS r ON s.customer = r.customer AND s.ts > r.ts"""
-    return f"""
-SELECT {", ".join(aliases)}, kind, count(),
-       countIf(score >= 9), countIf(score <= 6), countIf(score >= 4),
-       sum(score), sum(score * score)
-FROM ({named}
-    UNION ALL{fallback}
+    ) AS r ON s.customer = r.customer AND s.ts > r.ts
 )
 GROUP BY {", ".join(aliases)}, kind
 """
