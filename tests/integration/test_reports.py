@@ -277,6 +277,7 @@ def test_paths_and_stages(loaded: Pipeline) -> None:
         ("paid", 1, 0),
     ]
     assert [r["share"] for r in rows] == pytest.approx([1 / 3] * 3)
+    assert [r["touches"] for r in rows] == [2, 2, 1]
     converting = report(loaded, "paths", ending="conversion")
     assert [(r["path"], r["share"], r["conversion_share"]) for r in converting] == [
         ("email > paid", 0.5, 1.0),
@@ -295,6 +296,8 @@ def test_paths_and_stages(loaded: Pipeline) -> None:
         "purchase": (2, 2, 120.0, 120.0),
         "post_purchase": (2, 2, None, None),
     }
+    dwell_n = {r["stage"]: r["dwell_n"] for r in stages if r["row"] == "stage"}
+    assert dwell_n == {"awareness": 3, "consideration": 2, "purchase": 2, "post_purchase": 0}
     transitions = {
         (r["stage"], r["to_stage"]): r["transitions"] for r in stages if r["row"] == "transition"
     }
@@ -323,6 +326,8 @@ def test_attribution_every_model(loaded: Pipeline) -> None:
     email_share = a_email / (a_email + a_paid) + c_email / (c_email + c_social)
     assert credit[("time_decay", "email")][0] == pytest.approx(email_share)
     assert credit[("time_decay", "paid")][0] == pytest.approx(a_paid / (a_email + a_paid))
+    email_value = 100 * a_email / (a_email + a_paid) + 50 * c_email / (c_email + c_social)
+    assert credit[("time_decay", "email")][1] == pytest.approx(email_value)
     # Markov: P(conversion) 2/3; without email 1/6, paid 1/3, social 1/3; removal effects
     # 3/4, 1/2, 1/2 over 7/4: of 2 conversions and 150 of value.
     assert credit[("markov", "email")] == pytest.approx((6 / 7, 150 * 3 / 7))
