@@ -162,14 +162,15 @@ def test_a_transcript_saying_cancel_flags_the_call_raises_a_friction_and_keeps_n
     }
     assert flagged == {call_event_id("twilio", early), call_event_id("twilio", late)}
 
-    # The scorecard counts both calls as touchpoints with friction.
+    # The scorecard counts frictions per event: two cancel flags, and the second call repeats
+    # the first within a day (repeat_contact).
     query = urllib.parse.urlencode({"from": "2026-11-22", "to": "2026-11-23", "by": "channel"})
     status, body, _ = http(
         "GET", f"{transcripts_pipeline.console_url}/api/reports/scorecard?{query}"
     )
     assert status == 200, body
     phone = next(orjson.loads(line) for line in str(body).splitlines() if '"phone"' in line)
-    assert (phone["events"], phone["friction_rate"]) == (2, 1.0)
+    assert (phone["events"], phone["friction_rate"]) == (2, 1.5)
 
     # TRACKER_CALL_TRANSCRIPTS=topics: what was said is nowhere, not even its redacted form.
     for table in ("calls", "touchpoints", "frictions", "dead_letters"):
