@@ -35,6 +35,7 @@ __all__ = [
     "TICKET_COLUMNS",
     "TicketRecord",
     "TicketsPipeline",
+    "csat_event_id",
     "csat_touchpoint",
     "merge_callbacks",
     "ticket_event_id",
@@ -125,6 +126,11 @@ class TicketRecord:
 
 def ticket_event_id(provider: str, ticket_id: str) -> str:
     return str(uuid.uuid5(TICKET_NAMESPACE, f"{provider}:{ticket_id}"))
+
+
+def csat_event_id(provider: str, ticket_id: str) -> str:
+    """The event_id of a ticket's CSAT answer: one per ticket, the latest rating wins."""
+    return str(uuid.uuid5(TICKET_NAMESPACE, f"{provider}:{ticket_id}|csat"))
 
 
 def _order(callback: SupportCallback) -> tuple[datetime, int, str]:
@@ -264,7 +270,7 @@ def csat_touchpoint(record: TicketRecord) -> Touchpoint | None:
     if record.rating is None or record.rated_at is None:
         return None
     return Touchpoint(
-        event_id=str(uuid.uuid5(TICKET_NAMESPACE, f"{record.provider}:{record.ticket_id}|csat")),
+        event_id=csat_event_id(record.provider, record.ticket_id),
         type="survey_response",
         name=f"{record.kind} satisfaction",
         source=SOURCE,
