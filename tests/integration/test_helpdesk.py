@@ -254,7 +254,11 @@ def test_one_customer_across_email_web_chat_ticket_and_call(support_pipeline: Pi
         page={"url": "https://shop.example.com/winter?utm_source=newsletter&utm_campaign=winter"},
     )
     signin = make_event(
-        type="identify", anonymous_id=anon, email=email, ts=stamp(day + timedelta(minutes=2))
+        type="identify",
+        anonymous_id=anon,
+        email=email,
+        ts=stamp(day + timedelta(minutes=2)),
+        page={"url": "https://shop.example.com/account"},
     )
     assert p.post([visit, signin])[0] == 200
     # 3. A chat on the site's messenger (Intercom).
