@@ -2,19 +2,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
-from collectors.calls._common import Ignored, Malformed, WebhookError, WebhookRequest
-from collectors.calls._common import redact_numbers as _redact_numbers
+from collectors._webhooks import kept, read_webhook, refused, unavailable, webhook_app
+from collectors.calls._common import (
+    Ignored,
+    Malformed,
+    WebhookError,
+    WebhookRequest,
+    redact_numbers,
+)
 from collectors.helpdesk import generic, intercom, zendesk
 from collectors.helpdesk._common import HelpdeskProvider
 from collectors.helpdesk.records import SupportCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
-from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.http import json_error, json_response
 from tracker.metrics import COLLECTOR_EVENTS, HELPDESK_WEBHOOKS
 from tracker.privacy import redact_emails
 from tracker.settings import Settings
@@ -23,9 +28,6 @@ COLLECTOR = "helpdesk"
 PROVIDERS: dict[str, HelpdeskProvider] = {
     p.name: p for p in (zendesk.PROVIDER, intercom.PROVIDER, generic.PROVIDER)
 }
-# A refused body is kept as a dead letter up to this many bytes (as for call webhooks).
-MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
-
 log = logging.getLogger(__name__)
 
 
@@ -52,20 +54,9 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 
 
 def create_app(settings: Settings, publisher: SupportPublisher) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(COLLECTOR)]
-    )
+    app = webhook_app(settings, COLLECTOR, publisher, {"/v1/helpdesk/{provider}": post_callback})
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
-    app.router.add_post("/v1/helpdesk/{provider}", post_callback)
-    add_health_routes(app, lambda: [publisher.unready] if publisher.unready else [])
-
-    async def lifecycle(app: web.Application) -> Any:
-        await publisher.start()
-        yield
-        await publisher.stop()
-
-    app.cleanup_ctx.append(lifecycle)
     return app
 
 
@@ -76,27 +67,13 @@ async def post_callback(request: web.Request) -> web.Response:
         return json_error(
             404, f"unknown helpdesk provider; use one of {', '.join(sorted(PROVIDERS))}"
         )
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, f"body is larger than {settings.max_body_bytes} bytes")
-    webhook = WebhookRequest(
-        method=request.method,
-        url=str(request.url),
-        headers=request.headers,
-        body=body,
-        received_ts=datetime.now(UTC),
-        max_event_age=timedelta(days=settings.max_event_age_days),
-    )
+    webhook = await read_webhook(request, settings)
+    if isinstance(webhook, web.Response):
+        return webhook
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        HELPDESK_WEBHOOKS.labels(provider.name, exc.outcome).inc()
-        log.info(
-            "helpdesk webhook refused",
-            extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
-        )
-        return json_error(exc.status, str(exc))
+        return refused(COLLECTOR, provider.name, exc, HELPDESK_WEBHOOKS)
     try:
         callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:
@@ -104,7 +81,7 @@ async def post_callback(request: web.Request) -> web.Response:
         return json_response({"accepted": 0, "ignored": str(exc)})
     except Malformed as exc:
         letter = DeadLetter.for_payload(
-            kept(body),
+            kept(webhook.body, _redacted),
             source=COLLECTOR,
             stage="collect",
             errors=exc.errors,
@@ -113,7 +90,7 @@ async def post_callback(request: web.Request) -> web.Response:
         try:
             await request.app[PUBLISHER_KEY].publish_tickets([], [letter])
         except BackpressureError as backpressure:
-            return _unavailable(backpressure)
+            return unavailable(backpressure)
         HELPDESK_WEBHOOKS.labels(provider.name, "malformed").inc()
         COLLECTOR_EVENTS.labels(COLLECTOR, "rejected").inc()
         return json_error(
@@ -124,7 +101,7 @@ async def post_callback(request: web.Request) -> web.Response:
     try:
         await request.app[PUBLISHER_KEY].publish_tickets(callbacks)
     except BackpressureError as exc:
-        return _unavailable(exc)
+        return unavailable(exc)
     HELPDESK_WEBHOOKS.labels(provider.name, "accepted").inc()
     COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(callbacks))
     return json_response({"accepted": len(callbacks)})
@@ -150,14 +127,6 @@ def _normalize(
     return callbacks
 
 
-def kept(body: bytes) -> str:
-    """What a dead letter keeps of a refused body: no email address nor phone number in clear,
-    cut at MAX_DEAD_LETTER_PAYLOAD."""
-    cut = max(0, len(body) - MAX_DEAD_LETTER_PAYLOAD)
-    text = redact_emails(_redact_numbers(body[:MAX_DEAD_LETTER_PAYLOAD]))
-    return f"{text}... [{cut} more bytes not kept]" if cut else text
-
-
-def _unavailable(exc: BackpressureError) -> web.Response:
-    retry = str(max(1, round(exc.retry_after)))
-    return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+def _redacted(body: bytes) -> str:
+    """A refused body without an email address or a phone number in clear."""
+    return redact_emails(redact_numbers(body))
