@@ -8,15 +8,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from collectors.calls._common import WebhookError, WebhookRequest
 from tracker.errors import BackpressureError
 from tracker.http import add_health_routes, json_error, request_metrics
 from tracker.settings import Settings
+
+if TYPE_CHECKING:
+    from collectors.calls._common import WebhookError, WebhookRequest
 
 __all__ = [
     "MAX_DEAD_LETTER_PAYLOAD",
@@ -75,6 +77,9 @@ async def read_webhook(
 ) -> WebhookRequest | web.Response:
     """The request as the provider sent it, or the 413 for a body over TRACKER_MAX_BODY_BYTES.
     ``url`` is the URL the provider called, where it differs from the one received (a proxy)."""
+    # Imported here: the calls package imports this module as it loads.
+    from collectors.calls._common import WebhookRequest
+
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
