@@ -15,9 +15,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
-from collectors.helpdesk import create_app
+from collectors.calls._common import Ignored, Malformed, WebhookRequest
+from collectors.helpdesk import PROVIDERS, create_app
+from collectors.helpdesk._app import _normalize
 from collectors.helpdesk.records import SupportCallback, hash_email, hash_phone
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
@@ -39,6 +43,9 @@ def settings_for(tmp_path: Path, **overrides: str) -> Settings:
         **overrides,
     }
     return Settings.from_env(env)
+
+
+SETTINGS = Settings.from_env({"TRACKER_HASH_SALT": SALT})
 
 
 @pytest.fixture
@@ -388,3 +395,53 @@ async def test_unknown_provider_is_404(client: TestClient[Any, Any]) -> None:
     response = await client.post("/v1/helpdesk/freshdesk", data=b"{}")
     assert response.status == 404
     assert "generic, intercom, zendesk" in (await response.json())["error"]
+
+
+# -- any body, signed: read or refused with a reason, never a crash ------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_FIELDS = {
+    "zendesk": zendesk_trigger(),
+    "intercom": intercom_notification("conversation.admin.closed"),
+    "generic": generic_event(),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(_FIELDS)),
+    st.lists(st.tuples(st.text(max_size=30), _JSON), max_size=4),
+    st.booleans(),
+)
+def test_a_verified_body_of_any_shape_is_read_or_refused_with_a_reason(
+    name: str, changes: list[tuple[str, Any]], nested: bool
+) -> None:
+    payload = orjson.loads(orjson.dumps(_FIELDS[name]))
+    target = payload.get("data", payload) if nested else payload
+    if isinstance(target, dict) and name == "intercom" and nested:
+        target = target.get("item", target)
+    for key, value in changes:
+        target[key or "ticket_id"] = value
+    body = orjson.dumps(payload)
+    request = WebhookRequest(
+        method="POST",
+        url="https://helpdesk.example.com/v1/helpdesk/" + name,
+        headers={"webhook-id": "msg_1"},
+        body=body,
+        received_ts=datetime.now(UTC),
+        max_event_age=timedelta(days=730),
+    )
+    try:
+        callbacks = _normalize(PROVIDERS[name], request, SETTINGS)
+    except (Malformed, Ignored) as exc:
+        assert str(exc)
+        return
+    for callback in callbacks:
+        assert not callback.limit_errors()
+        assert SupportCallback.from_wire(orjson.loads(orjson.dumps(callback.to_wire()))) == callback
