@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from collectors.calls._common import Malformed, WebhookRequest, epoch_time, iso_time, text
@@ -120,10 +120,6 @@ def body_id(request: WebhookRequest) -> str:
     """A callback's id where the provider sends none: the body's digest. A retry sends the same
     body, so it is the same callback, merged once."""
     return "sha256:" + hashlib.sha256(request.body).hexdigest()
-
-
-def now_or(value: datetime | None, request: WebhookRequest) -> datetime:
-    return value or request.received_ts.astimezone(UTC)
 
 
 def _path(at: str, name: str) -> str:
