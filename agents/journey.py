@@ -200,6 +200,8 @@ DEFAULT_STAGES: Final = (
         frozenset({"call", "chat", "ticket", "support_email"}),
         queues=("support", "care", "help"),
     ),
+    # A helpdesk's ticket or chat is support whatever its queue (agents/tickets.py).
+    StageRule("support", SUPPORT_TYPES),
     StageRule("support", frozenset({"page_view"}), path_prefixes=("/support", "/help", "/contact")),
     StageRule(
         "consideration",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, touchpoint_row
-from agents.journey import FrictionRules, frictions
+from agents.journey import FrictionRules, frictions, stage_changes
 from agents.stitching import journey_event
 from agents.tickets import (
     TICKET_COLUMNS,
@@ -201,3 +201,10 @@ async def test_a_forgotten_requester_s_tickets_are_not_stored_again() -> None:
 def test_callbacks_survive_their_wire_form() -> None:
     for c in LIFECYCLE:
         assert SupportCallback.from_wire(orjson.loads(orjson.dumps(c.to_wire()))) == c
+
+
+def test_tickets_and_chats_put_the_customer_in_the_support_stage_whatever_their_queue() -> None:
+    for kind in ("ticket", "chat"):
+        record = merge_callbacks([callback("s1", "opened", 0, kind=kind, queue="Billing")])
+        event = journey_event(list(touchpoint_row(ticket_touchpoint(record))))
+        assert [c.stage for c in stage_changes([event])] == ["support"]
