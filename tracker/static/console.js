@@ -133,7 +133,7 @@ const METRICS = {
 };
 
 function touchpointLabel(row, by) {
-  return KEYS[by].map((k) => row[k] || "–").join(" · ");
+  return KEYS[by].map((k) => row[k] || "-").join(" · ");
 }
 
 async function scorecard() {
@@ -234,6 +234,7 @@ async function paths() {
   await Plotly.react($("paths-chart"), [sankey(rows)], {margin: {l: 10, r: 10, t: 10, b: 10}}, PLOT_CONFIG);
   table($("paths-table"), [
     {key: "path", title: "path", text: true},
+    {key: "touches", title: "touches", show: number},
     {key: "paths", title: "paths", show: number},
     {key: "share", title: "share", show: percent},
     {key: "conversions", title: "conversions", show: number},
