@@ -257,8 +257,13 @@ def test_the_page_draws_the_numbers_of_tracker_report(
     assert tab.get_attribute("#journey", "data-state") == "ready"
     (journey,) = tracker_json(p, "journey", loaded.email)
     assert journey["customer_id"] in tab.inner_text("#journey-people")
-    assert len(journey["merged_customer_ids"]) == 1  # C' merged into C
-    assert journey["merged_customer_ids"][0] in tab.inner_text("#journey-people")
+    people = tab.inner_text("#journey-people")
+    # C's anonymous id, the email and C''s anonymous id, each once a customer of its own.
+    assert len(journey["merged_customer_ids"]) == 2
+    assert all(merged in people for merged in journey["merged_customer_ids"])
+    assert sorted(journey["identifiers"]) == ["anon", "email"]
+    assert len(journey["identifiers"]["anon"]) == 2
+    assert journey["identifiers"]["email"][0][:12] in people
     touches, frictions, surveys = figure(tab, "journey-chart")
     timeline = journey["timeline"]
     assert len(touches["x"]) + len(surveys["x"]) == len(timeline) == 7
