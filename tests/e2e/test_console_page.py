@@ -162,8 +162,13 @@ def figure(tab: Page, chart: str) -> list[dict[str, Any]]:
 
 
 def has_colour(image: Image.Image, colour: tuple[int, int, int], at_least: int = 50) -> bool:
-    pixels = image.convert("RGB").getdata()
-    return sum(1 for pixel in pixels if pixel == colour) >= at_least
+    """Whether at least ``at_least`` pixels are of ``colour``, give or take antialiasing."""
+    near = sum(
+        1
+        for pixel in image.convert("RGB").getdata()
+        if all(abs(a - b) <= 24 for a, b in zip(pixel, colour, strict=True))
+    )
+    return near >= at_least
 
 
 def element_shot(tab: Page, selector: str, path: Path) -> Image.Image:
