@@ -164,8 +164,8 @@ def figure(tab: Page, chart: str) -> list[dict[str, Any]]:
 def has_colour(image: Image.Image, colour: tuple[int, int, int], at_least: int = 50) -> bool:
     """Whether at least ``at_least`` pixels are of ``colour``, give or take antialiasing."""
     near = sum(
-        1
-        for pixel in image.convert("RGB").getdata()
+        count
+        for count, pixel in image.convert("RGB").getcolors(1 << 24) or ()
         if all(abs(a - b) <= 24 for a, b in zip(pixel, colour, strict=True))
     )
     return near >= at_least
