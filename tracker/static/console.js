@@ -228,7 +228,7 @@ function sankey(rows) {
 
 async function paths() {
   const rows = await report("paths", {
-    by: $("paths-by").value, ending: $("paths-ending").value, top: $("paths-top").value,
+    by: $("paths-by").value, outcome: $("paths-ending").value, top: $("paths-top").value,
   });
   if (!rows.length) return noData("paths");
   await Plotly.react($("paths-chart"), [sankey(rows)], {margin: {l: 10, r: 10, t: 10, b: 10}}, PLOT_CONFIG);
