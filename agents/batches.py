@@ -34,11 +34,12 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from agents.ingest import DEAD_LETTER_COLUMNS, RawMessage, dead_letter_row, undeliverable
+from agents.ingest import RawMessage, undeliverable
 from tracker.deadletter import DeadLetter
 from tracker.metrics import POISON_RECORDS, STAGE_RETRIES
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink, Sink
+from tracker.store.tables import DEAD_LETTERS
 
 __all__ = [
     "BatchRunner",
@@ -106,7 +107,7 @@ class DeadLetterPolicy:
         self._sink = sink
 
     def add(self, letter: DeadLetter) -> None:
-        self._sink.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+        self._sink.add(letter.dead_letter_id, letter.received_ts, letter)
 
     async def flush(self) -> None:
         """Returns once every letter added is stored; retries while ClickHouse is away."""
@@ -124,9 +125,7 @@ class DeadLetterPolicy:
 def dead_letter_policy(store: ClickHouseStore) -> DeadLetterPolicy:
     """The policy writing to ClickHouse ``dead_letters``: one per stage, since stages run
     side by side and each sink buffers one batch."""
-    return DeadLetterPolicy(
-        ClickHouseSink(store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts")
-    )
+    return DeadLetterPolicy(ClickHouseSink(store, DEAD_LETTERS))
 
 
 class BatchRunner(Generic[R]):

@@ -17,18 +17,13 @@ from agents.batches import (
     dead_letter_policy,
     run_batches,
 )
-from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
+from agents.calls import CallsPipeline, PoolAttribution
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers
 from agents.identity import IdentityRules
-from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.ingest import IngestPipeline, RawMessage
 from agents.services import PoolReservationsService
 from agents.stitching import (
-    ALIAS_COLUMNS,
-    CONFLICT_COLUMNS,
-    FRICTION_COLUMNS,
-    JOURNEY_COLUMNS,
-    SESSION_COLUMNS,
     IdentityStage,
     JourneyStage,
     Outbox,
@@ -39,6 +34,17 @@ from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink
+from tracker.store.tables import (
+    ALIASES,
+    CALLS,
+    CONFLICTS,
+    DEAD_LETTERS,
+    FRICTIONS,
+    JOURNEYS,
+    SESSIONS,
+    TOUCHPOINTS,
+    Table,
+)
 
 __all__ = ["add_calls", "add_dead_letters", "add_stitching", "changelog_known"]
 
@@ -90,11 +96,9 @@ def add_calls(
     table. Its changelog is partitioned by the same key, so it follows the calls topic."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
     calls_pipeline = CallsPipeline(
-        calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
+        calls=ClickHouseSink(store, CALLS),
         touchpoints=touchpoints,
-        dead_letters=ClickHouseSink(
-            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-        ),
+        dead_letters=ClickHouseSink(store, DEAD_LETTERS),
         tracking_numbers=settings.call_tracking_numbers,
         forgotten=forgotten,
         pools=PoolAttribution(settings.call_number_pools, book) if reservations else None,
@@ -129,27 +133,18 @@ def add_stitching(
     with a changelog-backed table for its state (agents/stitching.py)."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
-    def sink(
-        table: str, columns: Sequence[str], key: str, ts: str, version: bool
-    ) -> ClickHouseSink:
+    def sink(table: Table) -> ClickHouseSink:
         """Touchpoints and dead letters are looked up before writing, so that a replay adds no
-        second row; the derived tables are read with FINAL, where a replayed copy is one row."""
-        return ClickHouseSink(
-            store,
-            table,
-            columns,
-            key,
-            ts,
-            "version" if version else None,
-            look_before_writing=table in ("touchpoints", "dead_letters"),
-        )
+        second row; the derived tables are read with FINAL, where a replayed copy is one row
+        (``Table.look_before_writing``, tracker/store/tables.py)."""
+        return ClickHouseSink(store, table)
 
     identity_stage = IdentityStage(
         outbox,
         journey_topic=topology.journey.name,
         aliases_topic=topology.aliases.name,
-        identities=sink("identities", ALIAS_COLUMNS, "identifier", "ts", version=True),
-        conflicts=sink("identity_conflicts", CONFLICT_COLUMNS, "conflict_id", "ts", False),
+        identities=sink(ALIASES),
+        conflicts=sink(CONFLICTS),
         rules=IdentityRules(limits={**IdentityRules().limits, **settings.identity_limits}),
         max_state_bytes=settings.state_max_bytes,
     )
@@ -186,13 +181,11 @@ def add_stitching(
     journey_stage = JourneyStage(
         outbox,
         journey_topic=topology.journey.name,
-        touchpoints=sink("touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version=True),
-        sessions=sink("sessions", SESSION_COLUMNS, "session_id", "start", version=True),
-        journeys=sink("journeys", JOURNEY_COLUMNS, "customer_id", "as_of", version=True),
-        frictions=sink("frictions", FRICTION_COLUMNS, "friction_id", "ts", version=True),
-        dead_letters=sink(
-            "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts", False
-        ),
+        touchpoints=sink(TOUCHPOINTS),
+        sessions=sink(SESSIONS),
+        journeys=sink(JOURNEYS),
+        frictions=sink(FRICTIONS),
+        dead_letters=sink(DEAD_LETTERS),
         rules=rules_from_settings(settings),
     )
     journey_topic = app.topic(

@@ -23,7 +23,7 @@ from agents.batches import (
 )
 from agents.forget import ForgottenIdentifiers
 from agents.identity import AliasReplica
-from agents.ingest import DEAD_LETTER_COLUMNS, IngestPipeline
+from agents.ingest import IngestPipeline
 from agents.links import add_links_mirror
 from agents.services import (
     AliasReplicaService,
@@ -46,6 +46,7 @@ from tracker.settings import Settings
 from tracker.shutdown import ShutdownDeadline
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink
+from tracker.store.tables import DEAD_LETTERS
 
 __all__ = ["build_worker", "run_worker"]
 
@@ -80,9 +81,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     )
     pipeline = IngestPipeline(
         touchpoints=to_stitching,
-        dead_letters=ClickHouseSink(
-            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-        ),
+        dead_letters=ClickHouseSink(store, DEAD_LETTERS),
         forgotten=forgotten,
     )
     app = faust.App(

@@ -7,7 +7,7 @@ bench/README.md (section 4) explains it. In short:
 - **Input.** A synthetic mix of customers (page views on one or two devices, identifies that link
   an anonymous id to an email, short-link clicks, calls with a phone number, CRM identifies that
   join a phone to an email, purchases), built as ingest builds them (``accept`` then
-  ``touchpoint_row`` then ``encode_row``) and pre-loaded onto the identity log, in event-time
+  ``enriched`` then ``EnrichedTouchpoint.to_wire``) and pre-loaded onto the identity log, in event-time
   order. Ingest itself is bench/run.py's business; this measures what comes after it.
 - **Product.** ``python -m tracker worker``: the real Faust app of ``agents.worker.build_worker``,
   so the identity agent, the journey topic, the journey agent and its changelog-backed tables,
@@ -189,10 +189,10 @@ def customer_events(i: int, rng: random.Random, mix: Mix) -> list[dict[str, Any]
     return events
 
 
-def touchpoint_rows(customers: int, seed: int) -> tuple[list[tuple[Any, ...]], Mix]:
-    """The touchpoint rows ingest makes of the mix (``accept`` then ``touchpoint_row``), in
-    event-time order."""
-    from agents.ingest import touchpoint_row
+def touchpoint_rows(customers: int, seed: int) -> tuple[list[Any], Mix]:
+    """The touchpoints ingest makes of the mix (``accept`` then ``enriched``), in event-time
+    order."""
+    from agents.ingest import enriched
     from tracker.touchpoint import RequestContext, accept
 
     rng = random.Random(seed)
@@ -206,17 +206,15 @@ def touchpoint_rows(customers: int, seed: int) -> tuple[list[tuple[Any, ...]], M
         )
         for source in ("web_beacon", "shortlink", "call_webhook", "server")
     }
-    rows = [touchpoint_row(accept(p, contexts[p["source"]])) for p in payloads]
+    rows = [enriched(accept(p, contexts[p["source"]])) for p in payloads]
     mix.events = len(rows)
     return rows, mix
 
 
-def identity_log_records(rows: Sequence[tuple[Any, ...]]) -> list[tuple[bytes, bytes]]:
+def identity_log_records(rows: Sequence[Any]) -> list[tuple[bytes, bytes]]:
     """``(key, value)`` pairs as ingest forwarded every touchpoint to the identity log before
     the direct path: the baseline's input."""
-    from agents.stitching import encode_row
-
-    return [(str(row[0]).encode(), encode_row(row)) for row in rows]
+    return [(row.event_id.encode(), row.to_wire()) for row in rows]
 
 
 @dataclass(slots=True)
@@ -232,7 +230,7 @@ class Routed:
         return len(self.identity) / (len(self.identity) + len(self.journey))
 
 
-def routed_records(rows: Sequence[tuple[Any, ...]]) -> Routed:
+def routed_records(rows: Sequence[Any]) -> Routed:
     """Each row routed by ingest's own router (``StitchRouter.route``) with a replica that
     knows nothing yet, as a worker that has just started on an empty aliases topic: every event
     that carries two identifiers or more takes the identity log. A replica that keeps up sends
@@ -595,7 +593,10 @@ def routes_share(port: int) -> float | None:
 class _NullSink:
     """Takes rows and forgets them: the replay measures state, not output."""
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+    def add(self, key: str, ts: datetime, record: Any, version: int = 0) -> None:
+        pass
+
+    def discard(self) -> None:
         pass
 
     async def flush(self) -> Any:
@@ -614,7 +615,7 @@ class _Loopback:
         self.sent.extend(records)
 
 
-async def replay(rows: Sequence[tuple[Any, ...]], traced: bool) -> dict[str, Any]:
+async def replay(rows: Sequence[Any], traced: bool) -> dict[str, Any]:
     """Every row routed as ingest routes it (with a replica that reads every alias at once),
     then through IdentityStage and JourneyStage in batches, as the worker does, with the
     outputs thrown away; then the heap the state holds (tracemalloc, when ``traced``)."""
@@ -662,7 +663,7 @@ async def replay(rows: Sequence[tuple[Any, ...]], traced: bool) -> dict[str, Any
         for record in take("aliases"):
             replica.apply("aliases", record.key.decode(), record.value)
         for row in rows[start : start + BATCH]:
-            router.add(str(row[0]), row[7], row, int(row[1]))
+            router.add(row.event_id, row.ts, row, row.version)
         await router.flush()
         route_seconds += time.perf_counter() - began
         began = time.perf_counter()
