@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -13,6 +13,7 @@ import orjson
 
 from agents.batches import (
     BatchRunner,
+    DeadLetterPolicy,
     acked_batches,
     dead_letter_policy,
     run_batches,
@@ -33,7 +34,7 @@ from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
-from tracker.store.sink import ClickHouseSink
+from tracker.store.sink import ClickHouseSink, Sink
 from tracker.store.tables import (
     ALIASES,
     CALLS,
@@ -126,19 +127,19 @@ def add_calls(
 
 
 def add_stitching(
-    app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
+    app: faust.App,
+    sink: Callable[[Table], Sink],
+    letters: Callable[[], DeadLetterPolicy],
+    topology: Topology,
+    settings: Settings,
+    outbox: Outbox,
 ) -> None:
     """The identity agent on the single-partition identity log (only the touchpoints that may
     link identifiers come this way, and splits), and the journey agent keyed by customer, each
-    with a changelog-backed table for its state (agents/stitching.py)."""
+    with a changelog-backed table for its state (agents/stitching.py). ``sink`` gives each
+    table's sink (ClickHouse, or the outputs topic for a stitch-only worker) and ``letters`` a
+    dead-letter policy writing through one."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
-
-    def sink(table: Table) -> ClickHouseSink:
-        """Touchpoints and dead letters are looked up before writing, so that a replay adds no
-        second row; the derived tables are read with FINAL, where a replayed copy is one row
-        (``Table.look_before_writing``, tracker/store/tables.py)."""
-        return ClickHouseSink(store, table)
-
     identity_stage = IdentityStage(
         outbox,
         journey_topic=topology.journey.name,
@@ -165,7 +166,7 @@ def add_stitching(
         await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
 
     identity_runner = BatchRunner(
-        "identity", resolve, _raw, dead_letter_policy(store), discard=identity_stage.discard
+        "identity", resolve, _raw, letters(), discard=identity_stage.discard
     )
 
     @app.agent(identity_topic, name="identity")
@@ -206,9 +207,7 @@ def add_stitching(
             [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
         )
 
-    journey_runner = BatchRunner(
-        "journey", stitch, _raw, dead_letter_policy(store), discard=journey_stage.discard
-    )
+    journey_runner = BatchRunner("journey", stitch, _raw, letters(), discard=journey_stage.discard)
 
     @app.agent(journey_topic, name="journey")
     async def journey(stream: Any) -> None:

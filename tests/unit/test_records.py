@@ -3,12 +3,14 @@ stitch worker hands the writer through Kafka is what the writer stores."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from agents.ingest import enriched
+from agents.ingest import RawMessage, enriched
+from agents.outputs import OutputSink, Writer
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.records import (
@@ -22,6 +24,7 @@ from tracker.records import (
     SessionRecord,
     journey_command,
 )
+from tracker.store.sink import MemorySink
 from tracker.store.tables import TABLES, TOUCHPOINTS
 from tracker.touchpoint import RequestContext, accept
 
@@ -117,3 +120,33 @@ def test_journey_records_written_before_typed_records_still_decode() -> None:
     assert isinstance(routed, RoutedEvent) and isinstance(moved, Restitch)
     assert routed.touchpoint.ts == t.ts and routed.touchpoint.survey_touchpoint_id == ""
     assert moved.touchpoints[t.event_id].email_hash == t.email_hash
+
+
+class _Kafka:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def send_all(self, records: Sequence[Any]) -> None:
+        self.sent.extend(records)
+
+
+async def test_what_a_stitch_worker_hands_over_is_what_the_writer_stores() -> None:
+    kafka = _Kafka()
+    for name, record in records():
+        table = TABLES[name]
+        sink = OutputSink(kafka, "outputs", table)
+        key = str(getattr(record, table.key))
+        sink.add(key, getattr(record, table.time), record, 3)
+        sink.add(key, getattr(record, table.time), record, 3)  # a replay: handed over once
+        assert (await sink.flush()).forwarded == 1
+    stored = {name: MemorySink() for name in TABLES if TABLES[name].record}
+    messages = [RawMessage(r.value, "outputs", 0, i) for i, r in enumerate(kafka.sent)]
+    messages.append(RawMessage(b'{"table": "nowhere"}', "outputs", 1, 0))
+
+    await Writer(stored).handle(messages)
+
+    for name, record in records():
+        key = str(getattr(record, TABLES[name].key))
+        assert stored[name].rows[(key, 3)] == record, name
+    [letter] = [r for (_, v), r in stored["dead_letters"].rows.items() if v == 0]
+    assert letter.stage == "write" and "malformed" in letter.reason

@@ -50,6 +50,7 @@ class Topology:
     journey: TopicSpec
     aliases: TopicSpec
     pool_reservations: TopicSpec
+    outputs: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -79,6 +80,7 @@ class Topology:
             journey=spec("journey"),
             aliases=spec("aliases"),
             pool_reservations=spec("pool_reservations"),
+            outputs=spec("outputs"),
         )
 
     def all(self) -> list[TopicSpec]:
@@ -94,6 +96,7 @@ class Topology:
             self.journey,
             self.aliases,
             self.pool_reservations,
+            self.outputs,
         ]
 
 
