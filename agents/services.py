@@ -17,10 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from agents.batches import (
-    BatchRunner,
-    DeadLetterPolicy,
-)
+from agents.batches import BatchRunner, Checkpoint, DeadLetterPolicy
 from agents.clicks import expand_batches
 from agents.forget import ForgottenIdentifiers, erase
 from agents.identity import AliasReplica
@@ -30,6 +27,7 @@ from collectors.calls.pools import PoolBook
 from tracker.console import create_console
 from tracker.errors import BackpressureError
 from tracker.http import add_health_routes
+from tracker.kafka import clients as kafka_clients
 from tracker.kafka.compacted import CompactedState
 from tracker.kafka.probe import KafkaProbe
 from tracker.metrics import WORKER_LAG, WORKER_PARTITION_LAG
@@ -121,13 +119,11 @@ class BatchIngestService(Service):
         return 1
 
     async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_clients.consumer(
+            self._settings,
             self._topic,
-            bootstrap_servers=self._settings.bootstrap_servers,
             group_id=f"{self._settings.worker_id}.{self.group_suffix}",
             client_id=f"{self._settings.worker_id}-{self.group_suffix}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_records=self.max_poll_records or self._settings.sink_batch_size,
         )
         await self._consumer.start()
@@ -157,22 +153,29 @@ class BatchIngestService(Service):
 
     async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
         records = await self._next_batch(consumer)
-        if records:
+        if not records:
+            return
+
+        async def handle(batch: Sequence[Any]) -> None:
             async with self.lock:
-                try:
-                    await self._runner.run(records)
-                except Exception:
-                    if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
-                        return
-                    raise
-            # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
+                await self._runner.run(batch)
+
+        async def commit(batch: Sequence[Any]) -> None:
+            # Only now are the events stored; a crash before this replays them, harmlessly.
             last: dict[TopicPartition, int] = {}
-            for record in records:
+            for record in batch:
                 last[TopicPartition(record.topic, record.partition)] = record.offset + 1
             try:
                 await consumer.commit(last)
             except CommitFailedError as exc:  # rebalanced meanwhile: the new owner skips them
                 log.warning("offset commit failed after a rebalance", extra={"error": str(exc)})
+
+        try:
+            await Checkpoint(commit).run(records, handle)
+        except Exception:
+            if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
+                return
+            raise
 
     @Service.timer(10.0)
     async def _record_lag(self) -> None:
@@ -394,12 +397,12 @@ class ForgetService(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers, acks="all", enable_idempotence=True
+        self._producer = kafka_clients.producer(
+            self._settings, f"{self._settings.worker_id}-forget"
         )
         await self._producer.start()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False
+        consumer = kafka_clients.consumer(
+            self._settings, client_id=f"{self._settings.worker_id}-forgotten"
         )
         await consumer.start()
         partitions = [TopicPartition(self._topic, p) for p in await self._partitions(consumer)]

@@ -57,6 +57,7 @@ from agents.ingest import RawMessage, undeliverable
 from agents.journey import Friction, JourneyEvent, Session
 from tracker.errors import StateTooLarge
 from tracker.identity_log import split_command
+from tracker.kafka import clients as kafka_clients
 from tracker.metrics import (
     IDENTITY_CONFLICTS,
     JOURNEY_LATE_EVENTS,
@@ -178,11 +179,9 @@ class Outbox(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            client_id=f"{self._settings.worker_id}-outbox",
-            acks="all",
-            enable_idempotence=True,
+        self._producer = kafka_clients.producer(
+            self._settings,
+            f"{self._settings.worker_id}-outbox",
             linger_ms=5,
             max_batch_size=1_048_576,
         )

@@ -13,6 +13,7 @@ from importlib import resources
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAlreadyExistsError
 
+from tracker.kafka import clients
 from tracker.settings import Settings
 
 __all__ = ["TopicSpec", "Topology", "ensure_topics"]
@@ -106,7 +107,7 @@ async def ensure_topics(
     """Create whichever topics are missing (the topology's, and ``extra``); existing ones are
     left as they are."""
     topology = topology or Topology.from_settings(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = clients.admin(settings)
     await admin.start()
     try:
         await _wait_for_group_coordinator(admin, settings.worker_id)
