@@ -159,6 +159,8 @@ class Settings:
     # port a stitch-only worker serves /healthz, /readyz and /metrics on (it has no console).
     worker_role: str = "all"
     worker_health_port: int = 8010
+    # Where the worker keeps its tables' state between changelog writes (agents/streams.py).
+    table_store: str = "rocksdb"
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -214,6 +216,7 @@ class Settings:
             worker_id=reader.text("TRACKER_WORKER_ID", "tracker"),
             worker_role=_worker_role(reader.text("TRACKER_WORKER_ROLE", "all")),
             worker_health_port=reader.port("TRACKER_WORKER_HEALTH_PORT", 8010),
+            table_store=reader.choice("TRACKER_TABLE_STORE", "rocksdb", ("rocksdb", "memory")),
             host=reader.text("TRACKER_HOST", "127.0.0.1"),
             console_host=reader.text("TRACKER_CONSOLE_HOST", "127.0.0.1"),
             console_port=reader.port("TRACKER_CONSOLE_PORT", 8000),
@@ -702,6 +705,12 @@ class _Reader:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower() or default
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
 
     def identifier(self, name: str, default: str) -> str:
         value = self.text(name, default)
