@@ -115,9 +115,10 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     pipeline = IngestPipeline(
         touchpoints=to_stitching, dead_letters=sink(DEAD_LETTERS), forgotten=forgotten
     )
+    # The writer runs other agents than the stitch workers: a consumer group of its own.
+    app_id = settings.worker_id if role != "write" else f"{settings.worker_id}.write"
     app = faust.App(
-        # The writer runs other agents than the stitch workers: a consumer group of its own.
-        settings.worker_id if role != "write" else f"{settings.worker_id}.write",
+        app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store=table_store(settings),
         web_enabled=False,
@@ -130,7 +131,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         # Per application id: the tables' local stores belong to that id's changelogs.
-        datadir=str(settings.data_dir / "faust" / settings.worker_id),
+        datadir=str(settings.data_dir / "faust" / app_id),
         # An agent that raises ends the worker with exit code 1, so whoever runs it (tracker up,
         # an orchestrator) restarts it and its unacknowledged records are read again. Faust's
         # default restarts the agent alone, which then runs on past a batch it never acknowledged.
