@@ -45,7 +45,7 @@ from agents.stitching import (
     Outbox,
     StitchRouter,
 )
-from agents.streams import add_calls, add_dead_letters, add_stitching, table_store
+from agents.streams import add_calls, add_dead_letters, add_stitching, add_tickets, table_store
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
@@ -173,6 +173,10 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
     )
     add_calls(app, store, topology, settings, calls_router, forgotten, reservations, book)
+    tickets_router = StitchRouter(
+        outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
+    )
+    add_tickets(app, store, topology, settings, tickets_router, forgotten)
     _started(app, console, role)
     followers: list[Service] = [reservations] if reservations is not None else []
     return app, [outbox, aliases, forget, *consumers, *followers, console], store

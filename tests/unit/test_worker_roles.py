@@ -32,7 +32,7 @@ def test_a_stitch_worker_stitches_without_clickhouse_and_serves_its_health(
 def test_the_writer_stores_the_outputs_and_serves_the_console(tmp_path: Path) -> None:
     app, services, store = build_worker(settings(tmp_path, "write"))
     assert store is not None
-    assert sorted(app.agents) == ["calls", "dead_letters", "links"]
+    assert sorted(app.agents) == ["calls", "dead_letters", "links", "tickets"]
     kinds = {type(s) for s in services}
     assert WriterService in kinds and ConsoleService in kinds and RawIngestService not in kinds
     store.close()
@@ -41,7 +41,14 @@ def test_the_writer_stores_the_outputs_and_serves_the_console(tmp_path: Path) ->
 def test_the_default_role_runs_everything_in_one_process(tmp_path: Path) -> None:
     app, services, store = build_worker(Settings.from_env({"TRACKER_DATA_DIR": str(tmp_path)}))
     assert store is not None
-    assert sorted(app.agents) == ["calls", "dead_letters", "identity", "journey", "links"]
+    assert sorted(app.agents) == [
+        "calls",
+        "dead_letters",
+        "identity",
+        "journey",
+        "links",
+        "tickets",
+    ]
     assert WriterService not in {type(s) for s in services}
     store.close()
 

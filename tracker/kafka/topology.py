@@ -47,6 +47,7 @@ class Topology:
     link_clicks: TopicSpec
     click_batches: TopicSpec
     calls: TopicSpec
+    tickets: TopicSpec
     identity: TopicSpec
     journey: TopicSpec
     aliases: TopicSpec
@@ -77,6 +78,7 @@ class Topology:
             link_clicks=spec("link_clicks"),
             click_batches=spec("click_batches"),
             calls=spec("calls"),
+            tickets=spec("tickets"),
             identity=spec("identity"),
             journey=spec("journey"),
             aliases=spec("aliases"),
@@ -93,6 +95,7 @@ class Topology:
             self.link_clicks,
             self.click_batches,
             self.calls,
+            self.tickets,
             self.identity,
             self.journey,
             self.aliases,

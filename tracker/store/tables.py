@@ -33,6 +33,7 @@ __all__ = [
     "LINKS",
     "SESSIONS",
     "TABLES",
+    "TICKETS",
     "TOUCHPOINTS",
     "Table",
 ]
@@ -250,6 +251,39 @@ LINKS: Final = Table(
     version="version",
     look_before_writing=True,
 )
+TICKETS: Final = Table(
+    "tickets",
+    (
+        "ticket_uuid",
+        "version",
+        "provider",
+        "ticket_id",
+        "kind",
+        "channel",
+        "opened_at",
+        "status",
+        "provider_status",
+        "email_hash",
+        "phone_hash",
+        "user_id",
+        "agent",
+        "queue",
+        "priority",
+        "via",
+        "first_reply_at",
+        "solved_at",
+        "first_reply_seconds",
+        "resolution_seconds",
+        "reopens",
+        "rating",
+        "rated_at",
+        "callbacks",
+    ),
+    key="ticket_uuid",
+    time="opened_at",
+    version="version",
+    look_before_writing=True,
+)
 TABLES: Final = {
     t.name: t
     for t in (
@@ -262,5 +296,6 @@ TABLES: Final = {
         FRICTIONS,
         CALLS,
         LINKS,
+        TICKETS,
     )
 }
