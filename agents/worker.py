@@ -81,7 +81,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     - ``stitch``: ingest, identity and journey, handing every record they would write to the
       writer through the outputs topic; it serves only its health (no ClickHouse, no console);
     - ``write``: the writer of those records, owning ClickHouse and the console, and the stages
-      that write ClickHouse themselves (the collectors' dead letters, the links mirror, calls).
+      that write ClickHouse themselves (the collectors' dead letters, the links mirror, calls,
+      helpdesk tickets).
     """
     role = settings.worker_role
     stitches, writes = role in ("all", "stitch"), role in ("all", "write")
