@@ -109,9 +109,18 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     clicks = ClickBatchService(
         settings, topology.click_batches.name, pipeline, dead_letter_policy(store), ingest.lock
     )
-    forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
     # Number pools: only with pools configured does the worker follow the reservations.
     book = PoolBook()
+    forget = ForgetService(
+        settings,
+        topology.forgotten.name,
+        store,
+        forgotten,
+        ingest,
+        aliases_topic=topology.aliases.name,
+        reservations_topic=topology.pool_reservations.name if settings.call_number_pools else "",
+        book=book if settings.call_number_pools else None,
+    )
     reservations = (
         PoolReservationsService(settings, topology.pool_reservations.name, book)
         if settings.call_number_pools
