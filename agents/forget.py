@@ -119,13 +119,22 @@ class Person:
 
 
 class ForgottenIdentifiers:
-    """The identifier keys (``kind:value``) whose events are never stored again."""
+    """The identifier keys (``kind:value``) whose events are never stored again: ingest and the
+    calls stage drop events naming one, the identity and journey stages drop records naming one
+    (a replay of their topics), and dead letters naming a clear one are not stored."""
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
-        self._keys = set(keys)
+        self._keys: set[str] = set()
+        self._clear: set[str] = set()  # clear values as JSON strings, plain and escaped
+        for key in keys:
+            self.add(key)
 
     def add(self, key: str) -> None:
         self._keys.add(key)
+        kind, _, value = key.partition(":")
+        if kind in _CLEAR_KINDS:
+            quoted = orjson.dumps(value).decode()
+            self._clear.update((quoted, orjson.dumps(quoted).decode()[1:-1]))
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -143,6 +152,45 @@ class ForgottenIdentifiers:
             if name.startswith(CRM_PROPERTY_PREFIX) and value
         )
         return not self._keys.isdisjoint(keys)
+
+    def names_record(self, value: bytes | None) -> bool:
+        """Whether a record of the identity log or the journey topic names a forgotten
+        identifier (in its touchpoint rows, a regroup's moves or a split). A malformed record is
+        left to its stage, which makes it a dead letter."""
+        if not self._keys or not value:
+            return False
+        try:
+            wire = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(wire, dict) and not self._keys.isdisjoint(_record_keys(wire))
+
+    def names_text(self, text: str) -> bool:
+        """Whether raw JSON text (a dead letter and its payload) holds a forgotten clear id as
+        a whole JSON string."""
+        return any(value in text for value in self._clear)
+
+
+def _record_keys(wire: Mapping[str, Any]) -> set[str]:
+    rows: list[Any] = [wire] if "kind" not in wire else []
+    rows.append(wire.get("row"))
+    if isinstance(wire.get("rows"), dict):
+        rows.extend(wire["rows"].values())
+    keys: set[str] = set()
+    for row in rows:
+        if isinstance(row, dict):
+            properties = row.get("properties")
+            anon, user, email, phone, click = (
+                str(row.get(c) or "")
+                for c in ("anonymous_id", "user_id", "email_hash", "phone_hash", "click_id")
+            )
+            props = properties if isinstance(properties, dict) else {}
+            found = identifiers_of(anon, user, email, phone, click, props)
+            keys.update(i.key for i in found)
+    for named in (wire.get("moves"), wire.get("split")):
+        if isinstance(named, dict | list):
+            keys.update(str(k) for k in named)
+    return keys
 
 
 # -- the SQL -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from agents.stitching import (
 )
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
+from tracker.metrics import WORKER_EVENTS
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink
@@ -53,12 +54,14 @@ def add_dead_letters(
     pipeline: IngestPipeline,
     lock: asyncio.Lock,
 ) -> None:
-    """Dead letters sent by the collectors, stored through ingest's dead-letter sink."""
+    """Dead letters sent by the collectors, stored through ingest's dead-letter sink; those
+    naming a forgotten identifier are not stored again."""
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
     async def store_dead_letters(events: Sequence[Any]) -> None:
-        await pipeline.handle_dead_letters([_raw(e) for e in events])
+        kept = [e for e in events if not _forgotten(pipeline.forgotten, e, text=True)]
+        await pipeline.handle_dead_letters([_raw(e) for e in kept])
 
     dead_letter_runner = BatchRunner(
         "dead_letters",
@@ -122,7 +125,12 @@ def add_calls(
 
 
 def add_stitching(
-    app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
+    app: faust.App,
+    store: ClickHouseStore,
+    topology: Topology,
+    settings: Settings,
+    outbox: Outbox,
+    forgotten: ForgottenIdentifiers | None = None,
 ) -> None:
     """The identity agent on the single-partition identity log (only the touchpoints that may
     link identifiers come this way, and splits), and the journey agent keyed by customer, each
@@ -166,8 +174,11 @@ def add_stitching(
         use_partitioner=True,  # written once per batch, after the events
     )
 
+    suppressed = forgotten or ForgottenIdentifiers()
+
     async def resolve(events: Sequence[Any]) -> None:
-        await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
+        kept = [e for e in events if not _forgotten(suppressed, e)]  # a replay of a forgotten one
+        await identity_stage.handle([(e.value, e.message.offset) for e in kept], identity_links)
 
     identity_runner = BatchRunner(
         "identity", resolve, _raw, dead_letter_policy(store), discard=identity_stage.discard
@@ -209,8 +220,9 @@ def add_stitching(
     )
 
     async def stitch(events: Sequence[Any]) -> None:
+        kept = [e for e in events if not _forgotten(suppressed, e)]
         await journey_stage.handle(
-            [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
+            [(_customer(e.key), e.value, _raw(e)) for e in kept], journey_state
         )
 
     journey_runner = BatchRunner(
@@ -228,6 +240,19 @@ async def changelog_known(app: faust.App, table: Any) -> None:
     which a topic Faust has only just created may not be in yet: wait for it."""
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
     await producer.partitions_for(table.changelog_topic.get_topic_name())
+
+
+def _forgotten(forgotten: ForgottenIdentifiers, event: Any, text: bool = False) -> bool:
+    """Whether a record names a forgotten identifier; counted as ingest counts its drops."""
+    value = event.value or b""
+    named = (
+        forgotten.names_text(value.decode(errors="replace"))
+        if text
+        else forgotten.names_record(value)
+    )
+    if named:
+        WORKER_EVENTS.labels("forgotten").inc()
+    return named
 
 
 def _raw(event: Any) -> RawMessage:

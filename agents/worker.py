@@ -134,7 +134,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
     )
     add_calls(app, store, topology, settings, calls_router, forgotten, reservations, book)
-    add_stitching(app, store, topology, settings, outbox)
+    add_stitching(app, store, topology, settings, outbox, forgotten)
 
     async def mark_started() -> None:
         console.started_agents = True

@@ -186,3 +186,27 @@ def test_the_audit_row_names_nobody() -> None:
     assert not any(part in text for part in ("e-hash", "p-hash", "u-1", "a-1", "c-1", "sf:9"))
     assert dict(zip(AUDIT_COLUMNS, row, strict=True))["rows"] == {"touchpoints": 4}
     assert dict(zip(AUDIT_COLUMNS, row, strict=True))["identifiers"] == 5
+
+
+def test_records_of_the_stitching_topics_that_name_a_forgotten_identifier_are_recognised() -> None:
+    forgotten = ForgottenIdentifiers(["anon:ada-laptop", "email:e-hash"])
+    row = {"event_id": "e-1", "anonymous_id": "ada-laptop", "email_hash": "", "properties": {}}
+    other = {**row, "anonymous_id": "bob-phone"}
+    named = [
+        orjson.dumps(row),  # the identity log carries the row itself
+        orjson.dumps({"kind": "event", "primary": "anon:ada-laptop", "row": row}),
+        orjson.dumps({"kind": "restitch", "events": [], "rows": {"e-1": row}}),
+        orjson.dumps({"kind": "regroup", "moves": {"email:e-hash": "c-2"}, "v": 4}),
+        orjson.dumps({"split": ["email:e-hash", "user:u-9"], "requested_at": "x"}),
+    ]
+    kept = [
+        orjson.dumps(other),
+        orjson.dumps({"kind": "event", "primary": "anon:bob-phone", "row": other}),
+        b"not json",
+    ]
+    assert [forgotten.names_record(v) for v in named] == [True] * len(named)
+    assert [forgotten.names_record(v) for v in kept] == [False] * len(kept)
+    # A dead letter holds the raw event as a JSON string inside its own JSON.
+    letter = orjson.dumps({"payload": orjson.dumps({"anonymous_id": "ada-laptop"}).decode()})
+    assert forgotten.names_text(letter.decode())
+    assert not forgotten.names_text(letter.decode().replace("ada-laptop", "ada-laptop-2"))
