@@ -13,6 +13,7 @@ a person. Plain Python and SQL; agents/services.py (``ForgetService``) wires it 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,11 +124,23 @@ class ForgottenIdentifiers:
     calls stage drop events naming one, the identity and journey stages drop records naming one
     (a replay of their topics), and dead letters naming a clear one are not stored."""
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str] = (), *, loading: bool = False) -> None:
         self._keys: set[str] = set()
         self._clear: set[str] = set()  # clear values as JSON strings, plain and escaped
         for key in keys:
             self.add(key)
+        self._loaded = asyncio.Event()
+        if not loading:
+            self._loaded.set()
+
+    def mark_loaded(self) -> None:
+        """The forgotten topic as it stood at start is read (agents/services.py)."""
+        self._loaded.set()
+
+    async def loaded(self) -> None:
+        """Return once the list is complete: a stage that reads a topic from its start must not
+        pass anything before then (a replay would bring a forgotten person back)."""
+        await self._loaded.wait()
 
     def add(self, key: str) -> None:
         self._keys.add(key)

@@ -148,6 +148,7 @@ class BatchIngestService(Service):
     async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
         records = await self._next_batch(consumer)
         if records:
+            await self._pipeline.forgotten.loaded()  # never store what a forget suppressed
             async with self.lock:
                 try:
                     await self._runner.run(records)
@@ -305,6 +306,7 @@ class ForgetService(Service):
             self._remember(await consumer.getmany(timeout_ms=500))
         self._consumer = consumer
         self.loaded = True
+        self._forgotten.mark_loaded()
         log.info("forgotten identifiers loaded", extra={"count": len(self._forgotten)})
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:

@@ -60,6 +60,7 @@ def add_dead_letters(
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
     async def store_dead_letters(events: Sequence[Any]) -> None:
+        await pipeline.forgotten.loaded()
         kept = [e for e in events if not _forgotten(pipeline.forgotten, e, text=True)]
         await pipeline.handle_dead_letters([_raw(e) for e in kept])
 
@@ -109,6 +110,7 @@ def add_calls(
     )
 
     async def merge_calls(events: Sequence[Any]) -> None:
+        await forgotten.loaded()
         await calls_pipeline.handle([_raw(e) for e in events], call_state)
 
     calls_runner = BatchRunner(
@@ -177,6 +179,7 @@ def add_stitching(
     suppressed = forgotten or ForgottenIdentifiers()
 
     async def resolve(events: Sequence[Any]) -> None:
+        await suppressed.loaded()
         kept = [e for e in events if not _forgotten(suppressed, e)]  # a replay of a forgotten one
         await identity_stage.handle([(e.value, e.message.offset) for e in kept], identity_links)
 
@@ -220,6 +223,7 @@ def add_stitching(
     )
 
     async def stitch(events: Sequence[Any]) -> None:
+        await suppressed.loaded()
         kept = [e for e in events if not _forgotten(suppressed, e)]
         await journey_stage.handle(
             [(_customer(e.key), e.value, _raw(e)) for e in kept], journey_state

@@ -70,7 +70,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     store = ClickHouseStore(
         settings.clickhouse_url, settings.clickhouse_database, cluster=settings.clickhouse_cluster
     )
-    forgotten = ForgottenIdentifiers()
+    forgotten = ForgottenIdentifiers(loading=True)  # ForgetService loads it
     outbox = Outbox(settings)
     replica = AliasReplica()
     aliases = AliasReplicaService(settings, topology.aliases.name, replica)
