@@ -176,7 +176,7 @@ def add_stitching(
         use_partitioner=True,  # written once per batch, after the events
     )
 
-    suppressed = forgotten or ForgottenIdentifiers()
+    suppressed = ForgottenIdentifiers() if forgotten is None else forgotten
 
     async def resolve(events: Sequence[Any]) -> None:
         await suppressed.loaded()
