@@ -159,7 +159,9 @@ def test_compose_mounts_only_files_that_exist_and_prometheus_scrapes_every_track
     expected = set()
     for name, service in single["services"].items():
         if service["image"] == "tracker:local" and service["command"] != ["migrate"]:
-            port = {"beacon": 8001, "links": 8002, "calls": 8003, "email": 8004}.get(service["command"][-1], 8000)
+            port = {"beacon": 8001, "links": 8002, "calls": 8003, "email": 8004}.get(
+                service["command"][-1], 8000
+            )
             expected.add(f"{name}:{port}")
     assert targets == expected
     mounted = " ".join(single["services"]["prometheus"]["volumes"])
