@@ -43,6 +43,7 @@ __all__ = [
     "Person",
     "StateKeys",
     "audit_row",
+    "customer_key",
     "erase",
     "erase_person",
     "erase_statements",
@@ -119,6 +120,12 @@ class Person:
         return sorted(v for k, _, v in (key.partition(":") for key in self.keys) if k == kind)
 
 
+def customer_key(customer_id: str) -> str:
+    """How a forgotten person's customer id is kept on the forgotten topic, beside their
+    identifier keys (never a ``kind:value`` an event carries)."""
+    return f"customer:{customer_id}"
+
+
 class ForgottenIdentifiers:
     """The identifier keys (``kind:value``) whose events are never stored again: ingest and the
     calls stage drop events naming one, the identity and journey stages drop records naming one
@@ -177,6 +184,12 @@ class ForgottenIdentifiers:
         except orjson.JSONDecodeError:
             return False
         return isinstance(wire, dict) and not self._keys.isdisjoint(_record_keys(wire))
+
+    def names_customer(self, customer_id: str) -> bool:
+        """Whether a customer id is a forgotten person's (suppressed as ``customer:<id>``): the
+        journey topic's records are keyed by customer, and a regroup or restitch of a forgotten
+        person may carry no identifier at all."""
+        return bool(self._keys) and customer_key(customer_id) in self._keys
 
     def names_text(self, text: str) -> bool:
         """Whether raw JSON text (a dead letter and its payload) holds a forgotten clear id as

@@ -27,6 +27,7 @@ from agents.forget import (
     Person,
     StateKeys,
     audit_row,
+    customer_key,
     erase_person,
     find_person,
     state_keys,
@@ -353,7 +354,7 @@ class ForgetService(Service):
         else:
             person = await find_person(self._store, key)
             state = await state_keys(self._store, person)  # read before the rows go
-        await self._suppress(person.keys)
+        await self._suppress(person.keys | {customer_key(c) for c in person.customers})
         async with self._ingest.lock:  # a batch being written now cannot land after the erase
             rows = await erase_person(self._store, person)
         tombstones = await self._tombstone(state, person)

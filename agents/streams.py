@@ -4,6 +4,7 @@ batches through a :class:`~agents.batches.BatchRunner` around its stage's handle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -237,7 +238,7 @@ def add_stitching(
 
     async def stitch(events: Sequence[Any]) -> None:
         await suppressed.loaded()
-        kept = [e for e in events if not _forgotten(suppressed, e)]
+        kept = [e for e in events if not _forgotten(suppressed, e, keyed=True)]
         await journey_stage.handle(
             [(_customer(e.key), e.value, _raw(e)) for e in kept], journey_state
         )
@@ -280,14 +281,19 @@ async def changelog_known(app: faust.App, table: Any) -> None:
     await producer.partitions_for(table.changelog_topic.get_topic_name())
 
 
-def _forgotten(forgotten: ForgottenIdentifiers, event: Any, text: bool = False) -> bool:
-    """Whether a record names a forgotten identifier; counted as ingest counts its drops."""
+def _forgotten(
+    forgotten: ForgottenIdentifiers, event: Any, text: bool = False, keyed: bool = False
+) -> bool:
+    """Whether a record names a forgotten identifier (or, ``keyed`` by customer, is a forgotten
+    customer's); counted as ingest counts its drops."""
     value = event.value or b""
-    named = (
-        forgotten.names_text(value.decode(errors="replace"))
-        if text
-        else forgotten.names_record(value)
-    )
+    if text:
+        named = forgotten.names_text(value.decode(errors="replace"))
+    else:
+        named = forgotten.names_record(value)
+    if keyed and not named and len(forgotten):
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+            named = forgotten.names_customer(_customer(event.key))
     if named:
         WORKER_EVENTS.labels("forgotten").inc()
     return named

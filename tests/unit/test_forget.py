@@ -11,6 +11,7 @@ from agents.forget import (
     ForgottenIdentifiers,
     Person,
     audit_row,
+    customer_key,
     erase_statements,
 )
 from agents.ingest import IngestPipeline, RawMessage
@@ -206,6 +207,9 @@ def test_records_of_the_stitching_topics_that_name_a_forgotten_identifier_are_re
     ]
     assert [forgotten.names_record(v) for v in named] == [True] * len(named)
     assert [forgotten.names_record(v) for v in kept] == [False] * len(kept)
+    # A restitch or regroup may carry no identifier: the journey topic's key, their customer, says.
+    forgotten.add(customer_key("c-ada"))
+    assert forgotten.names_customer("c-ada") and not forgotten.names_customer("c-bob")
     # A dead letter holds the raw event as a JSON string inside its own JSON.
     letter = orjson.dumps({"payload": orjson.dumps({"anonymous_id": "ada-laptop"}).decode()})
     assert forgotten.names_text(letter.decode())
