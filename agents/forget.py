@@ -104,6 +104,11 @@ FORGET_TABLES: Final[dict[str, Naming]] = {
     ),
     "calls": Naming(values={"phone": ("caller_hash", "called_hash")}, events=("call_uuid",)),
     "dead_letters": Naming(events=("event_id",), payload="payload"),
+    # helpdesk tickets and chats name their requester (migration 0012)
+    "tickets": Naming(
+        values={"email": ("email_hash",), "phone": ("phone_hash",), "user": ("user_id",)},
+        events=("ticket_uuid",),
+    ),
 }
 
 
