@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,17 @@ from mode import Service
 
 from agents.batches import BatchRunner, Checkpoint, DeadLetterPolicy
 from agents.clicks import expand_batches
-from agents.forget import ForgottenIdentifiers, erase
+from agents.forget import (
+    AUDIT_COLUMNS,
+    ForgottenIdentifiers,
+    Person,
+    StateKeys,
+    audit_row,
+    customer_key,
+    erase_person,
+    find_person,
+    state_keys,
+)
 from agents.identity import AliasReplica
 from agents.ingest import IngestPipeline, RawMessage
 from agents.outputs import Writer
@@ -155,6 +165,8 @@ class BatchIngestService(Service):
         records = await self._next_batch(consumer)
         if not records:
             return
+        if self._pipeline is not None:  # never store what a forget suppressed
+            await self._pipeline.forgotten.loaded()
 
         async def handle(batch: Sequence[Any]) -> None:
             async with self.lock:
@@ -307,6 +319,7 @@ class ForgottenFollower(Service):
             client_id=f"{settings.worker_id}-forgotten",
             writes=False,
         )
+        self._forgotten = forgotten
         super().__init__(**kwargs)
 
     @property
@@ -315,6 +328,8 @@ class ForgottenFollower(Service):
 
     async def on_start(self) -> None:
         await self._log.start()
+        await self._log.caught_up()
+        self._forgotten.mark_loaded()  # the stages wait for it before passing anything on
 
     async def on_stop(self) -> None:
         await self._log.stop()
@@ -375,7 +390,9 @@ class HealthService(Service):
 
 class ForgetService(Service):
     """Keeps the forgotten identifiers current from their compacted topic, and carries out
-    forgets asked for on the console: tombstone first, then erase what is stored."""
+    forgets asked for on the console (agents/forget.py): the person found, every identifier of
+    theirs suppressed first, then their rows erased, the state keys naming them tombstoned, and
+    the erasure audited."""
 
     def __init__(
         self,
@@ -384,6 +401,9 @@ class ForgetService(Service):
         store: ClickHouseStore,
         forgotten: ForgottenIdentifiers,
         ingest: BatchIngestService,
+        aliases_topic: str = "",
+        reservations_topic: str = "",
+        book: PoolBook | None = None,
         **kwargs: Any,
     ) -> None:
         self._settings = settings
@@ -391,6 +411,15 @@ class ForgetService(Service):
         self._store = store
         self._forgotten = forgotten
         self._ingest = ingest
+        # Faust names a table's changelog <app id>-<table>-changelog; the app id is the worker id.
+        self._state_topics = {
+            "journey_state": f"{settings.worker_id}-journey_state-changelog",
+            "identity_links": f"{settings.worker_id}-identity_links-changelog",
+            "call_state": f"{settings.worker_id}-call_state-changelog",
+            "aliases": aliases_topic,
+        }
+        self._reservations_topic = reservations_topic
+        self._book = book
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.loaded = False
@@ -413,6 +442,7 @@ class ForgetService(Service):
             self._remember(await consumer.getmany(timeout_ms=500))
         self._consumer = consumer
         self.loaded = True
+        self._forgotten.mark_loaded()
         log.info("forgotten identifiers loaded", extra={"count": len(self._forgotten)})
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
@@ -443,38 +473,110 @@ class ForgetService(Service):
             for record in records:
                 self._forgotten.add(record.key.decode())
 
-    async def forget(self, identifier: str) -> dict[str, Any]:
-        """Raises ``InvalidIdentifier`` for a malformed identifier, ``BackpressureError`` when
-        Kafka does not take the forget (nothing is changed then)."""
+    async def forget(
+        self, identifier: str, identifier_only: bool = False, requested_by: str = "console"
+    ) -> dict[str, Any]:
+        """Forget the person ``identifier`` resolves to (only that identifier with
+        ``identifier_only``). Raises ``InvalidIdentifier`` for a malformed identifier,
+        ``BackpressureError`` when Kafka does not take the suppression (nothing is erased then),
+        a retriable ``StoreError`` when ClickHouse cannot answer (asking again is safe)."""
         key = identifier_key(
             identifier, self._settings.hash_salt.value, self._settings.default_phone_region
         )
+        kind = key.split(":", 1)[0]
+        if identifier_only:
+            person, state = Person(frozenset({key})), StateKeys()
+        else:
+            person = await find_person(self._store, key)
+            state = await state_keys(self._store, person)  # read before the rows go
+        await self._suppress(person.keys | {customer_key(c) for c in person.customers})
+        async with self._ingest.lock:  # a batch being written now cannot land after the erase
+            rows = await erase_person(self._store, person)
+        tombstones = await self._tombstone(state, person)
+        scope = "identifier" if identifier_only else "person"
+        await self._store.insert(
+            "forget_audit",
+            [audit_row(requested_by, kind, scope, person, rows, tombstones)],
+            AUDIT_COLUMNS,
+        )
+        # Rows still on their way through stitching when the erase ran land within a batch or
+        # two; other workers learn of the suppression within a poll. Erase once more after.
+        self.add_future(self._erase_again(person))
+        log.info(
+            "forgot a person" if not identifier_only else "forgot an identifier",
+            extra={
+                "kind": kind,
+                "requested_by": requested_by,
+                "identifiers": len(person.keys),
+                "rows": sum(rows.values()),
+            },
+        )
+        return {
+            "identifier": kind + ":…",
+            "scope": scope,
+            "identifiers": len(person.keys),
+            "customers": len(person.customers),
+            "touchpoints": rows["touchpoints"],
+            "dead_letters": rows["dead_letters"],
+            "rows": rows,
+            "state_tombstones": tombstones,
+        }
+
+    async def _suppress(self, keys: Collection[str]) -> None:
+        """Every key on the forgotten topic, acknowledged, before anything is erased: from then
+        on no worker stores an event naming one of them, whatever replays."""
         assert self._producer is not None
-        record = {"identifier": key, "forgotten_at": datetime.now(UTC).isoformat()}
+        at = datetime.now(UTC).isoformat()
         try:
-            await self._producer.send_and_wait(self._topic, orjson.dumps(record), key=key.encode())
+            sent = [
+                await self._producer.send(
+                    self._topic,
+                    orjson.dumps({"identifier": key, "forgotten_at": at}),
+                    key=key.encode(),
+                )
+                for key in sorted(keys)
+            ]
+            await asyncio.gather(*sent)
         except KafkaError as exc:
             raise BackpressureError(
                 f"Kafka did not take the forget: {exc!r}", self._settings.retry_after_seconds
             ) from exc
-        self._forgotten.add(key)
-        async with self._ingest.lock:  # a batch being written now cannot land after the erase
-            erased = await erase(self._store, key)
-        # Other workers learn of it within a poll; erase once more after their batches land.
-        self.add_future(self._erase_again(key))
-        log.info(
-            "forgot an identifier",
-            extra={"kind": key.split(":", 1)[0], "touchpoints": erased.touchpoints},
-        )
-        return {
-            "identifier": identifier.split(":", 1)[0] + ":…",
-            "touchpoints": erased.touchpoints,
-            "dead_letters": erased.dead_letters,
-        }
+        for key in keys:
+            self._forgotten.add(key)
 
-    async def _erase_again(self, key: str) -> None:
+    async def _tombstone(self, state: StateKeys, person: Person) -> dict[str, int]:
+        """Compacted tombstones for the state keys naming the person: compaction removes what
+        Kafka kept of them, and a worker recovering a table never reads them back."""
+        assert self._producer is not None
+        records: list[tuple[str, bytes]] = [
+            (self._state_topics[name], key)
+            for name, keys in (
+                ("journey_state", state.journey_state),
+                ("identity_links", state.identity_links),
+                ("call_state", state.call_state),
+                ("aliases", state.aliases),
+            )
+            if self._state_topics[name]
+            for key in sorted(keys)
+        ]
+        counts = {n: c for n, c in state.counts().items() if self._state_topics[n]}
+        if self._book is not None and self._reservations_topic:
+            claims = self._book.keys_held_by(set(person.values("anon")))
+            records += [(self._reservations_topic, claim.encode()) for claim in claims]
+            counts["pool_reservations"] = len(claims)
+        try:
+            sent = [await self._producer.send(t, None, key=k) for t, k in records]
+            await asyncio.gather(*sent)
+        except KafkaError as exc:  # the rows are gone and suppressed; the audit says so
+            log.warning(
+                "could not tombstone a forgotten person's state", extra={"error": repr(exc)}
+            )
+            return {name: 0 for name in counts}
+        return counts
+
+    async def _erase_again(self, person: Person) -> None:
         await asyncio.sleep(30)
-        await erase(self._store, key)
+        await erase_person(self._store, person)
 
 
 class PoolReservationsService(Service):

@@ -4,6 +4,7 @@ batches through a :class:`~agents.batches.BatchRunner` around its stage's handle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from agents.table_store import STORE_SCHEME
 from agents.tickets import TicketsPipeline
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
+from tracker.metrics import WORKER_EVENTS
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink, Sink
@@ -70,12 +72,15 @@ def add_dead_letters(
     pipeline: IngestPipeline,
     lock: asyncio.Lock,
 ) -> None:
-    """Dead letters sent by the collectors, stored through ingest's dead-letter sink."""
+    """Dead letters sent by the collectors, stored through ingest's dead-letter sink; those
+    naming a forgotten identifier are not stored again."""
     dead_topic = app.topic(topology.dead_letters.name, value_serializer="raw", key_serializer="raw")
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
 
     async def store_dead_letters(events: Sequence[Any]) -> None:
-        await pipeline.handle_dead_letters([_raw(e) for e in events])
+        await pipeline.forgotten.loaded()
+        kept = [e for e in events if not _forgotten(pipeline.forgotten, e, text=True)]
+        await pipeline.handle_dead_letters([_raw(e) for e in kept])
 
     dead_letter_runner = BatchRunner(
         "dead_letters",
@@ -125,6 +130,7 @@ def add_calls(
     )
 
     async def merge_calls(events: Sequence[Any]) -> None:
+        await forgotten.loaded()
         await calls_pipeline.handle([_raw(e) for e in events], call_state)
 
     calls_runner = BatchRunner(
@@ -187,6 +193,7 @@ def add_stitching(
     topology: Topology,
     settings: Settings,
     outbox: Outbox,
+    forgotten: ForgottenIdentifiers | None = None,
 ) -> None:
     """The identity agent on the single-partition identity log (only the touchpoints that may
     link identifiers come this way, and splits), and the journey agent keyed by customer, each
@@ -217,8 +224,12 @@ def add_stitching(
         options=table_options(settings),
     )
 
+    suppressed = ForgottenIdentifiers() if forgotten is None else forgotten
+
     async def resolve(events: Sequence[Any]) -> None:
-        await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
+        await suppressed.loaded()
+        kept = [e for e in events if not _forgotten(suppressed, e)]  # a replay of a forgotten one
+        await identity_stage.handle([(e.value, e.message.offset) for e in kept], identity_links)
 
     identity_runner = BatchRunner(
         "identity", resolve, _raw, letters(), discard=identity_stage.discard
@@ -259,8 +270,10 @@ def add_stitching(
     )
 
     async def stitch(events: Sequence[Any]) -> None:
+        await suppressed.loaded()
+        kept = [e for e in events if not _forgotten(suppressed, e, keyed=True)]
         await journey_stage.handle(
-            [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
+            [(_customer(e.key), e.value, _raw(e)) for e in kept], journey_state
         )
 
     journey_runner = BatchRunner("journey", stitch, _raw, letters(), discard=journey_stage.discard)
@@ -297,6 +310,24 @@ async def changelog_known(app: faust.App, table: Any) -> None:
     which a topic Faust has only just created may not be in yet: wait for it."""
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
     await producer.partitions_for(table.changelog_topic.get_topic_name())
+
+
+def _forgotten(
+    forgotten: ForgottenIdentifiers, event: Any, text: bool = False, keyed: bool = False
+) -> bool:
+    """Whether a record names a forgotten identifier (or, ``keyed`` by customer, is a forgotten
+    customer's); counted as ingest counts its drops."""
+    value = event.value or b""
+    if text:
+        named = forgotten.names_text(value.decode(errors="replace"))
+    else:
+        named = forgotten.names_record(value)
+    if keyed and not named and len(forgotten):
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+            named = forgotten.names_customer(_customer(event.key))
+    if named:
+        WORKER_EVENTS.labels("forgotten").inc()
+    return named
 
 
 def _raw(event: Any) -> RawMessage:

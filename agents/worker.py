@@ -96,6 +96,9 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         if writes
         else None
     )
+    # Loaded by ForgetService (or, on a stitch-only worker, ForgottenFollower) before any stage
+    # passes a record on.
+    forgotten = ForgottenIdentifiers(loading=True)
     outbox = Outbox(settings)
 
     def sink(table: Table) -> Sink:
@@ -106,7 +109,6 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     def letters() -> DeadLetterPolicy:
         return DeadLetterPolicy(sink(DEAD_LETTERS))
 
-    forgotten = ForgottenIdentifiers()
     replica = AliasReplica()
     aliases = AliasReplicaService(settings, topology.aliases.name, replica)
     # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
@@ -146,7 +148,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
             settings, topology.click_batches.name, pipeline, letters(), ingest.lock
         )
         consumers += [ingest, clicks]
-        add_stitching(app, sink, letters, topology, settings, outbox)
+        add_stitching(app, sink, letters, topology, settings, outbox, forgotten)
     if store is None:
         follower = ForgottenFollower(settings, topology.forgotten.name, forgotten)
         health = HealthService(settings, consumers, follower)
@@ -158,9 +160,18 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         consumers.append(
             WriterService(settings, topology.outputs.name, writer, dead_letter_policy(store))
         )
-    forget = ForgetService(settings, topology.forgotten.name, store, forgotten, consumers[0])
     # Number pools: only with pools configured does the worker follow the reservations.
     book = PoolBook()
+    forget = ForgetService(
+        settings,
+        topology.forgotten.name,
+        store,
+        forgotten,
+        consumers[0],
+        aliases_topic=topology.aliases.name,
+        reservations_topic=topology.pool_reservations.name if settings.call_number_pools else "",
+        book=book if settings.call_number_pools else None,
+    )
     reservations = (
         PoolReservationsService(settings, topology.pool_reservations.name, book)
         if settings.call_number_pools

@@ -52,7 +52,8 @@ STORE_KEY = web.AppKey("store", ClickHouseStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
 
-Forget = Callable[[str], Awaitable[dict[str, Any]]]
+# (identifier, identifier only?, who asked) -> what was erased
+Forget = Callable[[str, bool, str], Awaitable[dict[str, Any]]]
 FORGET_KEY: web.AppKey[Forget] = web.AppKey("forget")
 
 
@@ -99,8 +100,15 @@ async def forget_identifier(request: web.Request) -> web.Response:
     identifier = body.get("identifier") if isinstance(body, dict) else None
     if not isinstance(identifier, str):
         return json_error(400, '"identifier" must be a string such as "email:ada@example.com"')
+    identifier_only = body.get("identifier_only", False)
+    if not isinstance(identifier_only, bool):
+        return json_error(400, '"identifier_only" must be true or false')
+    # Who the audit names: the CLI says it is the CLI; anyone else is the token's holder.
+    settings = request.app[SETTINGS_KEY]
+    requested_by = "cli" if body.get("via") == "cli" else settings.api_token_name
     try:
-        return json_response(await request.app[FORGET_KEY](identifier))
+        forget = request.app[FORGET_KEY]
+        return json_response(await forget(identifier, identifier_only, requested_by))
     except InvalidIdentifier as exc:
         return json_error(400, f"identifier {exc}")
     except TrackerError as exc:

@@ -164,6 +164,7 @@ class Settings:
     supervisor_stable_seconds: float = 60.0
     # A ClickHouse cluster's name: migrations then make replicated, distributed tables ON CLUSTER.
     clickhouse_cluster: str = ""
+    api_token_name: str = "console"  # who the audit of a forget names for a console token
     # Write keys (collectors/beacon/sources.py, docs/sources.md): who may send, and how fast.
     sources: tuple[Source, ...] = ()
     source_rate: float = 50.0
@@ -242,6 +243,7 @@ class Settings:
             links_port=reader.port("TRACKER_LINKS_PORT", 8002),
             calls_port=reader.port("TRACKER_CALLS_PORT", 8003),
             api_token=Secret(reader.text("TRACKER_API_TOKEN", "")),
+            api_token_name=reader.text("TRACKER_API_TOKEN_NAME", "console") or "console",
             hash_salt=Secret(salt),
             max_body_bytes=reader.integer("TRACKER_MAX_BODY_BYTES", 1_048_576, minimum=1024),
             max_events_per_request=reader.integer("TRACKER_MAX_EVENTS_PER_REQUEST", 500, minimum=1),

@@ -32,7 +32,7 @@ record (a tombstone) and tries the next number.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -187,6 +187,16 @@ class PoolBook:
             del claims[claim]
 
     # -- questions ------------------------------------------------------------------------------
+
+    def keys_held_by(self, anonymous_ids: Collection[str]) -> list[str]:
+        """The topic keys of every claim made for one of ``anonymous_ids``: what forgetting
+        those visitors tombstones (agents/forget.py)."""
+        return sorted(
+            r.key
+            for claims in self._history.values()
+            for r in claims.values()
+            if r.anonymous_id in anonymous_ids
+        )
 
     def holder(self, number: str) -> Reservation | None:
         return self._holders.get(number)

@@ -83,6 +83,7 @@ def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_k
         "journeys": "cityHash64(customer_id)",
         "frictions": "cityHash64(friction_id)",
         "touchpoints_by_customer": "cityHash64(event_id)",  # as touchpoints: its MV is per shard
+        "forget_audit": "cityHash64(forget_id)",  # one row per forget, never replaced
     }
 
 

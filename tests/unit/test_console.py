@@ -51,7 +51,7 @@ async def store_and_client(tmp_path: Path) -> AsyncIterator[tuple[RecordingStore
 
 
 async def forget_client(
-    tmp_path: Path, forget: Callable[[str], Awaitable[dict[str, Any]]]
+    tmp_path: Path, forget: Callable[[str, bool, str], Awaitable[dict[str, Any]]]
 ) -> Client:
     app = create_console(
         console_settings(tmp_path), cast(ClickHouseStore, RecordingStore()), lambda: True, forget
@@ -82,7 +82,7 @@ async def test_a_query_runs_within_the_configured_limits_with_its_own_format(
 
 
 async def test_forget_that_kafka_did_not_take_is_a_503_with_retry_after(tmp_path: Path) -> None:
-    async def forget(identifier: str) -> dict[str, Any]:
+    async def forget(identifier: str, identifier_only: bool, requested_by: str) -> dict[str, Any]:
         raise BackpressureError("Kafka did not take the forget", retry_after=7)
 
     client = await forget_client(tmp_path, forget)
@@ -96,7 +96,7 @@ async def test_forget_that_kafka_did_not_take_is_a_503_with_retry_after(tmp_path
 
 
 async def test_forget_when_clickhouse_is_unreachable_is_a_503(tmp_path: Path) -> None:
-    async def forget(identifier: str) -> dict[str, Any]:
+    async def forget(identifier: str, identifier_only: bool, requested_by: str) -> dict[str, Any]:
         raise StoreError("ClickHouse is unreachable", retriable=True)
 
     client = await forget_client(tmp_path, forget)
@@ -108,7 +108,7 @@ async def test_forget_when_clickhouse_is_unreachable_is_a_503(tmp_path: Path) ->
 
 
 async def test_a_malformed_identifier_is_a_400(tmp_path: Path) -> None:
-    async def forget(identifier: str) -> dict[str, Any]:
+    async def forget(identifier: str, identifier_only: bool, requested_by: str) -> dict[str, Any]:
         raise InvalidIdentifier("must be kind:value")
 
     client = await forget_client(tmp_path, forget)
@@ -118,3 +118,28 @@ async def test_a_malformed_identifier_is_a_400(tmp_path: Path) -> None:
         assert "kind:value" in (await answer.json())["error"]
     finally:
         await client.close()
+
+
+async def test_forget_passes_on_the_scope_and_who_asked_for_the_audit(tmp_path: Path) -> None:
+    asked: list[tuple[str, bool, str]] = []
+
+    async def forget(identifier: str, identifier_only: bool, requested_by: str) -> dict[str, Any]:
+        asked.append((identifier, identifier_only, requested_by))
+        return {"identifier": "email:…"}
+
+    client = await forget_client(tmp_path, forget)
+    try:
+        person = await client.post("/api/forget", json={"identifier": "email:ada@example.com"})
+        narrow = await client.post(
+            "/api/forget",
+            json={"identifier": "user:u-1", "identifier_only": True, "via": "cli"},
+        )
+        wrong = await client.post(
+            "/api/forget", json={"identifier": "user:u-1", "identifier_only": "yes"}
+        )
+        assert (person.status, narrow.status, wrong.status) == (200, 200, 400)
+        assert "identifier_only" in (await wrong.json())["error"]
+    finally:
+        await client.close()
+    # The console's own caller is the token's holder (TRACKER_API_TOKEN_NAME, "console" unset).
+    assert asked == [("email:ada@example.com", False, "console"), ("user:u-1", True, "cli")]

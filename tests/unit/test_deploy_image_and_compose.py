@@ -105,7 +105,7 @@ def test_compose_parses_and_runs_the_whole_stack(single: dict[str, Any]) -> None
     services = single["services"]
     assert set(services) == {
         "kafka-1", "kafka-2", "kafka-3", "clickhouse", "migrate", "beacon", "links", "calls",
-        "helpdesk", "worker-1", "worker-2", "prometheus", "grafana",
+        "email", "helpdesk", "worker-1", "worker-2", "prometheus", "grafana",
     }  # fmt: skip
     assert services["kafka-2"]["profiles"] == services["kafka-3"]["profiles"] == ["cluster"]
     assert "profiles" not in services["kafka-1"]
@@ -142,6 +142,7 @@ def test_every_tracker_service_runs_a_real_role_with_documented_settings(
             "serve beacon",
             "serve links",
             "serve calls",
+            "serve email",
             "serve helpdesk",
             "worker",
             "worker",
@@ -167,9 +168,13 @@ def test_compose_mounts_only_files_that_exist_and_prometheus_scrapes_every_track
     expected = set()
     for name, service in single["services"].items():
         if service["image"] == "tracker:local" and service["command"] != ["migrate"]:
-            port = {"beacon": 8001, "links": 8002, "calls": 8003, "helpdesk": 8005}.get(
-                service["command"][-1], 8000
-            )
+            port = {
+                "beacon": 8001,
+                "links": 8002,
+                "calls": 8003,
+                "email": 8004,
+                "helpdesk": 8005,
+            }.get(service["command"][-1], 8000)
             expected.add(f"{name}:{port}")
     assert targets == expected
     mounted = " ".join(single["services"]["prometheus"]["volumes"])

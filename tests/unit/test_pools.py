@@ -363,3 +363,22 @@ async def test_calls_to_other_numbers_are_untouched_by_pools() -> None:
     await pipeline.handle(messages(pool_callbacks("CA3", T0, "+18005550199")), {})
     [row] = [TOUCHPOINTS.named(r) for r in touchpoints.rows.values()]
     assert row["campaign_source"] == "billboard" and "pool" not in row["properties"]
+
+
+def test_forgetting_a_visitor_finds_every_claim_made_for_them_and_a_tombstone_withdraws_it() -> (
+    None
+):
+    book = PoolBook()
+    ada = reserve(book, "s1", T0)
+    again = reserve(book, "s1-later", T0 + timedelta(hours=2))  # another session, another claim
+    again = replace(again, anonymous_id=ada.anonymous_id)
+    book.apply(again)
+    other = reserve(book, "s2", T0)
+
+    held = book.keys_held_by({ada.anonymous_id})
+
+    assert set(held) == {ada.key, again.key}
+    for key in held:
+        book.apply_record(key, None)
+    assert book.keys_held_by({ada.anonymous_id}) == []
+    assert book.holds(other)

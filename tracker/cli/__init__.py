@@ -83,10 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     forget = commands.add_parser(
-        "forget", help="erase what is stored under an identifier, and never store it again"
+        "forget",
+        help="erase the person an identifier resolves to, and never store any of theirs again",
     )
     forget.add_argument(
         "identifier", help="kind:value, kind one of user, anon, email, phone, click"
+    )
+    forget.add_argument(
+        "--identifier-only",
+        action="store_true",
+        help="erase and suppress only this identifier, not the rest of its customer",
     )
     forget.set_defaults(run=_forget)
 
@@ -203,13 +209,22 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _forget(settings: Settings, args: argparse.Namespace) -> int:
-    answer = orjson.loads(
-        console_request(settings, "/api/forget", {"identifier": args.identifier}, "forget")
+    body: dict[str, object] = {
+        "identifier": args.identifier,
+        "identifier_only": args.identifier_only,
+        "via": "cli",
+    }
+    answer = orjson.loads(console_request(settings, "/api/forget", body, "forget"))
+    who = (
+        "the identifier"
+        if answer.get("scope") == "identifier"
+        else f"the person ({answer.get('identifiers', 1)} identifiers)"
     )
-    sys.stdout.write(
-        f"forgotten: {answer['touchpoints']} touchpoints and {answer['dead_letters']} dead letters "
-        "deleted; events carrying it will not be stored again\n"
-    )
+    sys.stdout.write(f"forgotten: {who}; events naming any of them will not be stored again\n")
+    for table, rows in sorted((answer.get("rows") or {}).items()):
+        sys.stdout.write(f"{table}\t{rows} rows deleted\n")
+    for state, keys in sorted((answer.get("state_tombstones") or {}).items()):
+        sys.stdout.write(f"{state}\t{keys} keys tombstoned\n")
     return 0
 
 
