@@ -19,7 +19,14 @@ from collectors.calls._common import (
 from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
-from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.http import (
+    add_health_routes,
+    client_key,
+    json_error,
+    json_response,
+    rate_limited,
+    request_metrics,
+)
 from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
 from tracker.settings import Settings
 
@@ -68,7 +75,16 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 
 def create_app(settings: Settings, publisher: CallPublisher) -> web.Application:
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(COLLECTOR)]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            request_metrics(COLLECTOR),
+            rate_limited(
+                "calls",
+                settings.rate_limit("calls"),
+                settings.trust_forwarded_for,
+                key=lambda request: _client(request, settings),
+            ),
+        ],
     )
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
@@ -182,3 +198,10 @@ def _kept(body: bytes) -> str:
 def _unavailable(exc: BackpressureError) -> web.Response:
     retry = str(max(1, round(exc.retry_after)))
     return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+
+
+def _client(request: web.Request, settings: Settings) -> str:
+    """A webhook's client: its provider and its truncated address, so that one provider's
+    burst never holds up another's (each sends from its own addresses anyway)."""
+    provider = request.path.removeprefix("/v1/calls/").partition("/")[0][:32]
+    return f"{provider}|{client_key(request, settings.trust_forwarded_for)}"

@@ -13,7 +13,14 @@ from collectors.email._common import Batch, EmailProvider, Refused
 from collectors.email.records import SOURCE, EmailEvent, redact_emails, touchpoint_payload
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.http import (
+    add_health_routes,
+    client_key,
+    json_error,
+    json_response,
+    rate_limited,
+    request_metrics,
+)
 from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS, EMAIL_WEBHOOKS
 from tracker.settings import Settings
@@ -34,7 +41,16 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, publisher: Publisher) -> web.Application:
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(COLLECTOR)]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            request_metrics(COLLECTOR),
+            rate_limited(
+                "email",
+                settings.rate_limit("email"),
+                settings.trust_forwarded_for,
+                key=lambda request: _client(request, settings),
+            ),
+        ],
     )
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
@@ -129,6 +145,8 @@ def _context(event: EmailEvent, received_ts: datetime, settings: Settings) -> Re
         ip=event.ip,
         user_agent=event.user_agent,
         hash_salt=settings.hash_salt.value,
+        previous_hash_salt=settings.hash_salt_previous.value,
+        pii=settings.pii_rules,
         phone_region=settings.default_phone_region,
         max_event_age=timedelta(days=settings.max_event_age_days),
     )
@@ -215,3 +233,10 @@ def _kept(body: bytes) -> str:
     cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
     kept = redact_emails(body[:MAX_DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace"))
     return f"{kept}... [{cut} more bytes not kept]"
+
+
+def _client(request: web.Request, settings: Settings) -> str:
+    """A webhook's client: its provider and its truncated address, so that one provider's
+    burst never holds up another's (each sends from its own addresses anyway)."""
+    provider = request.path.removeprefix("/v1/email/").partition("/")[0][:32]
+    return f"{provider}|{client_key(request, settings.trust_forwarded_for)}"
