@@ -238,12 +238,20 @@ ClientKey = Callable[[web.Request], str | None]
 
 
 def rate_limited(
-    surface: str, limit: RateLimit, trust_forwarded_for: bool, key: ClientKey | None = None
+    surface: str, limit: RateLimit | None, trust_forwarded_for: bool, key: ClientKey | None = None
 ) -> Any:
     """Middleware: each request counts against its client's bucket first, before its body is
     read; over the limit it is answered 429 with ``Retry-After``. ``key`` names the client
     (None: the request is limited elsewhere, e.g. per write key); the default is
-    :func:`client_key`. Health, readiness and metrics are never limited."""
+    :func:`client_key`. Health, readiness and metrics are never limited; nothing is when
+    ``limit`` is None (the surface's limit is off)."""
+    if limit is None:
+
+        @web.middleware
+        async def unlimited(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await handler(request)
+
+        return unlimited
     limiter = RequestLimiter(surface, limit)
 
     def default_key(request: web.Request) -> str | None:

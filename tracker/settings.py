@@ -168,7 +168,8 @@ class Settings:
     pii_mode: str = "strip"
     pii_query_params: frozenset[str] = frozenset(DEFAULT_PII_QUERY_PARAMS)
     # Requests per client and surface (tracker/ratelimit.py, docs/privacy.md#abuse-controls).
-    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    # A surface mapped to None is not limited (TRACKER_RATE_LIMITS "off").
+    rate_limits: Mapping[str, RateLimit | None] = field(default_factory=dict)
 
     @property
     def hash_salts(self) -> tuple[str, ...]:
@@ -187,11 +188,14 @@ class Settings:
             phone_region=self.default_phone_region,
         )
 
-    def rate_limit(self, surface: str) -> RateLimit:
-        """The request limit of one surface (``beacon``, ``links``, ...), per client."""
-        if surface == "links_api" and surface not in self.rate_limits:
+    def rate_limit(self, surface: str) -> RateLimit | None:
+        """The request limit of one surface (``beacon``, ``links``, ...), per client; None
+        when it is turned off."""
+        if surface in self.rate_limits:
+            return self.rate_limits[surface]
+        if surface == "links_api":
             return RateLimit(self.links_api_rate, self.links_api_burst)
-        return self.rate_limits.get(surface) or RATE_LIMIT_SURFACES[surface]
+        return RATE_LIMIT_SURFACES[surface]
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -305,25 +309,33 @@ def _privacy_settings(reader: _Reader) -> dict[str, Any]:
     }
 
 
-def _rate_limits(raw: str) -> dict[str, RateLimit]:
+def _rate_limits(raw: str) -> dict[str, RateLimit | None]:
     """``TRACKER_RATE_LIMITS``: inline JSON, or the path of a JSON file, of surface to
-    ``{"rate": requests per second, "burst": requests}``, merged over the defaults."""
+    ``{"rate": requests per second, "burst": requests}`` or ``"off"``, merged over the
+    defaults; ``off`` alone turns every surface's limit off."""
     name = "TRACKER_RATE_LIMITS"
     if not raw:
         return {}
+    if raw.lower() == "off":
+        return dict.fromkeys(RATE_LIMIT_SURFACES)
     parsed = _json_setting(name, raw)
     if not isinstance(parsed, dict):
         raise ConfigError(
             f'{name} must be a JSON object such as {{"beacon": {{"rate": 100, "burst": 400}}}}'
         )
-    limits: dict[str, RateLimit] = {}
+    limits: dict[str, RateLimit | None] = {}
     for surface, spec in parsed.items():
         if surface not in RATE_LIMIT_SURFACES:
             raise ConfigError(
                 f"{name}: unknown surface {surface!r}; surfaces: {', '.join(RATE_LIMIT_SURFACES)}"
             )
+        if spec == "off":
+            limits[surface] = None
+            continue
         if not isinstance(spec, dict) or set(spec) - {"rate", "burst"}:
-            raise ConfigError(f'{name}.{surface} must be an object {{"rate": ..., "burst": ...}}')
+            raise ConfigError(
+                f'{name}.{surface} must be "off" or an object {{"rate": ..., "burst": ...}}'
+            )
         default = RATE_LIMIT_SURFACES[surface]
         rate, burst = spec.get("rate", default.rate), spec.get("burst", default.burst)
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:

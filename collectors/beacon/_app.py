@@ -298,12 +298,13 @@ def _rate_limited(settings: Settings) -> Any:
     truncated address, or for a request carrying a configured source's write key, that
     source's own limit (TRACKER_SOURCES), checked by the route. 429 with Retry-After, in
     Segment's shape on Segment's routes."""
-    limiter = RequestLimiter("beacon", settings.rate_limit("beacon"))
+    limit = settings.rate_limit("beacon")
+    limiter = RequestLimiter("beacon", limit) if limit is not None else None
     trust = settings.trust_forwarded_for
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in HEALTH_PATHS or _keyed_by_source(request):
+        if limiter is None or request.path in HEALTH_PATHS or _keyed_by_source(request):
             return await handler(request)
         wait = limiter.take(client_key(request, trust))
         if not wait:

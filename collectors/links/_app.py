@@ -67,7 +67,8 @@ class Links:
             publisher, settings.links_base_url, settings.links_click_buffer, self.table.instance
         )
         self.click_ids = ClickIds()
-        self.limiter = RequestLimiter("links_api", settings.rate_limit("links_api"))
+        api_limit = settings.rate_limit("links_api")
+        self.limiter = RequestLimiter("links_api", api_limit) if api_limit else None
         self.redirect_limit = settings.rate_limit("links")
 
     @property
@@ -180,12 +181,12 @@ def redirect_handler(links: Links) -> Handler:
     trust_forwarded_for = links.settings.trust_forwarded_for
     unavailable_for = str(links.settings.retry_after_seconds)
     # Per truncated address, before anything else: a flood of one network costs a lookup each.
-    buckets = TokenBuckets.of(links.redirect_limit)
+    buckets = TokenBuckets.of(links.redirect_limit) if links.redirect_limit else None
     limited = RATE_LIMITED.labels("links")
 
     async def follow(request: web.Request) -> web.StreamResponse:
         ip = truncate_ip(client_ip(request, trust_forwarded_for))  # cached per address
-        if wait := buckets.take(ip):
+        if buckets is not None and (wait := buckets.take(ip)):
             limited.inc()
             return _page(429, {"Retry-After": str(retry_after(wait))})
         slug = request.match_info["slug"]
@@ -275,7 +276,9 @@ def _guarded(handler: Handler, writes: bool) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         links = request.app[LINKS_KEY]
         settings = links.settings
-        if refused := links.limiter.refuse(client_key(request, settings.trust_forwarded_for)):
+        limiter = links.limiter
+        key = client_key(request, settings.trust_forwarded_for)
+        if limiter is not None and (refused := limiter.refuse(key)):
             return refused
         token = settings.api_token
         if not token:
@@ -307,7 +310,8 @@ def _limited(handler: Handler) -> Handler:
     async def limited(request: web.Request) -> web.StreamResponse:
         links = request.app[LINKS_KEY]
         key = client_key(request, links.settings.trust_forwarded_for)
-        return links.limiter.refuse(key) or await handler(request)
+        refused = links.limiter.refuse(key) if links.limiter is not None else None
+        return refused or await handler(request)
 
     return limited
 

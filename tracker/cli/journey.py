@@ -34,6 +34,7 @@ __all__ = [
     "render_json",
     "render_text",
     "stored_key",
+    "stored_keys",
     "typed_identifier",
 ]
 
@@ -151,6 +152,18 @@ def stored_key(raw: str, settings: Settings) -> str:
         raise TrackerError(
             f"identifier {raw!r} {exc}; kinds: {', '.join(IDENTIFIER_KINDS)} or crm:<system>"
         ) from None
+
+
+def stored_keys(raw: str, settings: Settings) -> list[str]:
+    """:func:`stored_key` under the current salt, then, during a salt rotation, under the
+    previous one (``TRACKER_HASH_SALT_PREVIOUS``), where older events are stored."""
+    keys = [stored_key(raw, settings)]
+    kind = raw.partition(":")[0].strip().lower()
+    if kind in _HASHED and len(settings.hash_salts) > 1:
+        previous = settings.with_overrides(hash_salt=settings.hash_salt_previous)
+        if (older := stored_key(raw, previous)) not in keys:
+            keys.append(older)
+    return keys
 
 
 # -- reading it --------------------------------------------------------------------------------
@@ -279,24 +292,31 @@ def belongs(
 def _current_customer(settings: Settings, raw: str, read: Reader) -> str | None:
     text = raw.strip()
     if ":" in text:
-        key = stored_key(text, settings)
-        found = read(f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}")
-        if found:
-            return str(found[0]["customer_id"])
+        keys = stored_keys(text, settings)  # the current salt's hash first
+        for key in keys:
+            sql = f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}"
+            if found := read(sql):
+                return str(found[0]["customer_id"])
         # Never linked to another identifier: its events went straight to its own customer.
-        text = _own_customer_id(key)
-    else:
-        # A customer id: the one an identifier had on its own (current, or merged since), or
-        # that of an event without identifiers.
-        found = read(
-            "SELECT customer_id FROM identities FINAL "
-            f"WHERE own_customer_id = {_quote(text)} LIMIT 1",
-        )
-        if found:
-            return str(found[0]["customer_id"])
+        for key in keys:
+            if customer := _stored_customer(_own_customer_id(key), read):
+                return customer
+        return None
+    # A customer id: the one an identifier had on its own (current, or merged since), or that
+    # of an event without identifiers.
+    found = read(
+        f"SELECT customer_id FROM identities FINAL WHERE own_customer_id = {_quote(text)} LIMIT 1"
+    )
+    if found:
+        return str(found[0]["customer_id"])
+    return _stored_customer(text, read)
+
+
+def _stored_customer(customer: str, read: Reader) -> str | None:
+    """``customer`` when anything is stored for it."""
     for table in ("journeys", _BY_KEY):
-        if read(f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(text)} LIMIT 1"):
-            return text
+        if read(f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(customer)} LIMIT 1"):
+            return customer
     return None
 
 
