@@ -19,6 +19,7 @@ from tracker.http import (
     json_error,
     json_response,
     rate_limited,
+    read_body,
     request_metrics,
 )
 from tracker.kafka.producer import Publisher
@@ -71,10 +72,10 @@ async def post_webhook(request: web.Request) -> web.Response:
     provider = PROVIDERS.get(request.match_info["provider"])
     if provider is None:
         return json_error(404, f"unknown email provider; use one of {', '.join(sorted(PROVIDERS))}")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, f"body is larger than {settings.max_body_bytes} bytes")
+    # Bounded in size (413) and in time (408), as every collector's body is.
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
     webhook = WebhookRequest(
         method=request.method,
         url=str(request.url),
