@@ -119,3 +119,37 @@ async def test_a_server_source_is_limited_by_its_own_rate_not_its_address(
         assert segment.status == 429
         answer = await segment.json()
         assert answer["code"] == "rate_limited" and segment.headers["Retry-After"]
+
+
+def test_the_cli_waits_as_a_429_tells_it_then_gets_its_answer(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tracker.cli.client import console_request
+
+    answers = [(429, b'{"error": "slow down"}'), (200, b"1\n")]
+
+    class Console(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            status, body = answers.pop(0)
+            self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Console)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings.from_env(
+            {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_CONSOLE_PORT": str(server.server_port)}
+        )
+        assert console_request(settings, "/api/query", {"sql": "SELECT 1"}, "query") == b"1\n"
+        assert answers == []
+    finally:
+        server.shutdown()
+        server.server_close()
