@@ -103,7 +103,7 @@ def test_every_surface_answers_429_with_retry_after_per_client(limited: Pipeline
         status, text, got = answers[-1]
         assert status == 429, (surface, answers[-1])
         assert int(got["Retry-After"]) >= 1, surface
-        assert b"retry" in text.lower(), (surface, text)  # says what to do
+        assert b"too many requests" in text.lower(), (surface, text)  # says why
         # The same network is the same client; another network is not held up.
         assert send(method, url, f"203.0.{index}.99", body, **headers)[0] == 429, surface
         status, text, _ = send(method, url, other, body, **headers)
