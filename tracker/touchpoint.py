@@ -2,7 +2,8 @@
 
 A collector turns a client's JSON into a :class:`Touchpoint` with :func:`accept`. That validates
 against ``schemas/touchpoint/1-0-0.json``, corrects the device clock, hashes email and phone, keeps
-personal data out of URLs and properties (:class:`tracker.privacy.PiiRules`), and applies consent. The raw topic carries :meth:`Touchpoint.to_wire`; the worker reads it back with
+personal data out of URLs and properties (:class:`tracker.privacy.PiiRules`), and applies
+consent. The raw topic carries :meth:`Touchpoint.to_wire`; the worker reads it back with
 :meth:`Touchpoint.from_wire`.
 """
 
