@@ -26,6 +26,10 @@ from tracker.ratelimit import RATE_LIMIT_SURFACES
 pytestmark = pytest.mark.integration
 
 BURST = 3
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
 # Every surface: three requests per client, then one every 1,000 seconds.
 TIGHT = orjson.dumps({s: {"rate": 0.001, "burst": BURST} for s in RATE_LIMIT_SURFACES}).decode()
 
@@ -151,7 +155,7 @@ def tracker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_personal_data_stays_out_of_urls_and_a_rotated_salt_keeps_one_customer(
+def test_personal_data_stays_out_of_urls_bots_are_flagged_and_a_rotated_salt_keeps_one_customer(
     kafka: LocalKafka, tmp_path: Path
 ) -> None:
     env = component_env(kafka.bootstrap, tmp_path, TRACKER_HASH_SALT="salt-of-2025")
@@ -187,7 +191,19 @@ def test_personal_data_stays_out_of_urls_and_a_rotated_salt_keeps_one_customer(
         assert status == 201
         status, _, got = call("GET", f"{links_url}/s{run}?email={ada}&utm_medium=sms", follow=False)
         assert status == 302 and ada in got["Location"]  # passed on to the site, never stored
+        # The email pixel, fetched by a crawler and by Gmail's image proxy for a reader.
+        for agent, who in ((GOOGLEBOT, "crawler"), (GMAIL_PROXY, "reader")):
+            pixel = f"{p.beacon_url}/v1/p.gif?type=email_open&anonymous_id={who}-{run}"
+            assert send("GET", pixel, "127.0.0.1", User_Agent=agent)[0] == 200
         p.wait_until_handled()
+
+        flagged = p.query(
+            "SELECT anonymous_id, is_bot, bot_reason FROM touchpoints "
+            f"WHERE type = 'email_open' AND anonymous_id LIKE '%-{run}' ORDER BY anonymous_id"
+        )
+        crawler, reader = (line.split("\t") for line in flagged.strip().splitlines())
+        assert crawler[1] == "true" and crawler[2].startswith("crawler:"), crawler
+        assert reader[1:] == ["false", "proxy:gmail"], reader
 
         stored = p.query(
             "SELECT page_url, page_referrer, toJSONString(properties) FROM touchpoints "
