@@ -327,3 +327,22 @@ def test_identifier_keys_try_the_current_salt_first_then_the_previous() -> None:
     assert identifier_keys("user:42", settings.hash_salts, "US") == ["user:42"]
     same = Settings.from_env({"TRACKER_HASH_SALT": "s", "TRACKER_HASH_SALT_PREVIOUS": "s"})
     assert same.hash_salts == ("s",)
+
+
+def test_journey_lookups_try_the_previous_salt_after_the_current_one() -> None:
+    from tracker.cli.journey import _current_customer, stored_keys
+
+    settings = Settings.from_env({"TRACKER_HASH_SALT": "new", "TRACKER_HASH_SALT_PREVIOUS": "old"})
+    new, old = (
+        "email:" + hash_identifier("email", "ada@example.com", salt) for salt in ("new", "old")
+    )
+    assert stored_keys("email:ada@example.com", settings) == [new, old]
+    asked: list[str] = []
+
+    def read(sql: str) -> list[dict[str, Any]]:
+        asked.append(sql)
+        return [{"customer_id": "c-ada"}] if f"identifier = '{old}'" in sql else []
+
+    # Known only under the old salt (not seen since the rotation): still found.
+    assert _current_customer(settings, "email:ada@example.com", read) == "c-ada"
+    assert new in asked[0] and old in asked[1]
