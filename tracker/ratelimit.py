@@ -39,6 +39,7 @@ class TokenBuckets:
         self._burst = float(burst)
         self._max_clients = max_clients
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._swept = float("-inf")
 
     @classmethod
     def of(cls, limit: RateLimit) -> TokenBuckets:
@@ -53,9 +54,26 @@ class TokenBuckets:
             self._buckets[client] = (tokens, now)
             return (1.0 - tokens) / self._rate
         if len(self._buckets) >= self._max_clients and client not in self._buckets:
-            self._buckets.clear()  # crude bound on memory; full buckets are the default anyway
+            self._forget_refilled(now)
+            if len(self._buckets) >= self._max_clients:
+                return 0.0  # a new client's bucket is full anyway: let it by, untracked
         self._buckets[client] = (tokens - 1.0, now)
         return 0.0
+
+    def _forget_refilled(self, now: float) -> None:
+        """Bound memory by dropping the buckets that have refilled (a client that comes back
+        starts full anyway), so that clients being held back keep their debt however many
+        addresses a flood rotates through. At most once a second: a sweep reads every bucket."""
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
+        refilled = [
+            client
+            for client, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self._rate >= self._burst
+        ]
+        for client in refilled:
+            del self._buckets[client]
 
 
 def retry_after(wait: float) -> int:

@@ -62,6 +62,17 @@ def test_a_bucket_refuses_past_its_burst_says_how_long_to_wait_and_refills() -> 
     assert buckets.take("a", now=0.5) == 0.0  # one token back after half a second
 
 
+def test_memory_is_bounded_without_letting_a_held_back_client_off() -> None:
+    buckets = TokenBuckets(rate=1.0, burst=2, max_clients=3)
+    assert [buckets.take("flooder", now=0.0) > 0 for _ in range(3)] == [False, False, True]
+    # a flood of new addresses in the same second, past the bound
+    assert [buckets.take(f"new-{n}", now=0.1) for n in range(10)] == [0.0] * 10
+    assert buckets.take("flooder", now=0.2) > 0  # still held back
+    assert len(buckets._buckets) <= 3
+    # once the early ones have refilled, their room goes to newcomers
+    assert buckets.take("late", now=5.0) == 0.0 and "late" in buckets._buckets
+
+
 def _settings(tmp_path: Path, **env: str) -> Settings:
     return Settings.from_env(
         {
