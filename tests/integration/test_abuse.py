@@ -206,7 +206,7 @@ def test_personal_data_stays_out_of_urls_bots_are_flagged_and_a_rotated_salt_kee
         assert reader[1:] == ["false", "proxy:gmail"], reader
 
         stored = p.query(
-            "SELECT page_url, page_referrer, toJSONString(properties) FROM touchpoints "
+            "SELECT page_url, referrer, toJSONString(properties) FROM touchpoints "
             f"WHERE event_id = '{signup['event_id']}' OR properties['slug'] = 's{run}'"
         )
         assert "ada." not in stored and "555" not in stored and "s3cr3t" not in stored, stored
