@@ -27,6 +27,7 @@ RATE_LIMIT_SURFACES: Final = {
     "links_api": RateLimit(10.0, 40),  # /api/links: TRACKER_LINKS_API_RATE and _BURST
     "calls": RateLimit(200.0, 1000),  # call webhooks: providers send from few addresses
     "email": RateLimit(200.0, 1000),  # email webhooks, likewise
+    "helpdesk": RateLimit(200.0, 1000),  # helpdesk and chat webhooks, likewise
     "console": RateLimit(5.0, 30),  # /api/query, /api/reports, /api/forget, the page
 }
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
+from collectors._webhooks import kept, read_webhook, refused, unavailable, webhook_app
 from collectors.calls import asterisk, freeswitch, generic, plivo, telnyx, twilio, vonage
 from collectors.calls._common import (
     Ignored,
@@ -19,15 +19,7 @@ from collectors.calls._common import (
 from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
-from tracker.http import (
-    add_health_routes,
-    client_key,
-    json_error,
-    json_response,
-    rate_limited,
-    read_body,
-    request_metrics,
-)
+from tracker.http import json_error, json_response
 from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
 from tracker.settings import Settings
 
@@ -46,10 +38,6 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 log = logging.getLogger(__name__)
-
-# A refused body is kept as a dead letter up to this many bytes, so that the letter itself always
-# fits in one Kafka record whatever TRACKER_MAX_BODY_BYTES allows.
-MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
 
 
 class CallPublisher(Protocol):
@@ -75,29 +63,9 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 
 
 def create_app(settings: Settings, publisher: CallPublisher) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[
-            request_metrics(COLLECTOR),
-            rate_limited(
-                "calls",
-                settings.rate_limit("calls"),
-                settings.trust_forwarded_for,
-                key=lambda request: _client(request, settings),
-            ),
-        ],
-    )
+    app = webhook_app(settings, COLLECTOR, publisher, {"/v1/calls/{provider}": post_callback})
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
-    app.router.add_post("/v1/calls/{provider}", post_callback)
-    add_health_routes(app, lambda: [publisher.unready] if publisher.unready else [])
-
-    async def lifecycle(app: web.Application) -> Any:
-        await publisher.start()
-        yield
-        await publisher.stop()
-
-    app.cleanup_ctx.append(lifecycle)
     return app
 
 
@@ -114,27 +82,13 @@ async def post_callback(request: web.Request) -> web.Response:
     provider = PROVIDERS.get(request.match_info["provider"])
     if provider is None:
         return json_error(404, f"unknown call provider; use one of {', '.join(sorted(PROVIDERS))}")
-    # Bounded in size (413) and in time (408), as every collector's body is.
-    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
-    if isinstance(body, web.Response):
-        return body
-    webhook = WebhookRequest(
-        method=request.method,
-        url=public_url(request, settings),
-        headers=request.headers,
-        body=body,
-        received_ts=datetime.now(UTC),
-        max_event_age=timedelta(days=settings.max_event_age_days),
-    )
+    webhook = await read_webhook(request, settings, public_url(request, settings))
+    if isinstance(webhook, web.Response):
+        return webhook
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        CALL_WEBHOOKS.labels(provider.name, exc.outcome).inc()
-        log.info(
-            "call webhook refused",
-            extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
-        )
-        return json_error(exc.status, str(exc))
+        return refused(COLLECTOR, provider.name, exc, CALL_WEBHOOKS)
     try:
         callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:
@@ -142,7 +96,7 @@ async def post_callback(request: web.Request) -> web.Response:
         return json_response({"accepted": 0, "ignored": str(exc)})
     except Malformed as exc:
         letter = DeadLetter.for_payload(
-            _kept(body),
+            kept(webhook.body, redact_numbers),
             source=COLLECTOR,
             stage="collect",
             errors=exc.errors,
@@ -151,7 +105,7 @@ async def post_callback(request: web.Request) -> web.Response:
         try:
             await request.app[PUBLISHER_KEY].publish_calls([], [letter])
         except BackpressureError as backpressure:
-            return _unavailable(backpressure)
+            return unavailable(backpressure)
         CALL_WEBHOOKS.labels(provider.name, "malformed").inc()
         COLLECTOR_EVENTS.labels(COLLECTOR, "rejected").inc()
         return json_error(
@@ -162,7 +116,7 @@ async def post_callback(request: web.Request) -> web.Response:
     try:
         await request.app[PUBLISHER_KEY].publish_calls(callbacks)
     except BackpressureError as exc:
-        return _unavailable(exc)
+        return unavailable(exc)
     CALL_WEBHOOKS.labels(provider.name, "accepted").inc()
     COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(callbacks))
     return json_response({"accepted": len(callbacks)})
@@ -186,23 +140,3 @@ def _normalize(
     if errors:
         raise Malformed(errors)
     return callbacks
-
-
-def _kept(body: bytes) -> str:
-    """What a dead letter keeps of a refused body: redacted, and cut at MAX_DEAD_LETTER_PAYLOAD."""
-    if len(body) <= MAX_DEAD_LETTER_PAYLOAD:
-        return redact_numbers(body)
-    cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
-    return f"{redact_numbers(body[:MAX_DEAD_LETTER_PAYLOAD])}... [{cut} more bytes not kept]"
-
-
-def _unavailable(exc: BackpressureError) -> web.Response:
-    retry = str(max(1, round(exc.retry_after)))
-    return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
-
-
-def _client(request: web.Request, settings: Settings) -> str:
-    """A webhook's client: its provider and its truncated address, so that one provider's
-    burst never holds up another's (each sends from its own addresses anyway)."""
-    provider = request.path.removeprefix("/v1/calls/").partition("/")[0][:32]
-    return f"{provider}|{client_key(request, settings.trust_forwarded_for)}"

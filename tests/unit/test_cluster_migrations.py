@@ -76,6 +76,7 @@ def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_k
         "dead_letters": "cityHash64(dead_letter_id)",
         "links": "cityHash64(slug)",
         "calls": "cityHash64(call_uuid)",
+        "tickets": "cityHash64(ticket_uuid)",
         "identities": "cityHash64(identifier)",
         "identity_conflicts": "cityHash64(conflict_id)",
         "sessions": "cityHash64(session_id)",
@@ -99,6 +100,14 @@ def test_column_changes_reach_the_shards_and_the_distributed_table_and_views_joi
         f"CREATE VIEW IF NOT EXISTS `tracker`.customer_touchpoints ON CLUSTER `{CLUSTER}` AS"
     )
     assert "GLOBAL LEFT JOIN" in view and "GLOBAL GLOBAL" not in view
+
+
+def test_data_skipping_indexes_are_built_on_the_shards_tables_only() -> None:
+    statements = [s for s in _rendered() if "customer_bloom" in s and "sessions" in s]
+    assert [s.split("\n")[0] for s in statements] == [
+        f"ALTER TABLE `tracker`.sessions_local ON CLUSTER `{CLUSTER}`",
+        f"ALTER TABLE `tracker`.sessions_local ON CLUSTER `{CLUSTER}` MATERIALIZE INDEX customer_bloom",
+    ]
 
 
 def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_the_cluster() -> None:

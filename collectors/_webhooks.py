@@ -1,0 +1,141 @@
+"""What every provider-webhook collector (calls, email, helpdesk) shares around its providers:
+the app with its health routes and publisher lifecycle, reading a body into a
+:class:`~collectors.calls._common.WebhookRequest`, the answer to a refused signature, the 503 when
+Kafka is away, and what a dead letter keeps of a refused body."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from tracker.errors import BackpressureError
+from tracker.http import (
+    add_health_routes,
+    client_key,
+    json_error,
+    rate_limited,
+    read_body,
+    request_metrics,
+)
+from tracker.settings import Settings
+
+if TYPE_CHECKING:
+    from collectors.calls._common import WebhookError, WebhookRequest
+
+__all__ = [
+    "MAX_DEAD_LETTER_PAYLOAD",
+    "kept",
+    "read_webhook",
+    "refused",
+    "unavailable",
+    "webhook_app",
+]
+
+# A refused body is kept as a dead letter up to this many bytes, so that the letter itself always
+# fits in one Kafka record whatever TRACKER_MAX_BODY_BYTES allows.
+MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle(Protocol):
+    """A publisher as the app runs it: started with the app, stopped with it, and why not ready."""
+
+    @property
+    def unready(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def webhook_app(
+    settings: Settings,
+    collector: str,
+    publisher: Lifecycle,
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+) -> web.Application:
+    """An app taking POSTs on ``routes``, with /healthz, /readyz (ready while the publisher is)
+    and /metrics, bodies up to TRACKER_MAX_BODY_BYTES, the collector's rate limit per provider
+    and client (TRACKER_RATE_LIMITS, surface ``collector``), and the publisher started and
+    stopped with it. The caller stores what its handlers need under its own app keys."""
+
+    def client(request: web.Request) -> str:
+        # One provider's burst never holds up another's (each sends from its own addresses).
+        provider = request.match_info.get("provider", "")[:32]
+        return f"{provider}|{client_key(request, settings.trust_forwarded_for)}"
+
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            request_metrics(collector),
+            rate_limited(
+                collector, settings.rate_limit(collector), settings.trust_forwarded_for, client
+            ),
+        ],
+    )
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    add_health_routes(app, lambda: [publisher.unready] if publisher.unready else [])
+
+    async def lifecycle(app: web.Application) -> Any:
+        await publisher.start()
+        yield
+        await publisher.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def read_webhook(
+    request: web.Request, settings: Settings, url: str = ""
+) -> WebhookRequest | web.Response:
+    """The request as the provider sent it, or the answer instead: 413 for a body over
+    TRACKER_MAX_BODY_BYTES, 408 for one that stalls (TRACKER_BODY_READ_TIMEOUT_SECONDS), 415 for
+    a Content-Encoding Tracker does not read. ``url`` is the URL the provider called, where it
+    differs from the one received (a proxy)."""
+    # Imported here: the calls package imports this module as it loads.
+    from collectors.calls._common import WebhookRequest
+
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
+    return WebhookRequest(
+        method=request.method,
+        url=url or str(request.url),
+        headers=request.headers,
+        body=body,
+        received_ts=datetime.now(UTC),
+        max_event_age=timedelta(days=settings.max_event_age_days),
+    )
+
+
+def refused(collector: str, provider: str, exc: WebhookError, counter: Counter) -> web.Response:
+    """A webhook whose signature or credentials do not hold (or whose provider is turned off):
+    counted, logged with the reason, answered with its status. Nothing is produced."""
+    counter.labels(provider, exc.outcome).inc()
+    log.info(
+        f"{collector} webhook refused",
+        extra={"provider": provider, "status": exc.status, "reason": str(exc)},
+    )
+    return json_error(exc.status, str(exc))
+
+
+def unavailable(exc: BackpressureError) -> web.Response:
+    """Kafka did not take the write: 503, and when to try again."""
+    retry = str(max(1, round(exc.retry_after)))
+    return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+
+
+def kept(body: bytes, redact: Callable[[bytes], str]) -> str:
+    """What a dead letter keeps of a refused body: redacted by ``redact``, cut at
+    MAX_DEAD_LETTER_PAYLOAD."""
+    if len(body) <= MAX_DEAD_LETTER_PAYLOAD:
+        return redact(body)
+    cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
+    return f"{redact(body[:MAX_DEAD_LETTER_PAYLOAD])}... [{cut} more bytes not kept]"
