@@ -69,6 +69,7 @@ def limited(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
         running.links(TRACKER_API_TOKEN=TOKEN).start(),
         running.calls().start(),
         running.email().start(),
+        running.helpdesk().start(),
     ]
     yield running
     running.stop()
@@ -95,6 +96,7 @@ def test_every_surface_answers_429_with_retry_after_per_client(limited: Pipeline
         ("links api", "GET", f"{links_url}/api/links", None, {"Authorization": bearer}),
         ("call webhooks", "POST", f"{p.calls_url}/v1/calls/generic", b"{}", {}),
         ("email webhooks", "POST", f"{p.email_url}/v1/email/sendgrid", b"[]", {}),
+        ("helpdesk webhooks", "POST", f"{p.helpdesk_url}/v1/helpdesk/zendesk", b"{}", {}),
         ("console query", "POST", f"{p.console_url}/api/query", b'{"sql": "SELECT 1"}', {}),
         ("console reports", "GET", f"{p.console_url}/api/reports/channels", None, {}),
         ("console forget", "POST", f"{p.console_url}/api/forget", b'{"identifier": "user:x"}', {}),
@@ -118,7 +120,7 @@ def test_every_surface_answers_429_with_retry_after_per_client(limited: Pipeline
             assert status == 200
 
     # Probes and scrapes are never limited.
-    for base in (p.beacon_url, links_url, p.calls_url, p.email_url, p.console_url):
+    for base in (p.beacon_url, links_url, p.calls_url, p.email_url, p.helpdesk_url, p.console_url):
         assert all(send("GET", f"{base}/healthz", "203.0.0.7")[0] == 200 for _ in range(5))
 
 
@@ -132,6 +134,7 @@ def test_bodies_past_each_surfaces_size_limit_are_refused_413(limited: Pipeline)
             f"{links_url}/api/links",
             f"{p.calls_url}/v1/calls/generic",
             f"{p.email_url}/v1/email/sendgrid",
+            f"{p.helpdesk_url}/v1/helpdesk/zendesk",
             f"{p.console_url}/api/query",
         )
     ):
