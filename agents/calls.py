@@ -78,6 +78,9 @@ CALL_COLUMNS = (
     "recording",
     "hangup_by",
     "callbacks",
+    "topics",
+    "transcribed",
+    "transcript",
 )
 
 TrackingNumbers = Mapping[str, Mapping[str, str]]
@@ -112,6 +115,9 @@ class CallRecord:
     agent: str
     recording: bool
     hangup_by: str
+    topics: tuple[str, ...] = ()
+    transcribed: bool = False
+    transcript: str = ""
 
     @property
     def event_id(self) -> str:
@@ -157,7 +163,9 @@ def merge_callbacks(callbacks: Iterable[CallCallback]) -> CallRecord:
         values = [v for c in ordered if (v := getattr(c, name)) is not None]
         return max(values) if values else None
 
-    starts = [c.started_at for c in ordered if c.started_at] or [c.event_ts for c in ordered]
+    # A transcript tells when it was made, not when the call began.
+    progress = [c for c in ordered if not c.transcribed] or ordered
+    starts = [c.started_at for c in progress if c.started_at] or [c.event_ts for c in progress]
     answers = [c.answered_at for c in ordered if c.answered_at] or [
         c.event_ts for c in ordered if c.status == "answered"
     ]
@@ -205,7 +213,18 @@ def merge_callbacks(callbacks: Iterable[CallCallback]) -> CallRecord:
         agent=text("agent"),
         recording=any(c.recording for c in ordered),
         hangup_by=text("hangup_by"),
+        topics=tuple(sorted({t for c in ordered for t in c.topics})),
+        transcribed=any(c.transcribed for c in ordered),
+        transcript=_transcript(ordered),
     )
+
+
+def _transcript(callbacks: Iterable[CallCallback]) -> str:
+    """The call's transcript parts in the order they were said (by provider time, then id)."""
+    parts = sorted(
+        (c for c in callbacks if c.transcript), key=lambda c: (c.event_ts, c.callback_id)
+    )
+    return "\n".join(c.transcript for c in parts)
 
 
 def _disposition(statuses: set[str], answered: bool, direction: str, talk: float | None) -> str:
@@ -260,6 +279,9 @@ def call_row(record: CallRecord, tracking: TrackingNumbers) -> tuple[Any, ...]:
         record.recording,
         record.hangup_by,
         record.version,
+        list(record.topics),
+        record.transcribed,
+        record.transcript,
     )
 
 
@@ -285,6 +307,8 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         "agent": record.agent,
         "recording": "true" if record.recording else "false",
         "hangup_by": record.hangup_by,
+        # Topics only: a transcript's text is kept on the call record, never on the touchpoint.
+        "topics": _listed(record.topics),
     }
     return Touchpoint(
         event_id=record.event_id,
@@ -300,6 +324,16 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         campaign=campaign,
         properties={k: v for k, v in properties.items() if v},
     )
+
+
+def _listed(topics: Sequence[str], limit: int = 1024) -> str:
+    """Topics comma-separated, as many whole ones as a touchpoint property holds."""
+    kept: list[str] = []
+    for topic in topics:
+        if len(",".join([*kept, topic])) > limit:
+            break
+        kept.append(topic)
+    return ",".join(kept)
 
 
 def _seconds(value: float | None) -> str:

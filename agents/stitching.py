@@ -210,6 +210,7 @@ def journey_event(row: Sequence[Any]) -> JourneyEvent:
         first_reply_seconds=_optional_number(properties.get("first_reply_seconds")),
         resolution_seconds=_optional_number(properties.get("resolution_seconds")),
         reopens=int(_number(properties.get("reopens"))),
+        call_topics=tuple(t for t in properties.get("topics", "").split(",") if t),
     )
 
 

@@ -27,6 +27,15 @@ from tracker.ratelimit import RATE_LIMIT_SURFACES, RateLimit
 __all__ = ["CAMPAIGN_KEYS", "NumberPool", "Secret", "Settings", "Source"]
 
 CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
+CALL_TRANSCRIPT_MODES: Final = ("off", "topics", "store")
+# The topics TRACKER_CALL_TOPICS replaces: each topic's phrases, matched as whole words.
+CALL_TOPICS: Final[Mapping[str, tuple[str, ...]]] = {
+    "cancel": ("cancel", "cancel my", "cancellation"),
+    "refund": ("refund", "money back", "chargeback"),
+    "complaint": ("complaint", "complain", "unacceptable"),
+    "manager": ("speak to a manager", "talk to a manager", "your supervisor"),
+}
+_TOPIC_NAME = re.compile(r"^[\w-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,9 @@ class Settings:
     freeswitch_password: Secret = Secret("")
     asterisk_signing_secret: Secret = Secret("")
     generic_webhook_secret: Secret = Secret("")
+    # Call transcripts (collectors/calls/transcripts.py, docs/calls.md): off, topics or store.
+    call_transcripts: str = "off"
+    call_topics: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(CALL_TOPICS))
     # Email webhooks (collectors/email, docs/email.md). An empty secret turns its provider off.
     email_port: int = 8004
     email_signature_tolerance_seconds: int = 300
@@ -471,7 +483,44 @@ def _call_settings(reader: _Reader) -> dict[str, Any]:
         "freeswitch_password": Secret(reader.text("TRACKER_FREESWITCH_PASSWORD", "")),
         "asterisk_signing_secret": Secret(reader.text("TRACKER_ASTERISK_SIGNING_SECRET", "")),
         "generic_webhook_secret": Secret(reader.text("TRACKER_GENERIC_WEBHOOK_SECRET", "")),
+        "call_transcripts": _choice(
+            "TRACKER_CALL_TRANSCRIPTS",
+            reader.text("TRACKER_CALL_TRANSCRIPTS", "off").lower(),
+            CALL_TRANSCRIPT_MODES,
+        ),
+        "call_topics": _call_topics(reader.text("TRACKER_CALL_TOPICS", "")),
     }
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _call_topics(raw: str) -> dict[str, tuple[str, ...]]:
+    """``TRACKER_CALL_TOPICS``: inline JSON, or the path of a JSON file, mapping each topic to
+    its phrases, in any language: ``{"cancel": ["cancel", "kündigen"], ...}``."""
+    name = "TRACKER_CALL_TOPICS"
+    if not raw:
+        return dict(CALL_TOPICS)
+    parsed = _json_setting(name, raw)
+    if not isinstance(parsed, dict) or not parsed:
+        raise ConfigError(f'{name} must map topics to phrase lists: {{"refund": ["refund"]}}')
+    topics: dict[str, tuple[str, ...]] = {}
+    for topic, phrases in parsed.items():
+        if not _TOPIC_NAME.match(topic):
+            raise ConfigError(
+                f"{name}: topic {topic[:40]!r} must be 1 to 64 letters, digits, _ or -"
+            )
+        if (
+            not isinstance(phrases, list)
+            or not phrases
+            or not all(isinstance(p, str) and p.split() for p in phrases)
+        ):
+            raise ConfigError(f"{name}: topic {topic!r} must list one or more non-blank phrases")
+        topics[topic] = tuple(p.strip() for p in phrases)
+    return topics
 
 
 def _email_settings(reader: _Reader) -> dict[str, Any]:

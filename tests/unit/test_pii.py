@@ -330,7 +330,7 @@ def test_identifier_keys_try_the_current_salt_first_then_the_previous() -> None:
 
 
 def test_journey_lookups_try_the_previous_salt_after_the_current_one() -> None:
-    from tracker.cli.journey import _current_customer, stored_keys
+    from tracker.journeys import _current_customer, stored_keys
 
     settings = Settings.from_env({"TRACKER_HASH_SALT": "new", "TRACKER_HASH_SALT_PREVIOUS": "old"})
     new, old = (
