@@ -24,7 +24,7 @@ from tracker.privacy import (
 )
 from tracker.ratelimit import RATE_LIMIT_SURFACES, RateLimit
 
-__all__ = ["CAMPAIGN_KEYS", "NumberPool", "Secret", "Settings", "Source"]
+__all__ = ["CAMPAIGN_KEYS", "WORKER_ROLES", "NumberPool", "Secret", "Settings", "Source"]
 
 CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
 CALL_TRANSCRIPT_MODES: Final = ("off", "topics", "store")
@@ -180,6 +180,10 @@ class Settings:
     kafka_probe_seconds: float = 2.0
     shutdown_grace_seconds: float = 30.0
     log_repeat_seconds: float = 60.0
+    # What this worker process runs (WORKER_ROLES, docs/operations.md "Worker roles"), and the
+    # port a stitch-only worker serves /healthz, /readyz and /metrics on (it has no console).
+    worker_role: str = "all"
+    worker_health_port: int = 8010
     # Where the worker keeps its tables' state between changelog writes (agents/streams.py).
     table_store: str = "rocksdb"
     # Salt rotation (docs/privacy.md): the salt being replaced, still tried by lookups.
@@ -269,6 +273,8 @@ class Settings:
             topic_partitions=reader.integer("TRACKER_TOPIC_PARTITIONS", 4, minimum=1),
             topic_replication=reader.integer("TRACKER_TOPIC_REPLICATION", 1, minimum=1),
             worker_id=reader.text("TRACKER_WORKER_ID", "tracker"),
+            worker_role=_worker_role(reader.text("TRACKER_WORKER_ROLE", "all")),
+            worker_health_port=reader.port("TRACKER_WORKER_HEALTH_PORT", 8010),
             table_store=reader.choice("TRACKER_TABLE_STORE", "rocksdb", ("rocksdb", "memory")),
             host=reader.text("TRACKER_HOST", "127.0.0.1"),
             console_host=reader.text("TRACKER_CONSOLE_HOST", "127.0.0.1"),
@@ -443,6 +449,17 @@ def _sources(raw: str) -> tuple[Source, ...]:
     if len({s.write_key.value for s in sources}) != len(sources):
         raise ConfigError(f"{name}: two sources share one write key")
     return tuple(sources)
+
+
+WORKER_ROLES: Final = ("all", "stitch", "write")
+
+
+def _worker_role(role: str) -> str:
+    if role.lower() not in WORKER_ROLES:
+        raise ConfigError(
+            f"TRACKER_WORKER_ROLE must be one of {', '.join(WORKER_ROLES)}, not {role!r}"
+        )
+    return role.lower()
 
 
 def _read_local_salt(data_dir: Path) -> str:

@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from agents.calls import CALL_COLUMNS, CallsPipeline, call_row, call_touchpoint, merge_callbacks
+from agents.calls import CallsPipeline, call_row, call_touchpoint, merge_callbacks
 from agents.customer import StoredEvent, friction_id
-from agents.ingest import RawMessage, touchpoint_row
+from agents.ingest import RawMessage, enriched
 from agents.journey import JourneyEvent, frictions
 from agents.stitching import journey_event
 from collectors.calls import create_app
@@ -48,6 +48,7 @@ from tracker.errors import ConfigError
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import CALL_TOPICS, Settings
 from tracker.store.sink import MemorySink
+from tracker.store.tables import CALLS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CALL_SID = "CA2222222222222222222222222222222b"
@@ -471,7 +472,7 @@ async def test_transcript_before_or_after_the_calls_end_converges_to_one_record(
 
     record = merge_callbacks(call_callbacks())
     latest = max(k for k in calls.rows if k[0] == record.event_id)
-    row = dict(zip(CALL_COLUMNS, calls.rows[latest], strict=True))
+    row = CALLS.named(calls.rows[latest])
     assert (row["topics"], row["transcribed"], row["version"]) == (["cancel", "refund"], True, 5)
     assert row["transcript"] == "I want to cancel\nand a refund"
     assert row["status"] == "completed" and row["call_ts"] == T0
@@ -497,7 +498,7 @@ def test_a_call_flagging_many_topics_lists_as_many_as_a_touchpoint_property_hold
     record = replace(merge_callbacks(call_callbacks()), topics=many)
     listed = call_touchpoint(record, {}).properties["topics"]
     assert len(listed) <= 1024 and listed.split(",") == list(many[: len(listed.split(","))])
-    assert dict(zip(CALL_COLUMNS, call_row(record, {}), strict=True))["topics"] == list(many)
+    assert CALLS.named(call_row(record, {}))["topics"] == list(many)
 
 
 def test_a_calls_topics_survive_the_journey_state_so_a_restart_keeps_its_frictions() -> None:
@@ -510,7 +511,7 @@ def test_a_calls_topics_survive_the_journey_state_so_a_restart_keeps_its_frictio
 
 def test_the_journey_reads_a_call_touchpoints_topics() -> None:
     touchpoint = call_touchpoint(merge_callbacks(call_callbacks()), {})
-    event = journey_event(touchpoint_row(touchpoint))
+    event = journey_event(enriched(touchpoint))
     assert event.call_topics == ("cancel", "refund")
     assert [f.detail for f in frictions([event], []) if f.reason == "negative_call_topic"] == [
         "cancel",
