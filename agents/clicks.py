@@ -17,6 +17,7 @@ from agents.ingest import RawMessage, undeliverable
 from collectors.links.records import click_event_id, click_touchpoint, decode_batch
 from tracker.deadletter import DeadLetter
 from tracker.errors import ValidationError
+from tracker.privacy import PiiRules
 from tracker.touchpoint import Touchpoint
 
 __all__ = ["expand_batches"]
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def expand_batches(
-    records: Sequence[RawMessage], hash_salt: str
+    records: Sequence[RawMessage], hash_salt: str, pii: PiiRules | None = None
 ) -> tuple[list[tuple[Touchpoint, RawMessage]], list[DeadLetter]]:
     """The touchpoints of every click in ``records``, each with where it came from (one click of
     one record), and the dead letters of what could not become one."""
@@ -42,7 +43,7 @@ def expand_batches(
                 click.to_json(), record.topic, record.partition, record.offset, item
             )
             try:
-                touchpoints.append((click_touchpoint(click, hash_salt), source))
+                touchpoints.append((click_touchpoint(click, hash_salt, pii), source))
             except ValidationError as exc:
                 log.warning("click not recordable", extra={"slug": click.slug, "error": str(exc)})
                 rejected.append(

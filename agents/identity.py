@@ -27,6 +27,8 @@ from typing import Final, NamedTuple
 
 import orjson
 
+from tracker.touchpoint import PREVIOUS_SALT_PROPERTIES
+
 __all__ = [
     "JUNK_VALUES",
     "UNROUTED",
@@ -290,7 +292,9 @@ def identifiers_of(
     click_id: str,
     properties: Mapping[str, str],
 ) -> list[Identifier]:
-    """The typed identifiers a touchpoint carries. CRM ids come as ``crm.<system>`` properties."""
+    """The typed identifiers a touchpoint carries. CRM ids come as ``crm.<system>`` properties;
+    during a salt rotation, the email's and phone's hashes under the previous salt come as
+    ``previous_salt.*`` properties, and link the two hashes into one customer."""
     found = [
         Identifier(kind, value)
         for kind, value in (
@@ -305,6 +309,9 @@ def identifiers_of(
     for name, value in properties.items():
         if name.startswith(CRM_PROPERTY_PREFIX) and value:
             found.append(Identifier(f"crm:{name[len(CRM_PROPERTY_PREFIX) :]}", value))
+    for kind, name in PREVIOUS_SALT_PROPERTIES.items():
+        if previous := properties.get(name):
+            found.append(Identifier(kind, previous))
     return found
 
 

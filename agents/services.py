@@ -272,6 +272,7 @@ class ClickBatchService(BatchIngestService):
         touchpoints, rejected = expand_batches(
             [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
             self._settings.hash_salt.value,
+            self._settings.pii_rules,
         )
         await self.pipeline.handle_decoded(touchpoints, rejected)
 

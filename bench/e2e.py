@@ -626,6 +626,7 @@ def measure_rate(
         "TRACKER_WORKER_ID": f"bench-{tag}",
         "TRACKER_BEACON_PORT": str(free_port()),
         "TRACKER_CONSOLE_PORT": str(free_port()),
+        "TRACKER_RATE_LIMITS": "off",  # the load comes from one address
     }
     settings = Settings.from_env(env)
     asyncio.run(ensure_topics(settings))  # as `tracker up` does before it starts the services

@@ -162,6 +162,7 @@ def main() -> int:
             TRACKER_API_TOKEN=TOKEN,
             TRACKER_HASH_SALT="bench",
             TRACKER_LOG_LEVEL="WARNING",
+            TRACKER_RATE_LIMITS="off",  # one client at full speed: the service's own figure
         )
         log = (workdir / "links.log").open("wb")
         processes.append(

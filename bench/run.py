@@ -424,6 +424,7 @@ def bench_beacon(bootstrap: str, work: Path, run_tag: str, processes: Processes)
             TRACKER_BEACON_PORT=str(port),
             TRACKER_DATA_DIR=str(work / "beacon"),
             TRACKER_TOPIC_PREFIX=beacon_prefix,
+            TRACKER_RATE_LIMITS="off",  # the load comes from one address
         ),
         work / "beacon.log",
     )

@@ -14,7 +14,14 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from tracker.errors import BackpressureError
-from tracker.http import add_health_routes, json_error, request_metrics
+from tracker.http import (
+    add_health_routes,
+    client_key,
+    json_error,
+    rate_limited,
+    read_body,
+    request_metrics,
+)
 from tracker.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,10 +61,23 @@ def webhook_app(
     routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
 ) -> web.Application:
     """An app taking POSTs on ``routes``, with /healthz, /readyz (ready while the publisher is)
-    and /metrics, bodies up to TRACKER_MAX_BODY_BYTES, and the publisher started and stopped
-    with it. The caller stores what its handlers need under its own app keys."""
+    and /metrics, bodies up to TRACKER_MAX_BODY_BYTES, the collector's rate limit per provider
+    and client (TRACKER_RATE_LIMITS, surface ``collector``), and the publisher started and
+    stopped with it. The caller stores what its handlers need under its own app keys."""
+
+    def client(request: web.Request) -> str:
+        # One provider's burst never holds up another's (each sends from its own addresses).
+        provider = request.match_info.get("provider", "")[:32]
+        return f"{provider}|{client_key(request, settings.trust_forwarded_for)}"
+
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(collector)]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            request_metrics(collector),
+            rate_limited(
+                collector, settings.rate_limit(collector), settings.trust_forwarded_for, client
+            ),
+        ],
     )
     for path, handler in routes.items():
         app.router.add_post(path, handler)
@@ -75,15 +95,16 @@ def webhook_app(
 async def read_webhook(
     request: web.Request, settings: Settings, url: str = ""
 ) -> WebhookRequest | web.Response:
-    """The request as the provider sent it, or the 413 for a body over TRACKER_MAX_BODY_BYTES.
-    ``url`` is the URL the provider called, where it differs from the one received (a proxy)."""
+    """The request as the provider sent it, or the answer instead: 413 for a body over
+    TRACKER_MAX_BODY_BYTES, 408 for one that stalls (TRACKER_BODY_READ_TIMEOUT_SECONDS), 415 for
+    a Content-Encoding Tracker does not read. ``url`` is the URL the provider called, where it
+    differs from the one received (a proxy)."""
     # Imported here: the calls package imports this module as it loads.
     from collectors.calls._common import WebhookRequest
 
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, f"body is larger than {settings.max_body_bytes} bytes")
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
     return WebhookRequest(
         method=request.method,
         url=url or str(request.url),

@@ -57,6 +57,8 @@ def component_env(kafka_bootstrap: str, data_dir: Path, **overrides: str) -> dic
             "TRACKER_PRODUCE_TIMEOUT_SECONDS": "3",
             "TRACKER_RETRY_AFTER_SECONDS": "2",
             "TRACKER_HASH_SALT": "test-salt",
+            # Tests send from one address, fast; tests/integration/test_abuse.py sets limits.
+            "TRACKER_RATE_LIMITS": "off",
         }
     )
     env.update(overrides)

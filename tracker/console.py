@@ -27,8 +27,10 @@ from tracker.errors import QueryRefused, TrackerError
 from tracker.http import (
     Readiness,
     add_health_routes,
+    client_key,
     json_error,
     json_response,
+    rate_limited,
     request_metrics,
 )
 from tracker.journeys import find_journey, journey_document
@@ -48,6 +50,8 @@ QUERY_FORMATS = {
     "pretty": "PrettyCompactMonoBlock",
     "vertical": "Vertical",
 }
+# A query, a report's options or a forget: a few kilobytes. Larger bodies are answered 413.
+MAX_CONSOLE_BODY = 256 * 1024
 STORE_KEY = web.AppKey("store", ClickHouseStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
@@ -63,7 +67,24 @@ def create_console(
     ready: Readiness,
     forget: Forget | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[request_metrics("console")])
+    def api_client(request: web.Request) -> str | None:
+        """The API counts against its client's limit; the page and its assets do not."""
+        if not request.path.startswith("/api/"):
+            return None
+        return client_key(request, settings.trust_forwarded_for)
+
+    app = web.Application(
+        client_max_size=MAX_CONSOLE_BODY,
+        middlewares=[
+            request_metrics("console"),
+            rate_limited(
+                "console",
+                settings.rate_limit("console"),
+                settings.trust_forwarded_for,
+                key=api_client,
+            ),
+        ],
+    )
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
     app.router.add_get("/", page)

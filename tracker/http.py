@@ -13,15 +13,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tracker.metrics import COLLECTOR_REQUEST_SECONDS, COLLECTOR_REQUESTS
+from tracker.metrics import COLLECTOR_REQUEST_SECONDS, COLLECTOR_REQUESTS, RATE_LIMITED
+from tracker.privacy import truncate_ip
+from tracker.ratelimit import RateLimit, TokenBuckets, retry_after
 
 __all__ = [
+    "HEALTH_PATHS",
+    "Handler",
     "Readiness",
+    "RequestLimiter",
     "add_health_routes",
     "client_ip",
+    "client_key",
     "json_error",
     "json_response",
     "measured",
+    "rate_limited",
     "read_body",
     "request_metrics",
 ]
@@ -34,6 +41,8 @@ BODY_ENCODINGS = ("gzip", "deflate", "br", "zstd")
 Unready = Sequence[str] | bool
 Readiness = Callable[[], Awaitable[Unready] | Unready]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Probes and scrapes are never rate limited: a limited kubelet would restart a healthy pod.
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def json_response(
@@ -185,3 +194,75 @@ async def read_body(
 
 def _too_large(max_bytes: int) -> web.Response:
     return json_error(413, f"body is larger than {max_bytes} bytes; send smaller batches")
+
+
+def client_key(request: web.Request, trust_forwarded_for: bool) -> str:
+    """Who a request's rate limit counts against: its address truncated to the network (IPv4
+    /24, IPv6 /48), so that one host cannot dodge its limit by rotating through its subnet."""
+    return "ip:" + (truncate_ip(client_ip(request, trust_forwarded_for)) or "unknown")
+
+
+class RequestLimiter:
+    """One surface's rate limit: a token bucket per client key. :meth:`refuse` answers 429."""
+
+    def __init__(self, surface: str, limit: RateLimit) -> None:
+        self.surface = surface
+        self.limit = limit
+        self._buckets = TokenBuckets.of(limit)
+        self._refused = RATE_LIMITED.labels(surface)
+
+    def take(self, key: str) -> int:
+        """0 when the client ``key`` may go ahead, else the whole seconds it must wait."""
+        wait = self._buckets.take(key)
+        if not wait:
+            return 0
+        self._refused.inc()
+        return retry_after(wait)
+
+    def refuse(self, key: str) -> web.Response | None:
+        """None when ``key`` may go ahead, else the 429 answer with its ``Retry-After``."""
+        wait = self.take(key)
+        if not wait:
+            return None
+        return json_error(
+            429,
+            f"too many requests from this client to the {self.surface} "
+            f"(at most {self.limit.rate:g} a second, bursts of {self.limit.burst}); retry after "
+            "the Retry-After seconds (TRACKER_RATE_LIMITS)",
+            headers={"Retry-After": str(wait)},
+            retry_after=wait,
+        )
+
+
+ClientKey = Callable[[web.Request], str | None]
+
+
+def rate_limited(
+    surface: str, limit: RateLimit | None, trust_forwarded_for: bool, key: ClientKey | None = None
+) -> Any:
+    """Middleware: each request counts against its client's bucket first, before its body is
+    read; over the limit it is answered 429 with ``Retry-After``. ``key`` names the client
+    (None: the request is limited elsewhere, e.g. per write key); the default is
+    :func:`client_key`. Health, readiness and metrics are never limited; nothing is when
+    ``limit`` is None (the surface's limit is off)."""
+    if limit is None:
+
+        @web.middleware
+        async def unlimited(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await handler(request)
+
+        return unlimited
+    limiter = RequestLimiter(surface, limit)
+
+    def default_key(request: web.Request) -> str | None:
+        return client_key(request, trust_forwarded_for)
+
+    keyed = key or default_key
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = None if request.path in HEALTH_PATHS else keyed(request)
+        refused = limiter.refuse(client) if client is not None else None
+        return refused or await handler(request)
+
+    return middleware

@@ -35,6 +35,7 @@ __all__ = [
     "render_json",
     "rfc3339",
     "stored_key",
+    "stored_keys",
     "typed_identifier",
 ]
 
@@ -102,6 +103,18 @@ def stored_key(raw: str, settings: Settings) -> str:
         raise TrackerError(
             f"identifier {raw!r} {exc}; kinds: {', '.join(IDENTIFIER_KINDS)} or crm:<system>"
         ) from None
+
+
+def stored_keys(raw: str, settings: Settings) -> list[str]:
+    """:func:`stored_key` under the current salt, then, during a salt rotation, under the
+    previous one (``TRACKER_HASH_SALT_PREVIOUS``), where older events are stored."""
+    keys = [stored_key(raw, settings)]
+    kind = raw.partition(":")[0].strip().lower()
+    if kind in HASHED_KINDS and len(settings.hash_salts) > 1:
+        previous = settings.with_overrides(hash_salt=settings.hash_salt_previous)
+        if (older := stored_key(raw, previous)) not in keys:
+            keys.append(older)
+    return keys
 
 
 def typed_identifier(raw: str) -> str:
@@ -224,16 +237,20 @@ def belongs(
 def _current_customer(settings: Settings, raw: str, read: Reader) -> str | None:
     text = raw.strip()
     if ":" in text:
-        key = stored_key(text, settings)
-        found = read(f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}")
-        if found:
-            return str(found[0]["customer_id"])
+        keys = stored_keys(text, settings)  # the current salt's hash first
+        for key in keys:
+            sql = f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}"
+            if found := read(sql):
+                return str(found[0]["customer_id"])
         # Never linked to another identifier: its events went straight to its own customer,
         # routed by this very key (the table's order, so this reads a granule or two).
-        found = read(
-            f"SELECT customer_id FROM {_BY_KEY} WHERE identity_key = {_quote(key)} LIMIT 1"
-        )
-        return str(found[0]["customer_id"]) if found else None
+        for key in keys:
+            found = read(
+                f"SELECT customer_id FROM {_BY_KEY} WHERE identity_key = {_quote(key)} LIMIT 1"
+            )
+            if found:
+                return str(found[0]["customer_id"])
+        return None
     # A customer id: the one an identifier had on its own (current, or merged since), or that
     # of an event without identifiers.
     found = read(

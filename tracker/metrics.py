@@ -33,6 +33,7 @@ __all__ = [
     "LINK_CLICKS_DROPPED",
     "LINK_CLICK_QUEUE",
     "POISON_RECORDS",
+    "RATE_LIMITED",
     "SINK_FAILURES",
     "SINK_FLUSH_SECONDS",
     "SINK_ROWS",
@@ -179,6 +180,12 @@ COLLECTOR_EVENTS = Counter(
     "tracker_collector_events_total",
     "Events a collector handled: accepted (acknowledged by Kafka) or rejected (sent to dead letters).",
     ["collector", "outcome"],
+)
+RATE_LIMITED = Counter(
+    "tracker_rate_limited_total",
+    "Requests answered 429 because their client sent faster than its surface's limit "
+    "(TRACKER_RATE_LIMITS), by surface.",
+    ["surface"],
 )
 KAFKA_PRODUCE_FAILURES = Counter(
     "tracker_kafka_produce_failures_total",

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from tracker.errors import ConfigError
-from tracker.privacy import InvalidIdentifier, normalize_phone
+from tracker.privacy import (
+    DEFAULT_PII_QUERY_PARAMS,
+    PII_MODES,
+    InvalidIdentifier,
+    PiiRules,
+    normalize_phone,
+)
+from tracker.ratelimit import RATE_LIMIT_SURFACES, RateLimit
 
 __all__ = ["CAMPAIGN_KEYS", "WORKER_ROLES", "NumberPool", "Secret", "Settings", "Source"]
 
@@ -180,6 +187,40 @@ class Settings:
     worker_health_port: int = 8010
     # Where the worker keeps its tables' state between changelog writes (agents/streams.py).
     table_store: str = "rocksdb"
+    # Salt rotation (docs/privacy.md): the salt being replaced, still tried by lookups.
+    hash_salt_previous: Secret = Secret("")
+    # Personal data in URLs and properties (tracker/privacy.py, docs/privacy.md).
+    pii_mode: str = "strip"
+    pii_query_params: frozenset[str] = frozenset(DEFAULT_PII_QUERY_PARAMS)
+    # Requests per client and surface (tracker/ratelimit.py, docs/privacy.md#abuse-controls).
+    # A surface mapped to None is not limited (TRACKER_RATE_LIMITS "off").
+    rate_limits: Mapping[str, RateLimit | None] = field(default_factory=dict)
+
+    @property
+    def hash_salts(self) -> tuple[str, ...]:
+        """The salts an identifier may be stored under: the current one first."""
+        salts = [self.hash_salt.value]
+        if self.hash_salt_previous and self.hash_salt_previous.value != self.hash_salt.value:
+            salts.append(self.hash_salt_previous.value)
+        return tuple(salts)
+
+    @property
+    def pii_rules(self) -> PiiRules:
+        return PiiRules(
+            mode=self.pii_mode,
+            params=self.pii_query_params,
+            salt=self.hash_salt.value,
+            phone_region=self.default_phone_region,
+        )
+
+    def rate_limit(self, surface: str) -> RateLimit | None:
+        """The request limit of one surface (``beacon``, ``links``, ...), per client; None
+        when it is turned off."""
+        if surface in self.rate_limits:
+            return self.rate_limits[surface]
+        if surface == "links_api":
+            return RateLimit(self.links_api_rate, self.links_api_burst)
+        return RATE_LIMIT_SURFACES[surface]
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -276,7 +317,63 @@ class Settings:
             kafka_probe_seconds=reader.number("TRACKER_KAFKA_PROBE_SECONDS", 2.0),
             shutdown_grace_seconds=reader.number("TRACKER_SHUTDOWN_GRACE_SECONDS", 30.0),
             log_repeat_seconds=reader.number("TRACKER_LOG_REPEAT_SECONDS", 60.0),
+            **_privacy_settings(reader),
         )
+
+
+def _privacy_settings(reader: _Reader) -> dict[str, Any]:
+    mode = reader.text("TRACKER_PII_MODE", "strip").lower()
+    if mode not in PII_MODES:
+        raise ConfigError(f"TRACKER_PII_MODE must be one of {', '.join(PII_MODES)}, got {mode!r}")
+    raw_params = reader.text("TRACKER_PII_QUERY_PARAMS", "")
+    params = (
+        frozenset(p.strip().lower() for p in raw_params.split(",") if p.strip())
+        if raw_params
+        else frozenset(DEFAULT_PII_QUERY_PARAMS)
+    )
+    return {
+        "hash_salt_previous": Secret(reader.text("TRACKER_HASH_SALT_PREVIOUS", "")),
+        "pii_mode": mode,
+        "pii_query_params": params,
+        "rate_limits": _rate_limits(reader.text("TRACKER_RATE_LIMITS", "")),
+    }
+
+
+def _rate_limits(raw: str) -> dict[str, RateLimit | None]:
+    """``TRACKER_RATE_LIMITS``: inline JSON, or the path of a JSON file, of surface to
+    ``{"rate": requests per second, "burst": requests}`` or ``"off"``, merged over the
+    defaults; ``off`` alone turns every surface's limit off."""
+    name = "TRACKER_RATE_LIMITS"
+    if not raw:
+        return {}
+    if raw.lower() == "off":
+        return dict.fromkeys(RATE_LIMIT_SURFACES)
+    parsed = _json_setting(name, raw)
+    if not isinstance(parsed, dict):
+        raise ConfigError(
+            f'{name} must be a JSON object such as {{"beacon": {{"rate": 100, "burst": 400}}}}'
+        )
+    limits: dict[str, RateLimit | None] = {}
+    for surface, spec in parsed.items():
+        if surface not in RATE_LIMIT_SURFACES:
+            raise ConfigError(
+                f"{name}: unknown surface {surface!r}; surfaces: {', '.join(RATE_LIMIT_SURFACES)}"
+            )
+        if spec == "off":
+            limits[surface] = None
+            continue
+        if not isinstance(spec, dict) or set(spec) - {"rate", "burst"}:
+            raise ConfigError(
+                f'{name}.{surface} must be "off" or an object {{"rate": ..., "burst": ...}}'
+            )
+        default = RATE_LIMIT_SURFACES[surface]
+        rate, burst = spec.get("rate", default.rate), spec.get("burst", default.burst)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            raise ConfigError(f"{name}.{surface}.rate must be a positive number, got {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigError(f"{name}.{surface}.burst must be a whole number of 1 or more")
+        limits[surface] = RateLimit(float(rate), burst)
+    return limits
 
 
 def _source_settings(reader: _Reader) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The touchpoint event v1: validation of what clients send, and the typed model the pipeline carries.
 
 A collector turns a client's JSON into a :class:`Touchpoint` with :func:`accept`. That validates
-against ``schemas/touchpoint/1-0-0.json``, corrects the device clock, hashes email and phone, and
-applies consent. The raw topic carries :meth:`Touchpoint.to_wire`; the worker reads it back with
+against ``schemas/touchpoint/1-0-0.json``, corrects the device clock, hashes email and phone, keeps
+personal data out of URLs and properties (:class:`tracker.privacy.PiiRules`), and applies
+consent. The raw topic carries :meth:`Touchpoint.to_wire`; the worker reads it back with
 :meth:`Touchpoint.from_wire`.
 """
 
@@ -24,15 +25,20 @@ from tracker.bounds import as_utc, time_range_error
 from tracker.errors import FieldError, ValidationError
 from tracker.privacy import (
     InvalidIdentifier,
+    PiiRules,
     hash_identifier,
     normalize_email,
     normalize_phone,
+    scrub_properties,
+    scrub_text,
+    scrub_url,
     truncate_ip,
 )
 
 __all__ = [
     "AD_CLICK_ID_PARAMS",
     "MAX_EVENT_BYTES",
+    "PREVIOUS_SALT_PROPERTIES",
     "SCHEMA_ID",
     "RequestContext",
     "Touchpoint",
@@ -62,6 +68,18 @@ AD_CLICK_ID_PARAMS: Final = (
     "rdt_cid",
     "sccid",
 )
+# During a salt rotation (TRACKER_HASH_SALT_PREVIOUS) an event also carries its email's and
+# phone's hashes under the previous salt, as these properties, so the identity graph links the
+# two hashes into one customer. Reserved: a client's own keys with this prefix are dropped.
+PREVIOUS_SALT_PREFIX: Final = "previous_salt."
+PREVIOUS_SALT_PROPERTIES: Final = {
+    "email": f"{PREVIOUS_SALT_PREFIX}email_hash",
+    "phone": f"{PREVIOUS_SALT_PREFIX}phone_hash",
+}
+# The schema's bounds, held again after scrubbing (a hash can be longer than what it replaced).
+_MAX_URL: Final = 4096
+_MAX_SHORT_TEXT: Final = 256
+_MAX_PROPERTY: Final = 1024
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
 )
@@ -90,6 +108,14 @@ class RequestContext:
     hash_salt: str = ""
     phone_region: str = "US"
     max_event_age: timedelta = timedelta(days=730)
+    # The salt being rotated out: identifiers are hashed under it too while it is set.
+    previous_hash_salt: str = ""
+    # What is kept out of URLs and properties; None: the defaults, under ``hash_salt``.
+    pii: PiiRules | None = None
+
+    @property
+    def pii_rules(self) -> PiiRules:
+        return self.pii or PiiRules(salt=self.hash_salt, phone_region=self.phone_region)
 
 
 @dataclass(slots=True)
@@ -135,13 +161,16 @@ class Touchpoint:
         return f"event:{self.event_id}"
 
     def identifier_keys(self) -> set[str]:
-        """Every identifier the event carries, as ``kind:value`` (email and phone hashed)."""
+        """Every identifier the event carries, as ``kind:value`` (email and phone hashed, also
+        under the previous salt during a rotation)."""
         pairs = (
             ("user", self.user_id),
             ("anon", self.anonymous_id),
             ("email", self.email_hash),
             ("phone", self.phone_hash),
             ("click", self.click_id),
+            ("email", self.properties.get(PREVIOUS_SALT_PROPERTIES["email"], "")),
+            ("phone", self.properties.get(PREVIOUS_SALT_PROPERTIES["phone"], "")),
         )
         return {f"{kind}:{value}" for kind, value in pairs if value}
 
@@ -241,8 +270,8 @@ def accept(payload: Any, request: RequestContext) -> Touchpoint:
     errors: list[FieldError] = []
     device_ts = _checked_ts(payload, "ts", errors, request)
     sent_ts = _checked_ts(payload, "sent_ts", errors, request) if "sent_ts" in payload else None
-    email_hash = _hashed(payload, "email", request, errors)
-    phone_hash = _hashed(payload, "phone", request, errors)
+    email_hash = _hashed(payload, "email", request.hash_salt, request, errors)
+    phone_hash = _hashed(payload, "phone", request.hash_salt, request, errors)
     if errors:
         raise ValidationError(errors)
     assert device_ts is not None
@@ -271,9 +300,9 @@ def accept(payload: Any, request: RequestContext) -> Touchpoint:
         session_id=payload.get("session_id", ""),
         click_id=payload.get("click_id", ""),
         ad_click_ids=dict(payload.get("ad_click_ids") or {}),
-        page=dict(payload.get("page") or {}),
+        page=_scrubbed_page(payload.get("page") or {}, request.pii_rules),
         campaign=dict(payload.get("campaign") or {}),
-        properties=dict(payload.get("properties") or {}),
+        properties=_properties(payload, request),
         value=payload.get("value"),
         currency=payload.get("currency", ""),
         survey=dict(payload.get("survey") or {}),
@@ -325,9 +354,44 @@ def _strip_identifiers(touchpoint: Touchpoint) -> None:
     touchpoint.email_hash = touchpoint.phone_hash = touchpoint.click_id = ""
     touchpoint.ad_click_ids = {}
     touchpoint.context.pop("ip", None)
+    for name in PREVIOUS_SALT_PROPERTIES.values():
+        touchpoint.properties.pop(name, None)
     for part in ("url", "referrer"):
         if part in touchpoint.page:
             touchpoint.page[part] = _without_click_ids(touchpoint.page[part])
+
+
+def _scrubbed_page(page: dict[str, str], rules: PiiRules) -> dict[str, str]:
+    """``page`` with no email, phone number or listed query parameter in its URLs or title."""
+    if not rules.enabled:
+        return dict(page)
+    scrubbed = dict(page)
+    for part in ("url", "referrer"):
+        if part in scrubbed:
+            scrubbed[part] = scrub_url(scrubbed[part], rules)[:_MAX_URL]
+    if "title" in scrubbed:
+        scrubbed["title"] = scrub_text(scrubbed["title"], rules)[:_MAX_SHORT_TEXT]
+    return scrubbed
+
+
+def _properties(payload: dict[str, Any], request: RequestContext) -> dict[str, str]:
+    """The client's properties, scrubbed, plus the previous salt's hashes during a rotation."""
+    sent = {
+        k: v
+        for k, v in (payload.get("properties") or {}).items()
+        if not k.startswith(PREVIOUS_SALT_PREFIX)
+    }
+    rules = request.pii_rules
+    properties = (
+        {k: v[:_MAX_PROPERTY] for k, v in scrub_properties(sent, rules).items()}
+        if rules.enabled
+        else sent
+    )
+    if request.previous_hash_salt and request.previous_hash_salt != request.hash_salt:
+        for name, key in PREVIOUS_SALT_PROPERTIES.items():
+            if previous := _hashed(payload, name, request.previous_hash_salt, request, []):
+                properties[key] = previous
+    return properties
 
 
 def _without_click_ids(url: str) -> str:
@@ -400,7 +464,11 @@ def _checked_ts(
 
 
 def _hashed(
-    payload: dict[str, Any], name: str, request: RequestContext, errors: list[FieldError]
+    payload: dict[str, Any],
+    name: str,
+    salt: str,
+    request: RequestContext,
+    errors: list[FieldError],
 ) -> str:
     raw = payload.get(name)
     if not raw:
@@ -412,7 +480,7 @@ def _hashed(
     except InvalidIdentifier as exc:
         errors.append(FieldError(name, str(exc)))
         return ""
-    return hash_identifier(name, normalized, request.hash_salt)
+    return hash_identifier(name, normalized, salt)
 
 
 def _parse_ts(raw: str) -> datetime:

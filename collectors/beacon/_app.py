@@ -11,6 +11,7 @@ from aiohttp import web
 
 from collectors.beacon._numbers import NumberReservations, numbers_handler
 from collectors.beacon._segment_app import (
+    SOURCES_KEY,
     add_segment_routes,
     claimed,
     keyed_source,
@@ -22,8 +23,12 @@ from tracker.bounds import MAX_DEPTH, deeper_than
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import (
+    HEALTH_PATHS,
+    Handler,
+    RequestLimiter,
     add_health_routes,
     client_ip,
+    client_key,
     json_error,
     json_response,
     read_body,
@@ -70,7 +75,7 @@ def create_app(
     without it, that endpoint answers 503 for a configured pool."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_metrics(COLLECTOR), _cors(settings)],
+        middlewares=[request_metrics(COLLECTOR), _cors(settings), _rate_limited(settings)],
     )
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
@@ -222,6 +227,8 @@ def _request_context(request: web.Request, settings: Settings) -> RequestContext
         ip=client_ip(request, settings.trust_forwarded_for),
         user_agent=request.headers.get("User-Agent", ""),
         hash_salt=settings.hash_salt.value,
+        previous_hash_salt=settings.hash_salt_previous.value,
+        pii=settings.pii_rules,
         phone_region=settings.default_phone_region,
         max_event_age=timedelta(days=settings.max_event_age_days),
     )
@@ -281,6 +288,53 @@ def _hashed(name: str, raw: Any, context: RequestContext) -> dict[str, str]:
     except InvalidIdentifier:
         return {name: "<redacted>"}
     return {f"{name}_hash": hash_identifier(name, normalized, context.hash_salt)}
+
+
+_SEGMENT_PATHS = ("/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen")
+
+
+def _rate_limited(settings: Settings) -> Any:
+    """Every route but health counts against its client's bucket before its body is read: the
+    truncated address, or for a request carrying a configured source's write key, that
+    source's own limit (TRACKER_SOURCES), checked by the route. 429 with Retry-After, in
+    Segment's shape on Segment's routes."""
+    limit = settings.rate_limit("beacon")
+    limiter = RequestLimiter("beacon", limit) if limit is not None else None
+    trust = settings.trust_forwarded_for
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if limiter is None or request.path in HEALTH_PATHS or _keyed_by_source(request):
+            return await handler(request)
+        wait = limiter.take(client_key(request, trust))
+        if not wait:
+            return await handler(request)
+        reason = (
+            "too many requests from this address; retry after the Retry-After seconds, or send "
+            "with a source's write key (TRACKER_RATE_LIMITS, TRACKER_SOURCES)"
+        )
+        headers = {"Retry-After": str(wait)}
+        if request.path.startswith(_SEGMENT_PATHS) or request.path in ("/v1/alias", "/v1/group"):
+            return json_response(
+                {"success": False, "code": "rate_limited", "message": reason},
+                status=429,
+                headers=headers,
+            )
+        return json_error(429, reason, headers=headers, retry_after=wait)
+
+    return middleware
+
+
+def _keyed_by_source(request: web.Request) -> bool:
+    """Whether the request carries the write key of a configured, unrevoked source."""
+    authorization = request.headers.get("Authorization")
+    sources = request.app[SOURCES_KEY]
+    if not authorization or sources.open:
+        return False
+    try:
+        return sources.authenticate(authorization) is not None
+    except Refused:
+        return False
 
 
 def _cors(settings: Settings) -> Any:

@@ -242,7 +242,6 @@ def _dry_event(
         "session_id": body["session_id"],
         "properties": {
             "pool": pool.name,
-            "fallback_number": pool.fallback,
             "pool_size": str(len(pool.numbers)),
         },
     }
@@ -259,9 +258,13 @@ def _dry_event(
             source="server",
             received_ts=received,
             hash_salt=settings.hash_salt.value,
+            previous_hash_salt=settings.hash_salt_previous.value,
+            pii=settings.pii_rules,
             phone_region=settings.default_phone_region,
         ),
     )
+    # The business's own configured number, set past the scrubbing that keeps people's out.
+    touchpoint.properties["fallback_number"] = pool.fallback
     if not touchpoint.campaign:
         touchpoint.campaign = dict(pool.campaign)
     return touchpoint

@@ -232,6 +232,8 @@ def _request_context(request: web.Request, settings: Settings) -> RequestContext
         received_ts=datetime.now(UTC),
         ip=client_ip(request, settings.trust_forwarded_for),
         hash_salt=settings.hash_salt.value,
+        previous_hash_salt=settings.hash_salt_previous.value,
+        pii=settings.pii_rules,
         phone_region=settings.default_phone_region,
         max_event_age=timedelta(days=settings.max_event_age_days),
     )

@@ -103,6 +103,8 @@ def _context(event: EmailEvent, received_ts: datetime, settings: Settings) -> Re
         ip=event.ip,
         user_agent=event.user_agent,
         hash_salt=settings.hash_salt.value,
+        previous_hash_salt=settings.hash_salt_previous.value,
+        pii=settings.pii_rules,
         phone_region=settings.default_phone_region,
         max_event_age=timedelta(days=settings.max_event_age_days),
     )

@@ -26,11 +26,19 @@ from collectors.links._model import (
 )
 from collectors.links._state import LinkState, LinkTable
 from tracker.errors import BackpressureError, ValidationError
-from tracker.http import add_health_routes, client_ip, json_error, json_response, measured
+from tracker.http import (
+    RequestLimiter,
+    add_health_routes,
+    client_ip,
+    client_key,
+    json_error,
+    json_response,
+    measured,
+)
 from tracker.kafka.producer import Publisher
-from tracker.metrics import LINK_CLICKS
+from tracker.metrics import LINK_CLICKS, RATE_LIMITED
 from tracker.privacy import truncate_ip
-from tracker.ratelimit import TokenBuckets
+from tracker.ratelimit import TokenBuckets, retry_after
 from tracker.settings import Settings
 
 COLLECTOR = "links"
@@ -59,7 +67,9 @@ class Links:
             publisher, settings.links_base_url, settings.links_click_buffer, self.table.instance
         )
         self.click_ids = ClickIds()
-        self.limiter = TokenBuckets(settings.links_api_rate, settings.links_api_burst)
+        api_limit = settings.rate_limit("links_api")
+        self.limiter = RequestLimiter("links_api", api_limit) if api_limit else None
+        self.redirect_limit = settings.rate_limit("links")
 
     @property
     def loaded(self) -> bool:
@@ -112,7 +122,9 @@ def create_app(
     app = web.Application(client_max_size=64 * 1024)
     app[LINKS_KEY] = links
     add_health_routes(app, lambda: links.unready)
-    app.router.add_get("/api/openapi.json", measured(COLLECTOR, openapi, "/api/openapi.json"))
+    app.router.add_get(
+        "/api/openapi.json", measured(COLLECTOR, _limited(openapi), "/api/openapi.json")
+    )
     api = [
         ("GET", "/api/links", list_links, False),
         ("POST", "/api/links", create_link, True),
@@ -157,6 +169,7 @@ _NO_STORE = "no-store"
 _PAGES = {
     404: "This short link does not exist, or is not active yet.",
     410: "This short link is no longer active: it was disabled, has expired, or reached its limit.",
+    429: "Too many requests from your network; try again in a moment.",
     503: "Short links are starting up; try again in a moment.",
 }
 
@@ -166,14 +179,21 @@ def redirect_handler(links: Links) -> Handler:
     table, clicks, click_ids = links.table, links.clicks, links.click_ids
     queue, bound = clicks.queue, clicks.bound
     trust_forwarded_for = links.settings.trust_forwarded_for
-    retry_after = str(links.settings.retry_after_seconds)
+    unavailable_for = str(links.settings.retry_after_seconds)
+    # Per truncated address, before anything else: a flood of one network costs a lookup each.
+    buckets = TokenBuckets.of(links.redirect_limit) if links.redirect_limit else None
+    limited = RATE_LIMITED.labels("links")
 
     async def follow(request: web.Request) -> web.StreamResponse:
+        ip = truncate_ip(client_ip(request, trust_forwarded_for))  # cached per address
+        if buckets is not None and (wait := buckets.take(ip)):
+            limited.inc()
+            return _page(429, {"Retry-After": str(retry_after(wait))})
         slug = request.match_info["slug"]
         link = table.links.get(slug)
         if link is None:
             if not links.loaded:  # restarting: every link would look unknown until it is read
-                return _page(503, {"Retry-After": retry_after})
+                return _page(503, {"Retry-After": unavailable_for})
             _UNKNOWN.inc()
             return _page(404)
         qr = False
@@ -215,7 +235,7 @@ def redirect_handler(links: Links) -> Handler:
             qr,
             outcome,
             location,
-            truncate_ip(client_ip(request, trust_forwarded_for)),  # cached per address
+            ip,
             user_agent,
             headers.get("Referer", ""),
             accept_language,
@@ -256,15 +276,10 @@ def _guarded(handler: Handler, writes: bool) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         links = request.app[LINKS_KEY]
         settings = links.settings
-        wait = links.limiter.take(client_ip(request, settings.trust_forwarded_for))
-        if wait:
-            retry = max(1, round(wait + 0.5))
-            return json_error(
-                429,
-                "too many management requests from this address; slow down",
-                headers={"Retry-After": str(retry)},
-                retry_after=retry,
-            )
+        limiter = links.limiter
+        key = client_key(request, settings.trust_forwarded_for)
+        if limiter is not None and (refused := limiter.refuse(key)):
+            return refused
         token = settings.api_token
         if not token:
             if writes:
@@ -287,6 +302,18 @@ def _guarded(handler: Handler, writes: bool) -> Handler:
         return await handler(request)
 
     return guarded
+
+
+def _limited(handler: Handler) -> Handler:
+    """The management API's rate limit alone, for its public document."""
+
+    async def limited(request: web.Request) -> web.StreamResponse:
+        links = request.app[LINKS_KEY]
+        key = client_key(request, links.settings.trust_forwarded_for)
+        refused = links.limiter.refuse(key) if links.limiter is not None else None
+        return refused or await handler(request)
+
+    return limited
 
 
 async def openapi(_: web.Request) -> web.Response:

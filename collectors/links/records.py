@@ -36,6 +36,7 @@ from typing import Any, Final
 import lz4.frame
 import orjson
 
+from tracker.privacy import PiiRules
 from tracker.touchpoint import RequestContext, Touchpoint, accept
 
 __all__ = [
@@ -153,7 +154,7 @@ def click_event_id(slug: str, token: str) -> str:
     return str(uuid.uuid5(_EVENT_NAMESPACE, f"{slug}/{token}"))
 
 
-def click_touchpoint(click: ClickFacts, hash_salt: str) -> Touchpoint:
+def click_touchpoint(click: ClickFacts, hash_salt: str, pii: PiiRules | None = None) -> Touchpoint:
     """The ``link_click`` touchpoint of one click, through the same validation as any event.
 
     Raises :class:`tracker.errors.ValidationError` when a field is refused.
@@ -198,7 +199,7 @@ def click_touchpoint(click: ClickFacts, hash_salt: str) -> Touchpoint:
         context["locale"] = preferred[0][:35]
     payload["context"] = context
     request = RequestContext(
-        source="shortlink", received_ts=received, ip=click.ip, hash_salt=hash_salt
+        source="shortlink", received_ts=received, ip=click.ip, hash_salt=hash_salt, pii=pii
     )
     return accept(payload, request)
 

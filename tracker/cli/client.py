@@ -7,6 +7,7 @@ through its console; with a ClickHouse server, queries go straight to the server
 from __future__ import annotations
 
 import contextlib
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -60,6 +61,21 @@ def fetch_report(settings: Settings, name: str, options: dict[str, str]) -> list
     return [orjson.loads(line) for line in answer.splitlines() if line.strip()]
 
 
+_RATE_LIMITED_ATTEMPTS = 4
+_LONGEST_WAIT = 10.0
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """The seconds a 429 asks to wait, when short enough to wait here; None otherwise."""
+    if exc.code != 429:
+        return None
+    try:
+        wait = float(exc.headers.get("Retry-After", "1"))
+    except ValueError:
+        return None
+    return wait if 0 <= wait <= _LONGEST_WAIT else None
+
+
 def console_request(
     settings: Settings, path: str, body: dict[str, object] | None, what: str
 ) -> bytes:
@@ -74,9 +90,18 @@ def console_request(
         headers=headers,
     )
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            answer: bytes = response.read()
-            return answer
+        for attempt in range(_RATE_LIMITED_ATTEMPTS):
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    answer: bytes = response.read()
+                    return answer
+            except urllib.error.HTTPError as exc:
+                wait = _retry_after(exc)
+                if wait is None or attempt == _RATE_LIMITED_ATTEMPTS - 1:
+                    raise
+                exc.close()
+                time.sleep(wait)  # the console's rate limit: wait as told, a few times
+        raise AssertionError("unreachable")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
         with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):

@@ -212,7 +212,7 @@ def _post(url: str, batch: list[dict[str, Any]]) -> tuple[int, int]:
             if exc.code == 400:
                 body = orjson.loads(exc.read())
                 return int(body["accepted"]), len(body["rejected"])
-            if exc.code != 503 or attempt == 9:
+            if exc.code not in (429, 503) or attempt == 9:  # busy, or sending too fast
                 raise
             time.sleep(float(exc.headers.get("Retry-After", "1")))
         except urllib.error.URLError as exc:
