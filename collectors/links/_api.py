@@ -143,6 +143,63 @@ _BODY = {
     "content": {"application/json": {"schema": {"type": "object", "properties": _LINK_FIELDS}}},
 }
 
+_PAGE = {"text/html": {"schema": {"type": "string", "minLength": 1}}}
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+_OPEN: list[dict[str, list[str]]] = [{}]  # no token needed
+# What anyone may call: the redirect, the service's health and this document.
+_PUBLIC_PATHS: dict[str, Any] = {
+    "/{slug}": {
+        "parameters": _SLUG,
+        "get": {
+            "summary": "Follow a short link (HEAD too): a redirect, counted as a click",
+            "security": _OPEN,
+            "responses": {
+                "301": {"description": "redirect (the link's status_code)"},
+                "302": {"description": "redirect (the link's status_code)"},
+                "307": {"description": "redirect (the link's status_code)"},
+                "308": {"description": "redirect (the link's status_code)"},
+                "404": {"description": "no such link", "content": _PAGE},
+                "410": {"description": "disabled, expired or exhausted", "content": _PAGE},
+                "503": {
+                    "description": "links are still loading; see Retry-After",
+                    "content": _PAGE,
+                },
+            },
+        },
+    },
+    "/api/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "security": _OPEN,
+            "responses": {"200": _answer("the OpenAPI document", {"type": "object"})},
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "The process answers",
+            "security": _OPEN,
+            "responses": {"200": _answer("alive", _STATUS)},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "The links are loaded from Kafka",
+            "security": _OPEN,
+            "responses": {
+                "200": _answer("ready", _STATUS),
+                "503": _answer("not ready; reasons says why", _STATUS),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "security": _OPEN,
+            "responses": {"200": {"description": "the exposition", "content": {"text/plain": {}}}},
+        }
+    },
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -228,5 +285,6 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}},
             },
         },
+        **_PUBLIC_PATHS,
     },
 }
