@@ -19,7 +19,13 @@ from collectors.calls._common import (
 from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
-from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.http import (
+    add_health_routes,
+    json_error,
+    json_response,
+    read_body,
+    request_metrics,
+)
 from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
 from tracker.settings import Settings
 
@@ -97,10 +103,11 @@ async def post_callback(request: web.Request) -> web.Response:
     provider = PROVIDERS.get(request.match_info["provider"])
     if provider is None:
         return json_error(404, f"unknown call provider; use one of {', '.join(sorted(PROVIDERS))}")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, f"body is larger than {settings.max_body_bytes} bytes")
+    # Decoded as its Content-Encoding says, bounded in size and time: a body that is not what
+    # its encoding claims is the sender's 400, never our 500.
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
     webhook = WebhookRequest(
         method=request.method,
         url=public_url(request, settings),
@@ -117,7 +124,7 @@ async def post_callback(request: web.Request) -> web.Response:
             "call webhook refused",
             extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
         )
-        return json_error(exc.status, str(exc))
+        return _refused(exc, settings)
     try:
         callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:
@@ -182,3 +189,11 @@ def _kept(body: bytes) -> str:
 def _unavailable(exc: BackpressureError) -> web.Response:
     retry = str(max(1, round(exc.retry_after)))
     return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+
+
+def _refused(exc: WebhookError, settings: Settings) -> web.Response:
+    """A 503 (the provider is not configured here: ours to fix) says when to try again."""
+    if exc.status == 503:
+        retry = settings.retry_after_seconds
+        return json_error(503, str(exc), headers={"Retry-After": str(retry)}, retry_after=retry)
+    return json_error(exc.status, str(exc))

@@ -13,7 +13,13 @@ from collectors.email._common import Batch, EmailProvider, Refused
 from collectors.email.records import SOURCE, EmailEvent, redact_emails, touchpoint_payload
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import add_health_routes, json_error, json_response, request_metrics
+from tracker.http import (
+    add_health_routes,
+    json_error,
+    json_response,
+    read_body,
+    request_metrics,
+)
 from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS, EMAIL_WEBHOOKS
 from tracker.settings import Settings
@@ -55,10 +61,11 @@ async def post_webhook(request: web.Request) -> web.Response:
     provider = PROVIDERS.get(request.match_info["provider"])
     if provider is None:
         return json_error(404, f"unknown email provider; use one of {', '.join(sorted(PROVIDERS))}")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, f"body is larger than {settings.max_body_bytes} bytes")
+    # Decoded as its Content-Encoding says, bounded in size and time: a body that is not what
+    # its encoding claims is the sender's 400, never our 500.
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
     webhook = WebhookRequest(
         method=request.method,
         url=str(request.url),
@@ -75,7 +82,7 @@ async def post_webhook(request: web.Request) -> web.Response:
             "email webhook refused",
             extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
         )
-        return json_error(exc.status, str(exc))
+        return _refused(exc, settings)
     try:
         batch = _normalize(provider, webhook, settings)
     except Malformed as exc:
@@ -215,3 +222,11 @@ def _kept(body: bytes) -> str:
     cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
     kept = redact_emails(body[:MAX_DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace"))
     return f"{kept}... [{cut} more bytes not kept]"
+
+
+def _refused(exc: WebhookError, settings: Settings) -> web.Response:
+    """A 503 (the provider is not configured here: ours to fix) says when to try again."""
+    if exc.status == 503:
+        retry = settings.retry_after_seconds
+        return json_error(503, str(exc), headers={"Retry-After": str(retry)}, retry_after=retry)
+    return json_error(exc.status, str(exc))

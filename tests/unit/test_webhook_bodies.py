@@ -1,0 +1,74 @@
+"""Regressions the fuzz harness (bench/fuzz.py) found at the webhook collectors: a body that is
+not what its Content-Encoding says was a 500, and a provider turned off here answered 503
+without saying when to retry."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import brotli
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from collectors.calls import create_app as create_calls
+from collectors.email import create_app as create_email
+from tracker.kafka.producer import MemoryPublisher
+from tracker.settings import Settings
+
+Client = TestClient[web.Request, web.Application]
+ENDPOINTS = ["/v1/calls/generic", "/v1/email/mailgun"]
+
+
+@pytest.fixture
+async def client(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Client, str]]:
+    """The collector serving ``request.param`` (a path), and that path."""
+    settings = Settings.from_env(
+        {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_RETRY_AFTER_SECONDS": "7"}
+    )
+    create = create_calls if request.param.startswith("/v1/calls") else create_email
+    async with TestClient(TestServer(create(settings, MemoryPublisher()))) as running:
+        yield running, request.param
+
+
+@pytest.mark.parametrize("client", ENDPOINTS, indirect=True)
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [("gzip", b"not gzip at all"), ("br", b"not brotli"), ("gzip", b"\x1f\x8b\x08garbage")],
+)
+async def test_a_body_that_is_not_its_encoding_is_the_senders_400(
+    client: tuple[Client, str], encoding: str, body: bytes
+) -> None:
+    http, path = client
+    answer = await http.post(
+        path, data=body, headers={"Content-Encoding": encoding, "Connection": "close"}
+    )
+    assert answer.status == 400
+    assert f"not valid {encoding} data" in (await answer.json())["error"]
+
+
+@pytest.mark.parametrize("client", ENDPOINTS, indirect=True)
+async def test_an_unknown_encoding_is_415_and_a_bomb_413(client: tuple[Client, str]) -> None:
+    http, path = client
+    unknown = await http.post(path, data=b"{}", headers={"Content-Encoding": "x-bogus"})
+    assert unknown.status == 415 and "not supported" in (await unknown.json())["error"]
+    bomb = brotli.compress(b"0" * (64 * 1024 * 1024))  # ~50 bytes that decode to 64 MiB
+    refused = await http.post(
+        path, data=bomb, headers={"Content-Encoding": "br", "Connection": "close"}
+    )
+    assert refused.status == 413 and "larger than" in (await refused.json())["error"]
+
+
+@pytest.mark.parametrize("client", ENDPOINTS, indirect=True)
+async def test_a_provider_turned_off_here_answers_503_with_retry_after(
+    client: tuple[Client, str],
+) -> None:
+    http, path = client  # no secret is configured for either provider
+    answer = await http.post(path, data=gzip.compress(b"{}"), headers={"Content-Encoding": "gzip"})
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "7"
+    assert "turned off on this server" in (await answer.json())["error"]
