@@ -1147,8 +1147,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"  tables intact: {sorted(tables & {'touchpoints', 'links', 'dead_letters', 'calls'})}")  # fmt: skip
         say(f"  files written through the console: {sum(1 for _ in work.glob('*marker*'))}")
 
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_bytes(
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_bytes(
             orjson.dumps(
                 {
                     "cases": args.cases,
@@ -1190,6 +1190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help="a running Kafka broker; default: start one")
     parser.add_argument("--rss-growth-mb", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return run(args)
