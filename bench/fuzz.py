@@ -1022,7 +1022,7 @@ INVALID_ROWS = {
 def invalid_rows(console: str, started_ts: float) -> dict[str, int]:
     stamp = f"'{datetime.fromtimestamp(started_ts, UTC).strftime('%Y-%m-%d %H:%M:%S')}'"
     columns = ", ".join(
-        f"countIf({condition.format(started=stamp)}) AS c{i}"
+        f"countIf({condition.replace('{started}', stamp)}) AS c{i}"
         for i, condition in enumerate(INVALID_ROWS.values())
     )
     (answer,) = rows(console, f"SELECT {columns} FROM touchpoints")
