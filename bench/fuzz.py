@@ -311,7 +311,9 @@ class Gen:
             kind = "raw_query"
         headers = {}
         if r.random() < 0.3:
-            headers["Referer"] = self.string()[:500].encode("utf-8", "replace").decode("latin-1")
+            # UTF-8 bytes as latin-1 text; control characters go on raw sockets (raw_http)
+            referer = self.string()[:500].encode("utf-8", "replace").decode("latin-1")
+            headers["Referer"] = "".join(c for c in referer if c >= " " and c != "\x7f")
         path = f"/v1/p.gif?{query}"
         if len(path) > 8000:
             path = path[:8000]
@@ -763,7 +765,7 @@ def judge(case: Case, status: int, headers: dict[str, str], body: bytes) -> str 
         retry = headers.get("retry-after", "")
         if not retry.isdigit() or int(retry) < 1:
             return f"503 without a Retry-After of at least 1 s: {body[:200]!r}"
-    if 400 <= status < 500 and not reason_in(headers, body):
+    if 400 <= status < 500 and case.method != "HEAD" and not reason_in(headers, body):
         return f"{status} without a reason: {body[:200]!r}"
     if INJECTED in headers:
         return f"an injected header came back: {headers[INJECTED]!r}"
