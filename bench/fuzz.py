@@ -758,7 +758,7 @@ def _bomb(encoding: str) -> bytes:
 def judge(case: Case, status: int, headers: dict[str, str], body: bytes) -> str | None:
     """Why this answer breaks a promise, or None."""
     if status == 0:
-        return "no answer: the connection closed without a response"
+        return f"no answer: {body[:200].decode(errors='replace')}"
     if status >= 500:
         if status != 503:
             return f"answered {status}: {body[:200]!r}"
