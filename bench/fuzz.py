@@ -78,7 +78,6 @@ SEEDED_LINKS = {
     "fz-rules": "https://example.com/desktop",
 }
 INJECTED = "x-fuzz-injected"
-CONCURRENCY = 16
 MAX_BODY = 1024 * 1024  # TRACKER_MAX_BODY_BYTES's default
 
 # The share of cases each endpoint gets (of --cases).
@@ -92,8 +91,8 @@ WEIGHTS = {
     "links /api/links": 8,
     "calls POST /v1/calls/{provider}": 12,
     "email POST /v1/email/{provider}": 8,
-    "console POST /api/query": 7,
-    "console GET /api/reports/{name}": 2,
+    "console POST /api/query": 5,
+    "console GET /api/reports/{name}": 1,
     "console POST /api/forget": 1,
 }
 
@@ -700,7 +699,8 @@ class Gen:
             _, body = self.hostile_body()
         return Case("console POST /api/forget", "forget", "console", "POST", "/api/forget", headers, body)  # fmt: skip
 
-    def cases(self, total: int) -> Iterator[Case]:
+    def cases(self, total: int, service: str) -> Iterator[Case]:
+        """``total`` cases for the endpoints of one service, in WEIGHTS' proportions."""
         makers: dict[str, Callable[[], Case]] = {
             "beacon POST /v1/events": self.beacon_events,
             "beacon GET /v1/p.gif": self.pixel,
@@ -715,7 +715,7 @@ class Gen:
             "console GET /api/reports/{name}": self.console_report,
             "console POST /api/forget": self.console_forget,
         }
-        names = list(WEIGHTS)
+        names = [n for n in WEIGHTS if n.split(" ", 1)[0] == service]
         weights = [WEIGHTS[n] for n in names]
         for _ in range(total):
             yield makers[self.r.choices(names, weights)[0]]()
@@ -844,24 +844,54 @@ async def send_raw(base: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
-async def run_cases(gen: Gen, total: int, bases: dict[str, str]) -> list[Outcome]:
+# Each service is fuzzed in a lane of its own, with its own connections, so that a slow answer
+# (a console query at its time limit) holds up only its own lane.
+LANES = {"beacon": 6, "links": 3, "calls": 3, "email": 2, "console": 2}
+
+
+def lane_cases(total: int) -> dict[str, int]:
+    """How many of ``total`` cases each lane gets, in WEIGHTS' proportions."""
+    shares = {
+        lane: sum(w for n, w in WEIGHTS.items() if n.startswith(lane + " ")) for lane in LANES
+    }
+    whole = sum(shares.values())
+    counts = {lane: total * share // whole for lane, share in shares.items()}
+    counts["beacon"] += total - sum(counts.values())
+    return counts
+
+
+async def run_cases(
+    seed: int, total: int, bases: dict[str, str], ports: dict[str, int], work: Path
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    cases = gen.cases(total)
     timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(force_close=True, limit=CONCURRENCY * 2)
+    connector = aiohttp.TCPConnector(force_close=True, limit=sum(LANES.values()) * 2)
     started = time.monotonic()
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    done = 0
+
+    async def lane(session: aiohttp.ClientSession, index: int, service: str, count: int) -> None:
+        nonlocal done
+        cases = Gen(seed * 100 + index, ports, work).cases(count, service)
 
         async def worker() -> None:
-            for case in cases:  # a shared generator: each case is taken once
+            nonlocal done
+            for case in cases:  # shared by the lane's workers: each case is taken once
                 for _ in range(case.repeat):
-                    status, headers, body = await send(session, bases[case.service], case)
+                    status, headers, body = await send(session, bases[service], case)
                     failure = judge(case, status, headers, body)
                     outcomes.append(Outcome(case.endpoint, case.kind, status, failure))
-                if len(outcomes) % 10_000 < case.repeat:
-                    say(f"  {len(outcomes):>7} requests, {time.monotonic() - started:.0f} s")
+                done += 1
+                if done % 10_000 == 0:
+                    say(f"  {done:>7} cases, {time.monotonic() - started:.0f} s")
 
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(worker() for _ in range(LANES[service])))
+        say(f"  {service} lane done: {count:,} cases, {time.monotonic() - started:.0f} s")
+
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        counts = lane_cases(total)
+        await asyncio.gather(
+            *(lane(session, i, name, counts[name]) for i, name in enumerate(LANES))
+        )
     return outcomes
 
 
@@ -1101,10 +1131,9 @@ def run(args: argparse.Namespace) -> int:
         seed_links(by_name["links"].base)
         rss_start = {s.name: s.rss_mb() for s in services}
         bases = {s.name: s.base for s in services} | {"console": by_name["worker"].base}
-        gen = Gen(args.seed, ports, work)
         say(f"fuzzing {args.cases:,} cases, seed {args.seed}")
         started_ts, started = time.time(), time.monotonic()
-        outcomes = asyncio.run(run_cases(gen, args.cases, bases))
+        outcomes = asyncio.run(run_cases(args.seed, args.cases, bases, ports, work))
         elapsed = time.monotonic() - started
         table = summarize(outcomes)
         say(f"\n{len(outcomes):,} requests for {args.cases:,} cases in {elapsed:.0f} s\n")
