@@ -464,6 +464,9 @@ class Gen:
             path = r.choice([f"/api/links/{quote(slug, safe='/')}", f"/api/links?tag={quote(self.string()[:100])}", f"/api/links/{quote(slug)}/qr.svg", "/api/openapi.json", "/api/nothing", "/api/links/%2e%2e/%2e%2e/etc/passwd"])  # fmt: skip
         else:
             _, body = self.hostile_body()
+        if body is not None and kind in ("create", "patch", "body"):
+            encoding, body = self.encode(body, headers)
+            kind = f"{kind}/{encoding}"
         return Case("links /api/links", kind, "links", method, path, headers, body, expect=expect)
 
     def _generic_signed(self, body: bytes, stamp: str | None = None, msg_id: str | None = None) -> dict[str, str]:  # fmt: skip

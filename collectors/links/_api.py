@@ -133,7 +133,11 @@ _ERRORS = {
 }
 _WRITE_ERRORS = {
     **_ERRORS,
-    "400": _answer("invalid link; errors name each field", _ERROR),
+    "400": _answer("invalid link or body; errors name each field", _ERROR),
+    "404": _answer("no link with this slug", _ERROR),
+    "408": _answer("the body did not arrive in time", _ERROR),
+    "413": _answer("body larger than 64 KiB", _ERROR),
+    "415": _answer("a Content-Encoding Tracker does not read", _ERROR),
     "403": _answer("no TRACKER_API_TOKEN is configured, so writes are refused", _ERROR),
     "503": _answer("Kafka did not take the change; see Retry-After", _ERROR),
 }
@@ -259,7 +263,11 @@ OPENAPI: dict[str, Any] = {
             "parameters": _SLUG,
             "get": {
                 "summary": "Read a link",
-                "responses": {"200": _answer("the link", _LINK), "404": _answer("no such link")},
+                "responses": {
+                    "200": _answer("the link", _LINK),
+                    "404": _answer("no such link", _ERROR),
+                    **_ERRORS,
+                },
             },
             "patch": {
                 "summary": 'Change a link: target, UTM, validity, limits, rules; disable with {"disabled": true}',
@@ -275,14 +283,22 @@ OPENAPI: dict[str, Any] = {
             "parameters": _SLUG,
             "get": {
                 "summary": "QR code of the short URL with ?qr=1, as SVG",
-                "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}},
+                "responses": {
+                    "200": {"description": "SVG", "content": {"image/svg+xml": {}}},
+                    "404": _answer("no such link", _ERROR),
+                    **_ERRORS,
+                },
             },
         },
         "/api/links/{slug}/qr.png": {
             "parameters": _SLUG,
             "get": {
                 "summary": "QR code of the short URL with ?qr=1, as PNG",
-                "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}},
+                "responses": {
+                    "200": {"description": "PNG", "content": {"image/png": {}}},
+                    "404": _answer("no such link", _ERROR),
+                    **_ERRORS,
+                },
             },
         },
         **_PUBLIC_PATHS,

@@ -16,11 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from collectors.calls import create_app as create_calls
 from collectors.email import create_app as create_email
 from collectors.email.records import redact_emails
+from collectors.links import create_app as create_links
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
 ENDPOINTS = ["/v1/calls/generic", "/v1/email/mailgun"]
+BODY_ENDPOINTS = [*ENDPOINTS, "/api/links"]
 
 
 @pytest.fixture
@@ -29,14 +31,25 @@ async def client(
 ) -> AsyncIterator[tuple[Client, str]]:
     """The collector serving ``request.param`` (a path), and that path."""
     settings = Settings.from_env(
-        {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_RETRY_AFTER_SECONDS": "7"}
+        {
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_RETRY_AFTER_SECONDS": "7",
+            "TRACKER_API_TOKEN": "t",
+        }
     )
-    create = create_calls if request.param.startswith("/v1/calls") else create_email
+    path = request.param
+    create = (
+        create_calls
+        if path.startswith("/v1/calls")
+        else create_links
+        if path.startswith("/api/links")
+        else create_email
+    )
     async with TestClient(TestServer(create(settings, MemoryPublisher()))) as running:
         yield running, request.param
 
 
-@pytest.mark.parametrize("client", ENDPOINTS, indirect=True)
+@pytest.mark.parametrize("client", BODY_ENDPOINTS, indirect=True)
 @pytest.mark.parametrize(
     ("encoding", "body"),
     [("gzip", b"not gzip at all"), ("br", b"not brotli"), ("gzip", b"\x1f\x8b\x08garbage")],
@@ -46,20 +59,23 @@ async def test_a_body_that_is_not_its_encoding_is_the_senders_400(
 ) -> None:
     http, path = client
     answer = await http.post(
-        path, data=body, headers={"Content-Encoding": encoding, "Connection": "close"}
+        path,
+        data=body,
+        headers={"Content-Encoding": encoding, "Connection": "close", "Authorization": "Bearer t"},
     )
     assert answer.status == 400
     assert f"not valid {encoding} data" in (await answer.json())["error"]
 
 
-@pytest.mark.parametrize("client", ENDPOINTS, indirect=True)
+@pytest.mark.parametrize("client", BODY_ENDPOINTS, indirect=True)
 async def test_an_unknown_encoding_is_415_and_a_bomb_413(client: tuple[Client, str]) -> None:
     http, path = client
-    unknown = await http.post(path, data=b"{}", headers={"Content-Encoding": "x-bogus"})
+    auth = {"Authorization": "Bearer t"}
+    unknown = await http.post(path, data=b"{}", headers={"Content-Encoding": "x-bogus", **auth})
     assert unknown.status == 415 and "not supported" in (await unknown.json())["error"]
     bomb = brotli.compress(b"0" * (64 * 1024 * 1024))  # ~50 bytes that decode to 64 MiB
     refused = await http.post(
-        path, data=bomb, headers={"Content-Encoding": "br", "Connection": "close"}
+        path, data=bomb, headers={"Content-Encoding": "br", "Connection": "close", **auth}
     )
     assert refused.status == 413 and "larger than" in (await refused.json())["error"]
 
