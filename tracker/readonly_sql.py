@@ -20,7 +20,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from tracker.errors import QueryRefused
 
-__all__ = ["ReadOnlyQuery", "check_query"]
+__all__ = ["MAX_QUERY_LENGTH", "ReadOnlyQuery", "check_query"]
 
 
 class _Tokenizer(ClickHouse.Tokenizer):
@@ -116,6 +116,8 @@ _SHOW_REFUSED = {
     "NAMED",
     "SERVER",
 }
+# ClickHouse's default max_query_size, in characters: longer SQL is refused before it is read.
+MAX_QUERY_LENGTH = 256 * 1024
 _FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -129,6 +131,11 @@ class ReadOnlyQuery:
 
 def check_query(sql: str) -> ReadOnlyQuery:
     """The statement in ``sql`` if it is one read-only statement; ``QueryRefused`` says why not."""
+    if len(sql) > MAX_QUERY_LENGTH:
+        raise QueryRefused(
+            f"the SQL is {len(sql)} characters long; at most {MAX_QUERY_LENGTH} are read "
+            "(ClickHouse's own max_query_size)"
+        )
     try:
         tokens = _Tokenizer(dialect=_DIALECT).tokenize(sql)
     except TokenError:

@@ -59,3 +59,9 @@ def test_access_control_and_other_sessions_are_refused(sql: str) -> None:
 )
 def test_the_data_and_its_shape_stay_readable(sql: str) -> None:
     assert check_query(sql).statement
+
+
+def test_sql_longer_than_clickhouse_reads_is_refused_before_it_is_tokenized() -> None:
+    with pytest.raises(QueryRefused, match="at most 262144"):
+        check_query("SELECT " + "1+" * 140_000 + "1")
+    assert check_query("SELECT " + "1+" * 1000 + "1").statement  # a long but readable one
