@@ -648,7 +648,7 @@ class Gen:
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
         pick = r.randrange(10)
         expect = None
-        if pick < 5:
+        if pick < 7:
             kind, sql = r.choice(self.sql_attacks())
             noise = [
                 "",
@@ -663,7 +663,7 @@ class Gen:
             sql = r.choice(noise) + sql + r.choice(["", ";", " ", " FORMAT TSV", " -- tail"])
             expect = frozenset({400})
             body = self.json_body({"sql": sql, "format": r.choice(["tsv", "json", "csv"])})
-        elif pick < 8:
+        elif pick == 7:
             kind = "read"
             sql = r.choice([
                 "SELECT count() FROM touchpoints", "SELECT type, count() FROM touchpoints GROUP BY type",
