@@ -69,7 +69,7 @@ _LINK_FIELDS: dict[str, Any] = {
         "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH},
     },
     "campaign": _TEXT,
-    "channel": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+    "channel": {"type": "string", "pattern": "^([a-z][a-z0-9_]{0,31})?$"},
     "utm": {
         "type": "object",
         "additionalProperties": False,
@@ -79,8 +79,7 @@ _LINK_FIELDS: dict[str, Any] = {
     "valid_since": _TIME,
     "valid_until": _TIME,
     "fallback_url": {
-        **_URL,
-        "type": ["string", "null"],
+        "anyOf": [_URL, {"const": ""}, {"type": "null"}],
         "description": "where disabled, expired or exhausted clicks go; null or empty for none",
     },
     "max_clicks": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CLICKS_LIMIT},

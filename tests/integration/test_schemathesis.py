@@ -18,6 +18,7 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     CheckContext,
@@ -137,5 +138,9 @@ def test_every_operation_answers_as_its_document_says(
                 response = case.call(base_url=services[surface], headers=headers, timeout=30)
                 case.validate_response(response, checks=CHECKS)
 
-            answers_as_documented()
-    assert tried >= len(schema) * EXAMPLES  # every operation was tried
+            try:
+                answers_as_documented()
+            except Unsatisfiable:
+                # Nothing in the operation can be made invalid (no parameters, no body).
+                assert mode == GenerationMode.NEGATIVE
+    assert tried >= 2 * len(list(schema.get_all_operations()))  # each was tried
