@@ -34,13 +34,20 @@ from agents.stitching import (
     Outbox,
     StitchRouter,
 )
+from agents.table_store import STORE_SCHEME
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink
 
-__all__ = ["add_calls", "add_dead_letters", "add_stitching", "changelog_known"]
+__all__ = [
+    "add_calls",
+    "add_dead_letters",
+    "add_stitching",
+    "changelog_known",
+    "table_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +109,11 @@ def add_calls(
     )
     calls_topic = app.topic(topology.calls.name, value_serializer="raw", key_serializer="raw")
     call_state = app.Table(
-        "call_state", key_type=str, partitions=settings.topic_partitions, use_partitioner=True
+        "call_state",
+        key_type=str,
+        partitions=settings.topic_partitions,
+        use_partitioner=True,
+        options=table_options(settings),
     )
 
     async def merge_calls(events: Sequence[Any]) -> None:
@@ -164,6 +175,7 @@ def add_stitching(
         key_type=str,
         partitions=topology.identity.partitions,
         use_partitioner=True,  # written once per batch, after the events
+        options=table_options(settings),
     )
 
     async def resolve(events: Sequence[Any]) -> None:
@@ -206,6 +218,7 @@ def add_stitching(
         key_type=str,
         partitions=topology.journey.partitions,
         use_partitioner=True,  # batches span partitions: place each key by its own hash
+        options=table_options(settings),
     )
 
     async def stitch(events: Sequence[Any]) -> None:
@@ -221,6 +234,27 @@ def add_stitching(
     async def journey(stream: Any) -> None:
         await changelog_known(app, journey_state)
         await run_batches(stream, journey_runner, batch, within)
+
+
+# RocksDB's defaults (64 MiB write buffers, a 2 GiB block cache, per partition) would outgrow the
+# heap they replace: a few MiB per partition keep a worker's memory flat.
+_ROCKSDB_OPTIONS = {
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+    "max_open_files": 256,
+}
+
+
+def table_store(settings: Settings) -> str:
+    """The Faust store URL for the worker's tables (``TRACKER_TABLE_STORE``)."""
+    return f"{STORE_SCHEME}://" if settings.table_store == "rocksdb" else "memory://"
+
+
+def table_options(settings: Settings) -> dict[str, Any]:
+    """Per-table store options: a fresh dict each time, since Faust's store consumes it."""
+    return dict(_ROCKSDB_OPTIONS) if settings.table_store == "rocksdb" else {}
 
 
 async def changelog_known(app: faust.App, table: Any) -> None:

@@ -37,7 +37,7 @@ from agents.stitching import (
     Outbox,
     StitchRouter,
 )
-from agents.streams import add_calls, add_dead_letters, add_stitching
+from agents.streams import add_calls, add_dead_letters, add_stitching, table_store
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
@@ -88,7 +88,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        store="memory://",
+        store=table_store(settings),
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
@@ -98,7 +98,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         # A killed worker's partitions move on after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
-        datadir=str(settings.data_dir / "faust"),
+        # Per application id: the tables' local stores belong to that id's changelogs.
+        datadir=str(settings.data_dir / "faust" / settings.worker_id),
         # An agent that raises ends the worker with exit code 1, so whoever runs it (tracker up,
         # an orchestrator) restarts it and its unacknowledged records are read again. Faust's
         # default restarts the agent alone, which then runs on past a batch it never acknowledged.
@@ -175,7 +176,7 @@ def run_worker(settings: Settings) -> None:
     """Apply migrations, then run the worker until SIGINT or SIGTERM."""
     # Faust makes its folder under the data directory, but not the data directory itself; only
     # the local hash salt's first write made it, so a worker with TRACKER_HASH_SALT set crashed.
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, services, store = build_worker(settings)
     _wait_for_topics(settings, app)
     applied = store.run_sync(store.migrate_sync)

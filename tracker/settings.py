@@ -155,6 +155,8 @@ class Settings:
     kafka_probe_seconds: float = 2.0
     shutdown_grace_seconds: float = 30.0
     log_repeat_seconds: float = 60.0
+    # Where the worker keeps its tables' state between changelog writes (agents/streams.py).
+    table_store: str = "rocksdb"
 
     @property
     def uses_local_kafka(self) -> bool:
@@ -208,6 +210,7 @@ class Settings:
             topic_partitions=reader.integer("TRACKER_TOPIC_PARTITIONS", 4, minimum=1),
             topic_replication=reader.integer("TRACKER_TOPIC_REPLICATION", 1, minimum=1),
             worker_id=reader.text("TRACKER_WORKER_ID", "tracker"),
+            table_store=reader.choice("TRACKER_TABLE_STORE", "rocksdb", ("rocksdb", "memory")),
             host=reader.text("TRACKER_HOST", "127.0.0.1"),
             console_host=reader.text("TRACKER_CONSOLE_HOST", "127.0.0.1"),
             console_port=reader.port("TRACKER_CONSOLE_PORT", 8000),
@@ -685,6 +688,12 @@ class _Reader:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower() or default
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
 
     def identifier(self, name: str, default: str) -> str:
         value = self.text(name, default)

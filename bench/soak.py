@@ -1,0 +1,497 @@
+"""A soak: mixed load on the whole product for minutes; memory, lag and losses over time.
+
+    python bench/soak.py [--minutes 10] [--rate 300] [--clicks 20] [--calls 5]
+    python bench/soak.py --minutes 2 --compare-memory-store   # also the heap-kept tables
+
+On its own local Kafka broker it runs the product as a user runs it (``python -m tracker worker``
+and ``serve beacon|links|calls``, one data directory, embedded chDB), then offers at once:
+
+- page batches to the beacon at ``--rate`` events/s, from the end-to-end benchmark's load generator
+  (bench/e2e.py): a rolling population of visitors, so new customers keep arriving;
+- short-link redirects at ``--clicks``/s (every click logged, so each is a touchpoint);
+- signed call webhooks (Standard Webhooks, the generic provider) at ``--calls``/s, each a new call.
+
+Every 15 s it samples the resident memory (RSS) of the worker's process group and each collector,
+the stored touchpoints and the lag of the last window (a stitched row's ``inserted_at`` minus its
+``received_ts``). After the load it waits for everything accepted to be stored, then checks that
+every accepted event is in ClickHouse exactly once: touchpoints ``uniqExact(event_id)`` against the
+beacon's and redirects' 2xx answers plus the calls, and ``count()`` against the distinct versions.
+
+Memory is flat when the worker's RSS in the last third of the load is within 10 % (or 64 MiB) of
+its RSS at the end of the first third, while the customers it holds keep growing. The baseline in
+the same run (``--compare-memory-store``) is the same load with ``TRACKER_TABLE_STORE=memory``,
+the worker's state on the heap. Results go to stdout and bench/results/soak.json. The exit code is
+non-zero when something was lost, written twice, or a process died, never for a missed bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from e2e import kafka_pgid, lag_stats, run_generator
+from run import (
+    RESULTS,
+    ROOT,
+    BenchError,
+    Processes,
+    console_query,
+    http_get,
+    tail,
+    tracker_env,
+    wait_until,
+)
+
+log = logging.getLogger("bench.soak")
+
+SOAK_RESULTS = RESULTS.with_name("soak.json")
+SAMPLE_SECONDS = 15.0
+DRAIN_LIMIT = 900.0
+FLAT_RATIO = 0.10
+FLAT_SLACK_BYTES = 64 * 1024 * 1024
+TOKEN = "soak-token"
+SLUG = "soak"
+GENERIC_SECRET = "whsec_" + base64.b64encode(b"soak-generic-secret-32-bytes!!!!").decode()
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def group_rss(pgid: int) -> int:
+    """Resident bytes of every live process in a process group."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+# -- side loads: redirects and calls ------------------------------------------------------------
+
+
+class Paced(threading.Thread):
+    """Calls ``send`` ``rate`` times a second until stopped, counting 2xx answers."""
+
+    def __init__(self, name: str, rate: float, send: Any) -> None:
+        super().__init__(name=name, daemon=True)
+        self.rate, self.send = rate, send
+        self.stop = threading.Event()
+        self.sent = self.accepted = 0
+        self.statuses: dict[str, int] = {}
+
+    def run(self) -> None:
+        due = time.monotonic()
+        while not self.stop.is_set():
+            wait = due - time.monotonic()
+            if wait > 0:
+                self.stop.wait(wait)
+                continue
+            status = self.send(self.sent)
+            self.sent += 1
+            self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+            self.accepted += 200 <= status < 400
+            due += 1 / self.rate
+
+
+def _request(url: str, body: bytes | None, headers: dict[str, str], method: str) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def click(links: str, tag: str) -> Any:
+    def send(n: int) -> int:
+        agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+        return _request(f"{links}/{SLUG}?n={tag}{n}", None, {"User-Agent": agent}, "GET")
+
+    return send
+
+
+def call(calls: str, tag: str) -> Any:
+    key = base64.b64decode(GENERIC_SECRET.removeprefix("whsec_"))
+
+    def send(n: int) -> int:
+        now = datetime.now(UTC)
+        body = orjson.dumps(
+            {
+                "call_id": f"soak-{tag}-{n}",
+                "status": "completed",
+                "timestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "direction": "inbound",
+                "from": f"+1415555{n % 10000:04d}",
+                "to": "+18005550100",
+                "talk_seconds": 60 + n % 300,
+            }
+        )
+        msg_id, stamp = f"msg_{tag}_{n}", str(int(now.timestamp()))
+        signature = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": stamp,
+            "webhook-signature": "v1," + base64.b64encode(signature).decode(),
+        }
+        return _request(f"{calls}/v1/calls/generic", body, headers, "POST")
+
+    return send
+
+
+# -- one soak -------------------------------------------------------------------------------------
+
+
+def soak(
+    store: str,
+    minutes: float,
+    rate: float,
+    clicks: float,
+    calls: float,
+    bootstrap: str,
+    kafka_group: int | None,
+    work: Path,
+    processes: Processes,
+) -> dict[str, Any]:
+    from tracker.cli.kafka_local import free_port
+    from tracker.kafka.topology import ensure_topics
+    from tracker.settings import Settings
+
+    tag = f"{store}-{secrets.token_hex(3)}"
+    ports = {name: free_port() for name in ("console", "beacon", "links", "calls")}
+    env = {
+        "TRACKER_KAFKA_BOOTSTRAP": bootstrap,
+        "TRACKER_TOPIC_PREFIX": f"soak-{tag}.",
+        "TRACKER_DATA_DIR": str(work / f"data-{tag}"),
+        "TRACKER_HASH_SALT": "soak-salt",
+        "TRACKER_WORKER_ID": f"soak-{tag}",
+        "TRACKER_TABLE_STORE": store,
+        "TRACKER_API_TOKEN": TOKEN,
+        "TRACKER_GENERIC_WEBHOOK_SECRET": GENERIC_SECRET,
+        "TRACKER_LOG_LEVEL": "WARNING",
+        **{f"TRACKER_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    }
+    asyncio.run(ensure_topics(Settings.from_env(env)))
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    pids: dict[str, int] = {}
+    logs: dict[str, Path] = {}
+    for name, args in (
+        ("worker", ["worker"]),
+        ("beacon", ["serve", "beacon"]),
+        ("links", ["serve", "links"]),
+        ("calls", ["serve", "calls"]),
+    ):
+        logs[name] = work / f"{name}-{tag}.log"
+        pids[name] = processes.start(
+            name, [sys.executable, "-m", "tracker", *args], tracker_env(**env), logs[name]
+        )
+    for name, pid in pids.items():
+        url = urls["console" if name == "worker" else name]
+        try:
+            wait_until(
+                f"{name} /readyz",
+                lambda url=url: http_get(f"{url}/readyz")[0] == 200,  # type: ignore[misc]
+                180,
+                lambda pid=pid: processes.alive(pid),  # type: ignore[misc]
+            )
+        except BenchError as exc:
+            raise BenchError(f"{exc}; {name} log:\n{tail(logs[name])}") from None
+    status = _request(
+        f"{urls['links']}/api/links",
+        orjson.dumps({"target": "https://shop.example/landing", "slug": SLUG}),
+        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        "POST",
+    )
+    if status not in (200, 201):
+        raise BenchError(f"creating the short link answered {status}")
+
+    seconds = minutes * 60
+    side = [
+        Paced("clicks", clicks, click(urls["links"], tag)),
+        Paced("calls", calls, call(urls["calls"], tag)),
+    ]
+    samples: list[dict[str, Any]] = []
+    began = time.time()
+
+    def sample_until(done: Any) -> None:
+        for thread in side:
+            thread.start()
+        next_at = time.monotonic()
+        while not done():
+            if time.monotonic() >= next_at:
+                samples.append(take_sample(pids, urls["console"], began))
+                next_at += SAMPLE_SECONDS
+            time.sleep(0.5)
+        for thread in side:
+            thread.stop.set()
+            thread.join()
+        samples.append(take_sample(pids, urls["console"], began))
+
+    def take_sample(pids: dict[str, int], console: str, began: float) -> dict[str, Any]:
+        stored = -1
+        with contextlib.suppress(OSError, ValueError):
+            stored = int(
+                console_query(ports["console"], "SELECT uniqExact(event_id) FROM touchpoints")
+            )
+        point = {
+            "second": round(time.time() - began),
+            "stored": stored,
+            **{f"rss_{name}": group_rss(pid) for name, pid in pids.items()},
+        }
+        log.info(
+            "%s %4ds: stored %d, worker RSS %.0f MiB",
+            store,
+            point["second"],
+            stored,
+            point["rss_worker"] / 2**20,
+        )
+        return point
+
+    log.info(
+        "%s: %.0f min of load: %.0f events/s, %.0f clicks/s, %.0f calls/s",
+        store,
+        minutes,
+        rate,
+        clicks,
+        calls,
+    )
+    load, _ = run_generator(
+        f"{urls['beacon']}/v1/events",
+        rate,
+        seconds,
+        int.from_bytes(secrets.token_bytes(4)),
+        work,
+        tag,
+        processes,
+        sample_until,
+    )
+    clicks_accepted, calls_accepted = side[0].accepted, side[1].accepted
+    expected = load["accepted"] + clicks_accepted + calls_accepted
+    drained = drain(
+        ports["console"], expected, lambda: processes.alive(pids["worker"]), logs["worker"]
+    )
+    samples.append(take_sample(pids, urls["console"], began))
+    rows, distinct, versions, calls_stored = (
+        int(v)
+        for v in console_query(
+            ports["console"],
+            "SELECT count(), uniqExact(event_id), uniqExact(event_id, version), "
+            "uniqExactIf(event_id, type = 'call') FROM touchpoints",
+        ).split()
+    )
+    customers = int(console_query(ports["console"], "SELECT uniqExact(customer_id) FROM journeys"))
+    lag = lag_stats(ports["console"], int(load["start_ms"]), int(load["end_ms"]))
+    for pid in pids.values():
+        processes.stop(pid)
+    result = {
+        "store": store,
+        "minutes": minutes,
+        "offered": {
+            "events_per_second": rate,
+            "clicks_per_second": clicks,
+            "calls_per_second": calls,
+        },
+        "accepted": {
+            "beacon_events": load["accepted"],
+            "clicks": clicks_accepted,
+            "calls": calls_accepted,
+        },
+        "statuses": {
+            "beacon": load["statuses"],
+            "clicks": side[0].statuses,
+            "calls": side[1].statuses,
+        },
+        "expected_events": expected,
+        "stored_events": distinct,
+        "calls_stored": calls_stored,
+        "rows": rows,
+        "row_versions": versions,
+        "lost": expected - distinct,
+        "duplicated_rows": rows - versions,
+        "customers": customers,
+        "drain_seconds_after_load": drained,
+        "lag_seconds": lag,
+        "samples": samples,
+        "memory": memory_verdict(samples, seconds),
+    }
+    if distinct != expected or rows != versions:
+        raise BenchError(
+            f"{store}: {expected} events accepted, {distinct} stored in {rows} rows "
+            f"({versions} distinct versions): events were lost or written twice"
+        )
+    return result
+
+
+def drain(console: int, expected: int, alive: Any, logfile: Path) -> float:
+    began = time.monotonic()
+    while True:
+        if not alive():
+            raise BenchError(f"the worker exited; its log:\n{tail(logfile)}")
+        with contextlib.suppress(OSError, ValueError):
+            if (
+                int(console_query(console, "SELECT uniqExact(event_id) FROM touchpoints"))
+                >= expected
+            ):
+                return time.monotonic() - began
+        if time.monotonic() - began > DRAIN_LIMIT:
+            raise BenchError(f"not all {expected} accepted events stored within {DRAIN_LIMIT:.0f}s")
+        time.sleep(2.0)
+
+
+def memory_verdict(samples: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The worker's RSS at the end of the first third against the most in the last third."""
+    during = [s for s in samples if s["second"] <= seconds + SAMPLE_SECONDS]
+    first = [s["rss_worker"] for s in during if s["second"] <= seconds / 3]
+    last = [s["rss_worker"] for s in during if s["second"] >= seconds * 2 / 3]
+    if not first or not last:
+        return {"flat": None}
+    reference, peak = first[-1], max(last)
+    growth = peak - reference
+    return {
+        "rss_first_third_mib": reference / 2**20,
+        "rss_last_third_peak_mib": peak / 2**20,
+        "growth_mib": growth / 2**20,
+        "growth_ratio": growth / reference,
+        "flat": growth <= max(FLAT_RATIO * reference, FLAT_SLACK_BYTES),
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def report(results: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        m, lag = r["memory"], r["lag_seconds"]["all"]
+        lines.append(
+            f"{r['store']}: {r['minutes']:.0f} min; accepted {r['accepted']['beacon_events']:,} beacon events, "
+            f"{r['accepted']['clicks']:,} clicks, {r['accepted']['calls']:,} calls = {r['expected_events']:,}; "
+            f"stored {r['stored_events']:,} in {r['rows']:,} rows: lost {r['lost']}, duplicated {r['duplicated_rows']}; "
+            f"{r['customers']:,} customers; lag p50 {lag['p50']:.2f} s, p95 {lag['p95']:.2f} s, max {lag['max']:.2f} s; "
+            f"drained {r['drain_seconds_after_load']:.0f} s after the load"
+        )
+        if m.get("flat") is not None:
+            lines.append(
+                f"  worker RSS {m['rss_first_third_mib']:.0f} MiB after the first third, "
+                f"peak {m['rss_last_third_peak_mib']:.0f} MiB in the last third "
+                f"({m['growth_ratio']:+.1%}): {'flat' if m['flat'] else 'GROWING'}"
+            )
+        curve = ", ".join(
+            f"{s['second']}s {s['rss_worker'] / 2**20:.0f}"
+            for s in r["samples"][:: max(1, len(r["samples"]) // 12)]
+        )
+        lines.append(f"  worker RSS curve (MiB): {curve}")
+    if len(results) == 2:
+        a, b = results
+        ga, gb = a["memory"].get("growth_mib"), b["memory"].get("growth_mib")
+        if ga is not None and gb is not None:
+            lines.append(
+                f"RSS growth, {a['store']} {ga:.0f} MiB against {b['store']} {gb:.0f} MiB (baseline)"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def run(minutes: float, rate: float, clicks: float, calls: float, compare: bool) -> int:
+    from tracker.cli.kafka_local import LocalKafka, free_port
+
+    work = Path(tempfile.mkdtemp(prefix="tracker-bench-soak-"))
+    processes = Processes()
+    kafka = LocalKafka(work / "kafka", port=free_port())
+    results: list[dict[str, Any]] = []
+    ok = False
+    started = time.monotonic()
+    try:
+        kafka.start()
+        group = kafka_pgid(work / "kafka")
+        for store in ("rocksdb", "memory") if compare else ("rocksdb",):
+            results.append(
+                soak(store, minutes, rate, clicks, calls, kafka.bootstrap, group, work, processes)
+            )
+        ok = True
+    finally:
+        processes.stop_all()
+        kafka.stop()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log.error("kept %s for its logs", work)
+    SOAK_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    SOAK_RESULTS.write_bytes(
+        orjson.dumps(
+            {
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "seconds": round(time.monotonic() - started, 1),
+                "results": results,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    sys.stdout.write("\n" + report(results) + f"JSON in {SOAK_RESULTS.relative_to(ROOT)}\n")
+    return 0
+
+
+def _terminate(signum: int, _: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=300.0, help="beacon events/s")
+    parser.add_argument("--clicks", type=float, default=20.0, help="short-link redirects/s")
+    parser.add_argument("--calls", type=float, default=5.0, help="call webhooks/s")
+    parser.add_argument(
+        "--compare-memory-store",
+        action="store_true",
+        help="also run the load with the tables on the heap (TRACKER_TABLE_STORE=memory)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run(args.minutes, args.rate, args.clicks, args.calls, args.compare_memory_store)
+    except BenchError as exc:
+        log.error("benchmark failed: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
