@@ -5,6 +5,9 @@ without saying when to retry."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,3 +114,37 @@ def test_a_dead_letters_worth_of_text_without_delimiters_is_read_in_one_pass(run
     text = run * (256 * 1024 // len(run))
     assert redact_emails(text) == text  # no address in it: kept as it came
     assert redact_emails(text + " ada@example.com") == text + " <redacted>"
+
+
+@pytest.mark.parametrize("stamp", [0, "0"])
+async def test_a_signed_mailgun_event_at_time_zero_is_the_senders_400(
+    tmp_path: Path, stamp: object
+) -> None:
+    """Time 0 reads as "did not happen"; an email event's own time cannot say that. It was an
+    assertion, so a 500 (found by bench/fuzz.py)."""
+    key = "mailgun-key"
+    settings = Settings.from_env(
+        {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_MAILGUN_WEBHOOK_SIGNING_KEY": key}
+    )
+    now, token = str(int(time.time())), "t" * 50
+    signature = hmac.new(key.encode(), (now + token).encode(), hashlib.sha256).hexdigest()
+    body = {
+        "signature": {"timestamp": now, "token": token, "signature": signature},
+        "event-data": {
+            "id": "e-1",
+            "event": "delivered",
+            "timestamp": stamp,
+            "recipient": "ada@example.com",
+        },
+    }
+    publisher = MemoryPublisher()
+    async with TestClient(TestServer(create_email(settings, publisher))) as http:
+        answer = await http.post("/v1/email/mailgun", json=body)
+        assert answer.status == 400
+        refusal = await answer.json()
+        assert refusal["errors"] == [
+            {
+                "field": "event-data.timestamp",
+                "reason": "must be the time the event happened, not 0",
+            }
+        ]
