@@ -147,8 +147,9 @@ async def report(request: web.Request) -> web.Response:
             request.match_info["name"],
             dict(request.query),
             settings.journey_conversions,
+            query_limits(settings),
         )
-    except ReportInvalid as exc:
+    except (ReportInvalid, QueryRefused) as exc:
         return json_error(400, str(exc))
     except TrackerError as exc:
         if not exc.retriable:

@@ -57,9 +57,12 @@ def post(p: Pipeline, body: dict[str, Any], agent: str = FIREFOX) -> None:
 
 
 def survey(
-    when: datetime, anon: str, path: str, medium: str, kind: str, score: int
+    when: datetime, anon: str, path: str, medium: str, kind: str, score: int, rates: str = ""
 ) -> dict[str, Any]:
-    return event(when, "survey_response", anon, path, medium, survey={"kind": kind, "score": score})
+    answer: dict[str, Any] = {"kind": kind, "score": score}
+    if rates:
+        answer["touchpoint_id"] = rates
+    return event(when, "survey_response", anon, path, medium, survey=answer)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,7 @@ def load(p: Pipeline) -> None:
 
     A  d0 09:00 page /landing (email)    d0 09:05 page /pricing (email)
        d1 10:00 page /shop (paid)        d1 10:02 purchase 100 (paid)   d1 10:04 NPS 10
+       d1 10:05 CSAT 5 naming the touchpoint it rates: A's /landing on d0
     bot d0 11:00 page /landing (email)   d0 11:01 purchase 999 (email)  [a crawler's user agent]
     B  d0 12:00 page /landing (paid)     d0 12:03 page /pricing, HTTP 500 (paid)  d0 12:05 CSAT 2
     C  d2 08:00 page /landing (email)    d2 08:01 identify with an email (email)
@@ -86,7 +90,8 @@ def load(p: Pipeline) -> None:
     """
     a, b, c, c2, bot = (f"{n}-{uuid.uuid4().hex[:8]}" for n in ("a", "b", "c", "c2", "bot"))
     email = f"c-{uuid.uuid4().hex[:6]}@example.com"
-    post(p, event(at(0, 9, 0), "page_view", a, "/landing", "email"))
+    a_landing = event(at(0, 9, 0), "page_view", a, "/landing", "email")
+    post(p, a_landing)
     post(p, event(at(0, 9, 5), "page_view", a, "/pricing", "email"))
     post(p, event(at(0, 11, 0), "page_view", bot, "/landing", "email"), BOT)
     post(p, event(at(0, 11, 1), "purchase", bot, "/thanks", "email", value=999.0), BOT)
@@ -99,11 +104,12 @@ def load(p: Pipeline) -> None:
     post(p, event(at(1, 10, 0), "page_view", a, "/shop", "cpc"))
     post(p, event(at(1, 10, 2), "purchase", a, "/thanks", "cpc", value=100.0, currency="EUR"))
     post(p, survey(at(1, 10, 4), a, "/thanks", "cpc", "nps", 10))
+    post(p, survey(at(1, 10, 5), a, "/thanks", "cpc", "csat", 5, rates=a_landing["event_id"]))
     post(p, event(at(2, 8, 0), "page_view", c, "/landing", "email"))
     post(p, event(at(2, 8, 1), "identify", c, "/landing", "email", email=email))
     post(p, event(at(3, 9, 0), "page_view", c2, "/pricing", "social"))
     # C' is stitched as a customer of its own before the identify links it to C.
-    assert p.wait_for("SELECT count() FROM touchpoints FINAL", "13", 60) == "13"
+    assert p.wait_for("SELECT count() FROM touchpoints FINAL", "14", 60) == "14"
     post(p, event(at(3, 9, 1), "identify", c2, "/pricing", "social", email=email))
     post(p, event(at(3, 9, 3), "purchase", c2, "/thanks", "social", value=50.0, currency="EUR"))
     post(p, survey(at(3, 9, 5), c2, "/thanks", "social", "ces", 2))
@@ -114,7 +120,7 @@ def load(p: Pipeline) -> None:
         "(SELECT count() FROM sessions FINAL WHERE NOT retired), "
         "(SELECT count() FROM frictions FINAL WHERE reason = 'error_page')"
     )
-    assert p.wait_for(settled, "17\t4\t6\t1", 90) == "17\t4\t6\t1"
+    assert p.wait_for(settled, "18\t4\t6\t1", 90) == "18\t4\t6\t1"
 
 
 RANGE = {"from": DAY0.date().isoformat(), "to": (DAY0 + timedelta(days=3)).date().isoformat()}
@@ -144,8 +150,11 @@ def test_scorecard_by_channel(loaded: Pipeline) -> None:
     centre, half = (1 + z * z / 4) / (1 + z * z / 2), z * (z / 4) / (1 + z * z / 2)
     assert email["conversion_ci_low"] == pytest.approx(centre - half)
     assert email["conversion_ci_high"] == pytest.approx(1.0)
-    assert email["nps_n"] == email["csat_n"] == email["ces_n"] == 0
+    # A's CSAT 5 names A's /landing (email): it rates that, not the purchase just before it.
+    assert email["nps_n"] == email["ces_n"] == 0
     assert email["nps"] is None
+    assert (email["csat"], email["csat_n"], email["csat_ci_high"]) == (100.0, 1, 100.0)
+    assert email["csat_ci_low"] == pytest.approx(100 * 1 / (1 + z * z))  # Wilson 1/1
     # paid: A's /shop and purchase, B's two pages; A buys 2 minutes after /shop, B never.
     assert (paid["events"], paid["customers"], paid["converted_customers"]) == (4, 2, 1)
     assert paid["conversion_rate"] == 0.5
@@ -178,6 +187,9 @@ def test_scorecard_by_touchpoint_and_with_bots(loaded: Pipeline) -> None:
     assert (pricing["friction_rate"], pricing["csat"], pricing["csat_n"]) == (1.0, 0.0, 1)
     landing = rows[("email", "page_view", "/landing")]
     assert (landing["events"], landing["customers"], landing["converted_customers"]) == (2, 2, 2)
+    assert (landing["csat"], landing["csat_n"]) == (100.0, 1)  # A's CSAT names it
+    (paid_purchase,) = (r for key, r in rows.items() if key[:2] == ("paid", "purchase"))
+    assert (paid_purchase["nps_n"], paid_purchase["csat_n"]) == (1, 0)
     (purchase,) = (r for key, r in rows.items() if key[:2] == ("social", "purchase"))
     assert (purchase["ces_n"], purchase["ces"]) == (2, 3.0), purchase["name"]
     stages = {
@@ -194,7 +206,7 @@ def test_scorecard_by_touchpoint_and_with_bots(loaded: Pipeline) -> None:
     # awareness: the three /landing views; consideration: A's /pricing and /shop, B's /pricing,
     # C's identifies and /pricing; purchase: the two purchases (nobody buys again after them).
     assert stages == {
-        "awareness": (3, 3, 2, 0, 0, 0),
+        "awareness": (3, 3, 2, 0, 1, 0),
         "consideration": (6, 3, 2, 0, 1, 0),
         "purchase": (2, 2, 0, 1, 0, 2),
     }
@@ -205,6 +217,24 @@ def test_scorecard_by_touchpoint_and_with_bots(loaded: Pipeline) -> None:
     tight = by(report(loaded, "scorecard", by="channel", window_days="0.001"), "channel")
     assert tight["email"]["converted_customers"] == 0
     assert tight["paid"]["converted_customers"] == 0  # 2 minutes > 86.4 s
+
+
+def test_scorecard_from_the_rollups_alone(loaded: Pipeline) -> None:
+    """Without conversions the scorecard reads no customer's events: the same reach, frictions
+    and scores, the conversion columns empty."""
+    full = report(loaded, "scorecard", by="channel")
+    fast = report(loaded, "scorecard", by="channel", conversion="false")
+    conversion = (
+        "converted_customers",
+        "conversion_rate",
+        "conversion_ci_low",
+        "conversion_ci_high",
+    )
+    assert [{k: v for k, v in r.items() if k not in conversion} for r in fast] == [
+        {k: v for k, v in r.items() if k not in conversion} for r in full
+    ]
+    assert all(r[k] is None for r in fast for k in conversion)
+    assert [list(r) for r in fast] == [list(r) for r in full]  # the same columns, in order
 
 
 def test_funnel(loaded: Pipeline) -> None:
@@ -247,6 +277,7 @@ def test_paths_and_stages(loaded: Pipeline) -> None:
         ("paid", 1, 0),
     ]
     assert [r["share"] for r in rows] == pytest.approx([1 / 3] * 3)
+    assert [r["touches"] for r in rows] == [2, 2, 1]
     converting = report(loaded, "paths", ending="conversion")
     assert [(r["path"], r["share"], r["conversion_share"]) for r in converting] == [
         ("email > paid", 0.5, 1.0),
@@ -265,6 +296,8 @@ def test_paths_and_stages(loaded: Pipeline) -> None:
         "purchase": (2, 2, 120.0, 120.0),
         "post_purchase": (2, 2, None, None),
     }
+    dwell_n = {r["stage"]: r["dwell_n"] for r in stages if r["row"] == "stage"}
+    assert dwell_n == {"awareness": 3, "consideration": 2, "purchase": 2, "post_purchase": 0}
     transitions = {
         (r["stage"], r["to_stage"]): r["transitions"] for r in stages if r["row"] == "transition"
     }
@@ -293,6 +326,8 @@ def test_attribution_every_model(loaded: Pipeline) -> None:
     email_share = a_email / (a_email + a_paid) + c_email / (c_email + c_social)
     assert credit[("time_decay", "email")][0] == pytest.approx(email_share)
     assert credit[("time_decay", "paid")][0] == pytest.approx(a_paid / (a_email + a_paid))
+    email_value = 100 * a_email / (a_email + a_paid) + 50 * c_email / (c_email + c_social)
+    assert credit[("time_decay", "email")][1] == pytest.approx(email_value)
     # Markov: P(conversion) 2/3; without email 1/6, paid 1/3, social 1/3; removal effects
     # 3/4, 1/2, 1/2 over 7/4: of 2 conversions and 150 of value.
     assert credit[("markov", "email")] == pytest.approx((6 / 7, 150 * 3 / 7))
@@ -365,7 +400,7 @@ def test_cli_and_python_api_give_the_endpoints_rows(loaded: Pipeline, tmp_path: 
             RANGE["from"],
             "--to",
             RANGE["to"],
-            "--to",
+            "--outcome",
             "conversion",
         ],
         env=loaded.env,
@@ -411,5 +446,50 @@ def test_every_report_answers_an_empty_database(tmp_path: Path) -> None:
                 assert rows[1]["rate_from_first"] is None
             else:
                 assert rows == [], name
+    finally:
+        store.close()
+
+
+def test_answers_stored_without_the_touchpoint_they_rate_rate_the_latest_before(
+    tmp_path: Path,
+) -> None:
+    """Rows written before survey_touchpoint_id existed (an empty column), and an answer naming
+    a touchpoint never stored: each rates the customer's latest non-survey touchpoint before
+    it, found when the report runs."""
+    from tracker.reports import run_report
+    from tracker.store import ClickHouseStore
+
+    store = ClickHouseStore(f"chdb://{tmp_path / 'clickhouse'}", "tracker")
+    day = datetime(2026, 11, 2, tzinfo=UTC)
+    rows = [  # type, channel, page, minutes after day, survey kind, score, rated
+        ("page_view", "email", "/landing", 0, "", None, ""),
+        ("page_view", "paid", "/pricing", 5, "", None, ""),
+        ("survey_response", "paid", "/pricing", 6, "csat", 5, ""),
+        ("page_view", "email", "/docs", 10, "", None, ""),
+        ("survey_response", "email", "/docs", 11, "csat", 1, str(uuid.uuid4())),
+    ]
+    values = ", ".join(
+        f"(generateUUIDv4(), 1, '{kind}', '{channel}', "
+        f"toDateTime64('{(day + timedelta(minutes=minutes)).strftime('%Y-%m-%d %H:%M:%S')}', 3, 'UTC'), "
+        f"'customer-1', 'anon-1', '{page}', '{survey}', "
+        f"{'NULL' if score is None else score}, '{rated}')"
+        for kind, channel, page, minutes, survey, score, rated in rows
+    )
+    try:
+        store.run_sync(store.migrate_sync)
+        store.run_sync(
+            store.command_sync,
+            "INSERT INTO touchpoints (event_id, version, type, channel, ts, customer_id, "
+            f"anonymous_id, page_path, survey_kind, survey_score, survey_touchpoint_id) VALUES {values}",
+        )
+        found = run_report(
+            store, "scorecard", {"from": "2026-11-02", "to": "2026-11-02", "by": "touchpoint"}
+        )
+        scores = {(r["channel"], r["name"]): (r["csat"], r["csat_n"]) for r in found}
+        assert scores == {
+            ("paid", "/pricing"): (100.0, 1),  # the CSAT 5 at 00:06 rates /pricing at 00:05
+            ("email", "/docs"): (0.0, 1),  # the CSAT 1 names an unknown touchpoint: /docs
+            ("email", "/landing"): (None, 0),
+        }
     finally:
         store.close()

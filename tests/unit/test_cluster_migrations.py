@@ -101,6 +101,14 @@ def test_column_changes_reach_the_shards_and_the_distributed_table_and_views_joi
     assert "GLOBAL LEFT JOIN" in view and "GLOBAL GLOBAL" not in view
 
 
+def test_data_skipping_indexes_are_built_on_the_shards_tables_only() -> None:
+    statements = [s for s in _rendered() if "customer_bloom" in s and "sessions" in s]
+    assert [s.split("\n")[0] for s in statements] == [
+        f"ALTER TABLE `tracker`.sessions_local ON CLUSTER `{CLUSTER}`",
+        f"ALTER TABLE `tracker`.sessions_local ON CLUSTER `{CLUSTER}` MATERIALIZE INDEX customer_bloom",
+    ]
+
+
 def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_the_cluster() -> None:
     statements = _rendered()
     views = [s for s in statements if s.startswith("CREATE MATERIALIZED VIEW")]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aiohttp.test_utils import TestClient, TestServer
 
 from tracker.console import create_console
+from tracker.errors import QueryRefused
 from tracker.settings import Settings
-from tracker.store import ClickHouseStore
+from tracker.store import ClickHouseStore, QueryLimits
 
 
 class NoStore:
@@ -51,3 +52,40 @@ async def test_bad_options_are_refused_before_clickhouse_with_a_reason(tmp_path:
             answer = await c.get(query)
             assert answer.status == 400, query
             assert reason in (await answer.json())["error"], query
+
+
+class RefusingStore(ClickHouseStore):
+    """Records the limits each report read is given, and refuses it as ClickHouse would."""
+
+    def __init__(self) -> None:
+        super().__init__("chdb:///nowhere", "tracker")
+        self.limits: list[QueryLimits] = []
+
+    def run_sync(self, fn: Any, *args: Any) -> Any:
+        limits = args[3]
+        self.limits.append(limits)
+        raise QueryRefused(limits.passed(241) or "refused")
+
+
+async def test_reports_run_within_the_consoles_limits_and_say_which_they_passed(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env(
+        {
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_QUERY_MAX_SECONDS": "7",
+            "TRACKER_QUERY_MAX_MEMORY_BYTES": "50000000",
+        }
+    )
+    store = RefusingStore()
+    app = create_console(settings, store, lambda: True)
+    async with TestClient(TestServer(app)) as c:
+        answer = await c.get("/api/reports/stages?from=2026-11-01&to=2026-11-30")
+        assert answer.status == 400
+        assert (
+            "more memory than the console allows (50000000 bytes" in (await answer.json())["error"]
+        )
+    (limits,) = store.limits
+    assert limits.max_memory_bytes == 50_000_000
+    assert 0 < limits.max_seconds <= 7  # what is left of the report's 7 s
+    store.close()

@@ -9,6 +9,7 @@ import pytest
 
 from tracker.cli import _parser
 from tracker.cli.report import _options, render
+from tracker.errors import TrackerError
 from tracker.reports import ReportInvalid, Step, parse_options
 
 
@@ -53,7 +54,7 @@ def test_the_cli_sends_its_flags_as_the_endpoints_query_string() -> None:
             "2026-11-01",
             "--to",
             "2026-11-30",
-            "--to",
+            "--outcome",
             "conversion",
             "--top",
             "5",
@@ -67,6 +68,8 @@ def test_the_cli_sends_its_flags_as_the_endpoints_query_string() -> None:
         "include_bots": "true",
         "top": "5",
     }
+    parsed_paths = parse_options("paths", _options(args))
+    assert (parsed_paths.end.isoformat(), parsed_paths.ending) == ("2026-11-30", "conversion")
     args = _parser().parse_args(
         ["report", "attribution", "--model", "markov", "--lookback-days", "14", "--seed", "3"]
     )
@@ -92,3 +95,25 @@ def test_rows_print_as_a_table_csv_or_json_lines() -> None:
     ]
     assert [orjson.loads(line) for line in render(rows, "json").splitlines()] == rows
     assert render([], "table") == "(no rows)\n"
+
+
+def test_paths_take_dates_with_to_and_the_outcome_with_outcome() -> None:
+    """--to is the range's last day for every report; the old ``paths --to conversion`` is
+    refused with the option to use instead."""
+    args = _parser().parse_args(["report", "paths", "--to", "conversion"])
+    with pytest.raises(TrackerError, match="use --outcome conversion"):
+        _options(args)
+    args = _parser().parse_args(["report", "paths", "--outcome", "no-conversion"])
+    assert parse_options("paths", _options(args)).ending == "no-conversion"
+    assert parse_options("paths", {"outcome": "conversion"}).ending == "conversion"
+    with pytest.raises(ReportInvalid, match="paths outcome must be conversion or no-conversion"):
+        parse_options("paths", {"outcome": "2026-11-30"})
+
+
+def test_the_scorecard_can_leave_conversions_out() -> None:
+    assert parse_options("scorecard", {}).conversion is True
+    args = _parser().parse_args(["report", "scorecard", "--no-conversion"])
+    assert _options(args) == {"conversion": "false"}
+    assert parse_options("scorecard", {"conversion": "false"}).conversion is False
+    with pytest.raises(ReportInvalid, match="conversion must be true or false"):
+        parse_options("scorecard", {"conversion": "maybe"})

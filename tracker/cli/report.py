@@ -16,11 +16,12 @@ from typing import Any
 import orjson
 
 from tracker.cli.client import fetch_report
+from tracker.errors import TrackerError
 from tracker.settings import Settings
 
 __all__ = ["add_report_commands", "render"]
 
-_ENDINGS = ("conversion", "no-conversion")
+_OUTCOMES = ("conversion", "no-conversion")
 
 
 def add_report_commands(commands: Any) -> None:
@@ -34,8 +35,7 @@ def add_report_commands(commands: Any) -> None:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = names.add_parser(name, help=help_text)
         parser.add_argument("--from", dest="start", metavar="DATE", help="first UTC day")
-        if name != "paths":
-            parser.add_argument("--to", dest="end", metavar="DATE", help="last UTC day, included")
+        parser.add_argument("--to", dest="end", metavar="DATE", help="last UTC day, included")
         parser.add_argument("--include-bots", action="store_true", help="count bot traffic too")
         parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
         parser.set_defaults(run=_report)
@@ -44,6 +44,12 @@ def add_report_commands(commands: Any) -> None:
     scorecard = add("scorecard", "per touchpoint, channel or stage: reach, conversion, scores")
     scorecard.add_argument("--by", choices=["touchpoint", "channel", "stage"])
     scorecard.add_argument("--window-days", type=float)
+    scorecard.add_argument(
+        "--no-conversion",
+        dest="conversion",
+        action="store_false",
+        help="leave the conversion columns out and answer from the rollups alone (faster)",
+    )
 
     funnel = add("funnel", "customers reaching each step in order")
     funnel.add_argument("--steps", required=True, help="type or type:name, comma-separated")
@@ -51,12 +57,9 @@ def add_report_commands(commands: Any) -> None:
 
     paths = add("paths", "the most common touch sequences")
     paths.add_argument(
-        "--to",
-        dest="to_words",
-        action="append",
-        default=[],
-        metavar="DATE|conversion|no-conversion",
-        help="the last UTC day, and/or which paths: conversion or no-conversion (repeatable)",
+        "--outcome",
+        choices=_OUTCOMES,
+        help="only the paths that end in a conversion, or only those that do not",
     )
     paths.add_argument("--top", type=int)
     paths.add_argument("--by", choices=["channel", "touchpoint"])
@@ -87,22 +90,24 @@ def add_report_commands(commands: Any) -> None:
 def _options(args: argparse.Namespace) -> dict[str, str]:
     """The flags as the endpoint's query string."""
     options: dict[str, str] = {}
-    end = getattr(args, "end", None)
-    for word in getattr(args, "to_words", []):
-        if word in _ENDINGS:
-            options["ending"] = word
-        else:
-            end = word
+    if args.end in _OUTCOMES:
+        raise TrackerError(
+            f"--to is the range's last day; for the paths that end so, use --outcome {args.end}"
+        )
+    if getattr(args, "outcome", None):
+        options["ending"] = args.outcome
     if args.start:
         options["from"] = args.start
-    if end:
-        options["to"] = end
+    if args.end:
+        options["to"] = args.end
     if args.include_bots:
         options["include_bots"] = "true"
     for flag in ("by", "window_days", "steps", "top", "model", "lookback_days", "half_life_days"):
         value = getattr(args, flag, None)
         if value is not None:
             options[flag] = str(value)
+    if getattr(args, "conversion", True) is False:
+        options["conversion"] = "false"
     if getattr(args, "seed", None) is not None:
         options["seed"] = str(args.seed)
     return options

@@ -32,26 +32,50 @@ def _ratio(part: float, whole: float) -> float | None:
 
 
 def scorecard(query: _sql.Query, o: ReportOptions) -> list[Row]:
+    """Events, reach and frictions from the daily rollup, less the identity keys that belong to
+    one customer now; survey answers on the touchpoints they rate; conversions per customer."""
     names = _sql.KEY_NAMES[o.by]
-    surveys: dict[tuple[Any, ...], dict[str, tuple[Any, ...]]] = defaultdict(dict)
     width = len(names)
-    for row in query(_sql.scorecard_surveys(o)):
-        surveys[tuple(row[:width])][row[width]] = row[width + 1 :]
+    surveys: dict[tuple[Any, ...], dict[str, tuple[Any, ...]]] = defaultdict(dict)
+    rated = query(_sql.scorecard_surveys(o))
+    if any(row[width] == _sql.UNRATED for row in rated):
+        rated = [row for row in rated if row[width] != _sql.UNRATED]
+        rated += query(_sql.scorecard_unrated(o))
+    for row in rated:
+        key, kind, figures = tuple(row[:width]), row[width], row[width + 1 :]
+        if kind in surveys[key]:  # the same touchpoint, rated both ways
+            figures = tuple(a + b for a, b in zip(surveys[key][kind], figures, strict=True))
+        surveys[key][kind] = figures
+    extra = {tuple(row[:width]): row[width] for row in query(_sql.scorecard_merges(o))}
+    converted_by: dict[tuple[Any, ...], int] = {}
+    if o.conversion:
+        converted_by = {
+            tuple(row[:width]): row[width] for row in query(_sql.scorecard_conversions(o))
+        }
     rows = []
-    for row in query(_sql.scorecard_reach(o)):
+    for row in query(_sql.scorecard_rollup(o)):
         key = tuple(row[:width])
-        events, customers, converted, friction_events = row[width:]
-        interval = wilson(converted, customers)
+        events, keys, frictions = row[width:]
+        customers = keys - extra.get(key, 0)
         out: Row = dict(zip(names, key, strict=True))
-        out.update(
-            events=events,
-            customers=customers,
-            converted_customers=converted,
-            conversion_rate=_ratio(converted, customers),
-            conversion_ci_low=interval[0] if interval else None,
-            conversion_ci_high=interval[1] if interval else None,
-            friction_rate=_ratio(friction_events, events),
-        )
+        out.update(events=events, customers=customers)
+        if o.conversion:
+            converted = converted_by.get(key, 0)
+            interval = wilson(converted, customers)
+            out.update(
+                converted_customers=converted,
+                conversion_rate=_ratio(converted, customers),
+                conversion_ci_low=interval[0] if interval else None,
+                conversion_ci_high=interval[1] if interval else None,
+            )
+        else:
+            out.update(
+                converted_customers=None,
+                conversion_rate=None,
+                conversion_ci_low=None,
+                conversion_ci_high=None,
+            )
+        out["friction_rate"] = _ratio(frictions, events)
         answers = surveys.get(key, {})
         n, promoters, detractors, _, _, _ = answers.get("nps", (0, 0, 0, 0, 0.0, 0.0))
         score = nps(promoters, detractors, n)
@@ -111,9 +135,20 @@ def _deepest(
 
 
 def funnel(query: _sql.Query, o: ReportOptions) -> list[Row]:
-    types = ", ".join(sorted({_sql.quote(s.type) for s in o.steps}))
+    # Only the events some step matches are read; _matches decides in order.
+    matching = " OR ".join(
+        sorted(
+            {
+                f"type = {_sql.quote(step.type)}"
+                if step.name is None
+                else f"(type = {_sql.quote(step.type)}"
+                f" AND {_sql.TOUCHPOINT_NAME} = {_sql.quote(step.name)})"
+                for step in o.steps
+            }
+        )
+    )
     by_customer: dict[str, list[tuple[datetime, str, str]]] = defaultdict(list)
-    for customer, ts, kind, name, *_ in query(_sql.events(o, f"type IN ({types})")):
+    for customer, ts, kind, name, *_ in query(_sql.events(o, matching)):
         by_customer[customer].append((ts, kind, name))
     window = timedelta(days=o.window_days)
     reached = [0] * len(o.steps)

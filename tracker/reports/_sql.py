@@ -60,51 +60,189 @@ def touchpoints(o: ReportOptions, since: datetime, until: datetime, where: str =
     )
 
 
-def scorecard_reach(o: ReportOptions) -> str:
-    keys = KEYS[o.by]
+ROLLUP_KEYS = {
+    "touchpoint": ("channel", "type", "touchpoint_name"),
+    "channel": ("channel",),
+    "stage": ("stage",),
+}
+SURVEY_TYPE = "survey_response"
+
+
+def _aliased(keys: Sequence[str]) -> tuple[list[str], str]:
     aliases = [f"k{i}" for i in range(len(keys))]
-    window_ms = round(o.window_days * 86_400_000)
+    return aliases, ", ".join(f"{k} AS {a}" for k, a in zip(keys, aliases, strict=True))
+
+
+def _days(o: ReportOptions) -> str:
+    return (
+        f"day >= toDate({quote(o.start.isoformat())}) AND day <= toDate({quote(o.end.isoformat())})"
+    )
+
+
+def scorecard_rollup(o: ReportOptions) -> str:
+    """Events, identity keys reached and frictions per row key, from the daily rollup (0009)."""
+    aliases, selected = _aliased(ROLLUP_KEYS[o.by])
+    bots = "" if o.include_bots else " AND NOT is_bot"
     return f"""
-SELECT {", ".join(aliases)}, count() AS events, uniqExact(customer) AS customers,
-       uniqExactIf(customer, converted) AS converted, countIf(has_friction) AS friction_events
+SELECT {", ".join(aliases)}, toUInt64(uniqMerge(events)) AS events,
+       toUInt64(uniqMerge(customers)) AS keys, sumMerge(frictions) AS frictions
 FROM (
-    SELECT {", ".join(f"b.{a}" for a in aliases)}, b.customer AS customer,
-           c.cts > b.ts AND c.cts <= b.ts + toIntervalMillisecond({window_ms}) AS converted,
-           b.id IN (SELECT event_id FROM frictions FINAL WHERE NOT retracted) AS has_friction
-    FROM (
-        SELECT {", ".join(f"{k} AS {a}" for k, a in zip(keys, aliases, strict=True))},
-               current_customer_id AS customer, toString(event_id) AS id, ts
-        FROM {touchpoints(o, o.start_ts, o.end_ts, "survey_kind = ''")}
-    ) AS b
-    ASOF LEFT JOIN (
-        SELECT current_customer_id AS customer, ts AS cts
-        FROM {touchpoints(o, o.start_ts, o.end_ts + timedelta(days=o.window_days), is_conversion(o.conversions))}
-    ) AS c ON b.customer = c.customer AND c.cts > b.ts
+    SELECT {selected}, events, customers, frictions
+    FROM touchpoint_daily
+    WHERE {_days(o)}{bots} AND type != {quote(SURVEY_TYPE)}
 )
 GROUP BY {", ".join(aliases)}
+HAVING events > 0
 """
 
 
-def scorecard_surveys(o: ReportOptions) -> str:
-    """Each survey answer with the touchpoint it rates: the customer's most recent non-survey
-    touchpoint before it."""
-    keys = KEYS[o.by]
-    aliases = [f"k{i}" for i in range(len(keys))]
+def _multi_key_identities() -> str:
+    """Identifiers of the customers that more than one identifier resolves to now."""
+    return """
+    SELECT identifier, customer_id FROM identities FINAL
+    WHERE customer_id IN (
+        SELECT customer_id FROM identities FINAL GROUP BY customer_id HAVING count() > 1)
+"""
+
+
+def _by_key(o: ReportOptions, since: datetime, until: datetime, where: str = "true") -> str:
+    """touchpoints_by_customer (every version) in [since, until), without bots unless asked."""
+    bots = "" if o.include_bots else " AND NOT is_bot"
+    return (
+        f"touchpoints_by_customer WHERE ts >= {moment(since)} AND ts < {moment(until)}"
+        f"{bots} AND ({where})"
+    )
+
+
+def scorecard_merges(o: ReportOptions) -> str:
+    """Per row key, how many more identity keys than customers the rollup counted: the
+    customers reached through two identity keys or more, re-attributed as they stand now."""
+    aliases, selected = _aliased(KEYS[o.by])
+    multi = _multi_key_identities()
     return f"""
-SELECT {", ".join(f"r.{a}" for a in aliases)}, s.kind, count(),
-       countIf(s.score >= 9), countIf(s.score <= 6), countIf(s.score >= 4),
-       sum(s.score), sum(s.score * s.score)
+SELECT {", ".join(f"t.{a}" for a in aliases)},
+       uniqExact(t.identity_key) - uniqExact(m.customer_id) AS extra_keys
 FROM (
-    SELECT current_customer_id AS customer, ts, survey_kind AS kind,
-           toFloat64(assumeNotNull(survey_score)) AS score
-    FROM {touchpoints(o, o.start_ts, o.end_ts, "survey_kind != '' AND survey_score IS NOT NULL")}
-) AS s
+    SELECT {selected}, identity_key
+    FROM {_by_key(o, o.start_ts, o.end_ts, f"type != {quote(SURVEY_TYPE)}")}
+      AND identity_key IN (SELECT identifier FROM ({multi}))
+) AS t
+INNER JOIN ({multi}) AS m ON m.identifier = t.identity_key
+GROUP BY {", ".join(f"t.{a}" for a in aliases)}
+HAVING extra_keys > 0
+"""
+
+
+def scorecard_conversions(o: ReportOptions) -> str:
+    """Per row key, the customers exposed at τ who convert in (τ, τ + window]. Only the
+    customers with a conversion in the range (or the window after it) are read."""
+    aliases, selected = _aliased(KEYS[o.by])
+    window_ms = round(o.window_days * 86_400_000)
+    until = o.end_ts + timedelta(days=o.window_days)
+    converting = (
+        f"SELECT DISTINCT current_customer_id FROM "
+        f"{touchpoints(o, o.start_ts, until, is_conversion(o.conversions))}"
+    )
+    return f"""
+SELECT {", ".join(f"b.{a}" for a in aliases)}, uniqExact(b.customer) AS converted
+FROM (
+    SELECT {selected}, current_customer_id AS customer, ts
+    FROM {touchpoints(o, o.start_ts, o.end_ts, f"type != {quote(SURVEY_TYPE)}")}
+      AND current_customer_id IN ({converting})
+) AS b
 ASOF INNER JOIN (
-    SELECT {", ".join(f"{k} AS {a}" for k, a in zip(keys, aliases, strict=True))},
-           current_customer_id AS customer, ts
-    FROM {touchpoints(o, o.start_ts, o.end_ts, "survey_kind = ''")}
-) AS r ON s.customer = r.customer AND s.ts > r.ts
-GROUP BY {", ".join(f"r.{a}" for a in aliases)}, s.kind
+    SELECT current_customer_id AS customer, ts AS cts
+    FROM {touchpoints(o, o.start_ts, until, is_conversion(o.conversions))}
+) AS c ON b.customer = c.customer AND c.cts > b.ts
+WHERE c.cts <= b.ts + toIntervalMillisecond({window_ms})
+GROUP BY {", ".join(f"b.{a}" for a in aliases)}
+"""
+
+
+_SCORES = """count(), countIf(score >= 9), countIf(score <= 6), countIf(score >= 4),
+       sum(score), sum(score * score)"""
+UNRATED = "(unrated)"
+"""The kind under which ``scorecard_surveys`` counts the answers it found no touchpoint for."""
+
+
+def _answers(o: ReportOptions) -> str:
+    return (
+        "SELECT toString(event_id) AS answer, survey_touchpoint_id AS rated, identity_key,"
+        " customer_id, ts, survey_kind AS kind, toFloat64(assumeNotNull(survey_score)) AS score"
+        " FROM "
+        + _by_key(
+            o,
+            o.start_ts,
+            o.end_ts,
+            "survey_kind != '' AND survey_score IS NOT NULL AND customer_id != ''",
+        )
+        + " LIMIT 1 BY answer"
+    )
+
+
+def scorecard_surveys(o: ReportOptions) -> str:
+    """The survey answers in the range on the touchpoints they rate, as stored with them
+    (survey_touchpoint_id: named by the client, else the customer's most recent non-survey
+    touchpoint before it, as the journey agent found it); the answers stored without one, or
+    naming a touchpoint not stored, are counted under the kind ``UNRATED``."""
+    aliases, selected = _aliased(KEYS[o.by])
+    return f"""
+SELECT {", ".join(aliases)}, if(found, kind, {quote(UNRATED)}) AS rated_kind, {_SCORES}
+FROM (
+    SELECT {", ".join(f"r.{a}" for a in aliases)}, r.rated != '' AS found, s.kind AS kind,
+           s.score AS score
+    FROM ({_answers(o)}) AS s
+    LEFT JOIN (
+        SELECT toString(event_id) AS rated, {selected} FROM touchpoints
+        WHERE event_id IN (SELECT toUUIDOrZero(rated) FROM ({_answers(o)}) WHERE rated != '')
+        LIMIT 1 BY rated
+    ) AS r ON r.rated = s.rated
+)
+GROUP BY {", ".join(aliases)}, rated_kind
+"""
+
+
+def scorecard_unrated(o: ReportOptions) -> str:
+    """Answers stored without the touchpoint they rate (before migration 0007): on the
+    customer's latest non-survey touchpoint before the answer, read by the identity keys of
+    those customers only."""
+    aliases, selected = _aliased(KEYS[o.by])
+    unrated = f"""SELECT * FROM ({_answers(o)}) AS a
+        WHERE a.rated = '' OR toUUIDOrZero(a.rated) NOT IN (
+            SELECT event_id FROM touchpoints
+            WHERE event_id IN (SELECT toUUIDOrZero(rated) FROM ({_answers(o)})))"""
+    keys_of = (
+        "SELECT identifier FROM identities FINAL WHERE customer_id IN ("
+        f"SELECT customer_id FROM identities FINAL WHERE identifier IN "
+        f"(SELECT identity_key FROM ({unrated})))"
+    )
+    current = (
+        "SELECT identifier, customer_id FROM identities FINAL "
+        f"WHERE identifier IN ({keys_of}) OR identifier IN (SELECT identity_key FROM ({unrated}))"
+    )
+    return f"""
+SELECT {", ".join(aliases)}, kind, {_SCORES}
+FROM (
+    SELECT {", ".join(f"r.{a}" for a in aliases)}, s.kind AS kind, s.score AS score
+    FROM (
+        SELECT a.kind AS kind, a.score AS score, a.ts AS ts,
+               if(i.customer_id != '', i.customer_id, a.customer_id) AS customer
+        FROM ({unrated}) AS a
+        LEFT JOIN ({current}) AS i ON i.identifier = a.identity_key
+    ) AS s
+    ASOF INNER JOIN (
+        SELECT {", ".join(f"t.{a}" for a in aliases)}, t.ts AS ts,
+               if(i.customer_id != '', i.customer_id, t.customer_id) AS customer
+        FROM (
+            SELECT {selected}, ts, identity_key, customer_id
+            FROM {_by_key(o, o.start_ts, o.end_ts, f"survey_kind = '' AND type != {quote(SURVEY_TYPE)}")}
+              AND (identity_key IN ({keys_of})
+                   OR identity_key IN (SELECT identity_key FROM ({unrated})))
+        ) AS t
+        LEFT JOIN ({current}) AS i ON i.identifier = t.identity_key
+    ) AS r ON s.customer = r.customer AND s.ts > r.ts
+)
+GROUP BY {", ".join(aliases)}, kind
 """
 
 

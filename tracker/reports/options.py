@@ -50,9 +50,12 @@ class ReportOptions:
     include_bots: bool = False
     by: str = ""
     window_days: float = 7.0
+    conversion: bool = True
+    """scorecard: compute the conversion columns (per customer, the slow part); false leaves
+    them empty and answers from the rollups alone."""
     steps: tuple[Step, ...] = ()
     ending: str = ""
-    """paths --to: conversion, no-conversion, or empty for both."""
+    """paths --outcome: conversion, no-conversion, or empty for both."""
     top: int = 20
     model: str = "all"
     lookback_days: float = 30.0
@@ -90,9 +93,9 @@ _BY = {
     "attribution": ("channel",),
 }
 _ALLOWED = {
-    "scorecard": {"by", "window_days"},
+    "scorecard": {"by", "window_days", "conversion"},
     "funnel": {"steps", "window_days"},
-    "paths": {"ending", "top", "by"},
+    "paths": {"ending", "outcome", "top", "by"},
     "stages": set(),
     "attribution": {"model", "by", "lookback_days", "half_life_days", "seed", "bootstrap_rounds"},
 }
@@ -136,6 +139,13 @@ def _integer(name: str, text: str, low: int, high: int) -> int:
     return number
 
 
+def _flag(given: Mapping[str, str], name: str, default: bool) -> bool:
+    text = given.get(name, "true" if default else "false").lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ReportInvalid(f"{name} must be true or false, got {text!r}")
+    return text in ("true", "1")
+
+
 def _steps(text: str) -> tuple[Step, ...]:
     steps = []
     for word in text.split(","):
@@ -153,8 +163,8 @@ def parse_options(name: str, query: Mapping[str, str], today: date | None = None
     """Options from a query string: from, to (UTC days; the last 30 days ending today by
     default), include_bots, and the report's own (by, window_days, steps, top, model...).
 
-    ``to`` is the range's last day for every report; the paths report's own --to (conversion or
-    no-conversion) travels as ``ending``."""
+    ``to`` is the range's last day for every report; the paths report's --outcome (conversion or
+    no-conversion) travels as ``outcome`` (or ``ending``, its first name)."""
     if name not in REPORTS:
         raise ReportInvalid(f"no report {name!r}; reports: {', '.join(REPORTS)}")
     given = dict(query)
@@ -168,11 +178,10 @@ def parse_options(name: str, query: Mapping[str, str], today: date | None = None
     start = _day("from", given["from"]) if "from" in given else end - timedelta(days=29)
     if start > end:
         raise ReportInvalid(f"from ({start}) must not be after to ({end})")
-    include_bots = given.get("include_bots", "false").lower()
-    if include_bots not in ("true", "false", "1", "0"):
-        raise ReportInvalid(f"include_bots must be true or false, got {include_bots!r}")
-    options = ReportOptions(start, end, include_bots=include_bots in ("true", "1"))
+    options = ReportOptions(start, end, include_bots=_flag(given, "include_bots", False))
     changes: dict[str, Any] = {}
+    if name == "scorecard":
+        changes["conversion"] = _flag(given, "conversion", True)
     if name in _BY:
         by = given.get("by", _BY[name][0])
         if by not in _BY[name]:
@@ -185,9 +194,12 @@ def parse_options(name: str, query: Mapping[str, str], today: date | None = None
             raise ReportInvalid("funnel needs steps, e.g. steps=page_view:/pricing,purchase")
         changes["steps"] = _steps(given["steps"])
     if name == "paths":
-        ending = given.get("ending", "")
+        if "outcome" in given and "ending" in given and given["outcome"] != given["ending"]:
+            raise ReportInvalid("give outcome or ending (the same option), not both")
+        word = "outcome" if "outcome" in given else "ending"
+        ending = given.get(word, "")
         if ending not in ("", "conversion", "no-conversion"):
-            raise ReportInvalid(f"paths ending must be conversion or no-conversion, got {ending!r}")
+            raise ReportInvalid(f"paths {word} must be conversion or no-conversion, got {ending!r}")
         changes["ending"] = ending
         if "top" in given:
             changes["top"] = _integer("top", given["top"], 1, 10_000)

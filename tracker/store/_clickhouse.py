@@ -212,9 +212,17 @@ class ClickHouseStore:
         return applied
 
     def query_sync(
-        self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = False
+        self,
+        sql: str,
+        parameters: dict[str, Any] | None = None,
+        readonly: bool = False,
+        limits: QueryLimits | None = None,
     ) -> QueryResult:
-        if readonly:
+        """Rows of ``sql``. Read-only on a client of its own when ``readonly`` or ``limits``;
+        with ``limits``, raises ``QueryRefused`` when the query passes one."""
+        if limits is not None:
+            result = self._read_only("query", limits, sql, parameters=parameters)
+        elif readonly:
             result = self._read_only("query", None, sql, parameters=parameters)
         else:
             result = self._call("query", sql, parameters=parameters)

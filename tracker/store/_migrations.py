@@ -21,6 +21,7 @@ _FROM_TABLE = re.compile(r"\bFROM (`[^`]+`\.\w+)")
 _INSERT_SELECT = re.compile(r"^INSERT INTO `[^`]+`\.\w+\b[^;]*?\bSELECT\b", re.DOTALL)
 _ALTER_TABLE = re.compile(r"^(ALTER TABLE `[^`]+`\.)(\w+)", re.MULTILINE)
 _ALTER_COLUMNS = re.compile(r"^\s*(ADD|DROP|MODIFY|COMMENT|RENAME) COLUMN\b", re.MULTILINE)
+_ALTER_INDEX = re.compile(r"^\s*(ADD|DROP|MATERIALIZE|CLEAR) INDEX\b", re.MULTILINE)
 _ENGINE = re.compile(r"^ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?", re.MULTILINE)
 _SHARDING_KEY = re.compile(r"^-- sharding key: (.+)$", re.MULTILINE)
 _JOIN = re.compile(r"(?<!GLOBAL )\b((?:LEFT |RIGHT |INNER |FULL )?(?:OUTER )?(?:ANY |ALL )?JOIN)\b")
@@ -59,7 +60,8 @@ def on_cluster(statement: str, database: str, cluster: str) -> list[str]:
       ``ReplicatedXMergeTree(path, '{replica}', args)`` on every shard, and ``t`` a ``Distributed``
       table over them, sharded by the statement's ``-- sharding key:`` line. Reads and writes go
       to ``t`` as on one node.
-    - ``ALTER TABLE t ... COLUMN`` alters ``t_local`` and then ``t``.
+    - ``ALTER TABLE t ... COLUMN`` alters ``t_local`` and then ``t``; ``... INDEX`` (a
+      data-skipping index) only ``t_local``, where the data is.
     - ``CREATE VIEW`` reads the distributed tables, with every JOIN made ``GLOBAL`` (the right side
       is gathered from all shards once, not joined shard by shard).
     - ``CREATE MATERIALIZED VIEW v TO t AS SELECT ... FROM s`` is made on every shard, from
@@ -74,6 +76,10 @@ def on_cluster(statement: str, database: str, cluster: str) -> list[str]:
     if (table := _CREATE_TABLE.match(code)) is not None:
         return _create_table(statement, table, database, cluster, where)
     if (alter := _ALTER_TABLE.match(code)) is not None:
+        if _ALTER_INDEX.match(code[alter.end() :]):
+            # Data-skipping indexes live with the data: on the shards' tables only.
+            head, name = alter.group(1), alter.group(2)
+            return [f"{head}{name}{LOCAL_SUFFIX}{where}{code[alter.end() :]}"]
         if not _ALTER_COLUMNS.search(code[alter.end() :]):
             raise ConfigError(
                 f"migration statement {code[:60]!r}... has no cluster rendering: only column "
