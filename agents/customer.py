@@ -108,6 +108,9 @@ class StoredEvent:
             e.acquisition,
             e.survey_touchpoint_id,
             e.is_bot,
+            e.first_reply_seconds,
+            e.resolution_seconds,
+            e.reopens,
         ]
 
     @classmethod
@@ -135,6 +138,10 @@ class StoredEvent:
             acquisition=s[22] if len(s) > 22 else "",
             survey_touchpoint_id=s[23] if len(s) > 23 else "",
             is_bot=s[24] if len(s) > 24 else False,
+            # State written before the helpdesk fields has 25 items.
+            first_reply_seconds=s[25] if len(s) > 25 else None,
+            resolution_seconds=s[26] if len(s) > 26 else None,
+            reopens=s[27] if len(s) > 27 else 0,
         )
         return cls(event, s[18], s[19], s[20], s[21])
 
@@ -635,6 +642,25 @@ def rules_from_settings(settings: Settings) -> JourneyRules:
         nps_at_most=threshold("nps_at_most", defaults.nps_at_most),
         csat_at_most=threshold("csat_at_most", defaults.csat_at_most),
         ces_at_least=threshold("ces_at_least", defaults.ces_at_least),
+        ticket_first_reply=timedelta(
+            minutes=threshold(
+                "ticket_first_reply_minutes", defaults.ticket_first_reply.total_seconds() / 60
+            )
+        ),
+        ticket_resolution=timedelta(
+            hours=threshold(
+                "ticket_resolution_hours", defaults.ticket_resolution.total_seconds() / 3600
+            )
+        ),
+        chat_first_reply=timedelta(
+            seconds=threshold("chat_first_reply_seconds", defaults.chat_first_reply.total_seconds())
+        ),
+        chat_resolution=timedelta(
+            minutes=threshold(
+                "chat_resolution_minutes", defaults.chat_resolution.total_seconds() / 60
+            )
+        ),
+        reopens=int(threshold("reopens", defaults.reopens)),
     )
     stages = tuple(
         StageRule(

@@ -53,7 +53,7 @@ class Erasure:
 
 async def erase(store: ClickHouseStore, key: str) -> Erasure:
     """Delete the touchpoints stored under ``key`` (and, for a phone, the call records naming
-    it), the identity records of it, and dead letters whose payload names it.
+    it; for an email, phone or user id, the ticket records of that requester), the identity records of it, and dead letters whose payload names it.
 
     Dead letters never hold a clear email or phone (the collectors redact them), so for those
     only touchpoints are searched.
@@ -74,6 +74,8 @@ async def erase(store: ClickHouseStore, key: str) -> Erasure:
         found = await store.query(f"SELECT count() FROM calls WHERE {numbers}", {"value": value})
         if int(found.rows[0][0]):
             await store.command_with(f"DELETE FROM calls WHERE {numbers}", {"value": value})
+    if kind in ("email", "phone", "user"):  # ticket records name their requester
+        await store.command_with(f"DELETE FROM tickets WHERE {where}", {"value": value})
     # The identity graph's records of the identifier, and the links refused because of it.
     named_key = "identifier = {key:String}"
     found = await store.query(f"SELECT count() FROM identities WHERE {named_key}", {"key": key})

@@ -38,6 +38,9 @@ __all__ = [
 
 _SESSION_NAMESPACE: Final = uuid.UUID("9b0f3c8e-3c1a-4d8e-8f0b-5a2e7c6d1e42")
 CONTACT_TYPES: Final = frozenset({"call", "chat", "support_email", "ticket"})
+# The helpdesk's touchpoints (agents/tickets.py), whose first reply, resolution and reopens are
+# judged against the friction thresholds.
+SUPPORT_TYPES: Final = frozenset({"chat", "ticket"})
 # Email events that are a friction, and its severity: the customer cannot be reached, or no
 # longer wants to be (collectors/email/records.py writes them).
 EMAIL_FRICTIONS: Final = {
@@ -74,6 +77,12 @@ class JourneyEvent:
     survey_touchpoint_id: str = ""
     """For a survey answer: the event_id of the touchpoint it rates, as the client named it."""
     is_bot: bool = False
+    first_reply_seconds: float | None = None
+    """For a ticket or chat: how long the requester waited for a first answer."""
+    resolution_seconds: float | None = None
+    """For a ticket or chat that is solved: how long it took, from opening to the last solve."""
+    reopens: int = 0
+    """For a ticket or chat: how many times it was opened again after a solve."""
 
     @property
     def is_survey(self) -> bool:
@@ -191,6 +200,8 @@ DEFAULT_STAGES: Final = (
         frozenset({"call", "chat", "ticket", "support_email"}),
         queues=("support", "care", "help"),
     ),
+    # A helpdesk's ticket or chat is support whatever its queue (agents/tickets.py).
+    StageRule("support", SUPPORT_TYPES),
     StageRule("support", frozenset({"page_view"}), path_prefixes=("/support", "/help", "/contact")),
     StageRule(
         "consideration",
@@ -281,6 +292,12 @@ class FrictionRules:
     nps_at_most: float = 6
     csat_at_most: float = 2
     ces_at_least: float = 5
+    # Tickets and chats (agents/tickets.py): a slow first reply, a slow resolution, a reopen.
+    ticket_first_reply: timedelta = timedelta(hours=1)
+    ticket_resolution: timedelta = timedelta(hours=24)
+    chat_first_reply: timedelta = timedelta(minutes=2)
+    chat_resolution: timedelta = timedelta(minutes=30)
+    reopens: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,11 +412,38 @@ def _event_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction
                 f"{event.survey_kind} {event.survey_score:g}",
             )
         )
+    if event.type in SUPPORT_TYPES:
+        found.extend(_support_frictions(event, rules))
     if event.type in EMAIL_FRICTIONS:
         found.append(Friction(event.type, EMAIL_FRICTIONS[event.type], event.ts, event.event_id))
     if (event.status_code or 0) >= rules.error_status or event.type == "error":
         found.append(
             Friction("error_page", "low", event.ts, event.event_id, str(event.status_code or ""))
+        )
+    return found
+
+
+def _support_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction]:
+    """A ticket's or chat's frictions, judged on what its record says so far: each appears once
+    the ticket shows it (a friction's id is its event and reason, so a later version of the
+    ticket neither repeats nor loses it, unless the fact itself changes)."""
+    chat = event.type == "chat"
+    first_reply = rules.chat_first_reply if chat else rules.ticket_first_reply
+    resolution = rules.chat_resolution if chat else rules.ticket_resolution
+    found = []
+    waited = event.first_reply_seconds
+    if waited is not None and waited >= first_reply.total_seconds():
+        found.append(
+            Friction("slow_first_reply", "medium", event.ts, event.event_id, f"{waited:.0f} s")
+        )
+    took = event.resolution_seconds
+    if took is not None and took >= resolution.total_seconds():
+        found.append(
+            Friction("slow_resolution", "medium", event.ts, event.event_id, f"{took:.0f} s")
+        )
+    if rules.reopens and event.reopens >= rules.reopens:
+        found.append(
+            Friction("reopened", "high", event.ts, event.event_id, f"{event.reopens} reopens")
         )
     return found
 

@@ -207,6 +207,9 @@ def journey_event(row: Sequence[Any]) -> JourneyEvent:
         ),
         survey_touchpoint_id=get("survey_touchpoint_id"),
         is_bot=bool(get("is_bot")),
+        first_reply_seconds=_optional_number(properties.get("first_reply_seconds")),
+        resolution_seconds=_optional_number(properties.get("resolution_seconds")),
+        reopens=int(_number(properties.get("reopens"))),
     )
 
 
@@ -214,6 +217,10 @@ def _place(place: Sequence[Any] | None) -> tuple[Any, ...]:
     """A friction's place as columns; one remembered before is_bot was kept is no bot's."""
     channel, kind, name, stage, *rest = place or ("", "", "", "")
     return (channel, kind, name, stage, bool(rest[0]) if rest else False)
+
+
+def _optional_number(text: str | None) -> float | None:
+    return _number(text) if text else None
 
 
 def _number(text: str | None) -> float:

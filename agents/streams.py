@@ -35,6 +35,7 @@ from agents.stitching import (
     StitchRouter,
 )
 from agents.table_store import STORE_SCHEME
+from agents.tickets import TICKET_COLUMNS, TicketsPipeline
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
@@ -45,6 +46,7 @@ __all__ = [
     "add_calls",
     "add_dead_letters",
     "add_stitching",
+    "add_tickets",
     "changelog_known",
     "table_store",
 ]
@@ -130,6 +132,50 @@ def add_calls(
             if reservations is not None:
                 await reservations.caught_up()
             await calls_runner.run(events)
+
+
+def add_tickets(
+    app: faust.App,
+    store: ClickHouseStore,
+    topology: Topology,
+    settings: Settings,
+    touchpoints: StitchRouter,
+    forgotten: ForgottenIdentifiers,
+) -> None:
+    """Helpdesk tickets and chats: callbacks keyed by ticket; the merged state of each ticket
+    lives in a changelog-backed table partitioned like the tickets topic (agents/tickets.py)."""
+    batch, within = settings.sink_batch_size, settings.sink_flush_seconds
+    pipeline = TicketsPipeline(
+        tickets=ClickHouseSink(
+            store, "tickets", TICKET_COLUMNS, "ticket_uuid", "opened_at", "version"
+        ),
+        touchpoints=touchpoints,
+        dead_letters=ClickHouseSink(
+            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
+        ),
+        forgotten=forgotten,
+        max_state_bytes=settings.state_max_bytes,
+    )
+    topic = app.topic(topology.tickets.name, value_serializer="raw", key_serializer="raw")
+    ticket_state = app.Table(
+        "ticket_state",
+        key_type=str,
+        partitions=settings.topic_partitions,
+        use_partitioner=True,
+        options=table_options(settings),
+    )
+
+    async def merge_tickets(events: Sequence[Any]) -> None:
+        await pipeline.handle([_raw(e) for e in events], ticket_state)
+
+    runner = BatchRunner(
+        "tickets", merge_tickets, _raw, dead_letter_policy(store), discard=pipeline.discard
+    )
+
+    @app.agent(topic, name="tickets")
+    async def tickets(stream: Any) -> None:
+        await changelog_known(app, ticket_state)
+        await run_batches(stream, runner, batch, within)
 
 
 def add_stitching(

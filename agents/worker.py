@@ -37,7 +37,7 @@ from agents.stitching import (
     Outbox,
     StitchRouter,
 )
-from agents.streams import add_calls, add_dead_letters, add_stitching, table_store
+from agents.streams import add_calls, add_dead_letters, add_stitching, add_tickets, table_store
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
@@ -126,6 +126,10 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
     )
     add_calls(app, store, topology, settings, calls_router, forgotten, reservations, book)
+    tickets_router = StitchRouter(
+        outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
+    )
+    add_tickets(app, store, topology, settings, tickets_router, forgotten)
     add_stitching(app, store, topology, settings, outbox)
 
     async def mark_started() -> None:

@@ -52,6 +52,7 @@ def component_env(kafka_bootstrap: str, data_dir: Path, **overrides: str) -> dic
             "TRACKER_LINKS_PORT": str(free_port()),
             "TRACKER_CALLS_PORT": str(free_port()),
             "TRACKER_EMAIL_PORT": str(free_port()),
+            "TRACKER_HELPDESK_PORT": str(free_port()),
             "TRACKER_SINK_FLUSH_SECONDS": "0.2",
             "TRACKER_PRODUCE_TIMEOUT_SECONDS": "3",
             "TRACKER_RETRY_AFTER_SECONDS": "2",
@@ -166,6 +167,18 @@ class Pipeline:
     def email(self) -> Component:
         return Component(
             ["serve", "email"], self.env, f"{self.email_url}/readyz", self.data_dir / "email.log"
+        )
+
+    @property
+    def helpdesk_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['TRACKER_HELPDESK_PORT']}"
+
+    def helpdesk(self) -> Component:
+        return Component(
+            ["serve", "helpdesk"],
+            self.env,
+            f"{self.helpdesk_url}/readyz",
+            self.data_dir / "helpdesk.log",
         )
 
     def start(self) -> Pipeline:

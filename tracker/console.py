@@ -1,4 +1,9 @@
-"""The console: a small page, the read-only query API, health and metrics.
+"""The console: the analysts' page, the reports and journey API, the read-only query API,
+health and metrics.
+
+The page (``tracker/static/``: plain HTML, CSS and JavaScript, no build step) draws with the
+plotly.js that the ``plotly`` wheel ships, served from here at a versioned path, so the browser
+asks nothing of any other host.
 
 It runs in the process that holds ClickHouse (with embedded chDB, only that process can read it),
 bound to localhost unless ``TRACKER_CONSOLE_HOST`` says otherwise.
@@ -8,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
+import re
 from collections.abc import Awaitable, Callable
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,13 +31,14 @@ from tracker.http import (
     json_response,
     request_metrics,
 )
+from tracker.journeys import find_journey, journey_document
 from tracker.privacy import InvalidIdentifier
 from tracker.readonly_sql import check_query
 from tracker.reports import ReportInvalid, run_report
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore, QueryLimits
 
-__all__ = ["QUERY_FORMATS", "create_console", "query_limits"]
+__all__ = ["QUERY_FORMATS", "create_console", "plotly_js", "query_limits"]
 
 QUERY_FORMATS = {
     "tsv": "TabSeparated",
@@ -56,8 +66,10 @@ def create_console(
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
     app.router.add_get("/", page)
+    app.router.add_get("/static/{file}", static_file)
     app.router.add_post("/api/query", query)
     app.router.add_get("/api/reports/{name}", report)
+    app.router.add_get("/api/journey", journey)
     if forget is not None:
         app[FORGET_KEY] = forget
         app.router.add_post("/api/forget", forget_identifier)
@@ -163,37 +175,107 @@ async def report(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/x-ndjson")
 
 
+async def journey(request: web.Request) -> web.Response:
+    """A customer's journey (``tracker.journeys``), the document ``tracker journey --format json``
+    prints: ``GET /api/journey?id=jane@example.com`` (any identifier, or a customer id)."""
+    if refused := _refusal(request):
+        return refused
+    raw = request.query.get("id", "").strip()
+    if not raw:
+        return json_error(400, "id must name a customer: an identifier such as jane@example.com")
+    settings = request.app[SETTINGS_KEY]
+    store = request.app[STORE_KEY]
+
+    def read(sql: str) -> list[dict[str, Any]]:
+        output: bytes = store.run_sync(
+            store.raw_query_sync, sql, QUERY_FORMATS["json"], query_limits(settings)
+        )
+        return [orjson.loads(line) for line in output.splitlines() if line.strip()]
+
+    try:
+        found = await asyncio.to_thread(find_journey, settings, raw, read)
+    except TrackerError as exc:
+        if exc.retriable:
+            return json_error(
+                503,
+                f"ClickHouse cannot answer now; retry: {exc}",
+                headers={"Retry-After": str(settings.retry_after_seconds)},
+            )
+        return json_error(400, str(exc))
+    if found is None:
+        return json_error(
+            404,
+            f"no customer is known by {raw}: no event carrying it has been stitched (yet), "
+            "or it was forgotten",
+        )
+    return json_response(journey_document(found))
+
+
 def query_limits(settings: Settings) -> QueryLimits:
     return QueryLimits(
         settings.query_max_seconds, settings.query_max_memory_bytes, settings.query_max_rows
     )
 
 
+_STATIC = Path(__file__).with_name("static")
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+# The page may load only what this console serves: no third-party request, by the browser's rule.
+_PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+@cache
+def plotly_js() -> tuple[str, Path]:
+    """The plotly.js the ``plotly`` wheel ships (plotly/package_data/plotly.min.js): its
+    version, read from the file's banner, and its path. Found without importing plotly."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrackerError("the plotly package is missing: reinstall tracker to get the console")
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    with path.open("rb") as file:
+        banner = file.read(200).decode("ascii", "replace")
+    found = re.search(r"plotly\.js v([0-9][0-9A-Za-z.\-]*)", banner)
+    return (found.group(1) if found else "unknown"), path
+
+
 async def page(_: web.Request) -> web.Response:
-    return web.Response(text=_PAGE, content_type="text/html")
+    version, _path = plotly_js()
+    html = (
+        (_STATIC / "index.html")
+        .read_text("utf-8")
+        .replace("{{plotly}}", f"plotly-{version}.min.js")
+    )
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        headers={"Content-Security-Policy": _PAGE_POLICY, "Cache-Control": "no-cache"},
+    )
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Tracker console</title>
-<style>
-body{font:15px system-ui,sans-serif;margin:2rem;max-width:72rem;color:#1b1f24}
-textarea{width:100%;height:6rem;font:14px ui-monospace,monospace}
-pre{background:#f4f5f7;padding:1rem;overflow:auto}button{font-size:15px;padding:.3rem 1rem}
-</style></head><body>
-<h1>Tracker</h1>
-<p>Read-only SQL against the <code>tracker</code> database. Tables: touchpoints, dead_letters, links, calls.</p>
-<textarea id="sql">SELECT channel, type, count() AS events FROM tracker.touchpoints GROUP BY channel, type ORDER BY events DESC</textarea>
-<p><button id="run">Run</button>
-<input id="token" type="password" size="40" placeholder="API token, if TRACKER_API_TOKEN is set"></p>
-<pre id="out"></pre>
-<script>
-const run = async () => {
-  const token = document.getElementById('token').value;
-  const r = await fetch('/api/query', {method: 'POST',
-    headers: token ? {Authorization: 'Bearer ' + token} : {},
-    body: JSON.stringify({sql: document.getElementById('sql').value, format: 'pretty'})});
-  document.getElementById('out').textContent = await r.text();
-};
-document.getElementById('run').onclick = run; run();
-</script></body></html>
-"""
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The page's own files, and plotly.js under its version (cached for good: a new version
+    is a new path)."""
+    name = request.match_info["file"]
+    version, plotly_path = plotly_js()
+    if name == f"plotly-{version}.min.js":
+        return web.FileResponse(
+            plotly_path,
+            headers={
+                "Content-Type": "text/javascript",
+                "Cache-Control": "public, max-age=31536000, immutable",
+            },
+        )
+    path = _STATIC / name
+    if (
+        name.startswith(".")
+        or "/" in name
+        or path.suffix not in _STATIC_TYPES
+        or not path.is_file()
+    ):
+        raise web.HTTPNotFound()
+    return web.FileResponse(
+        path, headers={"Content-Type": _STATIC_TYPES[path.suffix], "Cache-Control": "no-cache"}
+    )

@@ -23,6 +23,7 @@ __all__ = [
     "COLLECTOR_REQUESTS",
     "COLLECTOR_REQUEST_SECONDS",
     "EMAIL_WEBHOOKS",
+    "HELPDESK_WEBHOOKS",
     "IDENTITY_CONFLICTS",
     "JOURNEY_LATE_EVENTS",
     "KAFKA_PRODUCE_FAILURES",
@@ -39,6 +40,7 @@ __all__ = [
     "STATE_FOLDED",
     "STITCH_EVENTS",
     "STITCH_ROUTES",
+    "TICKET_CALLBACKS_MERGED",
     "WORKER_EVENTS",
     "WORKER_LAG",
     "WORKER_PARTITION_LAG",
@@ -241,6 +243,18 @@ EMAIL_WEBHOOKS = Counter(
     "Email provider webhooks by provider and outcome: accepted, ignored, unauthorized, malformed, "
     "not_configured, or subscription (an SNS subscription awaiting an operator's confirmation).",
     ["provider", "outcome"],
+)
+HELPDESK_WEBHOOKS = Counter(
+    "tracker_helpdesk_webhooks_total",
+    "Helpdesk and chat webhooks by provider and outcome: accepted, ignored, unauthorized, "
+    "malformed, not_configured.",
+    ["provider", "outcome"],
+)
+TICKET_CALLBACKS_MERGED = Counter(
+    "tracker_ticket_callbacks_merged_total",
+    "Helpdesk callbacks the worker handled: merged (new), duplicate (a retry), over_limit (the "
+    "ticket has the most callbacks kept) or over_size (its state is at TRACKER_STATE_MAX_BYTES).",
+    ["outcome"],
 )
 CALL_CALLBACKS_MERGED = Counter(
     "tracker_call_callbacks_merged_total",

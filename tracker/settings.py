@@ -123,6 +123,12 @@ class Settings:
     postmark_webhook_password: Secret = Secret("")
     ses_sns_topic_arns: tuple[str, ...] = ()
     ses_sns_certificates: str = ""
+    # Helpdesk and chat webhooks (collectors/helpdesk, docs/helpdesk.md). Empty turns one off.
+    helpdesk_port: int = 8005
+    helpdesk_signature_tolerance_seconds: int = 300
+    zendesk_webhook_secret: Secret = Secret("")
+    intercom_client_secret: Secret = Secret("")
+    helpdesk_webhook_secret: Secret = Secret("")
     # Journey stitching (agents/stitching.py, docs/journeys.md). Empty rule lists mean the defaults.
     session_inactivity_minutes: float = 30.0
     session_split_on_campaign: bool = False
@@ -242,6 +248,7 @@ class Settings:
             links_api_burst=reader.integer("TRACKER_LINKS_API_BURST", 40, minimum=1),
             **_call_settings(reader),
             **_email_settings(reader),
+            **_helpdesk_settings(reader),
             **_journey_settings(reader),
             **_query_settings(reader),
             **_supervisor_settings(reader),
@@ -390,6 +397,18 @@ def _email_settings(reader: _Reader) -> dict[str, Any]:
     }
 
 
+def _helpdesk_settings(reader: _Reader) -> dict[str, Any]:
+    return {
+        "helpdesk_port": reader.port("TRACKER_HELPDESK_PORT", 8005),
+        "helpdesk_signature_tolerance_seconds": reader.integer(
+            "TRACKER_HELPDESK_SIGNATURE_TOLERANCE_SECONDS", 300, minimum=1
+        ),
+        "zendesk_webhook_secret": Secret(reader.text("TRACKER_ZENDESK_WEBHOOK_SECRET", "")),
+        "intercom_client_secret": Secret(reader.text("TRACKER_INTERCOM_CLIENT_SECRET", "")),
+        "helpdesk_webhook_secret": Secret(reader.text("TRACKER_HELPDESK_WEBHOOK_SECRET", "")),
+    }
+
+
 def _json_setting(name: str, raw: str) -> Any:
     """A JSON setting: inline JSON, or the path of a JSON file."""
     text = raw
@@ -518,6 +537,11 @@ FRICTION_THRESHOLDS = (
     "nps_at_most",
     "csat_at_most",
     "ces_at_least",
+    "ticket_first_reply_minutes",
+    "ticket_resolution_hours",
+    "chat_first_reply_seconds",
+    "chat_resolution_minutes",
+    "reopens",
 )
 _RULE_KEYS: dict[str, dict[str, Any]] = {
     "TRACKER_JOURNEY_STAGES": {"stage": str, "types": list, "paths": list, "queues": list},

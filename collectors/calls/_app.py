@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
+from collectors._webhooks import kept, read_webhook, refused, unavailable, webhook_app
 from collectors.calls import asterisk, freeswitch, generic, plivo, telnyx, twilio, vonage
 from collectors.calls._common import (
     Ignored,
@@ -19,13 +19,7 @@ from collectors.calls._common import (
 from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
-from tracker.http import (
-    add_health_routes,
-    json_error,
-    json_response,
-    read_body,
-    request_metrics,
-)
+from tracker.http import json_error, json_response
 from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
 from tracker.settings import Settings
 
@@ -44,10 +38,6 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 log = logging.getLogger(__name__)
-
-# A refused body is kept as a dead letter up to this many bytes, so that the letter itself always
-# fits in one Kafka record whatever TRACKER_MAX_BODY_BYTES allows.
-MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
 
 
 class CallPublisher(Protocol):
@@ -73,20 +63,9 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 
 
 def create_app(settings: Settings, publisher: CallPublisher) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(COLLECTOR)]
-    )
+    app = webhook_app(settings, COLLECTOR, publisher, {"/v1/calls/{provider}": post_callback})
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
-    app.router.add_post("/v1/calls/{provider}", post_callback)
-    add_health_routes(app, lambda: [publisher.unready] if publisher.unready else [])
-
-    async def lifecycle(app: web.Application) -> Any:
-        await publisher.start()
-        yield
-        await publisher.stop()
-
-    app.cleanup_ctx.append(lifecycle)
     return app
 
 
@@ -103,28 +82,13 @@ async def post_callback(request: web.Request) -> web.Response:
     provider = PROVIDERS.get(request.match_info["provider"])
     if provider is None:
         return json_error(404, f"unknown call provider; use one of {', '.join(sorted(PROVIDERS))}")
-    # Decoded as its Content-Encoding says, bounded in size and time: a body that is not what
-    # its encoding claims is the sender's 400, never our 500.
-    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
-    if isinstance(body, web.Response):
-        return body
-    webhook = WebhookRequest(
-        method=request.method,
-        url=public_url(request, settings),
-        headers=request.headers,
-        body=body,
-        received_ts=datetime.now(UTC),
-        max_event_age=timedelta(days=settings.max_event_age_days),
-    )
+    webhook = await read_webhook(request, settings, public_url(request, settings))
+    if isinstance(webhook, web.Response):
+        return webhook
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        CALL_WEBHOOKS.labels(provider.name, exc.outcome).inc()
-        log.info(
-            "call webhook refused",
-            extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
-        )
-        return _refused(exc, settings)
+        return refused(COLLECTOR, provider.name, exc, CALL_WEBHOOKS, settings.retry_after_seconds)
     try:
         callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:
@@ -132,7 +96,7 @@ async def post_callback(request: web.Request) -> web.Response:
         return json_response({"accepted": 0, "ignored": str(exc)})
     except Malformed as exc:
         letter = DeadLetter.for_payload(
-            _kept(body),
+            kept(webhook.body, redact_numbers),
             source=COLLECTOR,
             stage="collect",
             errors=exc.errors,
@@ -141,7 +105,7 @@ async def post_callback(request: web.Request) -> web.Response:
         try:
             await request.app[PUBLISHER_KEY].publish_calls([], [letter])
         except BackpressureError as backpressure:
-            return _unavailable(backpressure)
+            return unavailable(backpressure)
         CALL_WEBHOOKS.labels(provider.name, "malformed").inc()
         COLLECTOR_EVENTS.labels(COLLECTOR, "rejected").inc()
         return json_error(
@@ -152,7 +116,7 @@ async def post_callback(request: web.Request) -> web.Response:
     try:
         await request.app[PUBLISHER_KEY].publish_calls(callbacks)
     except BackpressureError as exc:
-        return _unavailable(exc)
+        return unavailable(exc)
     CALL_WEBHOOKS.labels(provider.name, "accepted").inc()
     COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(callbacks))
     return json_response({"accepted": len(callbacks)})
@@ -176,24 +140,3 @@ def _normalize(
     if errors:
         raise Malformed(errors)
     return callbacks
-
-
-def _kept(body: bytes) -> str:
-    """What a dead letter keeps of a refused body: redacted, and cut at MAX_DEAD_LETTER_PAYLOAD."""
-    if len(body) <= MAX_DEAD_LETTER_PAYLOAD:
-        return redact_numbers(body)
-    cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
-    return f"{redact_numbers(body[:MAX_DEAD_LETTER_PAYLOAD])}... [{cut} more bytes not kept]"
-
-
-def _unavailable(exc: BackpressureError) -> web.Response:
-    retry = str(max(1, round(exc.retry_after)))
-    return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
-
-
-def _refused(exc: WebhookError, settings: Settings) -> web.Response:
-    """A 503 (the provider is not configured here: ours to fix) says when to try again."""
-    if exc.status == 503:
-        retry = settings.retry_after_seconds
-        return json_error(503, str(exc), headers={"Retry-After": str(retry)}, retry_after=retry)
-    return json_error(exc.status, str(exc))

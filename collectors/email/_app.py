@@ -1,25 +1,20 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from collectors._webhooks import kept, read_webhook, refused, unavailable, webhook_app
 from collectors.calls._common import Malformed, WebhookError, WebhookRequest
 from collectors.email import mailgun, postmark, sendgrid, ses
 from collectors.email._common import Batch, EmailProvider, Refused
 from collectors.email.records import SOURCE, EmailEvent, redact_emails, touchpoint_payload
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
-from tracker.http import (
-    add_health_routes,
-    json_error,
-    json_response,
-    read_body,
-    request_metrics,
-)
+from tracker.http import json_error, json_response
 from tracker.kafka.producer import Publisher
 from tracker.metrics import COLLECTOR_EVENTS, EMAIL_WEBHOOKS
 from tracker.settings import Settings
@@ -29,8 +24,6 @@ COLLECTOR = "email"
 PROVIDERS: dict[str, EmailProvider] = {
     p.name: p for p in (sendgrid.PROVIDER, mailgun.PROVIDER, postmark.PROVIDER, ses.PROVIDER)
 }
-# A refused body is kept as a dead letter up to this many bytes (as for call webhooks).
-MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
 
 PUBLISHER_KEY = web.AppKey("email_publisher", Publisher)
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -39,20 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, publisher: Publisher) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(COLLECTOR)]
-    )
+    app = webhook_app(settings, COLLECTOR, publisher, {"/v1/email/{provider}": post_webhook})
     app[PUBLISHER_KEY] = publisher
     app[SETTINGS_KEY] = settings
-    app.router.add_post("/v1/email/{provider}", post_webhook)
-    add_health_routes(app, lambda: publisher.ready)
-
-    async def lifecycle(app: web.Application) -> Any:
-        await publisher.start()
-        yield
-        await publisher.stop()
-
-    app.cleanup_ctx.append(lifecycle)
     return app
 
 
@@ -61,32 +43,17 @@ async def post_webhook(request: web.Request) -> web.Response:
     provider = PROVIDERS.get(request.match_info["provider"])
     if provider is None:
         return json_error(404, f"unknown email provider; use one of {', '.join(sorted(PROVIDERS))}")
-    # Decoded as its Content-Encoding says, bounded in size and time: a body that is not what
-    # its encoding claims is the sender's 400, never our 500.
-    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
-    if isinstance(body, web.Response):
-        return body
-    webhook = WebhookRequest(
-        method=request.method,
-        url=str(request.url),
-        headers=request.headers,
-        body=body,
-        received_ts=datetime.now(UTC),
-        max_event_age=timedelta(days=settings.max_event_age_days),
-    )
+    webhook = await read_webhook(request, settings)
+    if isinstance(webhook, web.Response):
+        return webhook
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        EMAIL_WEBHOOKS.labels(provider.name, exc.outcome).inc()
-        log.info(
-            "email webhook refused",
-            extra={"provider": provider.name, "status": exc.status, "reason": str(exc)},
-        )
-        return _refused(exc, settings)
+        return refused(COLLECTOR, provider.name, exc, EMAIL_WEBHOOKS, settings.retry_after_seconds)
     try:
         batch = _normalize(provider, webhook, settings)
     except Malformed as exc:
-        letter = _dead_letter(_kept(body), exc.errors, webhook.received_ts)
+        letter = _dead_letter(kept(webhook.body, _redacted), exc.errors, webhook.received_ts)
         return await _answer(request, provider, [], [letter], exc.errors, 0)
     if batch.subscribe_url:
         return await _subscription(request, provider, batch, webhook.received_ts)
@@ -152,8 +119,7 @@ async def _answer(
     try:
         await request.app[PUBLISHER_KEY].publish(touchpoints, letters)
     except BackpressureError as exc:
-        retry = str(max(1, round(exc.retry_after)))
-        return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+        return unavailable(exc)
     COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(touchpoints))
     if errors:
         EMAIL_WEBHOOKS.labels(provider.name, "malformed").inc()
@@ -192,8 +158,7 @@ async def _subscription(
     try:
         await request.app[PUBLISHER_KEY].publish([], [letter])
     except BackpressureError as exc:
-        retry = str(max(1, round(exc.retry_after)))
-        return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+        return unavailable(exc)
     EMAIL_WEBHOOKS.labels(provider.name, "subscription").inc()
     log.warning(
         "SNS subscription awaits confirmation",
@@ -215,18 +180,6 @@ def _redacted_event(event: EmailEvent) -> dict[str, Any]:
     return payload
 
 
-def _kept(body: bytes) -> str:
-    """What a dead letter keeps of a refused body: addresses redacted, cut at the limit."""
-    if len(body) <= MAX_DEAD_LETTER_PAYLOAD:
-        return redact_emails(body.decode("utf-8", errors="replace"))
-    cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
-    kept = redact_emails(body[:MAX_DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace"))
-    return f"{kept}... [{cut} more bytes not kept]"
-
-
-def _refused(exc: WebhookError, settings: Settings) -> web.Response:
-    """A 503 (the provider is not configured here: ours to fix) says when to try again."""
-    if exc.status == 503:
-        retry = settings.retry_after_seconds
-        return json_error(503, str(exc), headers={"Retry-After": str(retry)}, retry_after=retry)
-    return json_error(exc.status, str(exc))
+def _redacted(body: bytes) -> str:
+    """A refused body without an email address in clear."""
+    return redact_emails(body.decode("utf-8", errors="replace"))

@@ -28,6 +28,7 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
         TRACKER_LINKS_PORT=str(free_port()),
         TRACKER_CALLS_PORT=str(free_port()),
         TRACKER_EMAIL_PORT=str(free_port()),
+        TRACKER_HELPDESK_PORT=str(free_port()),
     )
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen([TRACKER, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -48,6 +49,7 @@ def test_up_demo_query_and_shutdown(tmp_path: Path) -> None:
             "links\tready",
             "calls\tready",
             "email\tready",
+            "helpdesk\tready",
         ]
 
         demo = subprocess.run(

@@ -113,6 +113,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         TRACKER_LINKS_PORT=str(free_port()),
         TRACKER_CALLS_PORT=str(free_port()),
         TRACKER_EMAIL_PORT=str(free_port()),
+        TRACKER_HELPDESK_PORT=str(free_port()),
         TRACKER_SINK_FLUSH_SECONDS="0.2",
         TRACKER_PRODUCE_TIMEOUT_SECONDS="2",
         TRACKER_RETRY_AFTER_SECONDS="1",
@@ -166,7 +167,7 @@ def test_a_killed_worker_is_restarted_while_the_beacon_keeps_acknowledging(up: U
 
 
 def test_a_killed_broker_is_restarted_and_the_collectors_answer_503_meanwhile(up: Up) -> None:
-    collectors = {name: up.pids(name) for name in ("beacon", "links", "calls", "email")}
+    collectors = {name: up.pids(name) for name in ("beacon", "links", "calls", "email", "helpdesk")}
     [kafka] = up.pids("kafka")
     before = [make_event() for _ in range(40)]
     assert up.post(before)[0] == 200
@@ -190,12 +191,14 @@ def test_a_killed_broker_is_restarted_and_the_collectors_answer_503_meanwhile(up
     assert up.landed(before + refused + after) == "120"
     assert {name: up.pids(name) for name in collectors} == collectors
     assert all(_alive(pid) for pids in collectors.values() for pid in pids)
-    assert all(_ready(up.url(name)) for name in ("beacon", "links", "calls", "email"))
+    assert all(_ready(up.url(name)) for name in ("beacon", "links", "calls", "email", "helpdesk"))
 
 
 def test_ctrl_c_during_a_backoff_stops_everything_without_waiting_it_out(up: Up) -> None:
     worker = up.pids("worker")[-1]
-    collectors = [pid for name in ("beacon", "links", "calls", "email") for pid in up.pids(name)]
+    collectors = [
+        pid for name in ("beacon", "links", "calls", "email", "helpdesk") for pid in up.pids(name)
+    ]
     failures_before = len(up.entries("component exited; restarting", "worker"))
     os.kill(worker, signal.SIGKILL)
     up.wait_log("component exited; restarting", "worker", count=failures_before + 1)

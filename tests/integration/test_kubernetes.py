@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
 KUSTOMIZE = "sigs.k8s.io/kustomize/kustomize/v5@v5.7.1"
 KUBERNETES_VERSION = "1.31.0"
-COLLECTORS = {"beacon": 8001, "links": 8002, "calls": 8003}
+COLLECTORS = {"beacon": 8001, "links": 8002, "calls": 8003, "helpdesk": 8005}
 
 
 def _kustomize() -> str:

@@ -76,6 +76,7 @@ def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_k
         "dead_letters": "cityHash64(dead_letter_id)",
         "links": "cityHash64(slug)",
         "calls": "cityHash64(call_uuid)",
+        "tickets": "cityHash64(ticket_uuid)",
         "identities": "cityHash64(identifier)",
         "identity_conflicts": "cityHash64(conflict_id)",
         "sessions": "cityHash64(session_id)",

@@ -105,7 +105,7 @@ def test_compose_parses_and_runs_the_whole_stack(single: dict[str, Any]) -> None
     services = single["services"]
     assert set(services) == {
         "kafka-1", "kafka-2", "kafka-3", "clickhouse", "migrate", "beacon", "links", "calls",
-        "worker-1", "worker-2", "prometheus", "grafana",
+        "helpdesk", "worker-1", "worker-2", "prometheus", "grafana",
     }  # fmt: skip
     assert services["kafka-2"]["profiles"] == services["kafka-3"]["profiles"] == ["cluster"]
     assert "profiles" not in services["kafka-1"]
@@ -137,7 +137,15 @@ def test_every_tracker_service_runs_a_real_role_with_documented_settings(
         assert not unknown, f"{name}: undocumented settings {unknown}"
         assert (Path(service["build"]["context"]) / service["build"]["dockerfile"]) == DOCKERFILE
     assert sorted(roles.values()) == sorted(
-        ["migrate", "serve beacon", "serve links", "serve calls", "worker", "worker"]
+        [
+            "migrate",
+            "serve beacon",
+            "serve links",
+            "serve calls",
+            "serve helpdesk",
+            "worker",
+            "worker",
+        ]
     )
 
 
@@ -159,7 +167,9 @@ def test_compose_mounts_only_files_that_exist_and_prometheus_scrapes_every_track
     expected = set()
     for name, service in single["services"].items():
         if service["image"] == "tracker:local" and service["command"] != ["migrate"]:
-            port = {"beacon": 8001, "links": 8002, "calls": 8003}.get(service["command"][-1], 8000)
+            port = {"beacon": 8001, "links": 8002, "calls": 8003, "helpdesk": 8005}.get(
+                service["command"][-1], 8000
+            )
             expected.add(f"{name}:{port}")
     assert targets == expected
     mounted = " ".join(single["services"]["prometheus"]["volumes"])

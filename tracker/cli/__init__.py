@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     serve = commands.add_parser("serve", help="run one collector")
-    serve.add_argument("collector", choices=["beacon", "links", "calls", "email"])
+    serve.add_argument("collector", choices=["beacon", "links", "calls", "email", "helpdesk"])
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
@@ -141,6 +141,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         from collectors.email import create_app as create_email_app
 
         app, port = create_email_app(settings, publisher), settings.email_port
+    elif args.collector == "helpdesk":
+        from collectors.helpdesk import create_app as create_helpdesk_app
+
+        app, port = create_helpdesk_app(settings, publisher), settings.helpdesk_port
     else:
         from collectors.beacon import NumberReservations, create_app
 
@@ -216,6 +220,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
         "links": f"http://127.0.0.1:{settings.links_port}/readyz",
         "calls": f"http://127.0.0.1:{settings.calls_port}/readyz",
         "email": f"http://127.0.0.1:{settings.email_port}/readyz",
+        "helpdesk": f"http://127.0.0.1:{settings.helpdesk_port}/readyz",
     }
     healthy = True
     for name, url in targets.items():

@@ -1,29 +1,36 @@
 """``tracker journey``: a customer's stitched timeline, as a person sees it; and ``split``.
 
-The timeline is read from ClickHouse the way ``tracker query`` reads it (through the running
-instance's console for embedded chDB). A touchpoint keeps the customer it was stitched with; it
-belongs now to whichever customer its identity key (the identifier the worker routed it by)
-resolves to in ``identities``, so merges and splits show at once without rewriting anything.
+The timeline is read by ``tracker.journeys``, as the console's journey map reads it, through
+the running instance's console for embedded chDB (as ``tracker query`` reads). A touchpoint keeps
+the customer it was stitched with; it belongs now to whichever customer its identity key resolves
+to in ``identities``, so merges and splits show at once without rewriting anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from tracker import journeys
 from tracker.cli.client import run_query
 from tracker.errors import TrackerError
 from tracker.identity_log import split_command, split_key
-from tracker.privacy import IDENTIFIER_KINDS, InvalidIdentifier, identifier_key
+from tracker.journeys import (
+    HASHED_KINDS,
+    Journey,
+    Reader,
+    TimelineEvent,
+    belongs,
+    render_json,
+    stored_key,
+    typed_identifier,
+)
 from tracker.settings import Settings
 
 __all__ = [
@@ -31,51 +38,12 @@ __all__ = [
     "TimelineEvent",
     "add_journey_commands",
     "belongs",
+    "find_journey",
     "render_json",
     "render_text",
     "stored_key",
     "typed_identifier",
 ]
-
-_HASHED = frozenset({"email", "phone"})
-_CRM = "crm:"
-# A bare phone number as people type it: digits, spaces and punctuation, at least 7 digits.
-_BARE_PHONE = re.compile(r"^\+?[0-9(][0-9 ().\-]*[0-9]$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
-# Journey lookups read touchpoints through this table, ordered by identity key (0008).
-_BY_KEY = "touchpoints_by_customer"
-
-Reader = Callable[[str], list[dict[str, Any]]]
-"""Runs one read-only query, returning its rows as dicts."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineEvent:
-    event_id: str
-    ts: datetime
-    type: str
-    name: str
-    channel: str
-    source: str
-    session_id: str
-    stage: str
-    value: float | None
-    stitched_customer_id: str
-    """The customer the touchpoint was stitched with (``touchpoints.customer_id``)."""
-    frictions: tuple[tuple[str, str, str], ...] = ()
-    """(reason, severity, detail) of each friction detected on this event and not retracted."""
-
-
-@dataclass(frozen=True, slots=True)
-class Journey:
-    customer_id: str
-    identifiers: dict[str, list[str]]
-    """Kind → the values (email and phone as salted hashes) that resolve to this customer."""
-    merged_customer_ids: list[str]
-    """Customer ids of identifiers that now resolve here, other than this one."""
-    summary: dict[str, Any] | None
-    """The customer's row of ``journeys FINAL``; None before the journey agent wrote it."""
-    events: list[TimelineEvent] = field(default_factory=list)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -131,265 +99,21 @@ def _journey(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def stored_key(raw: str, settings: Settings) -> str:
-    """An identifier as a person writes it, as ``identities`` stores it: email and phone hashed
-    with the deployment's salt; ``crm:<system>:<id>`` as it is."""
-    kind = raw.partition(":")[0].strip().lower()
-    if kind == "crm":
-        system, _, value = raw.strip()[len(_CRM) :].partition(":")
-        if not system or not value:
-            raise TrackerError(f"identifier {raw!r} must be crm:<system>:<id>, e.g. crm:sf:0031")
-        return f"{_CRM}{system}:{value}"
-    if kind in _HASHED and not settings.hash_salt:
-        raise TrackerError(
-            "no hash salt: set TRACKER_HASH_SALT to the collectors' salt (or run where "
-            "TRACKER_DATA_DIR holds the local one) to look up an email or a phone number"
-        )
-    try:
-        return identifier_key(raw, settings.hash_salt.value, settings.default_phone_region)
-    except InvalidIdentifier as exc:
-        raise TrackerError(
-            f"identifier {raw!r} {exc}; kinds: {', '.join(IDENTIFIER_KINDS)} or crm:<system>"
-        ) from None
-
-
 # -- reading it --------------------------------------------------------------------------------
 
 
-def typed_identifier(raw: str) -> str:
-    """What a person typed, as ``kind:value``: a bare email address or phone number gets its
-    kind; anything else is returned as typed (an identifier with its kind, or a customer id)."""
-    text = raw.strip()
-    if ":" in text:
-        return text
-    if "@" in text:
-        return f"email:{text}"
-    digits = sum(c.isdigit() for c in text)
-    if _BARE_PHONE.match(text) and digits >= 7 and not _UUID.match(text):
-        return f"phone:{text}"
-    return text
-
-
 def find_journey(settings: Settings, raw: str, read: Reader | None = None) -> Journey | None:
-    """The journey of the customer ``raw`` (an identifier, a bare email or phone number, or a
-    customer id) belongs to now. Touchpoints are read by identity key, never by a scan."""
+    """The journey of the customer ``raw`` belongs to (``tracker.journeys.find_journey``), read
+    through the running instance's console by default."""
 
     def default_read(sql: str) -> list[dict[str, Any]]:
-        return _rows(settings, sql)
+        output = run_query(settings, sql, "json")
+        return [orjson.loads(line) for line in output.splitlines() if line.strip()]
 
-    read = read or default_read
-    customer = _current_customer(settings, typed_identifier(raw), read)
-    if customer is None:
-        return None
-    identities = read(
-        "SELECT identifier, kind, own_customer_id FROM identities FINAL "
-        f"WHERE customer_id = {_quote(customer)} ORDER BY kind, identifier",
-    )
-    keys = {r["identifier"] for r in identities}
-    old_ids = {r["own_customer_id"] for r in identities} | {customer}
-    columns = (
-        "SELECT toString(event_id) AS event_id, ts, type, name, channel, source, session_id, "
-        f"stage, value, customer_id, identity_key FROM {_BY_KEY} FINAL "
-    )
-    # Two reads, each on an index: the customer's identity keys (the table's order), and the
-    # touchpoints stitched to its customer ids under other keys (a bloom filter on customer_id).
-    found = read(columns + f"WHERE identity_key IN {_tuple(keys)}") if keys else []
-    found += read(columns + f"WHERE customer_id IN {_tuple(old_ids)}")
-    candidates = list({r["event_id"]: r for r in found}.values())
-    elsewhere = {r["identity_key"] for r in candidates} - keys - {""}
-    resolved = (
-        {
-            r["identifier"]: r["customer_id"]
-            for r in read(
-                "SELECT identifier, customer_id FROM identities FINAL "
-                f"WHERE identifier IN {_tuple(elsewhere)}",
-            )
-        }
-        if elsewhere
-        else {}
-    )
-    rows = [
-        r
-        for r in candidates
-        if belongs(r["identity_key"], r["customer_id"], customer, keys, old_ids, resolved)
-    ]
-    sessions: dict[str, str] = {}
-    for session in read(
-        "SELECT session_id, event_ids FROM sessions FINAL "
-        f"WHERE customer_id = {_quote(customer)} AND NOT retired",
-    ):
-        sessions.update(dict.fromkeys(session["event_ids"], session["session_id"]))
-    frictions: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    if rows:
-        for f in read(
-            "SELECT event_id, reason, severity, detail FROM frictions FINAL "
-            f"WHERE NOT retracted AND event_id IN {_tuple(r['event_id'] for r in rows)} "
-            "ORDER BY ts, reason",
-        ):
-            frictions[f["event_id"]].append((f["reason"], f["severity"], f["detail"]))
-    summary = read(f"SELECT * FROM journeys FINAL WHERE customer_id = {_quote(customer)}")
-    events = [
-        TimelineEvent(
-            event_id=r["event_id"],
-            ts=_time(r["ts"]),
-            type=r["type"],
-            name=r["name"],
-            channel=r["channel"],
-            source=r["source"],
-            # The session as it stands now (a merge or a late event may have reshaped it).
-            session_id=str(sessions.get(r["event_id"], r["session_id"])),
-            stage=r["stage"],
-            value=r["value"],
-            stitched_customer_id=r["customer_id"],
-            frictions=tuple(frictions.get(r["event_id"], ())),
-        )
-        for r in rows
-    ]
-    events.sort(key=lambda e: (e.ts, e.event_id))
-    by_kind: dict[str, list[str]] = defaultdict(list)
-    for r in identities:
-        by_kind[r["kind"]].append(r["identifier"][len(r["kind"]) + 1 :])
-    return Journey(
-        customer_id=customer,
-        identifiers=dict(by_kind),
-        merged_customer_ids=sorted(old_ids - {customer}),
-        summary=_summary(summary[0]) if summary else None,
-        events=events,
-    )
-
-
-def belongs(
-    identity_key: str,
-    stitched_customer: str,
-    customer: str,
-    keys: set[str],
-    old_ids: set[str],
-    resolved: Mapping[str, str],
-) -> bool:
-    """Whether a touchpoint belongs to ``customer`` now. It follows its identity key wherever
-    that resolves (``keys`` are the customer's own identifiers, ``resolved`` where others' are);
-    without one, or before ``identities`` has the key, it stays where it was stitched."""
-    if identity_key in keys:
-        return True
-    if identity_key and identity_key in resolved:
-        return resolved[identity_key] == customer
-    return stitched_customer in old_ids
-
-
-def _current_customer(settings: Settings, raw: str, read: Reader) -> str | None:
-    text = raw.strip()
-    if ":" in text:
-        key = stored_key(text, settings)
-        found = read(f"SELECT customer_id FROM identities FINAL WHERE identifier = {_quote(key)}")
-        if found:
-            return str(found[0]["customer_id"])
-        # Never linked to another identifier: its events went straight to its own customer.
-        text = _own_customer_id(key)
-    else:
-        # A customer id: the one an identifier had on its own (current, or merged since), or
-        # that of an event without identifiers.
-        found = read(
-            "SELECT customer_id FROM identities FINAL "
-            f"WHERE own_customer_id = {_quote(text)} LIMIT 1",
-        )
-        if found:
-            return str(found[0]["customer_id"])
-    for table in ("journeys", _BY_KEY):
-        if read(f"SELECT 1 AS x FROM {table} WHERE customer_id = {_quote(text)} LIMIT 1"):
-            return text
-    return None
-
-
-def _own_customer_id(key: str) -> str:
-    """The customer an identifier (``kind:value``, ``crm:<system>:value``) is on its own."""
-    from agents.identity import Identifier, customer_id_for
-
-    kind, _, value = key.partition(":")
-    if kind == "crm":
-        system, _, value = value.partition(":")
-        kind = f"crm:{system}"
-    return customer_id_for(Identifier(kind, value))
-
-
-def _rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
-    output = run_query(settings, sql, "json")
-    return [orjson.loads(line) for line in output.splitlines() if line.strip()]
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _tuple(values: Iterable[str]) -> str:
-    return "(" + ", ".join(_quote(v) for v in sorted(values)) + ")"
-
-
-def _time(text: str) -> datetime:
-    """ClickHouse writes a DateTime64(3, 'UTC') as ``2026-11-20 09:30:00.000``, in UTC."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def _maybe_time(text: str | None) -> datetime | None:
-    return None if text is None else _time(text)
-
-
-_SUMMARY_NUMBERS = ("events", "sessions", "conversions", "frictions", "late_events")
-
-
-def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
-    summary = {
-        "first_seen": _maybe_time(row["first_seen"]),
-        "last_seen": _maybe_time(row["last_seen"]),
-        "channels": list(row["channels"]),
-        "stage": row["stage"],
-        "stage_since": _maybe_time(row["stage_since"]),
-        "value": float(row["value"]),
-    }
-    summary.update({name: int(row[name]) for name in _SUMMARY_NUMBERS})
-    return summary
+    return journeys.find_journey(settings, raw, read or default_read)
 
 
 # -- showing it --------------------------------------------------------------------------------
-
-
-def render_json(journey: Journey) -> bytes:
-    """The journey for machines: identifiers in full, times in RFC 3339 UTC."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return _rfc3339(value)
-        return value
-
-    return orjson.dumps(
-        {
-            "customer_id": journey.customer_id,
-            "identifiers": journey.identifiers,
-            "merged_customer_ids": journey.merged_customer_ids,
-            "journey": (
-                {k: clean(v) for k, v in journey.summary.items()}
-                if journey.summary is not None
-                else None
-            ),
-            "timeline": [
-                {
-                    "event_id": e.event_id,
-                    "ts": _rfc3339(e.ts),
-                    "type": e.type,
-                    "name": e.name,
-                    "channel": e.channel,
-                    "source": e.source,
-                    "session_id": e.session_id,
-                    "stage": e.stage,
-                    "value": e.value,
-                    "stitched_customer_id": e.stitched_customer_id,
-                    "frictions": [
-                        {"reason": r, "severity": s, "detail": d} for r, s, d in e.frictions
-                    ],
-                }
-                for e in journey.events
-            ],
-        }
-    )
 
 
 def render_text(journey: Journey) -> str:
@@ -452,7 +176,7 @@ def _columns(table: Sequence[Sequence[str]]) -> list[str]:
 
 def _short(kind: str, value: str) -> str:
     """Salted hashes are 64 hex digits: twelve tell them apart on a screen."""
-    return value[:12] + "…" if kind in _HASHED and len(value) > 12 else value
+    return value[:12] + "…" if kind in HASHED_KINDS and len(value) > 12 else value
 
 
 def _friction(f: tuple[str, str, str]) -> str:
@@ -466,12 +190,6 @@ def _when(value: datetime | None) -> str:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- splitting ---------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def run_up(settings: Settings) -> int:
         child("links", ["serve", "links"], settings.links_port),
         child("calls", ["serve", "calls"], settings.calls_port),
         child("email", ["serve", "email"], settings.email_port),
+        child("helpdesk", ["serve", "helpdesk"], settings.helpdesk_port),
     ]
     try:
         asyncio.run(ensure_topics(settings))
@@ -176,6 +177,7 @@ def _log_ready(settings: Settings) -> None:
             "links": settings.links_base_url,
             "calls": f"http://{settings.host}:{settings.calls_port}/v1/calls/{{provider}}",
             "email": f"http://{settings.host}:{settings.email_port}/v1/email/{{provider}}",
+            "helpdesk": f"http://{settings.host}:{settings.helpdesk_port}/v1/helpdesk/{{provider}}",
             "kafka": settings.bootstrap_servers,
             "clickhouse": "embedded chDB" if settings.uses_embedded_clickhouse else "server",
             "data_dir": str(settings.data_dir),

@@ -24,7 +24,7 @@ from tracker.metrics import KAFKA_PRODUCE_FAILURES
 from tracker.settings import Settings
 from tracker.touchpoint import Touchpoint
 
-__all__ = ["KafkaPublisher", "KeyedRecord", "MemoryPublisher", "Publisher"]
+__all__ = ["KafkaPublisher", "KeyedRecord", "MemoryPublisher", "Publisher", "TicketRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ class KeyedRecord(Protocol):
 
     @property
     def call_key(self) -> str: ...
+
+    def to_wire(self) -> dict[str, Any]: ...
+
+
+class TicketRecord(Protocol):
+    """A helpdesk callback for the tickets topic: keyed by its ticket, and a wire form."""
+
+    @property
+    def ticket_key(self) -> str: ...
 
     def to_wire(self) -> dict[str, Any]: ...
 
@@ -165,6 +174,15 @@ class KafkaPublisher:
         records = [(calls, c.call_key, c.to_wire()) for c in callbacks]
         await self._send_all(producer, calls, records, dead_letters)
 
+    async def publish_tickets(
+        self, callbacks: Sequence[TicketRecord], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        """Helpdesk callbacks to the tickets topic, keyed by ticket so one worker merges each."""
+        producer = self._available()
+        tickets = self._topology.tickets.name
+        records = [(tickets, c.ticket_key, c.to_wire()) for c in callbacks]
+        await self._send_all(producer, tickets, records, dead_letters)
+
     async def publish_click_batch(self, value: bytes, key: str, clicks: int) -> None:
         """One compact batch of short-link clicks (:mod:`collectors.links.records`) to its own topic."""
         producer = self._available()
@@ -223,6 +241,7 @@ class MemoryPublisher:
         self.retry_after_seconds = retry_after_seconds
         self.touchpoints: list[Touchpoint] = []
         self.calls: list[KeyedRecord] = []
+        self.tickets: list[TicketRecord] = []
         self.click_batches: list[bytes] = []
         self.dead_letters: list[DeadLetter] = []
         self.unavailable = False
@@ -260,4 +279,12 @@ class MemoryPublisher:
         if self.unavailable:
             raise BackpressureError("memory publisher marked unavailable", self.retry_after_seconds)
         self.calls.extend(callbacks)
+        self.dead_letters.extend(dead_letters)
+
+    async def publish_tickets(
+        self, callbacks: Sequence[TicketRecord], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        if self.unavailable:
+            raise BackpressureError("memory publisher marked unavailable", self.retry_after_seconds)
+        self.tickets.extend(callbacks)
         self.dead_letters.extend(dead_letters)

@@ -46,6 +46,7 @@ class Topology:
     link_clicks: TopicSpec
     click_batches: TopicSpec
     calls: TopicSpec
+    tickets: TopicSpec
     identity: TopicSpec
     journey: TopicSpec
     aliases: TopicSpec
@@ -75,6 +76,7 @@ class Topology:
             link_clicks=spec("link_clicks"),
             click_batches=spec("click_batches"),
             calls=spec("calls"),
+            tickets=spec("tickets"),
             identity=spec("identity"),
             journey=spec("journey"),
             aliases=spec("aliases"),
@@ -90,6 +92,7 @@ class Topology:
             self.link_clicks,
             self.click_batches,
             self.calls,
+            self.tickets,
             self.identity,
             self.journey,
             self.aliases,

@@ -1,0 +1,415 @@
+"""Tickets: many helpdesk callbacks per ticket converge to one ticket record. Plain Python, no Faust.
+
+The state of a ticket is the set of its distinct callbacks, keyed by callback id. The record is a
+pure function of that set, so any arrival order, and any number of retries, give the same record.
+Its version is the number of distinct callbacks merged, so it only grows as the ticket is learnt.
+
+A ticket (or chat) becomes one ``ticket`` (or ``chat``) touchpoint on the ``helpdesk`` (or
+``chat``) channel, whose properties carry the first-reply time, the resolution time and the
+reopens that the journey rules judge (agents/journey.py). A satisfaction rating becomes a second
+touchpoint: a CSAT survey answer whose ``survey.touchpoint_id`` is the ticket's touchpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from agents.forget import ForgottenIdentifiers
+from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
+from collectors.helpdesk.records import KINDS, LIFECYCLE, SOURCE, SupportCallback
+from tracker.deadletter import DeadLetter
+from tracker.errors import FieldError, StateTooLarge
+from tracker.metrics import STATE_FOLDED, TICKET_CALLBACKS_MERGED
+from tracker.store.sink import Sink
+from tracker.touchpoint import Touchpoint
+
+__all__ = [
+    "MAX_CALLBACKS_PER_TICKET",
+    "TICKET_COLUMNS",
+    "TicketRecord",
+    "TicketsPipeline",
+    "csat_event_id",
+    "csat_touchpoint",
+    "merge_callbacks",
+    "ticket_event_id",
+    "ticket_row",
+    "ticket_touchpoint",
+]
+
+log = logging.getLogger(__name__)
+
+# Fixed forever: the touchpoint of a ticket is uuid5(this, "provider:ticket_id").
+TICKET_NAMESPACE: Final = uuid.UUID("6f2a9c1e-4b7d-4e8a-9c3f-1d5e7b2a8c40")
+# A ticket with more callbacks than this is a runaway; further callbacks are counted, not kept.
+MAX_CALLBACKS_PER_TICKET: Final = 500
+
+TICKET_COLUMNS = (
+    "ticket_uuid",
+    "version",
+    "provider",
+    "ticket_id",
+    "kind",
+    "channel",
+    "opened_at",
+    "status",
+    "provider_status",
+    "email_hash",
+    "phone_hash",
+    "user_id",
+    "agent",
+    "queue",
+    "priority",
+    "via",
+    "first_reply_at",
+    "solved_at",
+    "first_reply_seconds",
+    "resolution_seconds",
+    "reopens",
+    "rating",
+    "rated_at",
+    "callbacks",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRecord:
+    """Everything known about one ticket or conversation, merged from its callbacks."""
+
+    provider: str
+    ticket_id: str
+    kind: str
+    version: int
+    opened_at: datetime
+    received_ts: datetime
+    status: str  # open or solved
+    provider_status: str
+    email_hash: str
+    phone_hash: str
+    user_id: str
+    agent: str
+    queue: str
+    priority: str
+    via: str
+    first_reply_at: datetime | None
+    solved_at: datetime | None
+    reopens: int
+    rating: float | None
+    rated_at: datetime | None
+
+    @property
+    def event_id(self) -> str:
+        return ticket_event_id(self.provider, self.ticket_id)
+
+    @property
+    def channel(self) -> str:
+        return KINDS[self.kind]
+
+    @property
+    def first_reply_seconds(self) -> float | None:
+        if self.first_reply_at is None:
+            return None
+        return max(0.0, (self.first_reply_at - self.opened_at).total_seconds())
+
+    @property
+    def resolution_seconds(self) -> float | None:
+        if self.solved_at is None:
+            return None
+        return max(0.0, (self.solved_at - self.opened_at).total_seconds())
+
+
+def ticket_event_id(provider: str, ticket_id: str) -> str:
+    return str(uuid.uuid5(TICKET_NAMESPACE, f"{provider}:{ticket_id}"))
+
+
+def csat_event_id(provider: str, ticket_id: str) -> str:
+    """The event_id of a ticket's CSAT answer: one per ticket, the latest rating wins."""
+    return str(uuid.uuid5(TICKET_NAMESPACE, f"{provider}:{ticket_id}|csat"))
+
+
+def _order(callback: SupportCallback) -> tuple[datetime, int, str]:
+    """Provider time first; between equals, the lifecycle's order; then the id, for a total order."""
+    return (callback.event_ts, LIFECYCLE.index(callback.event), callback.callback_id)
+
+
+def merge_callbacks(callbacks: Iterable[SupportCallback]) -> TicketRecord:
+    """The ticket record of a set of callbacks; duplicates (same callback id) count once."""
+    distinct = {c.callback_id: c for c in sorted(callbacks, key=_order)}
+    if not distinct:
+        raise ValueError("a ticket record needs at least one callback")
+    ordered = sorted(distinct.values(), key=_order)
+
+    def latest(name: str) -> str:
+        """What moves (status, agent, queue): the latest callback that knows."""
+        for callback in reversed(ordered):
+            if value := getattr(callback, name):
+                return str(value)
+        return ""
+
+    def first(name: str) -> str:
+        """Who asked, and how the ticket came in: the earliest callback that knows."""
+        for callback in ordered:
+            if value := getattr(callback, name):
+                return str(value)
+        return ""
+
+    opens = [c.opened_at for c in ordered if c.opened_at] or [
+        c.event_ts for c in ordered if c.event == "opened"
+    ]
+    opened_at = min(opens) if opens else ordered[0].event_ts
+    replies = [c.first_reply_at for c in ordered if c.first_reply_at] + [
+        c.event_ts for c in ordered if c.event == "replied"
+    ]
+    # The lifecycle, walked in time order: a solve closes the ticket; an explicit reopen, or the
+    # requester writing again after a solve, opens it again.
+    solved_at: datetime | None = None
+    reopened = 0
+    for callback in ordered:
+        if callback.event == "solved":
+            solved_at = callback.solved_at or callback.event_ts
+        elif solved_at is not None and callback.event in ("reopened", "customer_replied"):
+            solved_at = None
+            reopened += 1
+    reported = [c.reopens for c in ordered if c.reopens is not None]
+    rated = [c for c in ordered if c.rating is not None]
+    return TicketRecord(
+        provider=ordered[0].provider,
+        ticket_id=ordered[0].ticket_id,
+        kind=first("kind"),
+        version=len(distinct),
+        opened_at=opened_at,
+        received_ts=min(c.received_ts for c in ordered),
+        status="solved" if solved_at is not None else "open",
+        provider_status=latest("status"),
+        email_hash=first("email_hash"),
+        phone_hash=first("phone_hash"),
+        user_id=first("user_id"),
+        agent=latest("agent"),
+        queue=latest("queue"),
+        priority=latest("priority"),
+        via=first("via"),
+        first_reply_at=max(opened_at, min(replies)) if replies else None,
+        solved_at=max(opened_at, solved_at) if solved_at is not None else None,
+        reopens=max([reopened, *reported]),
+        rating=rated[-1].rating if rated else None,
+        rated_at=rated[-1].event_ts if rated else None,
+    )
+
+
+def ticket_row(record: TicketRecord) -> tuple[Any, ...]:
+    return (
+        record.event_id,
+        record.version,
+        record.provider,
+        record.ticket_id,
+        record.kind,
+        record.channel,
+        record.opened_at,
+        record.status,
+        record.provider_status,
+        record.email_hash,
+        record.phone_hash,
+        record.user_id,
+        record.agent,
+        record.queue,
+        record.priority,
+        record.via,
+        record.first_reply_at,
+        record.solved_at,
+        record.first_reply_seconds,
+        record.resolution_seconds,
+        record.reopens,
+        record.rating,
+        record.rated_at,
+        record.version,
+    )
+
+
+def ticket_touchpoint(record: TicketRecord) -> Touchpoint:
+    """The ticket as a touchpoint: one event_id per ticket, a higher version each time it is learnt."""
+    properties = {
+        "provider": record.provider,
+        "ticket_id": record.ticket_id,
+        "status": record.status,
+        "provider_status": record.provider_status,
+        "agent": record.agent,
+        "queue": record.queue,
+        "priority": record.priority,
+        "via": record.via,
+        "first_reply_seconds": _seconds(record.first_reply_seconds),
+        "resolution_seconds": _seconds(record.resolution_seconds),
+        "reopens": str(record.reopens) if record.reopens else "",
+        "csat": "" if record.rating is None else f"{record.rating:g}",
+    }
+    return Touchpoint(
+        event_id=record.event_id,
+        type=record.kind,
+        name=f"{record.kind} {record.status}",
+        source=SOURCE,
+        channel=record.channel,
+        ts=record.opened_at,
+        device_ts=record.opened_at,
+        received_ts=record.received_ts,
+        version=record.version,
+        user_id=record.user_id,
+        email_hash=record.email_hash,
+        phone_hash=record.phone_hash,
+        properties={k: v for k, v in properties.items() if v},
+    )
+
+
+def csat_touchpoint(record: TicketRecord) -> Touchpoint | None:
+    """The requester's satisfaction rating as a CSAT answer that rates the ticket's touchpoint;
+    None while the ticket is unrated."""
+    if record.rating is None or record.rated_at is None:
+        return None
+    return Touchpoint(
+        event_id=csat_event_id(record.provider, record.ticket_id),
+        type="survey_response",
+        name=f"{record.kind} satisfaction",
+        source=SOURCE,
+        channel=record.channel,
+        ts=record.rated_at,
+        device_ts=record.rated_at,
+        received_ts=record.received_ts,
+        version=record.version,
+        user_id=record.user_id,
+        email_hash=record.email_hash,
+        phone_hash=record.phone_hash,
+        properties={"provider": record.provider, "ticket_id": record.ticket_id},
+        survey={"kind": "csat", "score": record.rating, "touchpoint_id": record.event_id},
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+class TicketsPipeline:
+    """Merges a batch of callbacks into per-ticket state and writes each touched ticket's record.
+
+    ``state`` is any mutable mapping from ticket key to ``{callback_id: wire}``: a changelog-backed
+    Faust table in the worker, a dict in tests. Rows are written before the caller acknowledges
+    the batch; a replay finds the callbacks already merged and writes nothing new.
+    """
+
+    def __init__(
+        self,
+        tickets: Sink,
+        touchpoints: Sink,
+        dead_letters: Sink,
+        forgotten: ForgottenIdentifiers | None = None,
+        max_state_bytes: int = 262_144,
+    ) -> None:
+        self.tickets = tickets
+        self.touchpoints = touchpoints
+        self.dead_letters = dead_letters
+        self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
+        self.max_state_bytes = max_state_bytes
+
+    def discard(self) -> None:
+        """Forget the rows a failed attempt added and did not write."""
+        for sink in (self.tickets, self.touchpoints, self.dead_letters):
+            sink.discard()
+
+    async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
+        """Outputs first, state last: a batch that fails midway leaves the state as it was."""
+        touched: dict[str, dict[str, Any]] = {}
+        sizes: dict[str, int] = {}
+        changed: set[str] = set()
+        for message in messages:
+            try:
+                callback = SupportCallback.from_wire(_object(message.value))
+            except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+                self._dead_letter(message, f"helpdesk callback is malformed: {exc!r}")
+                continue
+            key = callback.ticket_key
+            known = touched.get(key)
+            if known is None:
+                known = dict(state.get(key) or {})
+                sizes[key] = len(key.encode()) + len(orjson.dumps(known))
+            if callback.callback_id in known:
+                TICKET_CALLBACKS_MERGED.labels("duplicate").inc()
+            elif len(known) >= MAX_CALLBACKS_PER_TICKET:
+                TICKET_CALLBACKS_MERGED.labels("over_limit").inc()
+            else:
+                wire = callback.to_wire()
+                grown = sizes[key] + len(orjson.dumps({callback.callback_id: wire}))
+                if grown <= self.max_state_bytes:
+                    known[callback.callback_id] = wire
+                    sizes[key] = grown
+                    changed.add(key)
+                    TICKET_CALLBACKS_MERGED.labels("merged").inc()
+                elif known:
+                    TICKET_CALLBACKS_MERGED.labels("over_size").inc()
+                    STATE_FOLDED.labels("ticket").inc()
+                else:
+                    raise StateTooLarge("the ticket's first callback", grown, self.max_state_bytes)
+            touched[key] = known
+        merged: dict[str, dict[str, Any]] = {}
+        for key in changed:  # a batch of retries alone rewrites nothing
+            known = touched[key]
+            record = merge_callbacks(SupportCallback.from_wire(w) for w in known.values())
+            touchpoint = ticket_touchpoint(record)
+            if self.forgotten.forgets(touchpoint):
+                continue  # a forgotten person's tickets are not stored again
+            merged[record.event_id] = known
+            self.tickets.add(record.event_id, record.opened_at, ticket_row(record), record.version)
+            for written in (touchpoint, csat_touchpoint(record)):
+                if written is not None:
+                    self.touchpoints.add(
+                        written.event_id, written.ts, touchpoint_row(written), written.version
+                    )
+        await self.dead_letters.flush()
+        refused = {
+            **(await self.tickets.flush()).refused,
+            **(await self.touchpoints.flush()).refused,
+        }
+        for (event_id, version), reason in refused.items():
+            callbacks = merged.get(event_id, {})
+            self.dead_letters.add(*_refused_letter(event_id, version, reason, callbacks))
+        if refused:
+            await self.dead_letters.flush()
+        for key in changed:
+            state[key] = touched[key]
+
+    def _dead_letter(self, message: RawMessage, reason: str) -> None:
+        letter = DeadLetter(
+            dead_letter_id=str(uuid.uuid5(TICKET_NAMESPACE, message.coordinates)),
+            source="worker",
+            stage="tickets",
+            reason=reason,
+            errors=(FieldError("$", reason),),
+            payload=message.value.decode("utf-8", errors="replace"),
+            received_ts=datetime.now(UTC),
+        )
+        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+
+
+def _object(value: bytes) -> dict[str, Any]:
+    wire = orjson.loads(value)
+    if not isinstance(wire, dict):
+        raise TypeError("a helpdesk callback must be a JSON object")
+    return wire
+
+
+def _refused_letter(
+    event_id: str, version: int, reason: str, callbacks: dict[str, Any]
+) -> tuple[str, datetime, tuple[Any, ...]]:
+    letter = DeadLetter(
+        dead_letter_id=str(uuid.uuid5(TICKET_NAMESPACE, f"refused:{event_id}:{version}")),
+        source="worker",
+        stage="tickets",
+        reason=f"ClickHouse refused the ticket record: {reason}",
+        errors=(FieldError("$", reason),),
+        payload=orjson.dumps(list(callbacks.values())).decode(),
+        received_ts=datetime.now(UTC),
+        event_id=event_id,
+    )
+    return letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)

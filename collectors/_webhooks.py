@@ -1,0 +1,127 @@
+"""What every provider-webhook collector (calls, email, helpdesk) shares around its providers:
+the app with its health routes and publisher lifecycle, reading a body into a
+:class:`~collectors.calls._common.WebhookRequest`, the answer to a refused signature, the 503 when
+Kafka is away, and what a dead letter keeps of a refused body."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from tracker.errors import BackpressureError
+from tracker.http import add_health_routes, json_error, read_body, request_metrics
+from tracker.settings import Settings
+
+if TYPE_CHECKING:
+    from collectors.calls._common import WebhookError, WebhookRequest
+
+__all__ = [
+    "MAX_DEAD_LETTER_PAYLOAD",
+    "kept",
+    "read_webhook",
+    "refused",
+    "unavailable",
+    "webhook_app",
+]
+
+# A refused body is kept as a dead letter up to this many bytes, so that the letter itself always
+# fits in one Kafka record whatever TRACKER_MAX_BODY_BYTES allows.
+MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle(Protocol):
+    """A publisher as the app runs it: started with the app, stopped with it, and why not ready."""
+
+    @property
+    def unready(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def webhook_app(
+    settings: Settings,
+    collector: str,
+    publisher: Lifecycle,
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+) -> web.Application:
+    """An app taking POSTs on ``routes``, with /healthz, /readyz (ready while the publisher is)
+    and /metrics, bodies up to TRACKER_MAX_BODY_BYTES, and the publisher started and stopped
+    with it. The caller stores what its handlers need under its own app keys."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[request_metrics(collector)]
+    )
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    add_health_routes(app, lambda: [publisher.unready] if publisher.unready else [])
+
+    async def lifecycle(app: web.Application) -> Any:
+        await publisher.start()
+        yield
+        await publisher.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def read_webhook(
+    request: web.Request, settings: Settings, url: str = ""
+) -> WebhookRequest | web.Response:
+    """The request as the provider sent it, or the 413 for a body over TRACKER_MAX_BODY_BYTES.
+    ``url`` is the URL the provider called, where it differs from the one received (a proxy)."""
+    # Imported here: the calls package imports this module as it loads.
+    from collectors.calls._common import WebhookRequest
+
+    # Decoded as its Content-Encoding says, bounded in size and time: a body that is not what its
+    # encoding claims is the sender's 400 (it was a 500), an unknown encoding a 415, a bomb a 413.
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    if isinstance(body, web.Response):
+        return body
+    return WebhookRequest(
+        method=request.method,
+        url=url or str(request.url),
+        headers=request.headers,
+        body=body,
+        received_ts=datetime.now(UTC),
+        max_event_age=timedelta(days=settings.max_event_age_days),
+    )
+
+
+def refused(
+    collector: str, provider: str, exc: WebhookError, counter: Counter, retry_after: int
+) -> web.Response:
+    """A webhook whose signature or credentials do not hold (or whose provider is turned off):
+    counted, logged with the reason, answered with its status. Nothing is produced. A 503 (the
+    provider is turned off here: ours to fix) says when to try again: ``retry_after`` seconds."""
+    counter.labels(provider, exc.outcome).inc()
+    log.info(
+        f"{collector} webhook refused",
+        extra={"provider": provider, "status": exc.status, "reason": str(exc)},
+    )
+    if exc.status == 503:
+        retry = max(1, retry_after)
+        return json_error(503, str(exc), headers={"Retry-After": str(retry)}, retry_after=retry)
+    return json_error(exc.status, str(exc))
+
+
+def unavailable(exc: BackpressureError) -> web.Response:
+    """Kafka did not take the write: 503, and when to try again."""
+    retry = str(max(1, round(exc.retry_after)))
+    return json_error(503, str(exc), headers={"Retry-After": retry}, retry_after=int(retry))
+
+
+def kept(body: bytes, redact: Callable[[bytes], str]) -> str:
+    """What a dead letter keeps of a refused body: redacted by ``redact``, cut at
+    MAX_DEAD_LETTER_PAYLOAD."""
+    if len(body) <= MAX_DEAD_LETTER_PAYLOAD:
+        return redact(body)
+    cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
+    return f"{redact(body[:MAX_DEAD_LETTER_PAYLOAD])}... [{cut} more bytes not kept]"
