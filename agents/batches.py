@@ -34,14 +34,16 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from agents.ingest import DEAD_LETTER_COLUMNS, RawMessage, dead_letter_row, undeliverable
+from agents.ingest import RawMessage, undeliverable
 from tracker.deadletter import DeadLetter
 from tracker.metrics import POISON_RECORDS, STAGE_RETRIES
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink, Sink
+from tracker.store.tables import DEAD_LETTERS
 
 __all__ = [
     "BatchRunner",
+    "Checkpoint",
     "DeadLetterPolicy",
     "acked_batches",
     "dead_letter_policy",
@@ -57,14 +59,62 @@ R = TypeVar("R")
 _MAX_REASON = 1000
 
 
-async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
-    """Batches of up to ``size`` events, or what came ``within`` seconds. Each batch is
-    acknowledged when the loop body asks for the next one, so a body that raises (or a worker
-    that dies in it) leaves the batch to be delivered again."""
-    async for events in stream.noack_take(size, within=within):
-        yield events
+class Checkpoint(Generic[R]):
+    """The one order in which every consumer of the worker ends a batch:
+
+    1. **outputs**: what the batch makes is stored (the ClickHouse sinks, the next stage's topic
+       acknowledged by Kafka);
+    2. **state**: the stage's state is saved (a Faust table's entries);
+    3. **producer**: flushed, so that what the state wrote (the table's changelog) is on Kafka;
+    4. **commit**: the batch's offsets.
+
+    Steps 1 and 2 are the stage's handler, run by its :class:`BatchRunner` (every stage writes
+    its outputs first and its state last); :meth:`after` does 3 and 4. A step that raises stops
+    the steps after it, so a crash anywhere replays the batch from the state before it.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[Sequence[R]], Awaitable[None]],
+        producer: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._commit = commit
+        self._producer = producer
+
+    async def run(
+        self, batch: Sequence[R], handle: Callable[[Sequence[R]], Awaitable[None]]
+    ) -> None:
+        await handle(batch)  # outputs, then state
+        await self.after(batch)
+
+    async def after(self, batch: Sequence[R]) -> None:
+        """Once the batch's outputs and state are stored: flush the producer, then commit."""
+        if self._producer is not None:
+            await self._producer()
+        await self._commit(batch)
+
+
+def stream_checkpoint(stream: Any) -> Checkpoint[Any]:
+    """The checkpoint of a Faust agent's stream: its app's producer (carrying the tables'
+    changelogs), then the events acknowledged, which Faust commits once all before are."""
+
+    async def acknowledge(events: Sequence[Any]) -> None:
         for event in events:
             await stream.ack(event)
+
+    app = getattr(stream, "app", None)
+    return Checkpoint(acknowledge, app.producer.flush if app is not None else None)
+
+
+async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
+    """Batches of up to ``size`` events, or what came ``within`` seconds. The loop body handles
+    a batch (outputs, then state); when it asks for the next one the batch is checkpointed
+    (:class:`Checkpoint`), so a body that raises (or a worker that dies in it) leaves the batch to
+    be delivered again."""
+    checkpoint = stream_checkpoint(stream)
+    async for events in stream.noack_take(size, within=within):
+        yield events
+        await checkpoint.after(events)
 
 
 async def run_batches(stream: Any, runner: BatchRunner[Any], size: int, within: float) -> None:
@@ -106,7 +156,7 @@ class DeadLetterPolicy:
         self._sink = sink
 
     def add(self, letter: DeadLetter) -> None:
-        self._sink.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+        self._sink.add(letter.dead_letter_id, letter.received_ts, letter)
 
     async def flush(self) -> None:
         """Returns once every letter added is stored; retries while ClickHouse is away."""
@@ -124,9 +174,7 @@ class DeadLetterPolicy:
 def dead_letter_policy(store: ClickHouseStore) -> DeadLetterPolicy:
     """The policy writing to ClickHouse ``dead_letters``: one per stage, since stages run
     side by side and each sink buffers one batch."""
-    return DeadLetterPolicy(
-        ClickHouseSink(store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts")
-    )
+    return DeadLetterPolicy(ClickHouseSink(store, DEAD_LETTERS))
 
 
 class BatchRunner(Generic[R]):

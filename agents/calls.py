@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from agents.forget import ForgottenIdentifiers
-from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
+from agents.ingest import RawMessage, enriched
 from collectors.calls.pools import NumberPool, PoolBook, Reservation
 from collectors.calls.records import TERMINAL_STATUSES, CallCallback, status_rank
 from tracker.deadletter import DeadLetter
@@ -28,7 +28,6 @@ from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
 __all__ = [
-    "CALL_COLUMNS",
     "MAX_CALLBACKS_PER_CALL",
     "CallRecord",
     "CallsPipeline",
@@ -46,39 +45,6 @@ log = logging.getLogger(__name__)
 CALL_NAMESPACE: Final = uuid.UUID("3d0c8f5e-9b7a-4c1e-8f2d-6a5b4c3d2e1f")
 # A call with more callbacks than this is a runaway; further callbacks are counted, not kept.
 MAX_CALLBACKS_PER_CALL: Final = 500
-
-CALL_COLUMNS = (
-    "call_uuid",
-    "version",
-    "provider",
-    "call_id",
-    "leg_ids",
-    "call_ts",
-    "direction",
-    "status",
-    "disposition",
-    "caller_hash",
-    "called_hash",
-    "tracking_number",
-    "campaign_source",
-    "campaign_medium",
-    "campaign_name",
-    "channel",
-    "started_at",
-    "answered_at",
-    "ended_at",
-    "ring_seconds",
-    "queue_seconds",
-    "talk_seconds",
-    "hold_seconds",
-    "transfer_count",
-    "transfer_kind",
-    "queue",
-    "agent",
-    "recording",
-    "hangup_by",
-    "callbacks",
-)
 
 TrackingNumbers = Mapping[str, Mapping[str, str]]
 
@@ -112,6 +78,9 @@ class CallRecord:
     agent: str
     recording: bool
     hangup_by: str
+    topics: tuple[str, ...] = ()
+    transcribed: bool = False
+    transcript: str = ""
 
     @property
     def event_id(self) -> str:
@@ -157,7 +126,9 @@ def merge_callbacks(callbacks: Iterable[CallCallback]) -> CallRecord:
         values = [v for c in ordered if (v := getattr(c, name)) is not None]
         return max(values) if values else None
 
-    starts = [c.started_at for c in ordered if c.started_at] or [c.event_ts for c in ordered]
+    # A transcript tells when it was made, not when the call began.
+    progress = [c for c in ordered if not c.transcribed] or ordered
+    starts = [c.started_at for c in progress if c.started_at] or [c.event_ts for c in progress]
     answers = [c.answered_at for c in ordered if c.answered_at] or [
         c.event_ts for c in ordered if c.status == "answered"
     ]
@@ -205,7 +176,18 @@ def merge_callbacks(callbacks: Iterable[CallCallback]) -> CallRecord:
         agent=text("agent"),
         recording=any(c.recording for c in ordered),
         hangup_by=text("hangup_by"),
+        topics=tuple(sorted({t for c in ordered for t in c.topics})),
+        transcribed=any(c.transcribed for c in ordered),
+        transcript=_transcript(ordered),
     )
+
+
+def _transcript(callbacks: Iterable[CallCallback]) -> str:
+    """The call's transcript parts in the order they were said (by provider time, then id)."""
+    parts = sorted(
+        (c for c in callbacks if c.transcript), key=lambda c: (c.event_ts, c.callback_id)
+    )
+    return "\n".join(c.transcript for c in parts)
 
 
 def _disposition(statuses: set[str], answered: bool, direction: str, talk: float | None) -> str:
@@ -227,40 +209,44 @@ def _disposition(statuses: set[str], answered: bool, direction: str, talk: float
     return ""
 
 
-def call_row(record: CallRecord, tracking: TrackingNumbers) -> tuple[Any, ...]:
+def call_row(record: CallRecord, tracking: TrackingNumbers) -> dict[str, Any]:
+    """The ``calls`` table's row, by column name (tracker/store/tables.py: ``CALLS``)."""
     campaign = tracking.get(record.tracking_number, {})
-    return (
-        record.event_id,
-        record.version,
-        record.provider,
-        record.call_id,
-        list(record.leg_ids),
-        record.call_ts,
-        record.direction,
-        record.status,
-        record.disposition,
-        record.caller_hash,
-        record.called_hash,
-        record.tracking_number,
-        campaign.get("source", ""),
-        campaign.get("medium", ""),
-        campaign.get("name", ""),
-        campaign.get("channel", "phone"),
-        record.started_at,
-        record.answered_at,
-        record.ended_at,
-        record.ring_seconds,
-        record.queue_seconds,
-        record.talk_seconds,
-        record.hold_seconds,
-        record.transfer_count,
-        record.transfer_kind,
-        record.queue,
-        record.agent,
-        record.recording,
-        record.hangup_by,
-        record.version,
-    )
+    return {
+        "call_uuid": record.event_id,
+        "version": record.version,
+        "provider": record.provider,
+        "call_id": record.call_id,
+        "leg_ids": list(record.leg_ids),
+        "call_ts": record.call_ts,
+        "direction": record.direction,
+        "status": record.status,
+        "disposition": record.disposition,
+        "caller_hash": record.caller_hash,
+        "called_hash": record.called_hash,
+        "tracking_number": record.tracking_number,
+        "campaign_source": campaign.get("source", ""),
+        "campaign_medium": campaign.get("medium", ""),
+        "campaign_name": campaign.get("name", ""),
+        "channel": campaign.get("channel", "phone"),
+        "started_at": record.started_at,
+        "answered_at": record.answered_at,
+        "ended_at": record.ended_at,
+        "ring_seconds": record.ring_seconds,
+        "queue_seconds": record.queue_seconds,
+        "talk_seconds": record.talk_seconds,
+        "hold_seconds": record.hold_seconds,
+        "transfer_count": record.transfer_count,
+        "transfer_kind": record.transfer_kind,
+        "queue": record.queue,
+        "agent": record.agent,
+        "recording": record.recording,
+        "hangup_by": record.hangup_by,
+        "callbacks": record.version,
+        "topics": list(record.topics),
+        "transcribed": record.transcribed,
+        "transcript": record.transcript,
+    }
 
 
 def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint:
@@ -285,6 +271,8 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         "agent": record.agent,
         "recording": "true" if record.recording else "false",
         "hangup_by": record.hangup_by,
+        # Topics only: a transcript's text is kept on the call record, never on the touchpoint.
+        "topics": _listed(record.topics),
     }
     return Touchpoint(
         event_id=record.event_id,
@@ -300,6 +288,16 @@ def call_touchpoint(record: CallRecord, tracking: TrackingNumbers) -> Touchpoint
         campaign=campaign,
         properties={k: v for k, v in properties.items() if v},
     )
+
+
+def _listed(topics: Sequence[str], limit: int = 1024) -> str:
+    """Topics comma-separated, as many whole ones as a touchpoint property holds."""
+    kept: list[str] = []
+    for topic in topics:
+        if len(",".join([*kept, topic])) > limit:
+            break
+        kept.append(topic)
+    return ",".join(kept)
 
 
 def _seconds(value: float | None) -> str:
@@ -449,7 +447,7 @@ class CallsPipeline:
                 record.version,
             )
             self.touchpoints.add(
-                touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), touchpoint.version
+                touchpoint.event_id, touchpoint.ts, enriched(touchpoint), touchpoint.version
             )
         await self.dead_letters.flush()
         refused = {**(await self.calls.flush()).refused, **(await self.touchpoints.flush()).refused}
@@ -471,7 +469,7 @@ class CallsPipeline:
             payload=message.value.decode("utf-8", errors="replace"),
             received_ts=datetime.now(UTC),
         )
-        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, letter)
 
 
 def _object(value: bytes) -> dict[str, Any]:
@@ -483,7 +481,7 @@ def _object(value: bytes) -> dict[str, Any]:
 
 def _refused_letter(
     event_id: str, version: int, reason: str, callbacks: dict[str, Any]
-) -> tuple[str, datetime, tuple[Any, ...]]:
+) -> tuple[str, datetime, DeadLetter]:
     letter = DeadLetter(
         dead_letter_id=str(uuid.uuid5(CALL_NAMESPACE, f"refused:{event_id}:{version}")),
         source="worker",
@@ -494,4 +492,4 @@ def _refused_letter(
         received_ts=datetime.now(UTC),
         event_id=event_id,
     )
-    return letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)
+    return letter.dead_letter_id, letter.received_ts, letter

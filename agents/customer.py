@@ -23,6 +23,7 @@ import orjson
 from agents.journey import (
     DEFAULT_CONVERSIONS,
     DEFAULT_STAGES,
+    NEGATIVE_CALL_TOPIC,
     ConversionRule,
     Friction,
     FrictionRules,
@@ -111,6 +112,7 @@ class StoredEvent:
             e.first_reply_seconds,
             e.resolution_seconds,
             e.reopens,
+            list(e.call_topics),
         ]
 
     @classmethod
@@ -142,6 +144,7 @@ class StoredEvent:
             first_reply_seconds=s[25] if len(s) > 25 else None,
             resolution_seconds=s[26] if len(s) > 26 else None,
             reopens=s[27] if len(s) > 27 else 0,
+            call_topics=tuple(s[28]) if len(s) > 28 else (),
         )
         return cls(event, s[18], s[19], s[20], s[21])
 
@@ -240,7 +243,10 @@ class JourneyUpdate:
 
 
 def friction_id(friction: Friction) -> str:
-    return str(uuid.uuid5(_FRICTION_NAMESPACE, f"{friction.event_id}|{friction.reason}"))
+    key = f"{friction.event_id}|{friction.reason}"
+    if friction.reason == NEGATIVE_CALL_TOPIC:  # one friction per topic a call flags
+        key += f"|{friction.detail}"
+    return str(uuid.uuid5(_FRICTION_NAMESPACE, key))
 
 
 class CustomerJourney:

@@ -69,7 +69,7 @@ async def erase(store: ClickHouseStore, key: str) -> Erasure:
         await store.command_with(
             f"DELETE FROM touchpoints_by_customer WHERE {where}", {"value": value}
         )
-    if kind == "phone":  # call records name both numbers
+    if kind == "phone":  # call records name both numbers, and hold their transcripts (0013)
         numbers = "caller_hash = {value:String} OR called_hash = {value:String}"
         found = await store.query(f"SELECT count() FROM calls WHERE {numbers}", {"value": value})
         if int(found.rows[0][0]):

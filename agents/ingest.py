@@ -1,4 +1,5 @@
-"""Ingest: raw touchpoints in, enriched rows out, each event_id once. Plain Python, no Faust."""
+"""Ingest: raw touchpoints in, enriched touchpoints (:class:`~tracker.records.EnrichedTouchpoint`)
+out, each event_id once. Plain Python, no Faust."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
@@ -17,87 +17,14 @@ from tracker.bounds import time_range_error
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.metrics import WORKER_EVENTS, observe_stage_lag
+from tracker.records import TOUCHPOINT_SCHEMA, EnrichedTouchpoint
 from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
-__all__ = [
-    "DEAD_LETTER_COLUMNS",
-    "TOUCHPOINT_COLUMNS",
-    "IngestPipeline",
-    "RawMessage",
-    "dead_letter_row",
-    "touchpoint_row",
-    "undeliverable",
-]
+__all__ = ["IngestPipeline", "RawMessage", "enriched", "undeliverable"]
 
 log = logging.getLogger(__name__)
 
-TOUCHPOINT_COLUMNS = (
-    "event_id",
-    "version",
-    "schema",
-    "type",
-    "name",
-    "source",
-    "channel",
-    "ts",
-    "device_ts",
-    "sent_ts",
-    "received_ts",
-    "customer_id",
-    "anonymous_id",
-    "user_id",
-    "email_hash",
-    "phone_hash",
-    "session_id",
-    "client_session_id",
-    "click_id",
-    "ad_click_ids",
-    "stage",
-    "seq",
-    "page_url",
-    "page_host",
-    "page_path",
-    "page_title",
-    "referrer",
-    "referrer_host",
-    "campaign_source",
-    "campaign_medium",
-    "campaign_name",
-    "campaign_term",
-    "campaign_content",
-    "properties",
-    "value",
-    "currency",
-    "survey_kind",
-    "survey_score",
-    "survey_comment",
-    "consent_analytics",
-    "consent_marketing",
-    "ip",
-    "user_agent",
-    "device_type",
-    "os",
-    "browser",
-    "is_bot",
-    "bot_reason",
-    "locale",
-    "timezone",
-    "screen",
-    "library",
-    "conversion",
-    "survey_touchpoint_id",
-)
-DEAD_LETTER_COLUMNS = (
-    "dead_letter_id",
-    "received_ts",
-    "source",
-    "stage",
-    "reason",
-    "error_fields",
-    "event_id",
-    "payload",
-)
 _WORKER = "worker"
 _DEAD_LETTER_NAMESPACE = uuid.UUID("6f1c2a0e-2f4b-4f3e-9a57-3c1d2b8e7a10")
 
@@ -158,7 +85,7 @@ class IngestPipeline:
                 continue
             sources.setdefault((touchpoint.event_id, touchpoint.version), message)
             self.touchpoints.add(
-                touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), touchpoint.version
+                touchpoint.event_id, touchpoint.ts, enriched(touchpoint), touchpoint.version
             )
         dead = await self.dead_letters.flush()
         stored = await self.touchpoints.flush()
@@ -195,7 +122,7 @@ class IngestPipeline:
             log.error("ClickHouse refused a dead letter", extra={"reason": reason})
 
     def _add_dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, letter)
 
 
 def _decode_touchpoint(value: bytes) -> Touchpoint:
@@ -231,75 +158,63 @@ def undeliverable(
     )
 
 
-def touchpoint_row(t: Touchpoint) -> tuple[Any, ...]:
+def enriched(t: Touchpoint) -> EnrichedTouchpoint:
+    """The touchpoint as the stages pass it on: enriched, not yet stitched."""
     e = enrich(t)
     page, survey, consent, context = t.page, t.survey, t.consent, t.context
-    return (
-        t.event_id,
-        t.version,
-        "tracker/touchpoint/1-0-0",
-        t.type,
-        t.name,
-        t.source,
-        e.channel,
-        t.ts,
-        t.device_ts,
-        t.sent_ts,
-        t.received_ts,
-        "",
-        t.anonymous_id,
-        t.user_id,
-        t.email_hash,
-        t.phone_hash,
-        "",
-        t.session_id,
-        t.click_id,
-        e.ad_click_ids,
-        "",
-        0,
-        page.get("url", ""),
-        e.page_host,
-        e.page_path,
-        page.get("title", ""),
-        page.get("referrer", ""),
-        e.referrer_host,
-        e.campaign.get("source", ""),
-        e.campaign.get("medium", ""),
-        e.campaign.get("name", ""),
-        e.campaign.get("term", ""),
-        e.campaign.get("content", ""),
-        t.properties,
-        t.value,
-        t.currency,
-        survey.get("kind", ""),
-        survey.get("score"),
-        survey.get("comment", ""),
-        consent.get("analytics"),
-        consent.get("marketing"),
-        context.get("ip", ""),
-        context.get("user_agent", ""),
-        e.device_type,
-        e.os,
-        e.browser,
-        e.is_bot,
-        e.bot_reason,
-        context.get("locale", ""),
-        context.get("timezone", ""),
-        context.get("screen", ""),
-        context.get("library", ""),
-        "",  # conversion: decided when stitched
-        survey.get("touchpoint_id", "").lower(),  # the rated touchpoint, if the client named it
-    )
-
-
-def dead_letter_row(d: DeadLetter) -> tuple[Any, ...]:
-    return (
-        d.dead_letter_id,
-        d.received_ts,
-        d.source,
-        d.stage,
-        d.reason,
-        [e.field for e in d.errors],
-        d.event_id,
-        d.payload,
+    return EnrichedTouchpoint(
+        event_id=t.event_id,
+        version=t.version,
+        schema=TOUCHPOINT_SCHEMA,
+        type=t.type,
+        name=t.name,
+        source=t.source,
+        channel=e.channel,
+        ts=t.ts,
+        device_ts=t.device_ts,
+        sent_ts=t.sent_ts,
+        received_ts=t.received_ts,
+        customer_id="",
+        anonymous_id=t.anonymous_id,
+        user_id=t.user_id,
+        email_hash=t.email_hash,
+        phone_hash=t.phone_hash,
+        session_id="",
+        client_session_id=t.session_id,
+        click_id=t.click_id,
+        ad_click_ids=e.ad_click_ids,
+        stage="",
+        seq=0,
+        page_url=page.get("url", ""),
+        page_host=e.page_host,
+        page_path=e.page_path,
+        page_title=page.get("title", ""),
+        referrer=page.get("referrer", ""),
+        referrer_host=e.referrer_host,
+        campaign_source=e.campaign.get("source", ""),
+        campaign_medium=e.campaign.get("medium", ""),
+        campaign_name=e.campaign.get("name", ""),
+        campaign_term=e.campaign.get("term", ""),
+        campaign_content=e.campaign.get("content", ""),
+        properties=t.properties,
+        value=t.value,
+        currency=t.currency,
+        survey_kind=survey.get("kind", ""),
+        survey_score=survey.get("score"),
+        survey_comment=survey.get("comment", ""),
+        consent_analytics=consent.get("analytics"),
+        consent_marketing=consent.get("marketing"),
+        ip=context.get("ip", ""),
+        user_agent=context.get("user_agent", ""),
+        device_type=e.device_type,
+        os=e.os,
+        browser=e.browser,
+        is_bot=e.is_bot,
+        bot_reason=e.bot_reason,
+        locale=context.get("locale", ""),
+        timezone=context.get("timezone", ""),
+        screen=context.get("screen", ""),
+        library=context.get("library", ""),
+        conversion="",  # decided when stitched
+        survey_touchpoint_id=survey.get("touchpoint_id", "").lower(),  # if the client named it
     )

@@ -17,6 +17,7 @@ from typing import Final
 __all__ = [
     "DEFAULT_CONVERSIONS",
     "DEFAULT_STAGES",
+    "NEGATIVE_CALL_TOPIC",
     "Conversion",
     "ConversionRule",
     "Friction",
@@ -41,6 +42,8 @@ CONTACT_TYPES: Final = frozenset({"call", "chat", "support_email", "ticket"})
 # The helpdesk's touchpoints (agents/tickets.py), whose first reply, resolution and reopens are
 # judged against the friction thresholds.
 SUPPORT_TYPES: Final = frozenset({"chat", "ticket"})
+# A topic a call's transcript flags is a friction, one per topic (its name is the detail).
+NEGATIVE_CALL_TOPIC: Final = "negative_call_topic"
 # Email events that are a friction, and its severity: the customer cannot be reached, or no
 # longer wants to be (collectors/email/records.py writes them).
 EMAIL_FRICTIONS: Final = {
@@ -83,6 +86,8 @@ class JourneyEvent:
     """For a ticket or chat that is solved: how long it took, from opening to the last solve."""
     reopens: int = 0
     """For a ticket or chat: how many times it was opened again after a solve."""
+    call_topics: tuple[str, ...] = ()
+    """Topics a call's transcript flags (collectors/calls/transcripts.py)."""
 
     @property
     def is_survey(self) -> bool:
@@ -390,6 +395,10 @@ def _event_frictions(event: JourneyEvent, rules: FrictionRules) -> list[Friction
                     "long_hold", "medium", event.ts, event.event_id, f"{event.hold_seconds:.0f} s"
                 )
             )
+        found.extend(
+            Friction(NEGATIVE_CALL_TOPIC, "medium", event.ts, event.event_id, topic)
+            for topic in event.call_topics
+        )
         if event.cold_transfers:
             found.append(Friction("cold_transfer", "medium", event.ts, event.event_id))
         if event.transfers >= rules.transfers:

@@ -18,96 +18,73 @@ from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink, Sink
+from tracker.store.tables import LINKS
 
-__all__ = ["LINK_COLUMNS", "add_links_mirror", "link_row", "mirror_links"]
-
-LINK_COLUMNS = (
-    "slug",
-    "version",
-    "deleted",
-    "target",
-    "status_code",
-    "tags",
-    "campaign",
-    "channel",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "forward_query",
-    "valid_since",
-    "valid_until",
-    "fallback_url",
-    "max_clicks",
-    "disabled",
-    "rules",
-    "created_at",
-    "updated_at",
-)
+__all__ = ["add_links_mirror", "link_row", "mirror_links"]
 
 
 def link_row(
     slug: str, value: bytes | None, timestamp_ms: int
-) -> tuple[int, datetime, tuple[Any, ...]]:
-    """(version, updated_at, row) for one links record; a tombstone (``None``) marks a delete."""
+) -> tuple[int, datetime, dict[str, Any]]:
+    """(version, updated_at, row by column name) for one links record; a tombstone (``None``)
+    marks a delete. The ``links`` table's columns are ``LINKS`` in tracker/store/tables.py."""
     if value is None:
         # After every version written before it: link versions are set before they are produced.
         version = (timestamp_ms + 1) * 1000
         at = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-        row: tuple[Any, ...] = (
-            slug,
-            version,
-            True,
-            "",
-            0,
-            [],
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            False,
-            None,
-            None,
-            "",
-            None,
-            False,
-            "[]",
-            None,
-            at,
-        )
-        return version, at, row
+        gone: dict[str, Any] = {
+            "slug": slug,
+            "version": version,
+            "deleted": True,
+            "target": "",
+            "status_code": 0,
+            "tags": [],
+            "campaign": "",
+            "channel": "",
+            "utm_source": "",
+            "utm_medium": "",
+            "utm_campaign": "",
+            "utm_term": "",
+            "utm_content": "",
+            "forward_query": False,
+            "valid_since": None,
+            "valid_until": None,
+            "fallback_url": "",
+            "max_clicks": None,
+            "disabled": False,
+            "rules": "[]",
+            "created_at": None,
+            "updated_at": at,
+        }
+        return version, at, gone
     link = orjson.loads(value)
     utm = link.get("utm") or {}
     updated = _ts(link.get("updated_at")) or datetime.fromtimestamp(timestamp_ms / 1000, UTC)
     version = int(link.get("version") or timestamp_ms * 1000)
-    row = (
-        slug,
-        version,
-        False,
-        link["target"],
-        int(link.get("status_code", 302)),
-        list(link.get("tags") or []),
-        link.get("campaign", ""),
-        link.get("channel", ""),
-        utm.get("source", ""),
-        utm.get("medium", ""),
-        utm.get("campaign", ""),
-        utm.get("term", ""),
-        utm.get("content", ""),
-        bool(link.get("forward_query", True)),
-        _ts(link.get("valid_since")),
-        _ts(link.get("valid_until")),
-        link.get("fallback_url") or "",  # null, as some records have it, is no fallback
-        link.get("max_clicks"),
-        bool(link.get("disabled", False)),
-        orjson.dumps(link.get("rules") or []).decode(),
-        _ts(link.get("created_at")),
-        updated,
-    )
+    row = {
+        "slug": slug,
+        "version": version,
+        "deleted": False,
+        "target": link["target"],
+        "status_code": int(link.get("status_code", 302)),
+        "tags": list(link.get("tags") or []),
+        "campaign": link.get("campaign", ""),
+        "channel": link.get("channel", ""),
+        "utm_source": utm.get("source", ""),
+        "utm_medium": utm.get("medium", ""),
+        "utm_campaign": utm.get("campaign", ""),
+        "utm_term": utm.get("term", ""),
+        "utm_content": utm.get("content", ""),
+        "forward_query": bool(link.get("forward_query", True)),
+        "valid_since": _ts(link.get("valid_since")),
+        "valid_until": _ts(link.get("valid_until")),
+        "fallback_url": link.get("fallback_url") or "",  # null, as some records have it: none
+        "max_clicks": link.get("max_clicks"),
+        "disabled": bool(link.get("disabled", False)),
+        "rules": orjson.dumps(link.get("rules") or []).decode(),
+        "created_at": _ts(link.get("created_at")),
+        "updated_at": updated,
+    }
     return version, updated, row
 
 
@@ -123,9 +100,7 @@ def add_links_mirror(
     app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings
 ) -> None:
     """Register the ``links`` agent on the Faust ``app``."""
-    sink = ClickHouseSink(
-        store, "links", LINK_COLUMNS, "slug", "updated_at", version_column="version"
-    )
+    sink = ClickHouseSink(store, LINKS)
     topic = app.topic(topology.links.name, value_serializer="raw", key_serializer="raw")
 
     async def mirror(events: Sequence[Any]) -> None:

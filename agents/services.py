@@ -1,5 +1,6 @@
 """The worker's long-running services beside its Faust agents: the batch consumers of the raw
-and click topics, forgetting, the number-pool and alias followers, and the console."""
+and click topics (and, for the write role, of the stitch workers' outputs), forgetting, the
+number-pool and alias followers, and the console (or, for a stitch-only worker, its health)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from agents.batches import (
-    BatchRunner,
-    DeadLetterPolicy,
-)
+from agents.batches import BatchRunner, Checkpoint, DeadLetterPolicy
 from agents.clicks import expand_batches
 from agents.forget import ForgottenIdentifiers, erase
 from agents.identity import AliasReplica
 from agents.ingest import IngestPipeline, RawMessage
+from agents.outputs import Writer
 from collectors.calls.pools import PoolBook
 from tracker.console import create_console
 from tracker.errors import BackpressureError
+from tracker.http import add_health_routes
+from tracker.kafka import clients as kafka_clients
 from tracker.kafka.compacted import CompactedState
 from tracker.kafka.probe import KafkaProbe
 from tracker.metrics import WORKER_LAG, WORKER_PARTITION_LAG
@@ -36,11 +37,15 @@ from tracker.store import ClickHouseStore
 
 __all__ = [
     "AliasReplicaService",
+    "BatchIngestService",
     "ClickBatchService",
     "ConsoleService",
     "ForgetService",
+    "ForgottenFollower",
+    "HealthService",
     "PoolReservationsService",
     "RawIngestService",
+    "WriterService",
     "partition_lag",
 ]
 
@@ -51,7 +56,8 @@ class BatchIngestService(Service):
     """Reads one topic in batches (flushed on size or time) and commits only what is stored.
 
     Every such service of a worker shares one lock, held while a batch is written: they share the
-    pipeline's sinks, and a forget waits for the batch being written."""
+    pipeline's sinks, and a forget waits for the batch being written. ``pipeline`` is the ingest
+    pipeline the raw and click topics go through (none for the writer of outputs)."""
 
     group_suffix = "ingest"
     stage = "ingest"
@@ -61,7 +67,7 @@ class BatchIngestService(Service):
         self,
         settings: Settings,
         topic: str,
-        pipeline: IngestPipeline,
+        pipeline: IngestPipeline | None,
         dead_letters: DeadLetterPolicy,
         lock: asyncio.Lock | None = None,
         **kwargs: Any,
@@ -74,7 +80,7 @@ class BatchIngestService(Service):
             self.handle,
             _source,
             dead_letters,
-            discard=pipeline.discard,
+            discard=self.discard,
             stopping=lambda: self.should_stop,
         )
         self._consumer: AIOKafkaConsumer | None = None
@@ -94,21 +100,30 @@ class BatchIngestService(Service):
         """Whether the group gave this worker any partition of the topic."""
         return self._consumer is not None and bool(self._consumer.assignment())
 
+    @property
+    def pipeline(self) -> IngestPipeline:
+        if self._pipeline is None:
+            raise TypeError(f"{type(self).__name__} has no ingest pipeline")
+        return self._pipeline
+
     async def handle(self, records: Sequence[Any]) -> None:
         raise NotImplementedError
+
+    def discard(self) -> None:
+        """Forget what a failed attempt left in memory, before the batch runner tries again."""
+        if self._pipeline is not None:
+            self._pipeline.discard()
 
     def weight(self, record: Any) -> int:
         """How many events a record holds, towards the batch size."""
         return 1
 
     async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_clients.consumer(
+            self._settings,
             self._topic,
-            bootstrap_servers=self._settings.bootstrap_servers,
             group_id=f"{self._settings.worker_id}.{self.group_suffix}",
             client_id=f"{self._settings.worker_id}-{self.group_suffix}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_records=self.max_poll_records or self._settings.sink_batch_size,
         )
         await self._consumer.start()
@@ -138,22 +153,29 @@ class BatchIngestService(Service):
 
     async def _ingest_batch(self, consumer: AIOKafkaConsumer) -> None:
         records = await self._next_batch(consumer)
-        if records:
+        if not records:
+            return
+
+        async def handle(batch: Sequence[Any]) -> None:
             async with self.lock:
-                try:
-                    await self._runner.run(records)
-                except Exception:
-                    if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
-                        return
-                    raise
-            # Only now are the events in ClickHouse; a crash before this replays them, harmlessly.
+                await self._runner.run(batch)
+
+        async def commit(batch: Sequence[Any]) -> None:
+            # Only now are the events stored; a crash before this replays them, harmlessly.
             last: dict[TopicPartition, int] = {}
-            for record in records:
+            for record in batch:
                 last[TopicPartition(record.topic, record.partition)] = record.offset + 1
             try:
                 await consumer.commit(last)
             except CommitFailedError as exc:  # rebalanced meanwhile: the new owner skips them
                 log.warning("offset commit failed after a rebalance", extra={"error": str(exc)})
+
+        try:
+            await Checkpoint(commit).run(records, handle)
+        except Exception:
+            if self.should_stop:  # stopped while Kafka or ClickHouse was away: replayed
+                return
+            raise
 
     @Service.timer(10.0)
     async def _record_lag(self) -> None:
@@ -210,7 +232,7 @@ class RawIngestService(BatchIngestService):
     """The raw topic: touchpoints from the beacon and the calls collector, one per record."""
 
     async def handle(self, records: Sequence[Any]) -> None:
-        await self._pipeline.handle_touchpoints(
+        await self.pipeline.handle_touchpoints(
             [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records]
         )
 
@@ -239,7 +261,116 @@ class ClickBatchService(BatchIngestService):
             [RawMessage(r.value, r.topic, r.partition, r.offset) for r in records],
             self._settings.hash_salt.value,
         )
-        await self._pipeline.handle_decoded(touchpoints, rejected)
+        await self.pipeline.handle_decoded(touchpoints, rejected)
+
+
+class WriterService(BatchIngestService):
+    """The write role: what stitch workers hand over on the outputs topic, stored in ClickHouse a
+    batch at a time (agents/outputs.py), the offsets committed only after the insert."""
+
+    group_suffix = "writer"
+    stage = "write"
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        writer: Writer,
+        dead_letters: DeadLetterPolicy,
+        **kwargs: Any,
+    ) -> None:
+        self._writer = writer
+        super().__init__(settings, topic, None, dead_letters, **kwargs)
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        await self._writer.handle([_source(r) for r in records])
+
+    def discard(self) -> None:
+        self._writer.discard()
+
+    def record_lag(self, lag: int) -> None:
+        WORKER_LAG.set(lag)
+
+
+class ForgottenFollower(Service):
+    """The forgotten identifiers, followed from their compacted topic, for a worker that serves
+    no forgets (a stitch-only worker: the writer's console serves them, and erases)."""
+
+    def __init__(
+        self, settings: Settings, topic: str, forgotten: ForgottenIdentifiers, **kwargs: Any
+    ) -> None:
+        self._log = CompactedState(
+            settings,
+            [topic],
+            lambda _topic, key, _value: forgotten.add(key),
+            what="forgotten identifiers",
+            client_id=f"{settings.worker_id}-forgotten",
+            writes=False,
+        )
+        super().__init__(**kwargs)
+
+    @property
+    def loaded(self) -> bool:
+        return self._log.loaded
+
+    async def on_start(self) -> None:
+        await self._log.start()
+
+    async def on_stop(self) -> None:
+        await self._log.stop()
+
+
+class HealthService(Service):
+    """What a stitch-only worker serves instead of the console (it holds no ClickHouse):
+    ``/healthz``, ``/readyz`` and ``/metrics`` on ``TRACKER_WORKER_HEALTH_PORT``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: Sequence[BatchIngestService],
+        forgotten: ForgottenFollower,
+        **kwargs: Any,
+    ) -> None:
+        self._settings = settings
+        self._ingest = ingest
+        self._forgotten = forgotten
+        self._runner: web.AppRunner | None = None
+        self._kafka = KafkaProbe(
+            settings.bootstrap_servers,
+            settings.kafka_probe_seconds,
+            settings.produce_timeout_seconds,
+            client_id=settings.worker_id,
+        )
+        self.started_agents = False
+        super().__init__(**kwargs)
+
+    def unready(self) -> list[str]:
+        reasons = [] if self._kafka.reachable else [self._kafka.reason]
+        if not self.started_agents:
+            reasons.append("the stream agents are starting")
+        reasons.extend(
+            f"the consumer of {service.topic} is starting"
+            for service in self._ingest
+            if not service.consuming
+        )
+        if not self._forgotten.loaded:
+            reasons.append("the forgotten identifiers are still loading from Kafka")
+        return reasons
+
+    async def on_start(self) -> None:
+        await self._kafka.start()
+        app = web.Application()
+        add_health_routes(app, self.unready)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = self._settings.worker_health_port
+        await web.TCPSite(self._runner, self._settings.console_host, port).start()
+        log.info("worker health listening", extra={"port": port, "role": "stitch"})
+
+    async def on_stop(self) -> None:
+        await self._kafka.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 class ForgetService(Service):
@@ -266,12 +397,12 @@ class ForgetService(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers, acks="all", enable_idempotence=True
+        self._producer = kafka_clients.producer(
+            self._settings, f"{self._settings.worker_id}-forget"
         )
         await self._producer.start()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False
+        consumer = kafka_clients.consumer(
+            self._settings, client_id=f"{self._settings.worker_id}-forgotten"
         )
         await consumer.start()
         partitions = [TopicPartition(self._topic, p) for p in await self._partitions(consumer)]

@@ -53,10 +53,11 @@ from agents.identity import (
     link_key,
     link_record,
 )
-from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, dead_letter_row, undeliverable
+from agents.ingest import RawMessage, undeliverable
 from agents.journey import Friction, JourneyEvent, Session
 from tracker.errors import StateTooLarge
 from tracker.identity_log import split_command
+from tracker.kafka import clients as kafka_clients
 from tracker.metrics import (
     IDENTITY_CONFLICTS,
     JOURNEY_LATE_EVENTS,
@@ -65,22 +66,28 @@ from tracker.metrics import (
     WORKER_EVENTS,
     observe_stage_lag,
 )
+from tracker.records import (
+    Alias,
+    EnrichedTouchpoint,
+    FrictionRecord,
+    IdentityConflict,
+    JourneySummary,
+    Regroup,
+    Restitch,
+    RoutedEvent,
+    SessionRecord,
+    journey_command,
+)
 from tracker.settings import Settings
 from tracker.store.sink import FlushResult, Sink
+from tracker.store.tables import JOURNEYS
 
 __all__ = [
-    "ALIAS_COLUMNS",
-    "CONFLICT_COLUMNS",
-    "FRICTION_COLUMNS",
-    "JOURNEY_COLUMNS",
-    "SESSION_COLUMNS",
     "IdentityStage",
     "JourneyStage",
     "Outbox",
     "Outgoing",
     "StitchRouter",
-    "decode_row",
-    "encode_row",
     "journey_event",
     "journey_key",
     "split_command",
@@ -88,106 +95,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALIAS_COLUMNS: Final = ("identifier", "kind", "customer_id", "own_customer_id", "version", "ts")
-CONFLICT_COLUMNS: Final = (
-    "conflict_id",
-    "event_id",
-    "ts",
-    "left_identifier",
-    "right_identifier",
-    "rule",
-)
-SESSION_COLUMNS: Final = (
-    "session_id",
-    "version",
-    "customer_id",
-    "start",
-    "end",
-    "events",
-    "page_views",
-    "channel",
-    "campaign",
-    "is_bounce",
-    "event_ids",
-    "retired",
-)
-JOURNEY_COLUMNS: Final = (
-    "customer_id",
-    "version",
-    "as_of",
-    "first_seen",
-    "last_seen",
-    "events",
-    "sessions",
-    "channels",
-    "stage",
-    "stage_since",
-    "conversions",
-    "value",
-    "frictions",
-    "late_events",
-    "merged_into",
-)
-FRICTION_COLUMNS: Final = (
-    "friction_id",
-    "version",
-    "customer_id",
-    "event_id",
-    "ts",
-    "reason",
-    "severity",
-    "detail",
-    "retracted",
-    "channel",
-    "type",
-    "name",
-    "stage",
-    "is_bot",
-)
-# Columns added since rows first went on the wire, with what a row written before means.
-_ADDED_COLUMNS: Final = {"conversion": "", "survey_touchpoint_id": ""}
-_TIME_COLUMNS: Final = ("ts", "device_ts", "sent_ts", "received_ts")
-_COLUMN: Final = {name: i for i, name in enumerate(TOUCHPOINT_COLUMNS)}
 _CONFLICT_NAMESPACE: Final = uuid.UUID("0d4e2b7a-8c31-4f5e-b6a9-2e7c1d3f5a80")
 _FRICTION_ROW_NAMESPACE: Final = uuid.UUID("5e0b6c1d-9a2f-4d7e-8b3c-6f1a2e9d4c57")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-# -- the touchpoint on the wire between steps --------------------------------------------------
+# -- what the journey rules read of a touchpoint ------------------------------------------
 
 
-def encode_row(row: Sequence[Any]) -> bytes:
-    return orjson.dumps(dict(zip(TOUCHPOINT_COLUMNS, row, strict=True)))
-
-
-def decode_row(data: bytes | Mapping[str, Any]) -> list[Any]:
-    wire = orjson.loads(data) if isinstance(data, bytes) else data
-    row = [wire[name] if name in wire else _ADDED_COLUMNS[name] for name in TOUCHPOINT_COLUMNS]
-    for name in _TIME_COLUMNS:
-        value = row[_COLUMN[name]]
-        if value is not None:
-            row[_COLUMN[name]] = datetime.fromisoformat(value)
-    return row
-
-
-def journey_event(row: Sequence[Any]) -> JourneyEvent:
-    """The fields of a touchpoint row the journey rules read."""
-
-    def get(name: str) -> Any:
-        return row[_COLUMN[name]]
-
-    properties: Mapping[str, str] = get("properties")
+def journey_event(t: EnrichedTouchpoint) -> JourneyEvent:
+    """The fields of a touchpoint the journey rules read."""
+    properties = t.properties
     status = properties.get("status_code", "")
     return JourneyEvent(
-        event_id=get("event_id"),
-        ts=get("ts"),
-        type=get("type"),
-        channel=get("channel"),
-        source=get("source"),
-        name=get("name"),
-        page_path=get("page_path"),
-        campaign=get("campaign_name"),
-        value=get("value"),
+        event_id=t.event_id,
+        ts=t.ts,
+        type=t.type,
+        channel=t.channel,
+        source=t.source,
+        name=t.name,
+        page_path=t.page_path,
+        campaign=t.campaign_name,
+        value=t.value,
         status_code=int(status) if status.isdigit() else None,
         queue=properties.get("queue", ""),
         disposition=properties.get("disposition", ""),
@@ -195,21 +124,22 @@ def journey_event(row: Sequence[Any]) -> JourneyEvent:
         hold_seconds=_number(properties.get("hold_seconds")),
         transfers=int(_number(properties.get("transfers"))),
         cold_transfers=1 if properties.get("transfer_kind") == "cold" else 0,
-        survey_kind=get("survey_kind"),
-        survey_score=get("survey_score"),
+        survey_kind=t.survey_kind,
+        survey_score=t.survey_score,
         acquisition=acquisition_channel(
-            get("channel"),
-            get("source"),
-            get("campaign_medium"),
-            bool(get("ad_click_ids")),
-            get("referrer_host"),
-            get("page_host"),
+            t.channel,
+            t.source,
+            t.campaign_medium,
+            bool(t.ad_click_ids),
+            t.referrer_host,
+            t.page_host,
         ),
-        survey_touchpoint_id=get("survey_touchpoint_id"),
-        is_bot=bool(get("is_bot")),
+        survey_touchpoint_id=t.survey_touchpoint_id,
+        is_bot=bool(t.is_bot),
         first_reply_seconds=_optional_number(properties.get("first_reply_seconds")),
         resolution_seconds=_optional_number(properties.get("resolution_seconds")),
         reopens=int(_number(properties.get("reopens"))),
+        call_topics=tuple(t for t in properties.get("topics", "").split(",") if t),
     )
 
 
@@ -257,11 +187,9 @@ class Outbox(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            client_id=f"{self._settings.worker_id}-outbox",
-            acks="all",
-            enable_idempotence=True,
+        self._producer = kafka_clients.producer(
+            self._settings,
+            f"{self._settings.worker_id}-outbox",
             linger_ms=5,
             max_batch_size=1_048_576,
         )
@@ -300,7 +228,7 @@ class Outbox(Service):
 
 
 class StitchRouter:
-    """A :class:`Sink` that hands ingest's touchpoint rows to stitching, each by one of two paths.
+    """A :class:`Sink` that hands ingest's touchpoints to stitching, each by one of two paths.
 
     An event that could change the identity graph (identifiers not yet seen together) goes to
     the identity log, whose one order decides every change. Any other event goes straight to the
@@ -322,10 +250,10 @@ class StitchRouter:
         self._journey_topic = journey_topic
         self._replica = replica
         self._ready = ready
-        self._rows: dict[tuple[str, int], Sequence[Any]] = {}
+        self._rows: dict[tuple[str, int], EnrichedTouchpoint] = {}
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
-        self._rows.setdefault((key, version), row)
+    def add(self, key: str, ts: datetime, record: EnrichedTouchpoint, version: int = 0) -> None:
+        self._rows.setdefault((key, version), record)
 
     def discard(self) -> None:
         self._rows = {}
@@ -341,30 +269,25 @@ class StitchRouter:
         STITCH_ROUTES.labels("direct").inc(len(outgoing) - ordered)
         return FlushResult(written=0, duplicates=0, forwarded=len(rows))
 
-    def route(self, row: Sequence[Any]) -> Outgoing:
-        """The record that carries ``row`` on: to the identity log, or to its customer."""
-        event_id: str = row[_COLUMN["event_id"]]
-        stitch = row[_COLUMN["consent_analytics"]] is not False
-        ids = _row_identifiers(row) if stitch else []  # no consent: never joined to anyone
-        route = self._replica.route(event_id, row[_COLUMN["ts"]], ids)
+    def route(self, touchpoint: EnrichedTouchpoint) -> Outgoing:
+        """The record that carries ``touchpoint`` on: to the identity log, or to its customer."""
+        stitch = touchpoint.may_stitch
+        ids = _identifiers(touchpoint) if stitch else []  # no consent: never joined to anyone
+        route = self._replica.route(touchpoint.event_id, touchpoint.ts, ids)
         if route is None:
-            return Outgoing(self._identity_topic, event_id.encode(), encode_row(row))
-        head = {"kind": "event", "primary": route.primary, "v": route.position, "stitch": stitch}
+            return Outgoing(
+                self._identity_topic, touchpoint.event_id.encode(), touchpoint.to_wire()
+            )
         return Outgoing(
             self._journey_topic,
             journey_key(route.customer_id),
-            orjson.dumps({**head, "row": dict(zip(TOUCHPOINT_COLUMNS, row, strict=True))}),
+            RoutedEvent.encode(route.primary, route.position, stitch, touchpoint.to_wire()),
         )
 
 
-def _row_identifiers(row: Sequence[Any]) -> list[Identifier]:
+def _identifiers(t: EnrichedTouchpoint) -> list[Identifier]:
     return identifiers_of(
-        row[_COLUMN["anonymous_id"]],
-        row[_COLUMN["user_id"]],
-        row[_COLUMN["email_hash"]],
-        row[_COLUMN["phone_hash"]],
-        row[_COLUMN["click_id"]],
-        row[_COLUMN["properties"]],
+        t.anonymous_id, t.user_id, t.email_hash, t.phone_hash, t.click_id, t.properties
     )
 
 
@@ -471,9 +394,10 @@ class IdentityStage:
                 resolution = resolver.resolve(wire["event_id"], ts, ids)
                 event = value
             for before, moves in resolution.moves.items():
-                regroup = {"kind": "regroup", "moves": moves, "v": offset}
                 outgoing.append(
-                    Outgoing(self._journey_topic, journey_key(before), orjson.dumps(regroup))
+                    Outgoing(
+                        self._journey_topic, journey_key(before), Regroup(moves, offset).to_wire()
+                    )
                 )
             for identifier, customer in resolution.replicated.items():
                 outgoing.append(
@@ -485,7 +409,7 @@ class IdentityStage:
                 )
             for identifier, customer in resolution.aliases.items():
                 self._identities.add(
-                    identifier.key, ts, _alias_row(identifier, customer, offset, ts), offset
+                    identifier.key, ts, _alias(identifier, customer, offset, ts), offset
                 )
             IDENTITY_CONFLICTS.inc(len(resolution.conflicts))
             for conflict in resolution.conflicts:
@@ -495,7 +419,7 @@ class IdentityStage:
                         f"{conflict.event_id}|{conflict.left}|{conflict.right}",
                     )
                 )
-                row = (
+                record = IdentityConflict(
                     conflict_id,
                     conflict.event_id,
                     conflict.ts,
@@ -503,22 +427,15 @@ class IdentityStage:
                     conflict.right,
                     conflict.rule,
                 )
-                self._conflicts.add(conflict_id, conflict.ts, row)
+                self._conflicts.add(conflict_id, conflict.ts, record)
             if event is not None:
-                head = orjson.dumps(
-                    {
-                        "kind": "event",
-                        "primary": resolution.primary,
-                        "v": offset,
-                        "stitch": wire["consent_analytics"] is not False,
-                    }
-                )
-                # The row goes on as it came, without a second encode: {"kind":...,"row":{...}}
+                # The touchpoint goes on as it came, without a second encode.
+                stitch = wire["consent_analytics"] is not False
                 outgoing.append(
                     Outgoing(
                         self._journey_topic,
                         journey_key(resolution.customer_id),
-                        head[:-1] + b',"row":' + event + b"}",
+                        RoutedEvent.encode(resolution.primary, offset, stitch, event),
                     )
                 )
         await self._outbox.send_all(outgoing)
@@ -533,11 +450,9 @@ def _identifier(key: str) -> Identifier:
     return Identifier(kind, value)
 
 
-def _alias_row(
-    identifier: Identifier, customer: str, version: int, ts: datetime
-) -> tuple[Any, ...]:
+def _alias(identifier: Identifier, customer: str, version: int, ts: datetime) -> Alias:
     own = customer_id_for(identifier)
-    return (identifier.key, identifier.kind, customer, own, version, ts)
+    return Alias(identifier.key, identifier.kind, customer, own, version, ts)
 
 
 # -- step 2: journey ---------------------------------------------------------------------------
@@ -548,8 +463,8 @@ class _Touched:
     journey: CustomerJourney
     version: int = 0
     changed: bool = False
-    rows: dict[str, tuple[list[Any], Mapping[str, Any]]] = field(default_factory=dict)
-    """Touchpoints that arrived in this batch, still to write: decoded, and as they came."""
+    rows: dict[str, EnrichedTouchpoint] = field(default_factory=dict)
+    """Touchpoints that arrived in this batch, still to write."""
 
 
 class JourneyStage:
@@ -586,7 +501,7 @@ class JourneyStage:
     ) -> None:
         """``records`` are (customer id, value, source) of the journey topic, in order."""
         touched: dict[str, _Touched] = {}
-        passed_on: dict[str, list[tuple[StoredEvent, Mapping[str, Any] | None]]] = {}
+        passed_on: dict[str, list[tuple[StoredEvent, EnrichedTouchpoint | None]]] = {}
         histories: dict[str, History] = {}
         sources: dict[tuple[str, int], RawMessage] = {}
         unstitched: list[datetime] = []  # stored as they came, without consent to stitching
@@ -603,65 +518,66 @@ class JourneyStage:
         def take(
             entry: _Touched,
             stored: StoredEvent,
-            wire: Mapping[str, Any] | None,
+            touchpoint: EnrichedTouchpoint | None,
             source: RawMessage,
         ) -> None:
             """Keep an event here, or pass it on if its identifier has moved on since."""
             moved = entry.journey.forward_for(stored.primary, stored.routed)
             if moved is not None:
                 target, position = moved
-                passed_on.setdefault(target, []).append((_rerouted(stored, position), wire))
+                passed_on.setdefault(target, []).append((_rerouted(stored, position), touchpoint))
                 return
             late_before = entry.journey.late_events
             entry.journey.add(stored.event, stored.version, stored.primary, stored.routed)
             JOURNEY_LATE_EVENTS.inc(entry.journey.late_events - late_before)
-            if wire is not None:
-                entry.rows[stored.event.event_id] = (decode_row(wire), wire)
+            if touchpoint is not None:
+                entry.rows[stored.event.event_id] = touchpoint
                 sources[(stored.event.event_id, stored.version)] = source  # for a dead letter
             entry.changed = True
 
         for customer, value, source in records:
-            wire = orjson.loads(value)
+            command = journey_command(value)
             entry = journey_of(customer, source.offset)
-            kind = wire["kind"]
-            if kind == "event":
-                row = decode_row(wire["row"])
-                observe_stage_lag("journey", (row[_COLUMN["received_ts"]],))
-                event = journey_event(row)
-                version = row[_COLUMN["version"]]
+            if isinstance(command, RoutedEvent):
+                touchpoint = command.touchpoint
+                observe_stage_lag("journey", (touchpoint.received_ts,))
+                event = journey_event(touchpoint)
+                version = touchpoint.version
                 sources[(event.event_id, version)] = source
-                if not wire.get("stitch", True):
-                    self._touchpoints.add(event.event_id, event.ts, row, version)
-                    unstitched.append(row[_COLUMN["received_ts"]])
+                if not command.stitch:
+                    self._touchpoints.add(event.event_id, event.ts, touchpoint, version)
+                    unstitched.append(touchpoint.received_ts)
                     continue
                 take(
                     entry,
-                    StoredEvent(event, version, wire["primary"], False, wire["v"]),
-                    wire["row"],
+                    StoredEvent(event, version, command.primary, False, command.v),
+                    touchpoint,
                     source,
                 )
-            elif kind == "restitch":
-                rows = wire.get("rows", {})
-                for item, saved in enumerate(wire["events"]):
+            elif isinstance(command, Restitch):
+                for item, saved in enumerate(command.events):
                     stored = StoredEvent.from_state(saved)
-                    # One record, many rows: each its own place, so each its own dead letter.
-                    take(entry, stored, rows.get(stored.event.event_id), replace(source, item=item))
-                if wire.get("history"):
-                    entry.journey.absorb((), History.from_state(wire["history"]))
+                    # One record, many events: each its own place, so each its own dead letter.
+                    take(
+                        entry,
+                        stored,
+                        command.touchpoints.get(stored.event.event_id),
+                        replace(source, item=item),
+                    )
+                if command.history:
+                    entry.journey.absorb((), History.from_state(command.history))
                 entry.changed = True
-            elif kind == "regroup":
-                moved = entry.journey.take_moved(wire["moves"], wire["v"])
+            else:
+                moved = entry.journey.take_moved(command.moves, command.v)
                 for target, events in moved.items():
                     for stored in events:
                         pending = entry.rows.pop(stored.event.event_id, None)
-                        passed_on.setdefault(target, []).append(
-                            (stored, pending[1] if pending else None)
-                        )
+                        passed_on.setdefault(target, []).append((stored, pending))
                     if entry.journey.merged_into == target:
                         history = entry.journey.hand_over_history()
                         if history is not None:
                             histories[target] = history
-                entry.changed = entry.changed or bool(moved) or bool(wire["moves"])
+                entry.changed = entry.changed or bool(moved) or bool(command.moves)
         touched = {c: entry for c, entry in touched.items() if entry.changed}
         for customer, entry in touched.items():
             self._stitch(customer, entry)
@@ -672,9 +588,7 @@ class JourneyStage:
             )
         await self._outbox.send_all(outgoing)
         await self._flush(sources)
-        written = [
-            row[_COLUMN["received_ts"]] for e in touched.values() for row, _ in e.rows.values()
-        ]
+        written = [t.received_ts for e in touched.values() for t in e.rows.values()]
         observe_stage_lag("write", written + unstitched)
         # State last, all or nothing: each customer's is bounded first (it may not fit).
         saved = {
@@ -704,7 +618,7 @@ class JourneyStage:
     def _restitches(
         self,
         target: str,
-        leaving: Sequence[tuple[StoredEvent, Mapping[str, Any] | None]],
+        leaving: Sequence[tuple[StoredEvent, EnrichedTouchpoint | None]],
         history: History | None,
     ) -> list[Outgoing]:
         """The restitch records that move ``leaving`` (and a merged ``history``) to ``target``,
@@ -712,25 +626,26 @@ class JourneyStage:
         limit, key = self.rules.max_state_bytes, journey_key(target)
         records: list[Outgoing] = []
         events: list[Any] = []
-        rows: dict[str, Mapping[str, Any]] = {}
+        touchpoints: dict[str, EnrichedTouchpoint] = {}
         size = 0
 
         def close() -> None:
-            nonlocal events, rows, size
-            restitch: dict[str, Any] = {"kind": "restitch", "events": events, "rows": rows}
-            if history is not None and not records:
-                restitch["history"] = history.to_state()
-            records.append(Outgoing(self._journey_topic, key, orjson.dumps(restitch)))
-            events, rows, size = [], {}, 0
+            nonlocal events, touchpoints, size
+            handed = history.to_state() if history is not None and not records else None
+            restitch = Restitch(events, touchpoints, handed)
+            records.append(Outgoing(self._journey_topic, key, restitch.to_wire()))
+            events, touchpoints, size = [], {}, 0
 
-        for moving, row in leaving:
+        for moving, touchpoint in leaving:
             event = moving.to_state()
-            grows = len(orjson.dumps(event)) + (len(orjson.dumps(row)) if row is not None else 0)
+            grows = len(orjson.dumps(event))
+            if touchpoint is not None:
+                grows += len(touchpoint.to_wire())
             if events and size + grows > limit:
                 close()
             events.append(event)
-            if row is not None:
-                rows[moving.event.event_id] = row
+            if touchpoint is not None:
+                touchpoints[moving.event.event_id] = touchpoint
             size += grows
         if events or not records:
             close()
@@ -741,34 +656,25 @@ class JourneyStage:
         if journey.is_empty:
             return
         positions = journey.stitched_all() if entry.rows else {}
-        for event_id, (row, _) in entry.rows.items():
+        for event_id, touchpoint in entry.rows.items():
             stitched = positions[event_id]
-            row[_COLUMN["customer_id"]] = customer
-            row[_COLUMN["session_id"]] = stitched.session_id
-            row[_COLUMN["stage"]] = stitched.stage
-            row[_COLUMN["seq"]] = stitched.seq
-            row[_COLUMN["conversion"]] = stitched.conversion
-            row[_COLUMN["survey_touchpoint_id"]] = stitched.survey_touchpoint_id
-            self._touchpoints.add(event_id, row[_COLUMN["ts"]], row, row[_COLUMN["version"]])
+            touchpoint.stitched(
+                customer,
+                stitched.session_id,
+                stitched.stage,
+                stitched.seq,
+                stitched.conversion,
+                stitched.survey_touchpoint_id,
+            )
+            self._touchpoints.add(event_id, touchpoint.ts, touchpoint, touchpoint.version)
         update = journey.update()
         for session in update.sessions:
             self._sessions.add(
-                session.session_id, session.start, _session_row(session, customer, version), version
+                session.session_id, session.start, _session(session, customer, version), version
             )
         for session_id in update.retired_sessions:
-            retired: tuple[Any, ...] = (
-                session_id,
-                version,
-                customer,
-                _EPOCH,
-                _EPOCH,
-                0,
-                0,
-                "",
-                "",
-                False,
-                [],
-                True,
+            retired = SessionRecord(
+                session_id, version, customer, _EPOCH, _EPOCH, 0, 0, "", "", False, [], True
             )
             self._sessions.add(session_id, _EPOCH, retired, version)
         places = update.friction_places
@@ -778,12 +684,13 @@ class JourneyStage:
             self._add_friction(friction, customer, version, places, retracted=True)
         summary = update.summary
         as_of = summary["last_seen"] or _EPOCH
-        self._journeys.add(
-            customer,
-            as_of,
-            (summary["customer_id"], version, as_of, *(summary[c] for c in JOURNEY_COLUMNS[3:])),
-            version,
+        record = JourneySummary(
+            customer_id=summary["customer_id"],
+            version=version,
+            as_of=as_of,
+            **{c: summary[c] for c in JOURNEYS.columns[3:]},
         )
+        self._journeys.add(customer, as_of, record, version)
 
     def _add_friction(
         self,
@@ -797,7 +704,9 @@ class JourneyStage:
         # Keyed per customer: an event that moves writes a new row there, and the retraction
         # left behind (versioned on another partition) cannot hide it.
         key = str(uuid.uuid5(_FRICTION_ROW_NAMESPACE, f"{customer}|{friction_id(friction)}"))
-        row = (
+        # channel, type, name, stage and is_bot of the touchpoint it is on (for the rollups)
+        channel, kind, name, stage, is_bot = _place(places.get(friction_id(friction)))
+        record = FrictionRecord(
             key,
             version,
             customer,
@@ -807,10 +716,13 @@ class JourneyStage:
             friction.severity,
             friction.detail,
             retracted,
-            # channel, type, name, stage and is_bot of the touchpoint it is on (for the rollups)
-            *_place(places.get(friction_id(friction))),
+            channel,
+            kind,
+            name,
+            stage,
+            is_bot,
         )
-        self._frictions.add(key, friction.ts, row, version)
+        self._frictions.add(key, friction.ts, record, version)
 
     async def _flush(self, sources: Mapping[tuple[str, int], RawMessage]) -> None:
         stored = await self._touchpoints.flush()
@@ -824,9 +736,7 @@ class JourneyStage:
                 event_id=event_id,
                 stage="journey",
             )
-            self._dead_letters.add(
-                letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)
-            )
+            self._dead_letters.add(letter.dead_letter_id, letter.received_ts, letter)
         await self._dead_letters.flush()
         for sink in (self._sessions, self._frictions, self._journeys):
             await sink.flush()
@@ -836,8 +746,8 @@ def _rerouted(stored: StoredEvent, position: int) -> StoredEvent:
     return StoredEvent(stored.event, stored.version, stored.primary, stored.late, position)
 
 
-def _session_row(session: Session, customer: str, version: int) -> tuple[Any, ...]:
-    return (
+def _session(session: Session, customer: str, version: int) -> SessionRecord:
+    return SessionRecord(
         session.session_id,
         version,
         customer,

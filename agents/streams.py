@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -13,34 +13,42 @@ import orjson
 
 from agents.batches import (
     BatchRunner,
+    DeadLetterPolicy,
     acked_batches,
     dead_letter_policy,
     run_batches,
 )
-from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
+from agents.calls import CallsPipeline, PoolAttribution
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers
 from agents.identity import IdentityRules
-from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.ingest import IngestPipeline, RawMessage
 from agents.services import PoolReservationsService
 from agents.stitching import (
-    ALIAS_COLUMNS,
-    CONFLICT_COLUMNS,
-    FRICTION_COLUMNS,
-    JOURNEY_COLUMNS,
-    SESSION_COLUMNS,
     IdentityStage,
     JourneyStage,
     Outbox,
     StitchRouter,
 )
 from agents.table_store import STORE_SCHEME
-from agents.tickets import TICKET_COLUMNS, TicketsPipeline
+from agents.tickets import TicketsPipeline
 from collectors.calls.pools import PoolBook
 from tracker.kafka.topology import Topology
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
-from tracker.store.sink import ClickHouseSink
+from tracker.store.sink import ClickHouseSink, Sink
+from tracker.store.tables import (
+    ALIASES,
+    CALLS,
+    CONFLICTS,
+    DEAD_LETTERS,
+    FRICTIONS,
+    JOURNEYS,
+    SESSIONS,
+    TICKETS,
+    TOUCHPOINTS,
+    Table,
+)
 
 __all__ = [
     "add_calls",
@@ -99,11 +107,9 @@ def add_calls(
     table. Its changelog is partitioned by the same key, so it follows the calls topic."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
     calls_pipeline = CallsPipeline(
-        calls=ClickHouseSink(store, "calls", CALL_COLUMNS, "call_uuid", "call_ts", "version"),
+        calls=ClickHouseSink(store, CALLS),
         touchpoints=touchpoints,
-        dead_letters=ClickHouseSink(
-            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-        ),
+        dead_letters=ClickHouseSink(store, DEAD_LETTERS),
         tracking_numbers=settings.call_tracking_numbers,
         forgotten=forgotten,
         pools=PoolAttribution(settings.call_number_pools, book) if reservations else None,
@@ -146,13 +152,9 @@ def add_tickets(
     lives in a changelog-backed table partitioned like the tickets topic (agents/tickets.py)."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
     pipeline = TicketsPipeline(
-        tickets=ClickHouseSink(
-            store, "tickets", TICKET_COLUMNS, "ticket_uuid", "opened_at", "version"
-        ),
+        tickets=ClickHouseSink(store, TICKETS),
         touchpoints=touchpoints,
-        dead_letters=ClickHouseSink(
-            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-        ),
+        dead_letters=ClickHouseSink(store, DEAD_LETTERS),
         forgotten=forgotten,
         max_state_bytes=settings.state_max_bytes,
     )
@@ -179,34 +181,25 @@ def add_tickets(
 
 
 def add_stitching(
-    app: faust.App, store: ClickHouseStore, topology: Topology, settings: Settings, outbox: Outbox
+    app: faust.App,
+    sink: Callable[[Table], Sink],
+    letters: Callable[[], DeadLetterPolicy],
+    topology: Topology,
+    settings: Settings,
+    outbox: Outbox,
 ) -> None:
     """The identity agent on the single-partition identity log (only the touchpoints that may
     link identifiers come this way, and splits), and the journey agent keyed by customer, each
-    with a changelog-backed table for its state (agents/stitching.py)."""
+    with a changelog-backed table for its state (agents/stitching.py). ``sink`` gives each
+    table's sink (ClickHouse, or the outputs topic for a stitch-only worker) and ``letters`` a
+    dead-letter policy writing through one."""
     batch, within = settings.sink_batch_size, settings.sink_flush_seconds
-
-    def sink(
-        table: str, columns: Sequence[str], key: str, ts: str, version: bool
-    ) -> ClickHouseSink:
-        """Touchpoints and dead letters are looked up before writing, so that a replay adds no
-        second row; the derived tables are read with FINAL, where a replayed copy is one row."""
-        return ClickHouseSink(
-            store,
-            table,
-            columns,
-            key,
-            ts,
-            "version" if version else None,
-            look_before_writing=table in ("touchpoints", "dead_letters"),
-        )
-
     identity_stage = IdentityStage(
         outbox,
         journey_topic=topology.journey.name,
         aliases_topic=topology.aliases.name,
-        identities=sink("identities", ALIAS_COLUMNS, "identifier", "ts", version=True),
-        conflicts=sink("identity_conflicts", CONFLICT_COLUMNS, "conflict_id", "ts", False),
+        identities=sink(ALIASES),
+        conflicts=sink(CONFLICTS),
         rules=IdentityRules(limits={**IdentityRules().limits, **settings.identity_limits}),
         max_state_bytes=settings.state_max_bytes,
     )
@@ -228,7 +221,7 @@ def add_stitching(
         await identity_stage.handle([(e.value, e.message.offset) for e in events], identity_links)
 
     identity_runner = BatchRunner(
-        "identity", resolve, _raw, dead_letter_policy(store), discard=identity_stage.discard
+        "identity", resolve, _raw, letters(), discard=identity_stage.discard
     )
 
     @app.agent(identity_topic, name="identity")
@@ -244,13 +237,11 @@ def add_stitching(
     journey_stage = JourneyStage(
         outbox,
         journey_topic=topology.journey.name,
-        touchpoints=sink("touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", version=True),
-        sessions=sink("sessions", SESSION_COLUMNS, "session_id", "start", version=True),
-        journeys=sink("journeys", JOURNEY_COLUMNS, "customer_id", "as_of", version=True),
-        frictions=sink("frictions", FRICTION_COLUMNS, "friction_id", "ts", version=True),
-        dead_letters=sink(
-            "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts", False
-        ),
+        touchpoints=sink(TOUCHPOINTS),
+        sessions=sink(SESSIONS),
+        journeys=sink(JOURNEYS),
+        frictions=sink(FRICTIONS),
+        dead_letters=sink(DEAD_LETTERS),
         rules=rules_from_settings(settings),
     )
     journey_topic = app.topic(
@@ -272,9 +263,7 @@ def add_stitching(
             [(_customer(e.key), e.value, _raw(e)) for e in events], journey_state
         )
 
-    journey_runner = BatchRunner(
-        "journey", stitch, _raw, dead_letter_policy(store), discard=journey_stage.discard
-    )
+    journey_runner = BatchRunner("journey", stitch, _raw, letters(), discard=journey_stage.discard)
 
     @app.agent(journey_topic, name="journey")
     async def journey(stream: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from agents.forget import ForgottenIdentifiers
-from agents.ingest import RawMessage, dead_letter_row, touchpoint_row
+from agents.ingest import RawMessage, enriched
 from collectors.helpdesk.records import KINDS, LIFECYCLE, SOURCE, SupportCallback
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError, StateTooLarge
@@ -32,7 +32,6 @@ from tracker.touchpoint import Touchpoint
 
 __all__ = [
     "MAX_CALLBACKS_PER_TICKET",
-    "TICKET_COLUMNS",
     "TicketRecord",
     "TicketsPipeline",
     "csat_event_id",
@@ -49,33 +48,6 @@ log = logging.getLogger(__name__)
 TICKET_NAMESPACE: Final = uuid.UUID("6f2a9c1e-4b7d-4e8a-9c3f-1d5e7b2a8c40")
 # A ticket with more callbacks than this is a runaway; further callbacks are counted, not kept.
 MAX_CALLBACKS_PER_TICKET: Final = 500
-
-TICKET_COLUMNS = (
-    "ticket_uuid",
-    "version",
-    "provider",
-    "ticket_id",
-    "kind",
-    "channel",
-    "opened_at",
-    "status",
-    "provider_status",
-    "email_hash",
-    "phone_hash",
-    "user_id",
-    "agent",
-    "queue",
-    "priority",
-    "via",
-    "first_reply_at",
-    "solved_at",
-    "first_reply_seconds",
-    "resolution_seconds",
-    "reopens",
-    "rating",
-    "rated_at",
-    "callbacks",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,33 +174,34 @@ def merge_callbacks(callbacks: Iterable[SupportCallback]) -> TicketRecord:
     )
 
 
-def ticket_row(record: TicketRecord) -> tuple[Any, ...]:
-    return (
-        record.event_id,
-        record.version,
-        record.provider,
-        record.ticket_id,
-        record.kind,
-        record.channel,
-        record.opened_at,
-        record.status,
-        record.provider_status,
-        record.email_hash,
-        record.phone_hash,
-        record.user_id,
-        record.agent,
-        record.queue,
-        record.priority,
-        record.via,
-        record.first_reply_at,
-        record.solved_at,
-        record.first_reply_seconds,
-        record.resolution_seconds,
-        record.reopens,
-        record.rating,
-        record.rated_at,
-        record.version,
-    )
+def ticket_row(record: TicketRecord) -> dict[str, Any]:
+    """The ``tickets`` table's row, by column name (tracker/store/tables.py: ``TICKETS``)."""
+    return {
+        "ticket_uuid": record.event_id,
+        "version": record.version,
+        "provider": record.provider,
+        "ticket_id": record.ticket_id,
+        "kind": record.kind,
+        "channel": record.channel,
+        "opened_at": record.opened_at,
+        "status": record.status,
+        "provider_status": record.provider_status,
+        "email_hash": record.email_hash,
+        "phone_hash": record.phone_hash,
+        "user_id": record.user_id,
+        "agent": record.agent,
+        "queue": record.queue,
+        "priority": record.priority,
+        "via": record.via,
+        "first_reply_at": record.first_reply_at,
+        "solved_at": record.solved_at,
+        "first_reply_seconds": record.first_reply_seconds,
+        "resolution_seconds": record.resolution_seconds,
+        "reopens": record.reopens,
+        "rating": record.rating,
+        "rated_at": record.rated_at,
+        "callbacks": record.version,
+    }
 
 
 def ticket_touchpoint(record: TicketRecord) -> Touchpoint:
@@ -364,7 +337,7 @@ class TicketsPipeline:
             for written in (touchpoint, csat_touchpoint(record)):
                 if written is not None:
                     self.touchpoints.add(
-                        written.event_id, written.ts, touchpoint_row(written), written.version
+                        written.event_id, written.ts, enriched(written), written.version
                     )
         await self.dead_letters.flush()
         refused = {
@@ -389,7 +362,7 @@ class TicketsPipeline:
             payload=message.value.decode("utf-8", errors="replace"),
             received_ts=datetime.now(UTC),
         )
-        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, dead_letter_row(letter))
+        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, letter)
 
 
 def _object(value: bytes) -> dict[str, Any]:
@@ -401,7 +374,7 @@ def _object(value: bytes) -> dict[str, Any]:
 
 def _refused_letter(
     event_id: str, version: int, reason: str, callbacks: dict[str, Any]
-) -> tuple[str, datetime, tuple[Any, ...]]:
+) -> tuple[str, datetime, DeadLetter]:
     letter = DeadLetter(
         dead_letter_id=str(uuid.uuid5(TICKET_NAMESPACE, f"refused:{event_id}:{version}")),
         source="worker",
@@ -412,4 +385,4 @@ def _refused_letter(
         received_ts=datetime.now(UTC),
         event_id=event_id,
     )
-    return letter.dead_letter_id, letter.received_ts, dead_letter_row(letter)
+    return letter.dead_letter_id, letter.received_ts, letter

@@ -5,6 +5,11 @@ The raw topic is read by :class:`RawIngestService`, a batch consumer running ins
 worker: Faust's per-message stream machinery costs about 130 µs an event, which capped ingest
 at a quarter of a bare consume-and-insert loop (bench/README.md). Short-link click batches are
 read the same way and handed to the same pipeline. Faust agents keep the stateful work.
+
+Workers scale out by role (``tracker worker --role``, docs/operations.md "Worker roles"):
+several ``stitch`` workers share the partitions of ingest, identity and journey and hand their
+records to one ``write`` worker through Kafka, since embedded chDB has one owner; with a
+ClickHouse server, several ``all`` workers each write directly.
 """
 
 from __future__ import annotations
@@ -18,20 +23,23 @@ import faust
 from aiokafka.errors import KafkaError
 from mode import CrashingSupervisor, Service
 
-from agents.batches import (
-    dead_letter_policy,
-)
+from agents.batches import DeadLetterPolicy, dead_letter_policy
 from agents.forget import ForgottenIdentifiers
 from agents.identity import AliasReplica
-from agents.ingest import DEAD_LETTER_COLUMNS, IngestPipeline
+from agents.ingest import IngestPipeline
 from agents.links import add_links_mirror
+from agents.outputs import OutputSink, Writer
 from agents.services import (
     AliasReplicaService,
+    BatchIngestService,
     ClickBatchService,
     ConsoleService,
     ForgetService,
+    ForgottenFollower,
+    HealthService,
     PoolReservationsService,
     RawIngestService,
+    WriterService,
 )
 from agents.stitching import (
     Outbox,
@@ -45,7 +53,8 @@ from tracker.metrics import WORKER_READY
 from tracker.settings import Settings
 from tracker.shutdown import ShutdownDeadline
 from tracker.store import ClickHouseStore
-from tracker.store.sink import ClickHouseSink
+from tracker.store.sink import ClickHouseSink, Sink
+from tracker.store.tables import DEAD_LETTERS, TABLES, Table
 
 __all__ = ["build_worker", "run_worker"]
 
@@ -64,14 +73,40 @@ class _Worker(faust.Worker):
         super()._schedule_shutdown(signal)
 
 
-def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore]:
-    """The Faust app, the services to run beside it (in start order), and the store."""
+def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore | None]:
+    """The Faust app, the services to run beside it (in start order), and the store (none for a
+    stitch-only worker). ``settings.worker_role`` says what this process runs:
+
+    - ``all``: everything, writing ClickHouse itself (one worker; or several, with a server);
+    - ``stitch``: ingest, identity and journey, handing every record they would write to the
+      writer through the outputs topic; it serves only its health (no ClickHouse, no console);
+    - ``write``: the writer of those records, owning ClickHouse and the console, and the stages
+      that write ClickHouse themselves (the collectors' dead letters, the links mirror, calls,
+      helpdesk tickets).
+    """
+    role = settings.worker_role
+    stitches, writes = role in ("all", "stitch"), role in ("all", "write")
     topology = Topology.from_settings(settings)
-    store = ClickHouseStore(
-        settings.clickhouse_url, settings.clickhouse_database, cluster=settings.clickhouse_cluster
+    store = (
+        ClickHouseStore(
+            settings.clickhouse_url,
+            settings.clickhouse_database,
+            cluster=settings.clickhouse_cluster,
+        )
+        if writes
+        else None
     )
-    forgotten = ForgottenIdentifiers()
     outbox = Outbox(settings)
+
+    def sink(table: Table) -> Sink:
+        if store is None:
+            return OutputSink(outbox, topology.outputs.name, table)
+        return ClickHouseSink(store, table)
+
+    def letters() -> DeadLetterPolicy:
+        return DeadLetterPolicy(sink(DEAD_LETTERS))
+
+    forgotten = ForgottenIdentifiers()
     replica = AliasReplica()
     aliases = AliasReplicaService(settings, topology.aliases.name, replica)
     # Touchpoints go on to identity and journey stitching, which writes them to ClickHouse.
@@ -79,14 +114,12 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
     )
     pipeline = IngestPipeline(
-        touchpoints=to_stitching,
-        dead_letters=ClickHouseSink(
-            store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-        ),
-        forgotten=forgotten,
+        touchpoints=to_stitching, dead_letters=sink(DEAD_LETTERS), forgotten=forgotten
     )
+    # The writer runs other agents than the stitch workers: a consumer group of its own.
+    app_id = settings.worker_id if role != "write" else f"{settings.worker_id}.write"
     app = faust.App(
-        settings.worker_id,
+        app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store=table_store(settings),
         web_enabled=False,
@@ -99,18 +132,33 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         # Per application id: the tables' local stores belong to that id's changelogs.
-        datadir=str(settings.data_dir / "faust" / settings.worker_id),
+        datadir=str(settings.data_dir / "faust" / app_id),
         # An agent that raises ends the worker with exit code 1, so whoever runs it (tracker up,
         # an orchestrator) restarts it and its unacknowledged records are read again. Faust's
         # default restarts the agent alone, which then runs on past a batch it never acknowledged.
         agent_supervisor=CrashingSupervisor,
     )
-    # Raw touchpoints and click batches go through the one pipeline, one batch at a time.
-    ingest = RawIngestService(settings, topology.raw.name, pipeline, dead_letter_policy(store))
-    clicks = ClickBatchService(
-        settings, topology.click_batches.name, pipeline, dead_letter_policy(store), ingest.lock
-    )
-    forget = ForgetService(settings, topology.forgotten.name, store, forgotten, ingest)
+    consumers: list[BatchIngestService] = []
+    if stitches:
+        # Raw touchpoints and click batches go through the one pipeline, one batch at a time.
+        ingest = RawIngestService(settings, topology.raw.name, pipeline, letters())
+        clicks = ClickBatchService(
+            settings, topology.click_batches.name, pipeline, letters(), ingest.lock
+        )
+        consumers += [ingest, clicks]
+        add_stitching(app, sink, letters, topology, settings, outbox)
+    if store is None:
+        follower = ForgottenFollower(settings, topology.forgotten.name, forgotten)
+        health = HealthService(settings, consumers, follower)
+        services: list[Service] = [outbox, aliases, follower, *consumers, health]
+        _started(app, health, role)
+        return app, services, None
+    if not stitches:
+        writer = Writer({t.name: ClickHouseSink(store, t) for t in TABLES.values() if t.record})
+        consumers.append(
+            WriterService(settings, topology.outputs.name, writer, dead_letter_policy(store))
+        )
+    forget = ForgetService(settings, topology.forgotten.name, store, forgotten, consumers[0])
     # Number pools: only with pools configured does the worker follow the reservations.
     book = PoolBook()
     reservations = (
@@ -118,8 +166,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         if settings.call_number_pools
         else None
     )
-    console = ConsoleService(settings, store, [ingest, clicks], forget, reservations)
-    add_dead_letters(app, store, topology, settings, pipeline, ingest.lock)
+    console = ConsoleService(settings, store, consumers, forget, reservations)
+    add_dead_letters(app, store, topology, settings, pipeline, consumers[0].lock)
     add_links_mirror(app, store, topology, settings)
     # The calls stage routes its touchpoints through a router of its own: each flushes its own.
     calls_router = StitchRouter(
@@ -130,25 +178,18 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         outbox, topology.identity.name, topology.journey.name, replica, aliases.loaded
     )
     add_tickets(app, store, topology, settings, tickets_router, forgotten)
-    add_stitching(app, store, topology, settings, outbox)
+    _started(app, console, role)
+    followers: list[Service] = [reservations] if reservations is not None else []
+    return app, [outbox, aliases, forget, *consumers, *followers, console], store
 
+
+def _started(app: faust.App, status: ConsoleService | HealthService, role: str) -> None:
     async def mark_started() -> None:
-        console.started_agents = True
+        status.started_agents = True
         WORKER_READY.set(1)
-        log.info(
-            "worker started",
-            extra={
-                "topics": [
-                    topology.raw.name,
-                    topology.click_batches.name,
-                    topology.dead_letters.name,
-                ]
-            },
-        )
+        log.info("worker started", extra={"role": role, "agents": sorted(app.agents)})
 
     app.task(mark_started)
-    followers: list[Service] = [reservations] if reservations is not None else []
-    return app, [outbox, aliases, forget, ingest, clicks, *followers, console], store
 
 
 def _wait_for_topics(settings: Settings, app: faust.App) -> None:
@@ -183,15 +224,16 @@ def run_worker(settings: Settings) -> None:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, services, store = build_worker(settings)
     _wait_for_topics(settings, app)
-    applied = store.run_sync(store.migrate_sync)
-    log.info(
-        "clickhouse ready",
-        extra={
-            "database": settings.clickhouse_database,
-            "applied": applied,
-            "embedded": store.embedded,
-        },
-    )
+    if store is not None:
+        applied = store.run_sync(store.migrate_sync)
+        log.info(
+            "clickhouse ready",
+            extra={
+                "database": settings.clickhouse_database,
+                "applied": applied,
+                "embedded": store.embedded,
+            },
+        )
     worker = _Worker(
         app,
         *services,
@@ -204,4 +246,5 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     finally:
-        store.close()
+        if store is not None:
+            store.close()

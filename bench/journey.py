@@ -7,7 +7,7 @@ bench/README.md (section 4) explains it. In short:
 - **Input.** A synthetic mix of customers (page views on one or two devices, identifies that link
   an anonymous id to an email, short-link clicks, calls with a phone number, CRM identifies that
   join a phone to an email, purchases), built as ingest builds them (``accept`` then
-  ``touchpoint_row`` then ``encode_row``) and pre-loaded onto the identity log, in event-time
+  ``enriched`` then ``EnrichedTouchpoint.to_wire``) and pre-loaded onto the identity log, in event-time
   order. Ingest itself is bench/run.py's business; this measures what comes after it.
 - **Product.** ``python -m tracker worker``: the real Faust app of ``agents.worker.build_worker``,
   so the identity agent, the journey topic, the journey agent and its changelog-backed tables,
@@ -189,10 +189,10 @@ def customer_events(i: int, rng: random.Random, mix: Mix) -> list[dict[str, Any]
     return events
 
 
-def touchpoint_rows(customers: int, seed: int) -> tuple[list[tuple[Any, ...]], Mix]:
-    """The touchpoint rows ingest makes of the mix (``accept`` then ``touchpoint_row``), in
-    event-time order."""
-    from agents.ingest import touchpoint_row
+def touchpoint_rows(customers: int, seed: int) -> tuple[list[Any], Mix]:
+    """The touchpoints ingest makes of the mix (``accept`` then ``enriched``), in event-time
+    order."""
+    from agents.ingest import enriched
     from tracker.touchpoint import RequestContext, accept
 
     rng = random.Random(seed)
@@ -206,17 +206,15 @@ def touchpoint_rows(customers: int, seed: int) -> tuple[list[tuple[Any, ...]], M
         )
         for source in ("web_beacon", "shortlink", "call_webhook", "server")
     }
-    rows = [touchpoint_row(accept(p, contexts[p["source"]])) for p in payloads]
+    rows = [enriched(accept(p, contexts[p["source"]])) for p in payloads]
     mix.events = len(rows)
     return rows, mix
 
 
-def identity_log_records(rows: Sequence[tuple[Any, ...]]) -> list[tuple[bytes, bytes]]:
+def identity_log_records(rows: Sequence[Any]) -> list[tuple[bytes, bytes]]:
     """``(key, value)`` pairs as ingest forwarded every touchpoint to the identity log before
     the direct path: the baseline's input."""
-    from agents.stitching import encode_row
-
-    return [(str(row[0]).encode(), encode_row(row)) for row in rows]
+    return [(row.event_id.encode(), row.to_wire()) for row in rows]
 
 
 @dataclass(slots=True)
@@ -232,7 +230,7 @@ class Routed:
         return len(self.identity) / (len(self.identity) + len(self.journey))
 
 
-def routed_records(rows: Sequence[tuple[Any, ...]]) -> Routed:
+def routed_records(rows: Sequence[Any]) -> Routed:
     """Each row routed by ingest's own router (``StitchRouter.route``) with a replica that
     knows nothing yet, as a worker that has just started on an empty aliases topic: every event
     that carries two identifiers or more takes the identity log. A replica that keeps up sends
@@ -475,37 +473,68 @@ def metric_value(port: int, name: str, labels: str) -> float:
 
 
 def measure_worker(
-    bootstrap: str, prefix: str, mix: Mix, work: Path, tag: str, processes: Processes
+    bootstrap: str,
+    prefix: str,
+    mix: Mix,
+    work: Path,
+    tag: str,
+    processes: Processes,
+    stitchers: int = 0,
 ) -> dict[str, Any]:
-    """One fresh worker (own groups, own tables, own chDB) until every event is stitched."""
+    """One fresh worker (own groups, own tables, own chDB) until every event is stitched; or,
+    with ``stitchers``, that many ``--role stitch`` workers and one ``--role write`` worker."""
     from tracker.cli.kafka_local import free_port
 
     console = free_port()
     worker_id = f"bench-{tag}-worker"
     logfile = work / f"worker-{tag}.log"
     launched = time.monotonic()
-    pid = processes.start(
-        "worker",
-        [sys.executable, "-m", "tracker", "worker"],
-        tracker_env(
-            TRACKER_KAFKA_BOOTSTRAP=bootstrap,
-            TRACKER_TOPIC_PREFIX=prefix,
-            TRACKER_WORKER_ID=worker_id,
-            TRACKER_CLICKHOUSE_URL=f"chdb://{work / f'worker-ch-{tag}'}",
-            TRACKER_CONSOLE_PORT=str(console),
-            TRACKER_DATA_DIR=str(work / f"worker-{tag}"),
-            TRACKER_SINK_BATCH_SIZE=str(BATCH),
-            TRACKER_HASH_SALT=SALT,
-        ),
-        logfile,
+    env = tracker_env(
+        TRACKER_KAFKA_BOOTSTRAP=bootstrap,
+        TRACKER_TOPIC_PREFIX=prefix,
+        TRACKER_WORKER_ID=worker_id,
+        TRACKER_CLICKHOUSE_URL=f"chdb://{work / f'worker-ch-{tag}'}",
+        TRACKER_CONSOLE_PORT=str(console),
+        TRACKER_DATA_DIR=str(work / f"worker-{tag}"),
+        TRACKER_SINK_BATCH_SIZE=str(BATCH),
+        TRACKER_HASH_SALT=SALT,
     )
+    role = ["--role", "write"] if stitchers else []
+    pids = [
+        processes.start("worker", [sys.executable, "-m", "tracker", "worker", *role], env, logfile)
+    ]
+    # The stitching metrics are read where the stitching runs.
+    ports = [console]
+    if stitchers:
+        ports = [free_port() for _ in range(stitchers)]
+        for n, port in enumerate(ports):
+            pids.append(
+                processes.start(
+                    f"stitch-{n}",
+                    [sys.executable, "-m", "tracker", "worker", "--role", "stitch"],
+                    {
+                        **env,
+                        "TRACKER_WORKER_HEALTH_PORT": str(port),
+                        "TRACKER_DATA_DIR": str(work / f"worker-{tag}-stitch-{n}"),
+                    },
+                    work / f"worker-{tag}-stitch-{n}.log",
+                )
+            )
+
+    def stitched(step: str, name: str = "tracker_stitch_records_total") -> float:
+        total = 0.0
+        for port in ports:
+            with contextlib.suppress(OSError, ValueError):
+                total += metric_value(port, name, f'step="{step}"')
+        return total
+
     first_seen: float | None = None
     count = events = 0
     handled, quiet_since = -1.0, time.monotonic()
     deadline = time.monotonic() + 900
     while count < mix.events or events < mix.events:
-        if not processes.alive(pid):
-            raise BenchError(f"the worker exited; its log:\n{tail(logfile)}")
+        if not all(processes.alive(pid) for pid in pids):
+            raise BenchError(f"a worker exited; its log:\n{tail(logfile)}")
         if time.monotonic() > deadline:
             raise BenchError(
                 f"in 900s the worker stitched {count} of {mix.events} touchpoints, "
@@ -517,14 +546,15 @@ def measure_worker(
             if count and first_seen is None:
                 first_seen = time.monotonic()
             events = int(console_query(console, LIVE_JOURNEYS_SQL).split()[1] or 0)
-            now = metric_value(console, "tracker_stitch_records_total", 'step="journey"')
+            now = stitched("journey")
             if now != handled:
                 handled, quiet_since = now, time.monotonic()
             elif events == mix.events and time.monotonic() - quiet_since > 10:
                 break  # every event is in a journey and the journey step is idle
     done = time.monotonic()
     if count != mix.events or events != mix.events:
-        processes.stop(pid)
+        for pid in pids:
+            processes.stop(pid)
         raise BenchError(
             f"the worker is idle with {count} of {mix.events} touchpoints stored, and journeys "
             f"that hold {events} events: touchpoints were lost"
@@ -555,21 +585,30 @@ def measure_worker(
         "frictions": outputs[2],
         "merged_customers": outputs[3],
         "identity_conflicts": outputs[4],
-        "stitch_records": {
-            step: metric_value(console, "tracker_stitch_records_total", f'step="{step}"')
-            for step in ("identity", "journey")
-        },
+        "stitch_records": {step: stitched(step) for step in ("identity", "journey")},
         # Pre-filled: the worker's own ingest routed nothing, so this is None unless it did.
-        "ordered_share": routes_share(console),
+        "ordered_share": routes_share(console) if not stitchers else None,
+        "stitch_workers": stitchers,
+        # CPU of each process from its start, per 1,000 events: startup is in it, on both runs.
+        "cpu_seconds_per_1000_events": {
+            name: cpu_seconds(pid) * 1000 / mix.events
+            for name, pid in zip(
+                ["writer" if stitchers else "worker"] + [f"stitch-{n}" for n in range(stitchers)],
+                pids,
+                strict=True,
+            )
+        },
     }
-    processes.stop(pid)
+    for pid in pids:
+        processes.stop(pid)
     for table_name in ("journey_state", "identity_links"):
         result[f"{table_name}_changelog"] = asyncio.run(
             compacted_bytes(bootstrap, f"{worker_id}-{table_name}-changelog")
         )
     log.info(
-        "worker: %.0f events/s over %.1fs (%d inserts; startup %.1fs); %d live journeys "
+        "%s: %.0f events/s over %.1fs (%d inserts; startup %.1fs); %d live journeys "
         "(%d expected), %d merged away",
+        f"{stitchers} stitch workers + writer" if stitchers else "worker",
         result["events_per_second"],
         span,
         inserts,
@@ -579,6 +618,12 @@ def measure_worker(
         result["merged_customers"],
     )
     return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a running process has used (Linux /proc), children excluded."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def routes_share(port: int) -> float | None:
@@ -595,7 +640,10 @@ def routes_share(port: int) -> float | None:
 class _NullSink:
     """Takes rows and forgets them: the replay measures state, not output."""
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+    def add(self, key: str, ts: datetime, record: Any, version: int = 0) -> None:
+        pass
+
+    def discard(self) -> None:
         pass
 
     async def flush(self) -> Any:
@@ -614,7 +662,7 @@ class _Loopback:
         self.sent.extend(records)
 
 
-async def replay(rows: Sequence[tuple[Any, ...]], traced: bool) -> dict[str, Any]:
+async def replay(rows: Sequence[Any], traced: bool) -> dict[str, Any]:
     """Every row routed as ingest routes it (with a replica that reads every alias at once),
     then through IdentityStage and JourneyStage in batches, as the worker does, with the
     outputs thrown away; then the heap the state holds (tracemalloc, when ``traced``)."""
@@ -662,7 +710,7 @@ async def replay(rows: Sequence[tuple[Any, ...]], traced: bool) -> dict[str, Any
         for record in take("aliases"):
             replica.apply("aliases", record.key.decode(), record.value)
         for row in rows[start : start + BATCH]:
-            router.add(str(row[0]), row[7], row, int(row[1]))
+            router.add(row.event_id, row.ts, row, row.version)
         await router.flush()
         route_seconds += time.perf_counter() - began
         began = time.perf_counter()
@@ -753,6 +801,7 @@ def run_bench(customers: int, rounds: int) -> int:
         mix.events,
     )
     workers: list[dict[str, Any]] = []
+    scaled: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []
     ok = False
     try:
@@ -804,6 +853,25 @@ def run_bench(customers: int, rounds: int) -> int:
             workers.append(
                 measure_worker(kafka.bootstrap, prefix, mix, work, f"{run_tag}-{round_}", processes)
             )
+            # The same events on topics of their own (the journey topic must start empty).
+            two = f"bench-{run_tag}-journey{round_}-two."
+            settings = settings.with_overrides(topic_prefix=two)
+            asyncio.run(ensure_topics(settings))
+            topology = Topology.from_settings(settings)
+            asyncio.run(produce(kafka.bootstrap, topology.identity.name, routed.identity))
+            asyncio.run(produce(kafka.bootstrap, topology.journey.name, routed.journey))
+            log.info("round %d: two stitch workers and the writer", round_)
+            scaled.append(
+                measure_worker(
+                    kafka.bootstrap,
+                    two,
+                    mix,
+                    work,
+                    f"{run_tag}-{round_}-two",
+                    processes,
+                    stitchers=2,
+                )
+            )
         ok = True
     finally:
         processes.stop_all()
@@ -822,6 +890,7 @@ def run_bench(customers: int, rounds: int) -> int:
     logic["traced_sample"] = traced
     baseline = max(baselines, key=lambda r: float(r["events_per_second"]))
     product = max(workers, key=lambda r: float(r["events_per_second"]))
+    two_workers = max(scaled, key=lambda r: float(r["events_per_second"]))
     live = product["live_journeys"]
     changelog = product["journey_state_changelog"]
     links_log = product["identity_links_changelog"]
@@ -834,6 +903,15 @@ def run_bench(customers: int, rounds: int) -> int:
             baseline["events_per_second"],
             BAR,
             details={"worker_rounds": workers, "baseline_rounds": baselines},
+        ),
+        Figure(
+            "journey, 2 workers",
+            "the same, two stitch workers and the writer",
+            "events/s",
+            two_workers["events_per_second"],
+            baseline["events_per_second"],
+            BAR,
+            details={"worker_rounds": scaled},
         ),
     ]
     memory = {
@@ -864,6 +942,12 @@ def run_bench(customers: int, rounds: int) -> int:
     log.info("results\n%s", table(figures))
     for name, value in memory.items():
         log.info("state memory: %s: %.0f", name, value)
+    for label, run in (("one worker", product), ("two stitch workers + writer", two_workers)):
+        log.info(
+            "CPU-seconds per 1,000 events, %s: %s",
+            label,
+            ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_seconds_per_1000_events"].items()),
+        )
     log.info(
         "ordered path share: %.1f %% as pre-filled (a replica that knows nothing), %.1f %% with "
         "a replica that keeps up (in-process replay)",

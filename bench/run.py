@@ -746,12 +746,14 @@ def bench_worker(bootstrap: str, work: Path, run_tag: str, processes: Processes)
 
 
 async def consume_baseline(bootstrap: str, topic: str, total: int, url: str) -> dict[str, Any]:
-    """The bare loop: consume, decode, build the worker's row, insert in batches, commit."""
+    """The bare loop: consume, decode, build the worker's row (the worker's own enrichment, then
+    the row by column name as the ClickHouse sink builds it), insert in batches, commit."""
     import clickhouse_connect
     from aiokafka import AIOKafkaConsumer
 
-    from agents.ingest import TOUCHPOINT_COLUMNS, touchpoint_row
+    from agents.ingest import enriched
     from tracker.store import ClickHouseStore
+    from tracker.store.tables import TOUCHPOINTS
     from tracker.touchpoint import Touchpoint
 
     store = ClickHouseStore(url, "tracker")
@@ -763,7 +765,8 @@ async def consume_baseline(bootstrap: str, topic: str, total: int, url: str) -> 
     client = await loop.run_in_executor(
         executor, lambda: clickhouse_connect.get_client(dsn=url, database="tracker")
     )
-    columns = list(TOUCHPOINT_COLUMNS)
+    columns = list(TOUCHPOINTS.columns)
+    row = TOUCHPOINTS.row
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -785,7 +788,7 @@ async def consume_baseline(bootstrap: str, topic: str, total: int, url: str) -> 
                 for records in fetched.values():
                     for record in records:
                         wire = orjson.loads(record.value)
-                        rows.append(touchpoint_row(Touchpoint.from_wire(wire)))
+                        rows.append(row(enriched(Touchpoint.from_wire(wire))))
             if rows:
                 began = time.perf_counter()
                 await loop.run_in_executor(

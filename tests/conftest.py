@@ -238,6 +238,7 @@ async def _worker_caught_up(env: dict[str, str], behind: dict[str, int]) -> None
     inputs = {  # each consumer group of the worker, and the topics it reads
         f"{worker}.ingest": [topology.raw.name],
         f"{worker}.clicks": [topology.click_batches.name],
+        f"{worker}.writer": [topology.outputs.name],  # the stitch workers' records (role write)
         worker: [
             topology.dead_letters.name,
             topology.links.name,

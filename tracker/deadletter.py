@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -52,6 +53,11 @@ class DeadLetter:
             event_id=event_id if isinstance(event_id, str) else "",
         )
 
+    @property
+    def error_fields(self) -> list[str]:
+        """The fields at fault, as the ``dead_letters`` table keeps them."""
+        return [e.field for e in self.errors]
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "dead_letter_id": self.dead_letter_id,
@@ -65,7 +71,8 @@ class DeadLetter:
         }
 
     @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> DeadLetter:
+    def from_wire(cls, data: bytes | Mapping[str, Any]) -> DeadLetter:
+        wire = orjson.loads(data) if isinstance(data, bytes) else data
         return cls(
             dead_letter_id=str(wire["dead_letter_id"]),
             source=str(wire["source"]),

@@ -18,6 +18,7 @@ __all__ = [
     "CALL_POOL_DRY",
     "CALL_POOL_FREE",
     "CALL_POOL_RESERVATIONS",
+    "CALL_TRANSCRIPTS",
     "CALL_WEBHOOKS",
     "COLLECTOR_EVENTS",
     "COLLECTOR_REQUESTS",
@@ -236,6 +237,12 @@ LINK_CLICKS_DROPPED = Counter(
 CALL_WEBHOOKS = Counter(
     "tracker_call_webhooks_total",
     "Call webhooks by provider and outcome: accepted, unauthorized, malformed, not_configured.",
+    ["provider", "outcome"],
+)
+CALL_TRANSCRIPTS = Counter(
+    "tracker_call_transcripts_total",
+    "Call transcripts the calls collector read, by provider and outcome: flagged (a topic was "
+    "found), unflagged, or off (TRACKER_CALL_TRANSCRIPTS=off: dropped). Provider retries count.",
     ["provider", "outcome"],
 )
 EMAIL_WEBHOOKS = Counter(

@@ -17,9 +17,18 @@ from typing import Any, Final
 from tracker.errors import ConfigError
 from tracker.privacy import InvalidIdentifier, normalize_phone
 
-__all__ = ["CAMPAIGN_KEYS", "NumberPool", "Secret", "Settings", "Source"]
+__all__ = ["CAMPAIGN_KEYS", "WORKER_ROLES", "NumberPool", "Secret", "Settings", "Source"]
 
 CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
+CALL_TRANSCRIPT_MODES: Final = ("off", "topics", "store")
+# The topics TRACKER_CALL_TOPICS replaces: each topic's phrases, matched as whole words.
+CALL_TOPICS: Final[Mapping[str, tuple[str, ...]]] = {
+    "cancel": ("cancel", "cancel my", "cancellation"),
+    "refund": ("refund", "money back", "chargeback"),
+    "complaint": ("complaint", "complain", "unacceptable"),
+    "manager": ("speak to a manager", "talk to a manager", "your supervisor"),
+}
+_TOPIC_NAME = re.compile(r"^[\w-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,9 @@ class Settings:
     freeswitch_password: Secret = Secret("")
     asterisk_signing_secret: Secret = Secret("")
     generic_webhook_secret: Secret = Secret("")
+    # Call transcripts (collectors/calls/transcripts.py, docs/calls.md): off, topics or store.
+    call_transcripts: str = "off"
+    call_topics: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(CALL_TOPICS))
     # Email webhooks (collectors/email, docs/email.md). An empty secret turns its provider off.
     email_port: int = 8004
     email_signature_tolerance_seconds: int = 300
@@ -161,6 +173,10 @@ class Settings:
     kafka_probe_seconds: float = 2.0
     shutdown_grace_seconds: float = 30.0
     log_repeat_seconds: float = 60.0
+    # What this worker process runs (WORKER_ROLES, docs/operations.md "Worker roles"), and the
+    # port a stitch-only worker serves /healthz, /readyz and /metrics on (it has no console).
+    worker_role: str = "all"
+    worker_health_port: int = 8010
     # Where the worker keeps its tables' state between changelog writes (agents/streams.py).
     table_store: str = "rocksdb"
 
@@ -216,6 +232,8 @@ class Settings:
             topic_partitions=reader.integer("TRACKER_TOPIC_PARTITIONS", 4, minimum=1),
             topic_replication=reader.integer("TRACKER_TOPIC_REPLICATION", 1, minimum=1),
             worker_id=reader.text("TRACKER_WORKER_ID", "tracker"),
+            worker_role=_worker_role(reader.text("TRACKER_WORKER_ROLE", "all")),
+            worker_health_port=reader.port("TRACKER_WORKER_HEALTH_PORT", 8010),
             table_store=reader.choice("TRACKER_TABLE_STORE", "rocksdb", ("rocksdb", "memory")),
             host=reader.text("TRACKER_HOST", "127.0.0.1"),
             console_host=reader.text("TRACKER_CONSOLE_HOST", "127.0.0.1"),
@@ -336,6 +354,17 @@ def _sources(raw: str) -> tuple[Source, ...]:
     return tuple(sources)
 
 
+WORKER_ROLES: Final = ("all", "stitch", "write")
+
+
+def _worker_role(role: str) -> str:
+    if role.lower() not in WORKER_ROLES:
+        raise ConfigError(
+            f"TRACKER_WORKER_ROLE must be one of {', '.join(WORKER_ROLES)}, not {role!r}"
+        )
+    return role.lower()
+
+
 def _read_local_salt(data_dir: Path) -> str:
     path = data_dir / "hash_salt"
     return path.read_text().strip() if path.exists() else ""
@@ -374,7 +403,44 @@ def _call_settings(reader: _Reader) -> dict[str, Any]:
         "freeswitch_password": Secret(reader.text("TRACKER_FREESWITCH_PASSWORD", "")),
         "asterisk_signing_secret": Secret(reader.text("TRACKER_ASTERISK_SIGNING_SECRET", "")),
         "generic_webhook_secret": Secret(reader.text("TRACKER_GENERIC_WEBHOOK_SECRET", "")),
+        "call_transcripts": _choice(
+            "TRACKER_CALL_TRANSCRIPTS",
+            reader.text("TRACKER_CALL_TRANSCRIPTS", "off").lower(),
+            CALL_TRANSCRIPT_MODES,
+        ),
+        "call_topics": _call_topics(reader.text("TRACKER_CALL_TOPICS", "")),
     }
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _call_topics(raw: str) -> dict[str, tuple[str, ...]]:
+    """``TRACKER_CALL_TOPICS``: inline JSON, or the path of a JSON file, mapping each topic to
+    its phrases, in any language: ``{"cancel": ["cancel", "kündigen"], ...}``."""
+    name = "TRACKER_CALL_TOPICS"
+    if not raw:
+        return dict(CALL_TOPICS)
+    parsed = _json_setting(name, raw)
+    if not isinstance(parsed, dict) or not parsed:
+        raise ConfigError(f'{name} must map topics to phrase lists: {{"refund": ["refund"]}}')
+    topics: dict[str, tuple[str, ...]] = {}
+    for topic, phrases in parsed.items():
+        if not _TOPIC_NAME.match(topic):
+            raise ConfigError(
+                f"{name}: topic {topic[:40]!r} must be 1 to 64 letters, digits, _ or -"
+            )
+        if (
+            not isinstance(phrases, list)
+            or not phrases
+            or not all(isinstance(p, str) and p.split() for p in phrases)
+        ):
+            raise ConfigError(f"{name}: topic {topic!r} must list one or more non-blank phrases")
+        topics[topic] = tuple(p.strip() for p in phrases)
+    return topics
 
 
 def _email_settings(reader: _Reader) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import hmac
 from typing import Any
 
 from collectors.calls._common import (
+    MAX_STRING_LENGTH,
     Malformed,
     NotConfigured,
     Provider,
@@ -29,6 +30,7 @@ from collectors.calls._common import (
     text,
 )
 from collectors.calls.records import CALL_STATUSES, MAX_ID_LENGTH, MAX_TRANSFERS, CallCallback
+from collectors.calls.transcripts import transcript_callback
 from tracker.errors import FieldError
 from tracker.settings import Settings
 
@@ -72,6 +74,8 @@ def authenticate(request: WebhookRequest, settings: Settings) -> None:
 
 def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]:
     data = request.json_object()
+    if "transcript" in data:
+        return [_transcript(data, request, settings)]
     require(data, "call_id", "status", "timestamp")
     status = text(data, "status")
     if status not in CALL_STATUSES:
@@ -136,6 +140,28 @@ def _transfers(raw: Any) -> tuple[tuple[str, ...], str]:
     kinds = {t.get("kind", "cold") for t in raw}
     ids = tuple(text(t, "id", at=f"transfers.{index}") for index, t in enumerate(raw))
     return ids, ("warm" if "warm" in kinds else "cold") if raw else ""
+
+
+def _transcript(data: dict[str, Any], request: WebhookRequest, settings: Settings) -> CallCallback:
+    """``{"call_id", "timestamp", "transcript": "..."}``: what was said in (part of) a call."""
+    require(data, "call_id", "timestamp")
+    if not isinstance(data["transcript"], str):
+        raise Malformed([FieldError("transcript", "must be a string")])
+    if len(request.header("webhook-id")) > MAX_ID_LENGTH:
+        raise Malformed([FieldError("webhook-id", f"must be at most {MAX_ID_LENGTH} characters")])
+    event_ts = iso_time(data, "timestamp", request)
+    if event_ts is None:  # require() has seen it present
+        raise Malformed([FieldError("timestamp", "is required")])
+    return transcript_callback(
+        settings,
+        provider="generic",
+        call_id=text(data, "call_id"),
+        leg_id=text(data, "leg_id"),
+        callback_id=request.header("webhook-id"),
+        texts=[text(data, "transcript", limit=MAX_STRING_LENGTH)],
+        event_ts=event_ts,
+        received_ts=request.received_ts,
+    )
 
 
 PROVIDER = Provider("generic", authenticate, normalize)

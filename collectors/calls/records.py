@@ -23,6 +23,8 @@ __all__ = [
     "MAX_CALLBACK_ID_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_SECONDS",
+    "MAX_TOPICS",
+    "MAX_TRANSCRIPT_LENGTH",
     "MAX_TRANSFERS",
     "TERMINAL_STATUSES",
     "CallCallback",
@@ -56,6 +58,8 @@ MAX_ID_LENGTH: Final = 256  # call_id, leg_id, each transfer id, queue, agent, a
 MAX_CALLBACK_ID_LENGTH: Final = 1024  # some providers' callback ids join several fields
 MAX_TRANSFERS: Final = 64  # transfers one callback reports
 MAX_SECONDS: Final = 7 * 24 * 3600  # ring, queue, talk and hold durations: one week at most
+MAX_TOPICS: Final = 64  # topics one transcript flags (collectors/calls/transcripts.py)
+MAX_TRANSCRIPT_LENGTH: Final = 32_000  # characters of transcript text one callback keeps
 _BOUNDED_TEXT: Final = ("call_id", "leg_id", "queue", "agent", "provider", "tracking_number")
 
 
@@ -113,6 +117,9 @@ class CallCallback:
     agent: str = ""
     recording: bool | None = None
     hangup_by: str = ""  # caller, callee or system
+    transcribed: bool = False  # a transcript of (part of) the call
+    topics: tuple[str, ...] = ()  # topics its phrases flag (TRACKER_CALL_TOPICS)
+    transcript: str = ""  # its text, redacted; only with TRACKER_CALL_TRANSCRIPTS=store
 
     def limit_errors(self) -> list[tuple[str, str]]:
         """(field, reason) for each bound this callback breaks; empty when it keeps them all."""
@@ -127,6 +134,10 @@ class CallCallback:
             errors.append(("transfer_ids", f"must list at most {MAX_TRANSFERS} transfers"))
         elif any(len(t) > MAX_ID_LENGTH for t in self.transfer_ids):
             errors.append(("transfer_ids", f"each must be at most {MAX_ID_LENGTH} characters"))
+        if len(self.topics) > MAX_TOPICS or any(len(t) > MAX_ID_LENGTH for t in self.topics):
+            errors.append(("topics", f"must list at most {MAX_TOPICS} short topic names"))
+        if len(self.transcript) > MAX_TRANSCRIPT_LENGTH:
+            errors.append(("transcript", f"must be at most {MAX_TRANSCRIPT_LENGTH} characters"))
         for name in ("ring_seconds", "queue_seconds", "talk_seconds", "hold_seconds"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_SECONDS:
@@ -144,7 +155,12 @@ class CallCallback:
             value = getattr(self, spec.name)
             if isinstance(value, datetime):
                 value = value.astimezone(UTC).isoformat()
-            if value is None or value == "" or value == ():
+            if (
+                value is None
+                or value == ""
+                or value == ()
+                or (spec.name == "transcribed" and not value)
+            ):
                 continue
             if isinstance(value, tuple):
                 value = list(value)
@@ -164,11 +180,11 @@ class CallCallback:
                 value = _parse_time(value)
             elif spec.name.endswith("_seconds"):
                 value = float(value)
-            elif spec.name == "recording":
+            elif spec.name in ("recording", "transcribed"):
                 value = bool(value)
-            elif spec.name == "transfer_ids":
+            elif spec.name in ("transfer_ids", "topics"):
                 if not isinstance(value, list):
-                    raise TypeError("transfer_ids must be a list")
+                    raise TypeError(f"{spec.name} must be a list")
                 value = tuple(str(v) for v in value)
             else:
                 value = str(value)

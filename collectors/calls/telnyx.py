@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import lru_cache
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from collectors.calls._common import (
+    MAX_STRING_LENGTH,
     Ignored,
     Malformed,
     NotConfigured,
@@ -29,6 +31,7 @@ from collectors.calls._common import (
     text,
 )
 from collectors.calls.records import CallCallback
+from collectors.calls.transcripts import transcript_callback
 from tracker.errors import FieldError
 from tracker.settings import Settings
 
@@ -99,6 +102,8 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
     require(data, "id", at="data")
     if not text(payload, "call_session_id", at="data.payload"):
         raise Malformed([FieldError("data.payload.call_session_id", "is required")])
+    if event_type == "call.transcription":
+        return [_transcription(data, payload, request, settings)]
     status = _EVENT_STATUS.get(event_type, "updated")
     if event_type == "call.hangup":
         status = _HANGUP_STATUS.get(text(payload, "hangup_cause", at="data.payload"), "completed")
@@ -140,6 +145,28 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             ),
         )
     ]
+
+
+def _transcription(
+    data: dict[str, Any], payload: dict[str, Any], request: WebhookRequest, settings: Settings
+) -> CallCallback:
+    """A call.transcription event: one utterance, kept once Telnyx calls it final."""
+    at = "data.payload.transcription_data"
+    transcription = payload.get("transcription_data")
+    if not isinstance(transcription, dict):
+        raise Malformed([FieldError(at, "is required and must be an object")])
+    if transcription.get("is_final") is False:
+        raise Ignored("an interim transcription: Tracker keeps the final one")
+    return transcript_callback(
+        settings,
+        provider="telnyx",
+        call_id=text(payload, "call_session_id", at="data.payload"),
+        leg_id=text(payload, "call_leg_id", at="data.payload"),
+        callback_id=text(data, "id", at="data"),
+        texts=[text(transcription, "transcript", at=at, limit=MAX_STRING_LENGTH)],
+        event_ts=iso_time(data, "occurred_at", request, at="data") or request.received_ts,
+        received_ts=request.received_ts,
+    )
 
 
 PROVIDER = Provider("telnyx", authenticate, normalize)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from collectors.calls._common import (
+    MAX_STRING_LENGTH,
     MAX_URL_LENGTH,
+    Ignored,
     Malformed,
     Provider,
     Unauthorized,
@@ -28,6 +32,7 @@ from collectors.calls._common import (
     text,
 )
 from collectors.calls.records import CallCallback
+from collectors.calls.transcripts import transcript_callback
 from tracker.errors import FieldError
 from tracker.settings import Settings
 
@@ -86,6 +91,15 @@ def authenticate(request: WebhookRequest, settings: Settings) -> None:
 
 def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]:
     data = request.json_object() if request.is_json else single(request.form())
+    if "TranscriptionSid" in data or "TranscriptionStatus" in data:
+        return [_transcription(data, request, settings)]
+    if "sentences" in data:
+        return [_sentences(data, request, settings)]
+    if "transcript_sid" in data and not text(data, "CallSid"):
+        raise Ignored(
+            "a Voice Intelligence transcript is ready: Tracker takes its sentences, "
+            "posted with CallSid (docs/calls.md)"
+        )
     call_sid = text(data, "CallSid")
     if not call_sid:
         raise Malformed([FieldError("CallSid", "is required")])
@@ -134,6 +148,62 @@ def normalize(request: WebhookRequest, settings: Settings) -> list[CallCallback]
             recording=recording,
         )
     ]
+
+
+def _transcription(
+    data: dict[str, Any], request: WebhookRequest, settings: Settings
+) -> CallCallback:
+    """A <Record transcribe> transcription callback: its text, or nothing when it failed."""
+    call_sid = text(data, "CallSid")
+    if not call_sid:
+        raise Malformed([FieldError("CallSid", "is required")])
+    status = text(data, "TranscriptionStatus")
+    if status != "completed":
+        raise Ignored(f"a transcription {status or 'without a status'} carries no text")
+    key = text(data, "TranscriptionSid") or text(data, "RecordingSid")
+    return transcript_callback(
+        settings,
+        provider="twilio",
+        call_id=call_sid,
+        callback_id=f"{call_sid}:transcription:{key}",
+        texts=[text(data, "TranscriptionText", limit=MAX_STRING_LENGTH)],
+        event_ts=request.received_ts,
+        received_ts=request.received_ts,
+    )
+
+
+_TRANSCRIPT_SID = re.compile(r"/Transcripts/(GT[0-9a-fA-F]{32})/")
+
+
+def _sentences(data: dict[str, Any], request: WebhookRequest, settings: Settings) -> CallCallback:
+    """A page of a Voice Intelligence transcript's sentences, as Twilio's Sentences list
+    resource returns it; the call is named by CallSid in the signed URL (or customer_key)."""
+    query = single(parse_qs(urlsplit(request.url).query))
+    call_sid = text(query, "CallSid") or text(data, "customer_key")
+    if not call_sid:
+        raise Malformed([FieldError("CallSid", "is required in the URL (or customer_key)")])
+    sentences = data["sentences"]
+    if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
+        raise Malformed([FieldError("sentences", "must be a list of sentence objects")])
+    meta: dict[str, Any] = data["meta"] if isinstance(data.get("meta"), dict) else {}
+    found = _TRANSCRIPT_SID.search(text(meta, "url", at="meta", limit=MAX_URL_LENGTH))
+    transcript = text(query, "TranscriptSid") or (found.group(1) if found else "")
+    ordered = sorted(enumerate(sentences), key=lambda s: (_index(s[1].get("sentence_index")), s[0]))
+    return transcript_callback(
+        settings,
+        provider="twilio",
+        call_id=call_sid,
+        callback_id=f"{call_sid}:sentences:{transcript}:{text(meta, 'page', at='meta') or '0'}",
+        texts=[
+            text(s, "transcript", at=f"sentences.{i}", limit=MAX_STRING_LENGTH) for i, s in ordered
+        ],
+        event_ts=request.received_ts,
+        received_ts=request.received_ts,
+    )
+
+
+def _index(raw: Any) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
 
 
 def _direction(raw: str) -> str:

@@ -52,6 +52,7 @@ def support_pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
         TRACKER_HELPDESK_WEBHOOK_SECRET=GENERIC_SECRET,
         TRACKER_SENDGRID_WEBHOOK_PUBLIC_KEY=SENDGRID_PUBLIC,
         TRACKER_GENERIC_WEBHOOK_SECRET=CALLS_SECRET,
+        TRACKER_CALL_TRANSCRIPTS="topics",
     )
     running = Pipeline(env, tmp_path).start()
     running.components.append(running.helpdesk().start())
@@ -222,8 +223,7 @@ def test_forged_and_unreadable_callbacks(support_pipeline: Pipeline) -> None:
 
 def test_one_customer_across_email_web_chat_ticket_and_call(support_pipeline: Pipeline) -> None:
     """Deliverable 4's journey: an email click, a web visit, a chat, a ticket and a call are one
-    customer's, in time order. The call here has no transcript; a flagged call topic, once calls
-    carry them, is one more assertion on the call's touchpoint (``call_event`` below)."""
+    customer's, in time order, and the call's transcript flags a topic on it."""
     p = support_pipeline
     p.components.append(p.email().start())
     p.components.append(p.calls().start())
@@ -297,6 +297,12 @@ def test_one_customer_across_email_web_chat_ticket_and_call(support_pipeline: Pi
             )
             == 200
         )
+    transcript = {
+        "call_id": call_id,
+        "timestamp": stamp(call_at + timedelta(minutes=9)),
+        "transcript": "Hello, I want to cancel my subscription, please.",
+    }
+    assert generic_callback(p, f"{call_id}-transcript", transcript) == 200
 
     expected = "email_click:email page_view:web identify:web chat:chat ticket:helpdesk call:phone"
     journey = (
@@ -306,9 +312,16 @@ def test_one_customer_across_email_web_chat_ticket_and_call(support_pipeline: Pi
     )
     answer = p.wait_for(journey, expected, timeout=90)
     assert answer == expected
-    # The call as the journey holds it: where the transcripts' topic flags will show.
-    call_event = p.query(
-        "SELECT properties['disposition'] FROM touchpoints FINAL "
+    # The call as the journey holds it: answered, its transcript's topic flagged, a friction.
+    flagged = (
+        "SELECT properties['disposition'], properties['topics'] FROM touchpoints FINAL "
         f"WHERE type = 'call' AND properties['call_id'] = '{call_id}'"
-    ).strip()
-    assert call_event == "answered"
+    )
+    assert p.wait_for(flagged, "answered\tcancel", timeout=60) == "answered\tcancel"
+    friction = (
+        "SELECT kind, detail FROM frictions FINAL WHERE kind = 'negative_call_topic' AND "
+        f"event_id IN (SELECT event_id FROM touchpoints WHERE properties['call_id'] = '{call_id}')"
+    )
+    assert p.wait_for(friction, "negative_call_topic\tcancel", timeout=60) == (
+        "negative_call_topic\tcancel"
+    )

@@ -15,17 +15,12 @@ import orjson
 import pytest
 
 from agents.identity import IdentityResolver, identifiers_of
-from agents.ingest import (
-    DEAD_LETTER_COLUMNS,
-    TOUCHPOINT_COLUMNS,
-    IngestPipeline,
-    RawMessage,
-    touchpoint_row,
-)
-from agents.stitching import ALIAS_COLUMNS
+from agents.ingest import IngestPipeline, RawMessage, enriched
+from tracker.deadletter import DeadLetter
 from tracker.errors import QueryRefused, StoreError
 from tracker.store import ClickHouseStore, QueryLimits, load_migrations
 from tracker.store.sink import ClickHouseSink
+from tracker.store.tables import ALIASES, DEAD_LETTERS, TOUCHPOINTS
 from tracker.touchpoint import RequestContext, accept
 
 pytestmark = pytest.mark.integration
@@ -156,7 +151,7 @@ def test_a_console_query_past_a_limit_is_refused_with_the_limit_named(
 
 async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHouseStore) -> None:
     await store.migrate()
-    sink = ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", "version")
+    sink = ClickHouseSink(store, TOUCHPOINTS)
     received = datetime(2026, 11, 22, 10, tzinfo=UTC)
     ids = [str(uuid.uuid4()) for _ in range(3)]
 
@@ -172,7 +167,7 @@ async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHo
             context,
         )
         touchpoint.version = version
-        sink.add(touchpoint.event_id, touchpoint.ts, touchpoint_row(touchpoint), version)
+        sink.add(touchpoint.event_id, touchpoint.ts, enriched(touchpoint), version)
 
     add(ids[0], received)
     add(ids[1], received)
@@ -192,7 +187,7 @@ async def test_sink_writes_each_key_once_even_when_its_time_moved(store: ClickHo
 
 async def test_a_new_version_replaces_the_old_one(store: ClickHouseStore) -> None:
     await store.migrate()
-    sink = ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", "version")
+    sink = ClickHouseSink(store, TOUCHPOINTS)
     context = RequestContext(
         source="server", received_ts=datetime(2026, 11, 22, 10, tzinfo=UTC), hash_salt="s"
     )
@@ -203,7 +198,7 @@ async def test_a_new_version_replaces_the_old_one(store: ClickHouseStore) -> Non
             context,
         )
         touchpoint.version = version
-        sink.add(event_id, touchpoint.ts, touchpoint_row(touchpoint), version)
+        sink.add(event_id, touchpoint.ts, enriched(touchpoint), version)
         await sink.flush()
 
     assert (await store.query("SELECT count() FROM touchpoints")).rows == [(2,)]
@@ -216,8 +211,8 @@ async def test_a_batch_clickhouse_refuses_is_written_row_by_row(store: ClickHous
     # 101 events in 101 different months: more partitions than one INSERT may touch.
     await store.migrate()
     pipeline = IngestPipeline(
-        ClickHouseSink(store, "touchpoints", TOUCHPOINT_COLUMNS, "event_id", "ts", "version"),
-        ClickHouseSink(store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"),
+        ClickHouseSink(store, TOUCHPOINTS),
+        ClickHouseSink(store, DEAD_LETTERS),
     )
     context = RequestContext(
         source="server",
@@ -243,14 +238,12 @@ async def test_a_batch_clickhouse_refuses_is_written_row_by_row(store: ClickHous
 
 async def test_rows_clickhouse_refuses_on_their_own_are_handed_back(store: ClickHouseStore) -> None:
     await store.migrate()
-    sink = ClickHouseSink(
-        store, "dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id", "received_ts"
-    )
+    sink = ClickHouseSink(store, DEAD_LETTERS)
     now = datetime(2026, 11, 22, tzinfo=UTC)
     good = [str(uuid.uuid4()) for _ in range(2)]
     for dead_letter_id in good:
-        sink.add(dead_letter_id, now, (dead_letter_id, now, "beacon", "collect", "r", [], "", "{}"))
-    sink.add("not-a-uuid", now, ("not-a-uuid", now, "beacon", "collect", "r", [], "", "{}"))
+        sink.add(dead_letter_id, now, letter(dead_letter_id, now))
+    sink.add("not-a-uuid", now, letter("not-a-uuid", now))
 
     result = await sink.flush()
 
@@ -371,7 +364,7 @@ def test_customer_touchpoints_follow_their_identifier_through_merges_and_splits(
         ["email:e1", "email", "A", "E", 2, ts],
         ["email:e1", "email", "E", "E", 7, ts],  # the split, later in the identity log
     ]
-    store.run_sync(store.insert_sync, "identities", identities, list(ALIAS_COLUMNS))
+    store.run_sync(store.insert_sync, "identities", identities, list(ALIASES.columns))
 
     rows = store.run_sync(
         store.query_sync,
@@ -386,3 +379,7 @@ def test_customer_touchpoints_follow_their_identifier_through_merges_and_splits(
             (lone, "L", "", "L"),  # no identifier: it stays where it was stitched
         ]
     )
+
+
+def letter(dead_letter_id: str, at: datetime) -> DeadLetter:
+    return DeadLetter("beacon", "collect", "r", "{}", at, dead_letter_id=dead_letter_id)

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from agents.forget import erase
-from agents.tickets import TICKET_COLUMNS, merge_callbacks, ticket_row
+from agents.tickets import merge_callbacks, ticket_row
 from collectors.helpdesk.records import SupportCallback
 from tracker.store import ClickHouseStore
 from tracker.store.sink import ClickHouseSink
+from tracker.store.tables import TICKETS
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def _callback(ticket: str, n: int, event: str, **fields: Any) -> SupportCallback
 
 
 def _write(store: ClickHouseStore, *versions: list[SupportCallback]) -> None:
-    sink = ClickHouseSink(store, "tickets", TICKET_COLUMNS, "ticket_uuid", "opened_at", "version")
+    sink = ClickHouseSink(store, TICKETS)
     for callbacks in versions:
         record = merge_callbacks(callbacks)
         sink.add(record.event_id, record.opened_at, ticket_row(record), record.version)

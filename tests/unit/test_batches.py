@@ -13,13 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.batches import BatchRunner, DeadLetterPolicy, is_retriable
-from agents.ingest import DEAD_LETTER_COLUMNS, RawMessage
+from agents.ingest import RawMessage
 from tracker.errors import StateTooLarge, StoreError
 from tracker.store.sink import FlushResult, MemorySink
-
-STAGE_COLUMN = DEAD_LETTER_COLUMNS.index("stage")
-REASON_COLUMN = DEAD_LETTER_COLUMNS.index("reason")
-PAYLOAD_COLUMN = DEAD_LETTER_COLUMNS.index("payload")
 
 
 class Outage(StoreError):
@@ -65,10 +61,10 @@ class CountingSink(MemorySink):
 
     def __init__(self) -> None:
         super().__init__()
-        self.flushed: list[tuple[Any, ...]] = []
+        self.flushed: list[Any] = []
 
     async def flush(self) -> FlushResult:
-        self.flushed.extend(tuple(row) for row in self._pending.values())
+        self.flushed.extend(self._pending.values())
         return await super().flush()
 
 
@@ -112,10 +108,10 @@ def test_exactly_the_good_records_are_handled_once_and_each_poison_one_dead_lett
     good = [n for n in records if n not in poison]
     assert stage.state == Counter(good)  # each good record committed once, no poison one
     assert sorted(int(key) for key, _ in stage.outputs.rows) == good
-    dead = Counter(row[PAYLOAD_COLUMN] for row in letters.flushed)
+    dead = Counter(row.payload for row in letters.flushed)
     assert dead == Counter(source(n).value.decode() for n in poison)
-    assert all(row[STAGE_COLUMN] == "journey" for row in letters.flushed)
-    assert all("out of range" in row[REASON_COLUMN] for row in letters.flushed)
+    assert all(row.stage == "journey" for row in letters.flushed)
+    assert all("out of range" in row.reason for row in letters.flushed)
 
 
 def test_a_batch_without_poison_is_handled_in_one_call() -> None:
@@ -175,8 +171,9 @@ def test_the_journey_stage_stitches_the_batch_mates_of_an_event_its_rules_cannot
     from datetime import UTC, datetime, timedelta
 
     from agents.customer import JourneyRules
-    from agents.ingest import touchpoint_row
-    from agents.stitching import JourneyStage, Outgoing, encode_row, journey_key
+    from agents.ingest import enriched
+    from agents.stitching import JourneyStage, Outgoing, journey_key
+    from tracker.records import RoutedEvent
     from tracker.touchpoint import Touchpoint
 
     class Outbox:
@@ -195,8 +192,7 @@ def test_the_journey_stage_stitches_the_batch_mates_of_an_event_its_rules_cannot
             received_ts=ts,
             anonymous_id="a-1",
         )
-        row = encode_row(touchpoint_row(t))
-        value = b'{"kind":"event","primary":"anon:a-1","v":0,"stitch":true,"row":' + row + b"}"
+        value = RoutedEvent("anon:a-1", 0, True, enriched(t)).to_wire()
         return (journey_key("cust-1").decode().strip('"'), value, RawMessage(value, "j", 0, n))
 
     t0 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -226,5 +222,5 @@ def test_the_journey_stage_stitches_the_batch_mates_of_an_event_its_rules_cannot
     assert sorted(key for key, _ in touchpoints.rows) == [
         f"00000000-0000-4000-8000-{n:012d}" for n in range(4)
     ]
-    assert len(letters.flushed) == 1 and "OverflowError" in letters.flushed[0][REASON_COLUMN]
+    assert len(letters.flushed) == 1 and "OverflowError" in letters.flushed[0].reason
     assert len(state["cust-1"]["events"]) == 4

@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 
 from agents.calls import CallsPipeline
 from agents.customer import CustomerJourney, JourneyRules
-from agents.ingest import RawMessage, touchpoint_row
+from agents.ingest import RawMessage, enriched
 from agents.journey import JourneyEvent
-from agents.stitching import IdentityStage, Outgoing, encode_row
+from agents.stitching import IdentityStage, Outgoing
 from tracker.errors import StateTooLarge
 from tracker.store.sink import MemorySink
 from tracker.touchpoint import Touchpoint
@@ -164,5 +164,5 @@ def test_an_identity_link_too_large_to_save_is_refused_before_the_graph_changes(
         user_id="u-1",
     )
     with pytest.raises(StateTooLarge):
-        asyncio.run(stage.handle([(encode_row(touchpoint_row(huge)), 0)], links))
+        asyncio.run(stage.handle([(enriched(huge).to_wire(), 0)], links))
     assert links == {}

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from agents.calls import CALL_COLUMNS, CallsPipeline, call_event_id, merge_callbacks
+from agents.calls import CallsPipeline, call_event_id, merge_callbacks
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage
 from collectors.calls.records import CALL_STATUSES, CallCallback
 from tracker.store.sink import MemorySink
+from tracker.store.tables import CALLS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -162,7 +163,7 @@ async def test_the_pipeline_converges_to_one_call_and_one_touchpoint_whatever_th
     event_id = call_event_id("twilio", "CA-whole-call")
     assert {key for key, _ in calls.rows} == {event_id}
     latest = calls.rows[(event_id, max(v for _, v in calls.rows))]
-    row = dict(zip(CALL_COLUMNS, latest, strict=True))
+    row = CALLS.named(latest)
     assert (row["version"], row["disposition"], row["talk_seconds"]) == (6, "answered", 180.0)
     assert row["campaign_source"] == "billboard"
     assert {key for key, _ in touchpoints.rows} == {event_id}
@@ -203,7 +204,7 @@ async def test_a_malformed_record_on_the_topic_becomes_a_dead_letter() -> None:
     pipeline = CallsPipeline(calls, touchpoints, dead, {})
     await pipeline.handle([RawMessage(b'{"provider": "twilio"}', "calls", 0, 7)], {})
     [(key, _)] = dead.rows
-    assert calls.rows == {} and "malformed" in dead.rows[(key, 0)][4]
+    assert calls.rows == {} and "malformed" in dead.rows[(key, 0)].reason
 
 
 async def test_a_forgotten_callers_calls_are_not_stored_again() -> None:

@@ -6,12 +6,13 @@ import secrets
 import time
 
 from agents.clicks import expand_batches
-from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.ingest import IngestPipeline, RawMessage
 from collectors.links import parse_link
 from collectors.links._clicks import BATCH_BYTES, Click, ClickBuffer, ClickIds
 from collectors.links.records import decode_batch, encode_batch
 from tracker.kafka.producer import MemoryPublisher
 from tracker.store.sink import MemorySink
+from tracker.store.tables import DEAD_LETTERS, TOUCHPOINTS
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 LINK = parse_link(
@@ -76,13 +77,13 @@ async def test_bad_clicks_and_bad_records_become_dead_letters_with_the_reason() 
         await pipeline.handle_decoded(*expand_batches([batch, broken], "salt"))
 
     assert len(touchpoints.rows) == 1
-    letters = [dict(zip(DEAD_LETTER_COLUMNS, row, strict=True)) for row in dead.rows.values()]
+    letters = [DEAD_LETTERS.named(row) for row in dead.rows.values()]
     assert len(letters) == 2
     by_reason = {letter["reason"].split(":")[0]: letter for letter in letters}
     assert by_reason["click is not a valid touchpoint"]["error_fields"] == ["channel"]
     assert "bad456789012" in by_reason["click is not a valid touchpoint"]["payload"]
     assert by_reason["click batch is malformed"]["payload"] == "[1, 2"
-    row = dict(zip(TOUCHPOINT_COLUMNS, next(iter(touchpoints.rows.values())), strict=True))
+    row = TOUCHPOINTS.named(next(iter(touchpoints.rows.values())))
     assert (row["type"], row["click_id"], row["ip"]) == (
         "link_click",
         "good56789012",

@@ -4,10 +4,11 @@ from datetime import UTC, datetime
 
 import orjson
 
-from agents.ingest import DEAD_LETTER_COLUMNS, TOUCHPOINT_COLUMNS, IngestPipeline, RawMessage
+from agents.ingest import IngestPipeline, RawMessage
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.store.sink import MemorySink
+from tracker.store.tables import DEAD_LETTERS, TOUCHPOINTS
 from tracker.touchpoint import RequestContext, accept
 
 CONTEXT = RequestContext(
@@ -40,7 +41,7 @@ async def test_every_copy_of_an_event_reaches_the_sink_under_its_key_and_time() 
     assert sorted({key for key, _, _ in touchpoints.added}) == [(i, 0) for i in IDS[:3]]
     first: dict[tuple[str, int], object] = {}
     for key, ts, row in touchpoints.added:
-        stored = dict(zip(TOUCHPOINT_COLUMNS, row, strict=True))
+        stored = TOUCHPOINTS.named(row)
         assert (stored["event_id"], stored["version"], stored["ts"]) == (*key, ts)
         assert first.setdefault(key, row) == row
     assert dead.added == []
@@ -59,7 +60,7 @@ async def test_a_higher_version_is_an_update_not_a_duplicate() -> None:
 async def test_rows_follow_the_column_order() -> None:
     touchpoints = MemorySink()
     await IngestPipeline(touchpoints, MemorySink()).handle_touchpoints([raw(IDS[0], 0)])
-    row = dict(zip(TOUCHPOINT_COLUMNS, touchpoints.rows[(IDS[0], 0)], strict=True))
+    row = TOUCHPOINTS.named(touchpoints.rows[(IDS[0], 0)])
     assert (row["event_id"], row["type"], row["source"], row["channel"]) == (
         IDS[0],
         "page_view",
@@ -78,7 +79,7 @@ async def test_malformed_raw_records_become_one_dead_letter_each_even_when_repla
 
     assert list(touchpoints.rows) == [(IDS[0], 0)]
     [(_, row)] = dead.rows.items()
-    letter = dict(zip(DEAD_LETTER_COLUMNS, row, strict=True))
+    letter = DEAD_LETTERS.named(row)
     assert letter["stage"] == "ingest" and letter["payload"] == "{not json"
     assert "malformed" in letter["reason"]
 
@@ -95,7 +96,7 @@ async def test_dead_letters_from_collectors_are_stored_as_sent() -> None:
 
     await IngestPipeline(MemorySink(), dead).handle_dead_letters([message, message])
 
-    stored = dict(zip(DEAD_LETTER_COLUMNS, dead.rows[(letter.dead_letter_id, 0)], strict=True))
+    stored = DEAD_LETTERS.named(dead.rows[(letter.dead_letter_id, 0)])
     assert (stored["reason"], stored["error_fields"], stored["event_id"]) == (
         "ts: bad",
         ["ts"],

@@ -111,15 +111,16 @@ def test_fallback_url_that_is_not_a_string_is_refused(fallback: object) -> None:
 
 
 async def test_a_record_with_a_null_fallback_becomes_a_row_with_no_fallback() -> None:
-    from agents.links import LINK_COLUMNS, mirror_links
+    from agents.links import mirror_links
     from tracker.store.sink import MemorySink
+    from tracker.store.tables import LINKS
 
     record = {**parse_link({"target": "https://a.example/"}, slug="m1").to_record()}
     record["fallback_url"] = None  # as links written before null was turned into "" hold it
     sink = MemorySink()
     await mirror_links(sink, [("m1", orjson.dumps(record), 1_800_000_000_000)])
     (row,) = sink.rows.values()
-    assert dict(zip(LINK_COLUMNS, row, strict=True))["fallback_url"] == ""
+    assert LINKS.named(row)["fallback_url"] == ""
 
 
 @pytest.mark.parametrize(

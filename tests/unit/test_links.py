@@ -434,8 +434,9 @@ async def _metric(client: TestClient[web.Request, web.Application], sample: str)
 
 
 async def test_link_changes_and_deletes_become_versioned_rows() -> None:
-    from agents.links import LINK_COLUMNS, mirror_links
+    from agents.links import mirror_links
     from tracker.store.sink import MemorySink
+    from tracker.store.tables import LINKS
 
     sink = MemorySink()
     first = parse_link({"target": "https://a.example/", "utm": {"source": "x"}}, slug="m1")
@@ -445,8 +446,8 @@ async def test_link_changes_and_deletes_become_versioned_rows() -> None:
     ]
     await mirror_links(sink, [*records, ("m1", None, 1_800_000_000_500)])
 
-    rows = sorted(sink.rows.values(), key=lambda row: row[1])
-    named = [dict(zip(LINK_COLUMNS, row, strict=True)) for row in rows]
+    rows = sorted(sink.rows.values(), key=lambda row: row["version"])
+    named = [LINKS.named(row) for row in rows]
     assert [(r["target"], r["deleted"]) for r in named] == [
         ("https://a.example/", False),
         ("https://b.example/", False),

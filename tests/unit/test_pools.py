@@ -10,13 +10,14 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.calls import CALL_COLUMNS, CallsPipeline, PoolAttribution
-from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage
+from agents.calls import CallsPipeline, PoolAttribution
+from agents.ingest import RawMessage
 from collectors.calls.pools import NumberPool, PoolBook, Reservation
 from collectors.calls.records import CallCallback
 from tracker.errors import ConfigError
 from tracker.settings import Settings
 from tracker.store.sink import MemorySink
+from tracker.store.tables import CALLS, TOUCHPOINTS
 
 POOL = NumberPool("spring", ("+18005550101", "+18005550102", "+18005550103"), "+18005550100")
 WINDOW = timedelta(minutes=30)
@@ -323,14 +324,14 @@ async def test_a_call_inside_a_reservation_joins_the_web_session_and_its_campaig
         messages(pool_callbacks("CA1", T0 + timedelta(minutes=12), held.number)), {}
     )
 
-    [row] = [dict(zip(TOUCHPOINT_COLUMNS, r, strict=False)) for r in touchpoints.rows.values()]
+    [row] = [TOUCHPOINTS.named(r) for r in touchpoints.rows.values()]
     assert (row["anonymous_id"], row["client_session_id"]) == ("anon-s1", "s1")
     assert row["phone_hash"] == "h-caller"  # so identity stitching links the two
     assert row["campaign_source"] == "news"
     assert row["properties"]["pool"] == "spring"
     assert row["properties"]["pool_attribution"] == "session"
     assert row["properties"]["web_session_id"] == "s1"
-    [call] = [dict(zip(CALL_COLUMNS, r, strict=True)) for r in calls.rows.values()]
+    [call] = [CALLS.named(r) for r in calls.rows.values()]
     assert (call["campaign_source"], call["channel"]) == ("news", "phone")
     assert pool_metric("attributed") == before + 1
 
@@ -345,10 +346,10 @@ async def test_a_call_outside_every_reservation_is_kept_unattributed_and_counted
 
     await pipeline.handle(messages(pool_callbacks("CA2", T0 + timedelta(hours=2), held.number)), {})
 
-    [row] = [dict(zip(TOUCHPOINT_COLUMNS, r, strict=False)) for r in touchpoints.rows.values()]
+    [row] = [TOUCHPOINTS.named(r) for r in touchpoints.rows.values()]
     assert (row["anonymous_id"], row["client_session_id"], row["campaign_source"]) == ("", "", "")
     assert row["properties"]["pool_attribution"] == "none"
-    [call] = [dict(zip(CALL_COLUMNS, r, strict=True)) for r in calls.rows.values()]
+    [call] = [CALLS.named(r) for r in calls.rows.values()]
     assert (call["campaign_source"], call["channel"]) == ("", "paid")
     assert pool_metric("unattributed") == before + 1
 
@@ -360,5 +361,5 @@ async def test_calls_to_other_numbers_are_untouched_by_pools() -> None:
         calls, touchpoints, dead, tracking, pools=PoolAttribution({"spring": POOL}, PoolBook())
     )
     await pipeline.handle(messages(pool_callbacks("CA3", T0, "+18005550199")), {})
-    [row] = [dict(zip(TOUCHPOINT_COLUMNS, r, strict=False)) for r in touchpoints.rows.values()]
+    [row] = [TOUCHPOINTS.named(r) for r in touchpoints.rows.values()]
     assert row["campaign_source"] == "billboard" and "pool" not in row["properties"]

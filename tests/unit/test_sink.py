@@ -10,8 +10,10 @@ from typing import Any
 from tracker.errors import StoreError
 from tracker.store import QueryResult
 from tracker.store.sink import ClickHouseSink
+from tracker.store.tables import Table
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
+TABLE = Table("t", ("k", "v"), key="k", time="ts", look_before_writing=True)
 
 
 class FlakyStore:
@@ -45,9 +47,9 @@ class FlakyStore:
 
 async def test_an_outage_delays_the_batch_and_loses_nothing() -> None:
     store = FlakyStore(outage=4)
-    sink = ClickHouseSink(store, "t", ["k", "v"], "k", "ts", max_backoff_seconds=0.01)
+    sink = ClickHouseSink(store, TABLE, max_backoff_seconds=0.01)
     for key in ("a", "b", "c"):
-        sink.add(key, NOW, (key, 1))
+        sink.add(key, NOW, {"k": key, "v": 1})
 
     result = await sink.flush()
 
@@ -58,8 +60,8 @@ async def test_an_outage_delays_the_batch_and_loses_nothing() -> None:
 
 async def test_outages_never_split_a_batch_into_dead_letters() -> None:
     store = FlakyStore(outage=12)
-    sink = ClickHouseSink(store, "t", ["k", "v"], "k", "ts", max_backoff_seconds=0.01)
-    sink.add("a", NOW, ("a", 1))
+    sink = ClickHouseSink(store, TABLE, max_backoff_seconds=0.01)
+    sink.add("a", NOW, {"k": "a", "v": 1})
 
     result = await sink.flush()
 

@@ -31,14 +31,12 @@ from agents.identity import (
     link_key,
     link_record,
 )
-from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, touchpoint_row
+from agents.ingest import RawMessage, enriched
 from agents.stitching import (
-    ALIAS_COLUMNS,
     IdentityStage,
     JourneyStage,
     Outgoing,
     StitchRouter,
-    encode_row,
     split_command,
 )
 from tracker.store.sink import MemorySink
@@ -47,7 +45,6 @@ from tracker.touchpoint import Touchpoint
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 PARTITIONS = 4
 RULES = JourneyRules()
-_EVENT_ID, _VERSION, _TS = (TOUCHPOINT_COLUMNS.index(c) for c in ("event_id", "version", "ts"))
 
 
 class QueuedOutbox:
@@ -168,7 +165,7 @@ def run(
     replicas = [LaggingReplica(outbox), LaggingReplica(outbox)]
     links: dict[str, Any] = {}
     state: dict[str, Any] = {}
-    ingest = deque(touchpoint_row(t) for t in arrivals)
+    ingest = deque(enriched(t) for t in arrivals)
     pending_splits = deque(splits)
     read = 0  # the identity stage's position on its log
 
@@ -177,11 +174,11 @@ def run(
         worker.catch_up(rng)
         router = StitchRouter(outbox, "identity", "journey", worker.replica)  # type: ignore[arg-type]
         for _ in range(min(len(ingest), rng.randint(1, 4))):
-            row = ingest.popleft()
+            touchpoint = ingest.popleft()
             if direct:
-                router.add(row[_EVENT_ID], row[_TS], row, row[_VERSION])
+                router.add(touchpoint.event_id, touchpoint.ts, touchpoint, touchpoint.version)
             else:
-                outbox.identity_log.append(encode_row(row))
+                outbox.identity_log.append(touchpoint.to_wire())
         await router.flush()
         if pending_splits and rng.random() < 0.3:
             outbox.identity_log.append(split_command(*pending_splits.popleft()))
@@ -258,12 +255,12 @@ def current_customers(stitched: Run) -> dict[str, str]:
     resolved: dict[str, tuple[int, str]] = {}
     for (identifier, version), row in stitched.identities.rows.items():
         if version >= resolved.get(identifier, (-1, ""))[0]:
-            resolved[identifier] = (version, row[ALIAS_COLUMNS.index("customer_id")])
+            resolved[identifier] = (version, row.customer_id)
     found = {}
     for (event_id, _), row in stitched.touchpoints.rows.items():
         t = next(e for e in EVENTS if e.event_id == event_id)
         key = primary(t)
-        stitched_with = row[TOUCHPOINT_COLUMNS.index("customer_id")]
+        stitched_with = row.customer_id
         found[event_id] = resolved[key][1] if key in resolved else stitched_with
     return found
 
@@ -279,9 +276,7 @@ def test_every_event_ends_with_its_customer_for_any_order_batching_and_redeliver
     assert holders(stitched.journeys) == holders(CANONICAL)
     # Each touchpoint is written once, stitched to a customer.
     assert sorted(key for key, _ in stitched.touchpoints.rows) == sorted(e.event_id for e in EVENTS)
-    assert all(
-        row[TOUCHPOINT_COLUMNS.index("customer_id")] for row in stitched.touchpoints.rows.values()
-    )
+    assert all(row.customer_id for row in stitched.touchpoints.rows.values())
     assert {c: len(j.events) for c, j in stitched.journeys.items() if j.events} == {
         c: len(j.events) for c, j in CANONICAL.items() if j.events
     }
@@ -406,9 +401,9 @@ def test_an_event_without_analytics_consent_goes_direct_and_unstitched() -> None
     outbox = QueuedOutbox()
     router = StitchRouter(outbox, "identity", "journey", AliasReplica())  # type: ignore[arg-type]
     quiet = touchpoint("quiet", 0, anonymous_id="laptop", email_hash="ada")
-    row = list(touchpoint_row(quiet))
-    row[TOUCHPOINT_COLUMNS.index("consent_analytics")] = False
-    router.add("quiet", quiet.ts, row)
+    record = enriched(quiet)
+    record.consent_analytics = False
+    router.add("quiet", quiet.ts, record)
     asyncio.run(router.flush())
     assert not outbox.identity_log
     [(_, value, _)] = [r for q in outbox.queues.values() for r in q]

@@ -13,11 +13,10 @@ from hypothesis import strategies as st
 
 from agents.customer import rules_from_settings
 from agents.forget import ForgottenIdentifiers
-from agents.ingest import TOUCHPOINT_COLUMNS, RawMessage, touchpoint_row
+from agents.ingest import RawMessage, enriched
 from agents.journey import FrictionRules, frictions, stage_changes
 from agents.stitching import journey_event
 from agents.tickets import (
-    TICKET_COLUMNS,
     TicketsPipeline,
     csat_touchpoint,
     merge_callbacks,
@@ -27,6 +26,7 @@ from agents.tickets import (
 from collectors.helpdesk.records import SupportCallback
 from tracker.settings import Settings
 from tracker.store.sink import MemorySink
+from tracker.store.tables import TICKETS, TOUCHPOINTS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -98,7 +98,7 @@ def test_the_ticket_touchpoint_and_its_csat_answer() -> None:
     assert csat.type == "survey_response" and csat.channel == "helpdesk"
     assert csat.survey == {"kind": "csat", "score": 1.0, "touchpoint_id": ticket.event_id}
     assert csat.email_hash == "h-ada"
-    row = dict(zip(TOUCHPOINT_COLUMNS, touchpoint_row(csat), strict=True))
+    row = TOUCHPOINTS.named(enriched(csat))
     assert (row["survey_kind"], row["survey_score"]) == ("csat", 1.0)
     assert row["survey_touchpoint_id"] == ticket.event_id
     assert csat_touchpoint(merge_callbacks(LIFECYCLE[:3])) is None
@@ -111,7 +111,7 @@ def test_a_chat_lands_on_the_chat_channel() -> None:
 
 def _frictions(record_callbacks: list[SupportCallback], rules: FrictionRules) -> list[str]:
     touchpoint = ticket_touchpoint(merge_callbacks(record_callbacks))
-    event = journey_event(list(touchpoint_row(touchpoint)))
+    event = journey_event(enriched(touchpoint))
     return sorted(f.reason for f in frictions([event], [], rules))
 
 
@@ -171,7 +171,7 @@ async def test_the_pipeline_writes_each_version_once_and_a_replay_changes_nothin
     versions = sorted(v for (_, v) in tickets.rows)
     assert versions == [2, 6]
     row = tickets.rows[(ticket_event_id("zendesk", "35436"), 6)]
-    latest = dict(zip(TICKET_COLUMNS, row, strict=True))
+    latest = TICKETS.named(row)
     assert (latest["status"], latest["reopens"], latest["rating"]) == ("solved", 1, 1.0)
     written = len(tickets.added), len(touchpoints.added)
 
@@ -206,5 +206,5 @@ def test_callbacks_survive_their_wire_form() -> None:
 def test_tickets_and_chats_put_the_customer_in_the_support_stage_whatever_their_queue() -> None:
     for kind in ("ticket", "chat"):
         record = merge_callbacks([callback("s1", "opened", 0, kind=kind, queue="Billing")])
-        event = journey_event(list(touchpoint_row(ticket_touchpoint(record))))
+        event = journey_event(enriched(ticket_touchpoint(record)))
         assert [c.stage for c in stage_changes([event])] == ["support"]

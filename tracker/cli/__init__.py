@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(run=_up)
 
     worker = commands.add_parser("worker", help="run one Faust worker (with the console)")
+    worker.add_argument(
+        "--role",
+        choices=["all", "stitch", "write"],
+        help="all (the default, or TRACKER_WORKER_ROLE): everything in one process; stitch: "
+        "ingest, identity and journey, handing their records to the writer through Kafka; "
+        "write: owns ClickHouse and the console and stores the stitch workers' records",
+    )
     worker.set_defaults(run=_worker)
 
     serve = commands.add_parser("serve", help="run one collector")
@@ -111,10 +118,12 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _worker(settings: Settings, _: argparse.Namespace) -> int:
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from agents.worker import run_worker
 
     _use_uvloop()
+    if args.role:
+        settings = settings.with_overrides(worker_role=args.role)
     run_worker(settings.with_hash_salt())
     return 0
 

@@ -219,18 +219,14 @@ def _shell_word(text: str) -> str:
 
 
 async def _produce_split(settings: Settings, left: str, right: str) -> None:
-    from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
+    from tracker.kafka import clients as kafka_clients
     from tracker.kafka.topology import Topology, ensure_topics
 
     topology = Topology.from_settings(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.worker_id}-journey-split",
-        acks="all",
-        enable_idempotence=True,
-        request_timeout_ms=15_000,
+    producer = kafka_clients.producer(
+        settings, f"{settings.worker_id}-journey-split", request_timeout_ms=15_000
     )
     try:
         await asyncio.wait_for(ensure_topics(settings, topology), 30)

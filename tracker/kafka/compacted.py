@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from tracker.errors import BackpressureError
+from tracker.kafka import clients
 from tracker.kafka.topology import Topology, ensure_topics
 from tracker.settings import Settings
 
@@ -146,21 +147,10 @@ class CompactedState:
     async def _connect(self) -> None:
         await ensure_topics(self._settings, self._topology)
         if self._writes:
-            self.producer = AIOKafkaProducer(
-                bootstrap_servers=self._settings.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=2,
-                client_id=self._client_id,
-            )
+            self.producer = clients.producer(self._settings, self._client_id, linger_ms=2)
             await self.producer.start()
-        consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            client_id=self._client_id,
+        consumer = self._consumer = clients.consumer(
+            self._settings, client_id=self._client_id, fetch_max_wait_ms=100
         )
         await consumer.start()
         partitions = [

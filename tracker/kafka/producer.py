@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError
+from tracker.kafka import clients
 from tracker.kafka.probe import KafkaProbe
 from tracker.kafka.topology import Topology, ensure_topics
 from tracker.metrics import KAFKA_PRODUCE_FAILURES
@@ -116,14 +117,12 @@ class KafkaPublisher:
     async def _connect_until_up(self) -> None:
         delay = 0.5
         while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._settings.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
+            producer = clients.producer(
+                self._settings,
+                "tracker-collector",
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 request_timeout_ms=int(self._settings.produce_timeout_seconds * 1000),
-                client_id="tracker-collector",
             )
             try:
                 await producer.start()

@@ -13,6 +13,7 @@ from importlib import resources
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAlreadyExistsError
 
+from tracker.kafka import clients
 from tracker.settings import Settings
 
 __all__ = ["TopicSpec", "Topology", "ensure_topics"]
@@ -51,6 +52,7 @@ class Topology:
     journey: TopicSpec
     aliases: TopicSpec
     pool_reservations: TopicSpec
+    outputs: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -81,6 +83,7 @@ class Topology:
             journey=spec("journey"),
             aliases=spec("aliases"),
             pool_reservations=spec("pool_reservations"),
+            outputs=spec("outputs"),
         )
 
     def all(self) -> list[TopicSpec]:
@@ -97,6 +100,7 @@ class Topology:
             self.journey,
             self.aliases,
             self.pool_reservations,
+            self.outputs,
         ]
 
 
@@ -106,7 +110,7 @@ async def ensure_topics(
     """Create whichever topics are missing (the topology's, and ``extra``); existing ones are
     left as they are."""
     topology = topology or Topology.from_settings(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = clients.admin(settings)
     await admin.start()
     try:
         await _wait_for_group_coordinator(admin, settings.worker_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -13,6 +12,7 @@ from typing import Any, Protocol
 from tracker.errors import StoreError
 from tracker.metrics import SINK_FAILURES, SINK_FLUSH_SECONDS, SINK_ROWS
 from tracker.store import ClickHouseStore
+from tracker.store.tables import Table
 
 __all__ = ["ClickHouseSink", "FlushResult", "Key", "MemorySink", "Sink"]
 
@@ -41,12 +41,15 @@ class FlushResult:
 
 
 class Sink(Protocol):
-    """Rows keyed by an idempotency key and a version. ``flush`` writes each pair at most once, ever.
+    """Records keyed by an idempotency key and a version. ``flush`` writes each pair at most
+    once, ever. A record is a typed record (:mod:`tracker.records`, a
+    :class:`~tracker.deadletter.DeadLetter`) or a mapping by column name; only the ClickHouse
+    sink turns it into a row, by column name (:mod:`tracker.store.tables`).
 
     A higher version of a key is an update: it is written, and the table keeps the highest.
     """
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None: ...
+    def add(self, key: str, ts: datetime, record: Any, version: int = 0) -> None: ...
 
     async def flush(self) -> FlushResult: ...
 
@@ -65,32 +68,29 @@ class ClickHouseSink:
     """
 
     def __init__(
-        self,
-        store: ClickHouseStore,
-        table: str,
-        columns: Sequence[str],
-        key_column: str,
-        time_column: str,
-        version_column: str | None = None,
-        max_backoff_seconds: float = 10.0,
-        look_before_writing: bool = True,
+        self, store: ClickHouseStore, table: Table, max_backoff_seconds: float = 10.0
     ) -> None:
         self._store = store
-        self._table = table
-        self._columns = list(columns)
-        self._key_column = key_column
-        self._time_column = time_column
-        self._version_sql = f"toUInt64({version_column})" if version_column else "toUInt64(0)"
+        self._spec = table
+        self._table = table.name
+        self._columns = list(table.columns)
+        self._key_column = table.key
+        self._time_column = table.time
+        self._version_sql = f"toUInt64({table.version})" if table.version else "toUInt64(0)"
         self._max_backoff = max_backoff_seconds
         # Off for tables where a second copy of a (key, version) is harmless, because FINAL and
         # argMax read it as one (derived state, versioned by position): it saves a query a batch.
-        self._look_before_writing = look_before_writing
-        self._rows: dict[Key, Sequence[Any]] = {}
+        self._look_before_writing = table.look_before_writing
+        self._rows: dict[Key, Any] = {}
         self._times: list[datetime] = []
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
+    @property
+    def table(self) -> Table:
+        return self._spec
+
+    def add(self, key: str, ts: datetime, record: Any, version: int = 0) -> None:
         if (key, version) not in self._rows:
-            self._rows[(key, version)] = row
+            self._rows[(key, version)] = record
             self._times.append(ts)
 
     def discard(self) -> None:
@@ -132,7 +132,8 @@ class ClickHouseSink:
         existing: set[Key] = set()
         if self._look_before_writing:
             existing = await self._existing_keys(sorted({key for key, _ in keys}))
-        fresh = [row for key, row in self._rows.items() if key not in existing]
+        row = self._spec.row
+        fresh = [row(record) for key, record in self._rows.items() if key not in existing]
         if fresh:
             await self._store.insert(self._table, fresh, self._columns)
         SINK_FLUSH_SECONDS.labels(self._table).observe(time.perf_counter() - started)
@@ -144,12 +145,12 @@ class ClickHouseSink:
         malformed key) cannot block the rest. An outage midway raises, and the retry skips what
         landed."""
         written, duplicates, refused = 0, 0, {}
-        for key, row in self._rows.items():
+        for key, record in self._rows.items():
             try:
                 if key in await self._existing_keys([key[0]]):
                     duplicates += 1
                     continue
-                await self._store.insert(self._table, [row], self._columns)
+                await self._store.insert(self._table, [self._spec.row(record)], self._columns)
             except StoreError as exc:
                 if exc.retriable:
                     raise
@@ -182,17 +183,18 @@ class MemorySink:
     """An in-memory sink for unit tests: same contract, a dict for a table.
 
     ``added`` records every ``add`` as it came, copies included, so a test can see what the
-    caller handed over rather than what this sink's own de-duplication kept.
+    caller handed over rather than what this sink's own de-duplication kept. ``rows`` holds the
+    records as added (read one as columns with ``Table.named``).
     """
 
     def __init__(self) -> None:
-        self.rows: dict[Key, Sequence[Any]] = {}
-        self.added: list[tuple[Key, datetime, Sequence[Any]]] = []
-        self._pending: dict[Key, Sequence[Any]] = {}
+        self.rows: dict[Key, Any] = {}
+        self.added: list[tuple[Key, datetime, Any]] = []
+        self._pending: dict[Key, Any] = {}
 
-    def add(self, key: str, ts: datetime, row: Sequence[Any], version: int = 0) -> None:
-        self.added.append(((key, version), ts, row))
-        self._pending.setdefault((key, version), row)
+    def add(self, key: str, ts: datetime, record: Any, version: int = 0) -> None:
+        self.added.append(((key, version), ts, record))
+        self._pending.setdefault((key, version), record)
 
     def discard(self) -> None:
         self._pending = {}

@@ -1,0 +1,152 @@
+"""The typed records between stages: each comes back from its wire form as it went, and what a
+stitch worker hands the writer through Kafka is what the writer stores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from agents.ingest import RawMessage, enriched
+from agents.outputs import OutputSink, Writer
+from tracker.deadletter import DeadLetter
+from tracker.errors import FieldError
+from tracker.records import (
+    Alias,
+    FrictionRecord,
+    IdentityConflict,
+    JourneySummary,
+    Regroup,
+    Restitch,
+    RoutedEvent,
+    SessionRecord,
+    journey_command,
+)
+from tracker.store.sink import MemorySink
+from tracker.store.tables import TABLES, TOUCHPOINTS
+from tracker.touchpoint import RequestContext, accept
+
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def touchpoint(event_id: str = "0d4e2b7a-8c31-4f5e-b6a9-2e7c1d3f5a80") -> Any:
+    context = RequestContext(source="web_beacon", received_ts=NOW, hash_salt="s")
+    return enriched(
+        accept(
+            {
+                "event_id": event_id,
+                "type": "purchase",
+                "ts": "2026-11-22T09:00:00.250Z",
+                "anonymous_id": "a-1",
+                "email": "ada@example.com",
+                "value": 12.5,
+                "page": {"url": "https://shop.example.com/cart?utm_source=news"},
+                "consent": {"analytics": True},
+            },
+            context,
+        )
+    )
+
+
+def records() -> list[tuple[str, Any]]:
+    return [
+        ("touchpoints", touchpoint()),
+        ("identities", Alias("email:x", "email", "c1", "c2", 7, NOW)),
+        ("identity_conflicts", IdentityConflict("id", "e", NOW, "user:a", "user:b", "one_user")),
+        (
+            "sessions",
+            SessionRecord("s1", 3, "c1", NOW, NOW, 2, 1, "web", "autumn", False, ["e1", "e2"]),
+        ),
+        (
+            "journeys",
+            JourneySummary("c1", 3, NOW, NOW, None, 2, 1, ["web"], "buy", NOW, 1, 12.5, 0, 0, ""),
+        ),
+        ("frictions", FrictionRecord("f1", 3, "c1", "e1", NOW, "error", "high", "500", False)),
+        (
+            "dead_letters",
+            DeadLetter(
+                "worker",
+                "ingest",
+                "bad",
+                "{}",
+                NOW,
+                (FieldError("ts", "bad"),),
+                "e1",
+                "6f1c2a0e-2f4b-4f3e-9a57-3c1d2b8e7a10",
+            ),
+        ),
+    ]
+
+
+def test_every_record_comes_back_from_the_wire_as_it_went() -> None:
+    for name, record in records():
+        decode = TABLES[name].record
+        assert decode is not None
+        wire = record.to_wire()
+        assert decode(wire) == record, name
+
+
+def test_journey_commands_come_back_as_the_command_they_were() -> None:
+    t = touchpoint()
+    commands = [
+        RoutedEvent("anon:a-1", 4, True, t),
+        Regroup({"anon:a-1": "c2"}, 9),
+        Restitch([["saved", "event"]], {t.event_id: t}, {"events": 3}),
+    ]
+    for command in commands:
+        assert journey_command(command.to_wire()) == command
+
+
+def test_a_row_is_built_by_column_name() -> None:
+    t = touchpoint()
+    row = TOUCHPOINTS.named(t)
+    assert (row["event_id"], row["value"], row["email_hash"]) == (t.event_id, 12.5, t.email_hash)
+    assert row["page_host"] == "shop.example.com" and row["campaign_source"] == "news"
+
+
+def test_journey_records_written_before_typed_records_still_decode() -> None:
+    """A worker upgraded mid-stream reads what the release before it left on the journey topic:
+    the touchpoint under "row", without the columns added since."""
+    t = touchpoint()
+    old = {k: v for k, v in orjson.loads(t.to_wire()).items() if k != "survey_touchpoint_id"}
+    event = {"kind": "event", "primary": "anon:a-1", "v": 4, "stitch": True, "row": old}
+    restitch = {"kind": "restitch", "events": [], "rows": {t.event_id: old}}
+
+    routed = journey_command(orjson.dumps(event))
+    moved = journey_command(orjson.dumps(restitch))
+
+    assert isinstance(routed, RoutedEvent) and isinstance(moved, Restitch)
+    assert routed.touchpoint.ts == t.ts and routed.touchpoint.survey_touchpoint_id == ""
+    assert moved.touchpoints[t.event_id].email_hash == t.email_hash
+
+
+class _Kafka:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def send_all(self, records: Sequence[Any]) -> None:
+        self.sent.extend(records)
+
+
+async def test_what_a_stitch_worker_hands_over_is_what_the_writer_stores() -> None:
+    kafka = _Kafka()
+    for name, record in records():
+        table = TABLES[name]
+        sink = OutputSink(kafka, "outputs", table)
+        key = str(getattr(record, table.key))
+        sink.add(key, getattr(record, table.time), record, 3)
+        sink.add(key, getattr(record, table.time), record, 3)  # a replay: handed over once
+        assert (await sink.flush()).forwarded == 1
+    stored = {name: MemorySink() for name in TABLES if TABLES[name].record}
+    messages = [RawMessage(r.value, "outputs", 0, i) for i, r in enumerate(kafka.sent)]
+    messages.append(RawMessage(b'{"table": "nowhere"}', "outputs", 1, 0))
+
+    await Writer(stored).handle(messages)
+
+    for name, record in records():
+        key = str(getattr(record, TABLES[name].key))
+        assert stored[name].rows[(key, 3)] == record, name
+    [letter] = [r for (_, v), r in stored["dead_letters"].rows.items() if v == 0]
+    assert letter.stage == "write" and "malformed" in letter.reason

@@ -1,0 +1,61 @@
+"""The one place Tracker's Kafka clients are made, so that every producer has the same delivery
+settings and every client the same connection settings.
+
+- :func:`producer`: ``acks=all`` and idempotence, always: a record acknowledged is on every
+  in-sync replica, and a retried send is never stored twice. Callers tune batching and timeouts.
+- :func:`consumer`: offsets are committed by the caller, after its outputs are stored (the
+  checkpoint order, agents/batches.py), never automatically.
+- :func:`admin`: topic management.
+
+Each takes the connection from :class:`~tracker.settings.Settings` (:func:`connection`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tracker.settings import Settings
+
+__all__ = ["DELIVERY", "admin", "connection", "consumer", "producer"]
+
+DELIVERY: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+"""What every producer promises: not overridable by a caller."""
+
+
+def connection(settings: Settings) -> dict[str, Any]:
+    """Where and how every client connects."""
+    return {"bootstrap_servers": settings.bootstrap_servers}
+
+
+def producer(settings: Settings, client_id: str, **tuning: Any) -> AIOKafkaProducer:
+    """An idempotent producer acknowledged by all in-sync replicas. ``tuning``: batching and
+    timeouts (``linger_ms``, ``max_batch_size``, ``request_timeout_ms``)."""
+    refused = DELIVERY.keys() & tuning.keys()
+    if refused:
+        raise ValueError(f"a producer's delivery settings are fixed: {sorted(refused)}")
+    return AIOKafkaProducer(**connection(settings), client_id=client_id, **DELIVERY, **tuning)
+
+
+def consumer(
+    settings: Settings,
+    *topics: str,
+    client_id: str,
+    group_id: str | None = None,
+    **tuning: Any,
+) -> AIOKafkaConsumer:
+    """A consumer that never commits on its own, reading from the earliest offset a group has
+    not committed. Without ``group_id`` it reads partitions it is assigned (followers)."""
+    if tuning.get("enable_auto_commit"):
+        raise ValueError("offsets are committed after the outputs are stored, never automatically")
+    options: dict[str, Any] = {"auto_offset_reset": "earliest", **tuning}
+    options["enable_auto_commit"] = False
+    return AIOKafkaConsumer(
+        *topics, **connection(settings), client_id=client_id, group_id=group_id, **options
+    )
+
+
+def admin(settings: Settings, client_id: str = "tracker-admin") -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection(settings), client_id=client_id)
