@@ -102,6 +102,8 @@ async def read_webhook(
     # Imported here: the calls package imports this module as it loads.
     from collectors.calls._common import WebhookRequest
 
+    # Decoded as its Content-Encoding says, bounded in size and time: a body that is not what its
+    # encoding claims is the sender's 400 (it was a 500), an unknown encoding a 415, a bomb a 413.
     body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
     if isinstance(body, web.Response):
         return body
@@ -115,14 +117,20 @@ async def read_webhook(
     )
 
 
-def refused(collector: str, provider: str, exc: WebhookError, counter: Counter) -> web.Response:
+def refused(
+    collector: str, provider: str, exc: WebhookError, counter: Counter, retry_after: int
+) -> web.Response:
     """A webhook whose signature or credentials do not hold (or whose provider is turned off):
-    counted, logged with the reason, answered with its status. Nothing is produced."""
+    counted, logged with the reason, answered with its status. Nothing is produced. A 503 (the
+    provider is turned off here: ours to fix) says when to try again: ``retry_after`` seconds."""
     counter.labels(provider, exc.outcome).inc()
     log.info(
         f"{collector} webhook refused",
         extra={"provider": provider, "status": exc.status, "reason": str(exc)},
     )
+    if exc.status == 503:
+        retry = max(1, retry_after)
+        return json_error(503, str(exc), headers={"Retry-After": str(retry)}, retry_after=retry)
     return json_error(exc.status, str(exc))
 
 

@@ -20,7 +20,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from tracker.errors import QueryRefused
 
-__all__ = ["ReadOnlyQuery", "check_query"]
+__all__ = ["MAX_QUERY_LENGTH", "ReadOnlyQuery", "check_query"]
 
 
 class _Tokenizer(ClickHouse.Tokenizer):
@@ -73,6 +73,51 @@ _OUTSIDE_PREFIXES = (
     "catboost",
 )
 _OUTSIDE_NAMES = {"url", "input", "gcs", "oss", "cosn", "cluster", "clusterallreplicas"}
+# The system tables the console may read: the shape of the data and the engine, none of access
+# control, server configuration, logs or other sessions' queries (which may carry secrets).
+_SYSTEM_READABLE = {
+    "one",
+    "numbers",
+    "numbers_mt",
+    "zeros",
+    "zeros_mt",
+    "databases",
+    "tables",
+    "columns",
+    "parts",
+    "functions",
+    "table_functions",
+    "formats",
+    "data_type_families",
+    "time_zones",
+    "settings",
+    "merges",
+    "mutations",
+}
+# What SHOW may not list: users, roles, grants, quotas, policies, profiles and running queries.
+_SHOW_REFUSED = {
+    "USERS",
+    "USER",
+    "ROLES",
+    "ROLE",
+    "GRANTS",
+    "ACCESS",
+    "QUOTA",
+    "QUOTAS",
+    "POLICIES",
+    "POLICY",
+    "ROW",
+    "PROFILES",
+    "PROFILE",
+    "PROCESSLIST",
+    "CURRENT",
+    "ENABLED",
+    "PRIVILEGES",
+    "NAMED",
+    "SERVER",
+}
+# ClickHouse's default max_query_size, in characters: longer SQL is refused before it is read.
+MAX_QUERY_LENGTH = 256 * 1024
 _FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -86,6 +131,11 @@ class ReadOnlyQuery:
 
 def check_query(sql: str) -> ReadOnlyQuery:
     """The statement in ``sql`` if it is one read-only statement; ``QueryRefused`` says why not."""
+    if len(sql) > MAX_QUERY_LENGTH:
+        raise QueryRefused(
+            f"the SQL is {len(sql)} characters long; at most {MAX_QUERY_LENGTH} are read "
+            "(ClickHouse's own max_query_size)"
+        )
     try:
         tokens = _Tokenizer(dialect=_DIALECT).tokenize(sql)
     except TokenError:
@@ -148,6 +198,28 @@ def _check_token(statement: list[Token], index: int, token: Token) -> None:
     word = _word(token)
     before = statement[index - 1] if index else None
     following = statement[index + 1] if index + 1 < len(statement) else None
+    if word == "SHOW" and following is not None:
+        shown = [_word(t) for t in statement[index + 1 : index + 3]]
+        if shown[0] in _SHOW_REFUSED or (
+            shown[0] == "CREATE" and shown[1:] and shown[1] in _SHOW_REFUSED
+        ):
+            raise QueryRefused(
+                f"SHOW {' '.join(w for w in shown if w)} lists access control or other sessions; "
+                "the console reads the tracker tables"
+            )
+    if (
+        token.token_type not in _LITERALS
+        and token.text.lower() == "system"
+        and following is not None
+        and following.token_type == TokenType.DOT
+        and index + 2 < len(statement)
+    ):
+        table = statement[index + 2].text.lower()
+        if table not in _SYSTEM_READABLE:
+            raise QueryRefused(
+                f"system.{table[:40]} is not readable from the console: it holds access "
+                "control, server configuration, logs or other sessions' queries"
+            )
     if word in ("OUTFILE", "INFILE"):
         raise QueryRefused(f"{word} reads or writes files on the server; the console only reads")
     if word == "SETTINGS" and (before is None or _word(before) not in (".", "SHOW", "CHANGED")):
@@ -158,6 +230,11 @@ def _check_token(statement: list[Token], index: int, token: Token) -> None:
         )
     if following is not None and following.token_type == TokenType.L_PAREN:
         name = token.text.lower() if token.token_type not in _LITERALS else ""
+        if name == "merge":
+            raise QueryRefused(
+                "merge() reads any database's tables by pattern, system ones too; "
+                "name the tracker tables instead"
+            )
         if name and (
             name in _OUTSIDE_NAMES or name.startswith(_OUTSIDE_PREFIXES) or name.endswith("cluster")
         ):

@@ -20,6 +20,7 @@ from collectors.beacon.segment import (
     to_event,
 )
 from collectors.beacon.sources import Refused, Sources
+from tracker.bounds import MAX_DEPTH, deeper_than
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import client_ip, json_error, json_response, read_body
@@ -118,6 +119,10 @@ async def _segment(request: web.Request) -> web.Response:
         return _error(400, "invalid_request", f"body is not valid JSON: {exc}")
     if not isinstance(parsed, dict):
         return _error(400, "invalid_request", "body must be a JSON object")
+    if deeper_than(parsed, MAX_DEPTH):  # no message nests like that; orjson could not measure it
+        return _error(
+            400, "invalid_request", f"body nests deeper than {MAX_DEPTH} levels; a message nests 3"
+        )
     try:
         if not authorization:
             key = parsed.get("writeKey")

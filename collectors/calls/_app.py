@@ -88,7 +88,7 @@ async def post_callback(request: web.Request) -> web.Response:
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        return refused(COLLECTOR, provider.name, exc, CALL_WEBHOOKS)
+        return refused(COLLECTOR, provider.name, exc, CALL_WEBHOOKS, settings.retry_after_seconds)
     try:
         callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:

@@ -49,7 +49,7 @@ async def post_webhook(request: web.Request) -> web.Response:
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        return refused(COLLECTOR, provider.name, exc, EMAIL_WEBHOOKS)
+        return refused(COLLECTOR, provider.name, exc, EMAIL_WEBHOOKS, settings.retry_after_seconds)
     try:
         batch = _normalize(provider, webhook, settings)
     except Malformed as exc:

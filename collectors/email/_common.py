@@ -6,6 +6,7 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from collectors.calls._common import Malformed, Unauthorized, WebhookRequest, same
@@ -13,7 +14,15 @@ from collectors.email.records import MAX_ID_LENGTH, MAX_TAGS, EmailEvent
 from tracker.errors import FieldError
 from tracker.settings import Settings
 
-__all__ = ["Batch", "EmailProvider", "Refused", "basic_auth", "each_event", "tag_list"]
+__all__ = [
+    "Batch",
+    "EmailProvider",
+    "Refused",
+    "basic_auth",
+    "each_event",
+    "happened",
+    "tag_list",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +117,11 @@ def basic_auth(request: WebhookRequest, provider: str, username: str, password: 
     password_ok = same(given_password, password)
     if not (user_ok and password_ok):
         raise Unauthorized(f"the basic credentials are not the ones configured for {provider}")
+
+
+def happened(ts: datetime | None, name: str, at: str = "") -> datetime:
+    """An event's required time: ``0`` reads as "did not happen", which an event cannot say."""
+    if ts is None:
+        field_name = f"{at}.{name}" if at else name
+        raise Malformed([FieldError(field_name, "must be the time the event happened, not 0")])
+    return ts

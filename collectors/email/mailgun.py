@@ -23,7 +23,7 @@ from collectors.calls._common import (
     secret_or_refuse,
     text,
 )
-from collectors.email._common import Batch, EmailProvider, tag_list
+from collectors.email._common import Batch, EmailProvider, happened, tag_list
 from collectors.email.records import (
     MAX_EMAIL_LENGTH,
     MAX_TEXT_LENGTH,
@@ -108,8 +108,7 @@ def normalize(request: WebhookRequest, _: Settings) -> Batch:
             details["reason_code"] = reason
     if kind is None:
         return Batch(ignored=[f"mailgun event {name[:40]!r} is not one Tracker records"])
-    ts = epoch_time(data, "timestamp", request, at=AT)
-    assert ts is not None  # required above
+    ts = happened(epoch_time(data, "timestamp", request, at=AT), "timestamp", AT)
     status = data.get("delivery-status")
     if isinstance(status, dict):
         if code := text(status, "code", at=f"{AT}.delivery-status"):

@@ -15,7 +15,7 @@ from collectors.calls._common import (
     require,
     text,
 )
-from collectors.email._common import Batch, EmailProvider, basic_auth
+from collectors.email._common import Batch, EmailProvider, basic_auth, happened
 from collectors.email.records import (
     MAX_EMAIL_LENGTH,
     MAX_TEXT_LENGTH,
@@ -73,8 +73,7 @@ def normalize(request: WebhookRequest, settings: Settings) -> Batch:
         return Batch(ignored=[f"postmark record type {record[:40]!r} is not one Tracker records"])
     email_field, time_field = _RECORDS[record]
     require(data, email_field, time_field)
-    ts = iso_time(data, time_field, request)
-    assert ts is not None  # required above
+    ts = happened(iso_time(data, time_field, request), time_field)
     message_id = text(data, "MessageID")
     details: dict[str, str] = {}
     email = text(data, email_field, limit=MAX_EMAIL_LENGTH)

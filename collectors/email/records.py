@@ -70,7 +70,11 @@ MAX_TEXT_LENGTH: Final = 4096  # a bounce's or drop's reason, the SMTP response
 MAX_TAGS: Final = 15  # categories or tags of one event: all of them fit in one property
 
 _NAMESPACE: Final = uuid.UUID("5d0b6a1e-2c47-4f8e-9b1d-7e3a0c6f2e51")
-_EMAIL_LIKE = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+\.[^\s<>\"'(),;:]+")
+# Starts only where a word starts, and no part holds another "@": linear in the text's length,
+# so a long run without a delimiter cannot hold the event loop (it took minutes at 256 KiB).
+_EMAIL_LIKE = re.compile(
+    r"(?<![^\s<>\"'(),;:@])[^\s<>\"'(),;:@]+@[^\s<>\"'(),;:@]+\.[^\s<>\"'(),;:@]+"
+)
 _UTM: Final = {
     "utm_source": "source",
     "utm_medium": "medium",

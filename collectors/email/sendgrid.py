@@ -31,7 +31,7 @@ from collectors.calls._common import (
     secret_or_refuse,
     text,
 )
-from collectors.email._common import Batch, EmailProvider, each_event, tag_list
+from collectors.email._common import Batch, EmailProvider, each_event, happened, tag_list
 from collectors.email.records import (
     MAX_EMAIL_LENGTH,
     MAX_TEXT_LENGTH,
@@ -112,8 +112,7 @@ def _event(data: Mapping[str, Any], where: str, request: WebhookRequest) -> Emai
     kind = _TYPES.get(name)
     if kind is None:
         return f"sendgrid event {name[:40]!r} is not one Tracker records"
-    ts = epoch_time(data, "timestamp", request, at=where)
-    assert ts is not None  # required above
+    ts = happened(epoch_time(data, "timestamp", request, at=where), "timestamp", where)
     tags = tag_list(data, "category", at=where)
     campaign_name = text(data, "marketing_campaign_name", at=where) or (tags[0] if tags else "")
     agent = text(data, "useragent", at=where, limit=MAX_USER_AGENT_LENGTH)

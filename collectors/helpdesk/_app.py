@@ -73,7 +73,9 @@ async def post_callback(request: web.Request) -> web.Response:
     try:
         provider.authenticate(webhook, settings)
     except WebhookError as exc:
-        return refused(COLLECTOR, provider.name, exc, HELPDESK_WEBHOOKS)
+        return refused(
+            COLLECTOR, provider.name, exc, HELPDESK_WEBHOOKS, settings.retry_after_seconds
+        )
     try:
         callbacks = _normalize(provider, webhook, settings)
     except Ignored as exc:

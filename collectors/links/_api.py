@@ -69,7 +69,7 @@ _LINK_FIELDS: dict[str, Any] = {
         "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH},
     },
     "campaign": _TEXT,
-    "channel": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+    "channel": {"type": "string", "pattern": "^([a-z][a-z0-9_]{0,31})?$"},
     "utm": {
         "type": "object",
         "additionalProperties": False,
@@ -79,8 +79,7 @@ _LINK_FIELDS: dict[str, Any] = {
     "valid_since": _TIME,
     "valid_until": _TIME,
     "fallback_url": {
-        **_URL,
-        "type": ["string", "null"],
+        "anyOf": [_URL, {"const": ""}, {"type": "null"}],
         "description": "where disabled, expired or exhausted clicks go; null or empty for none",
     },
     "max_clicks": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CLICKS_LIMIT},
@@ -133,7 +132,11 @@ _ERRORS = {
 }
 _WRITE_ERRORS = {
     **_ERRORS,
-    "400": _answer("invalid link; errors name each field", _ERROR),
+    "400": _answer("invalid link or body; errors name each field", _ERROR),
+    "404": _answer("no link with this slug", _ERROR),
+    "408": _answer("the body did not arrive in time", _ERROR),
+    "413": _answer("body larger than 64 KiB", _ERROR),
+    "415": _answer("a Content-Encoding Tracker does not read", _ERROR),
     "403": _answer("no TRACKER_API_TOKEN is configured, so writes are refused", _ERROR),
     "503": _answer("Kafka did not take the change; see Retry-After", _ERROR),
 }
@@ -141,6 +144,63 @@ _SLUG = [{"name": "slug", "in": "path", "required": True, "schema": {"type": "st
 _BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"type": "object", "properties": _LINK_FIELDS}}},
+}
+
+_PAGE = {"text/html": {"schema": {"type": "string", "minLength": 1}}}
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+_OPEN: list[dict[str, list[str]]] = [{}]  # no token needed
+# What anyone may call: the redirect, the service's health and this document.
+_PUBLIC_PATHS: dict[str, Any] = {
+    "/{slug}": {
+        "parameters": _SLUG,
+        "get": {
+            "summary": "Follow a short link (HEAD too): a redirect, counted as a click",
+            "security": _OPEN,
+            "responses": {
+                "301": {"description": "redirect (the link's status_code)"},
+                "302": {"description": "redirect (the link's status_code)"},
+                "307": {"description": "redirect (the link's status_code)"},
+                "308": {"description": "redirect (the link's status_code)"},
+                "404": {"description": "no such link", "content": _PAGE},
+                "410": {"description": "disabled, expired or exhausted", "content": _PAGE},
+                "503": {
+                    "description": "links are still loading; see Retry-After",
+                    "content": _PAGE,
+                },
+            },
+        },
+    },
+    "/api/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "security": _OPEN,
+            "responses": {"200": _answer("the OpenAPI document", {"type": "object"})},
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "The process answers",
+            "security": _OPEN,
+            "responses": {"200": _answer("alive", _STATUS)},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "The links are loaded from Kafka",
+            "security": _OPEN,
+            "responses": {
+                "200": _answer("ready", _STATUS),
+                "503": _answer("not ready; reasons says why", _STATUS),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "security": _OPEN,
+            "responses": {"200": {"description": "the exposition", "content": {"text/plain": {}}}},
+        }
+    },
 }
 
 OPENAPI: dict[str, Any] = {
@@ -202,7 +262,11 @@ OPENAPI: dict[str, Any] = {
             "parameters": _SLUG,
             "get": {
                 "summary": "Read a link",
-                "responses": {"200": _answer("the link", _LINK), "404": _answer("no such link")},
+                "responses": {
+                    "200": _answer("the link", _LINK),
+                    "404": _answer("no such link", _ERROR),
+                    **_ERRORS,
+                },
             },
             "patch": {
                 "summary": 'Change a link: target, UTM, validity, limits, rules; disable with {"disabled": true}',
@@ -218,15 +282,24 @@ OPENAPI: dict[str, Any] = {
             "parameters": _SLUG,
             "get": {
                 "summary": "QR code of the short URL with ?qr=1, as SVG",
-                "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}},
+                "responses": {
+                    "200": {"description": "SVG", "content": {"image/svg+xml": {}}},
+                    "404": _answer("no such link", _ERROR),
+                    **_ERRORS,
+                },
             },
         },
         "/api/links/{slug}/qr.png": {
             "parameters": _SLUG,
             "get": {
                 "summary": "QR code of the short URL with ?qr=1, as PNG",
-                "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}},
+                "responses": {
+                    "200": {"description": "PNG", "content": {"image/png": {}}},
+                    "404": _answer("no such link", _ERROR),
+                    **_ERRORS,
+                },
             },
         },
+        **_PUBLIC_PATHS,
     },
 }
