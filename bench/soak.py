@@ -1,7 +1,7 @@
 """A soak: mixed load on the whole product for minutes; memory, lag and losses over time.
 
     python bench/soak.py [--minutes 10] [--rate 300] [--clicks 20] [--calls 5]
-    python bench/soak.py --minutes 2 --compare-memory-store   # also the heap-kept tables
+    python bench/soak.py --minutes 3 --stores memory,rocksdb  # each table store, one after the other
 
 On its own local Kafka broker it runs the product as a user runs it (``python -m tracker worker``
 and ``serve beacon|links|calls``, one data directory, embedded chDB), then offers at once:
@@ -18,10 +18,11 @@ every accepted event is in ClickHouse exactly once: touchpoints ``uniqExact(even
 beacon's and redirects' 2xx answers plus the calls, and ``count()`` against the distinct versions.
 
 Memory is flat when the worker's RSS in the last third of the load is within 10 % (or 64 MiB) of
-its RSS at the end of the first third, while the customers it holds keep growing. The baseline in
-the same run (``--compare-memory-store``) is the same load with ``TRACKER_TABLE_STORE=memory``,
-the worker's state on the heap. Results go to stdout and bench/results/soak.json. The exit code is
-non-zero when something was lost, written twice, or a process died, never for a missed bar.
+its RSS at the end of the first third, while the customers it holds keep growing. ``--stores``
+runs the same load once per table store (``TRACKER_TABLE_STORE``; the default store, ``memory``,
+keeps every customer's state on the heap, ``rocksdb`` on disk), the first one being the baseline.
+Results go to stdout and bench/results/soak.json. The exit code is non-zero when something was
+lost, written twice, or a process died, never for a missed bar.
 """
 
 from __future__ import annotations
@@ -445,7 +446,7 @@ def report(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(minutes: float, rate: float, clicks: float, calls: float, compare: bool) -> int:
+def run(minutes: float, rate: float, clicks: float, calls: float, stores: Sequence[str]) -> int:
     from tracker.cli.kafka_local import LocalKafka, free_port
 
     work = Path(tempfile.mkdtemp(prefix="tracker-bench-soak-"))
@@ -457,7 +458,7 @@ def run(minutes: float, rate: float, clicks: float, calls: float, compare: bool)
     try:
         kafka.start()
         group = kafka_pgid(work / "kafka")
-        for store in ("rocksdb", "memory") if compare else ("rocksdb",):
+        for store in stores:
             results.append(
                 soak(store, minutes, rate, clicks, calls, kafka.bootstrap, group, work, processes)
             )
@@ -495,9 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clicks", type=float, default=20.0, help="short-link redirects/s")
     parser.add_argument("--calls", type=float, default=5.0, help="call webhooks/s")
     parser.add_argument(
-        "--compare-memory-store",
-        action="store_true",
-        help="also run the load with the tables on the heap (TRACKER_TABLE_STORE=memory)",
+        "--stores",
+        default="memory",
+        help="table stores to run the load with, one after the other (memory, rocksdb)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -509,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run(args.minutes, args.rate, args.clicks, args.calls, args.compare_memory_store)
+        return run(args.minutes, args.rate, args.clicks, args.calls, args.stores.split(","))
     except BenchError as exc:
         log.error("benchmark failed: %s", exc)
         return 1
