@@ -319,7 +319,7 @@ def test_one_customer_across_email_web_chat_ticket_and_call(support_pipeline: Pi
     )
     assert p.wait_for(flagged, "answered\tcancel", timeout=60) == "answered\tcancel"
     friction = (
-        "SELECT kind, detail FROM frictions FINAL WHERE kind = 'negative_call_topic' AND "
+        "SELECT reason, detail FROM frictions FINAL WHERE reason = 'negative_call_topic' AND "
         f"event_id IN (SELECT event_id FROM touchpoints WHERE properties['call_id'] = '{call_id}')"
     )
     assert p.wait_for(friction, "negative_call_topic\tcancel", timeout=60) == (
