@@ -187,29 +187,34 @@ def raw_topic(up: Up) -> str:
 def raw_end(up: Up, topic: str, limit: float = 120.0) -> int:
     """Records on the raw topic now, once the broker answers (it may be restarting)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
     async def read() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=up.bootstrap, request_timeout_ms=5000)
         consumer = AIOKafkaConsumer(bootstrap_servers=up.bootstrap, request_timeout_ms=5000)
         try:
-            async with asyncio.timeout(10):
-                await consumer.start()
-                partitions = consumer.partitions_for_topic(topic) or set()
+            async with asyncio.timeout(15):
+                await admin.start()
+                [described] = await admin.describe_topics([topic])
+                partitions = [p["partition"] for p in described["partitions"]]
                 if not partitions:
-                    await consumer.topics()
-                    partitions = consumer.partitions_for_topic(topic) or set()
+                    raise BenchError(f"{topic} has no partitions")
+                await consumer.start()
                 ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
                 return sum(ends.values())
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
 
     deadline = time.monotonic() + limit
     while True:
         try:
             return asyncio.run(read())
-        except Exception:
+        except Exception as exc:
             if time.monotonic() > deadline:
-                raise BenchError(f"the broker did not answer in {limit:.0f}s") from None
+                raise BenchError(f"the raw topic's end offsets: {exc!r}") from None
             time.sleep(0.5)
 
 
@@ -470,6 +475,8 @@ def run_fault(
             log.info("%s: injecting", fault)
             outcome.update(inject(fault, up, topic, refuse_seconds, tag))
             target = raw_end(up, topic) - poison_so_far - int(outcome["poison"])
+            if target <= 0:
+                raise BenchError(f"{topic} reads as empty: nothing to measure recovery by")
             outcome["target_beacon_events"] = target
             recovered = wait_stored(up, target, float(outcome["since"]))
             outcome["recovery_s"] = None if recovered is None else round(recovered, 2)
