@@ -417,6 +417,7 @@ class ForgetService(Service):
             "journey_state": f"{settings.worker_id}-journey_state-changelog",
             "identity_links": f"{settings.worker_id}-identity_links-changelog",
             "call_state": f"{settings.worker_id}-call_state-changelog",
+            "ticket_state": f"{settings.worker_id}-ticket_state-changelog",
             "aliases": aliases_topic,
         }
         self._reservations_topic = reservations_topic
@@ -555,6 +556,7 @@ class ForgetService(Service):
                 ("journey_state", state.journey_state),
                 ("identity_links", state.identity_links),
                 ("call_state", state.call_state),
+                ("ticket_state", state.ticket_state),
                 ("aliases", state.aliases),
             )
             if self._state_topics[name]
