@@ -351,12 +351,7 @@ class HealthService(Service):
         self._ingest = ingest
         self._forgotten = forgotten
         self._runner: web.AppRunner | None = None
-        self._kafka = KafkaProbe(
-            settings.bootstrap_servers,
-            settings.kafka_probe_seconds,
-            settings.produce_timeout_seconds,
-            client_id=settings.worker_id,
-        )
+        self._kafka = KafkaProbe(settings, client_id=settings.worker_id)
         self.started_agents = False
         super().__init__(**kwargs)
 
@@ -674,12 +669,7 @@ class ConsoleService(Service):
         self._forget = forget
         self._reservations = reservations
         self._runner: web.AppRunner | None = None
-        self._kafka = KafkaProbe(
-            settings.bootstrap_servers,
-            settings.kafka_probe_seconds,
-            settings.produce_timeout_seconds,
-            client_id=settings.worker_id,
-        )
+        self._kafka = KafkaProbe(settings, client_id=settings.worker_id)
         self.started_agents = False
         super().__init__(**kwargs)
 
