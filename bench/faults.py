@@ -69,6 +69,7 @@ POISON_RECORDS = 20
 GOOD_RECORDS = 200
 TRACER_BATCH = 10
 TRACER_PAUSE = 0.5  # seconds between tracer batches: 20 events/s
+IMMUTABLE: set[Path] = set()  # folders made immutable, made writable again on any way out
 
 
 # -- tracker up ------------------------------------------------------------------------------------
@@ -420,6 +421,7 @@ def inject(fault: str, up: Up, topic: str, refuse_seconds: float, tag: str) -> d
     folder = table_folder(up, "touchpoints")
     before = stored_beacon(up)
     chattr("+i", folder)
+    IMMUTABLE.add(folder)
     began = time.monotonic()
     reported: list[str] = []
     try:
@@ -438,6 +440,7 @@ def inject(fault: str, up: Up, topic: str, refuse_seconds: float, tag: str) -> d
         during = stored_beacon(up)
     finally:
         chattr("-i", folder)
+        IMMUTABLE.discard(folder)
     return {
         "since": time.monotonic(),
         "poison": 0,
@@ -643,6 +646,8 @@ def run(faults: Sequence[str], rate: float, seconds: float, refuse_seconds: floa
             )
         ok = not failures(results)
     finally:
+        for folder in list(IMMUTABLE):  # a run stopped mid-fault leaves no folder it cannot delete
+            subprocess.run(["chattr", "-i", str(folder)], check=False)
         with contextlib.suppress(Exception):
             if up.pid and processes.alive(up.pid):
                 os.kill(up.pid, signal.SIGINT)  # tracker up stops its children in order
