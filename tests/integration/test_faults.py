@@ -4,6 +4,8 @@ bench/faults.py, not assertions here."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -15,9 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
-from tests.conftest import Pipeline, component_env, http, make_event
+from tests.conftest import Pipeline, _worker_caught_up, component_env, http, make_event
 from tracker.cli.kafka_local import LocalKafka, free_port
+from tracker.kafka.topology import Topology
+from tracker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +129,52 @@ class Load(threading.Thread):
             time.sleep(0.02)
 
 
+def where_missing(pipeline: Pipeline, acknowledged: list[str]) -> str:
+    """For a failure: the acknowledged events not stored, whether the raw topic holds them, and
+    which of the worker's consumers are behind."""
+    ids = ",".join(f"'{i}'" for i in acknowledged)
+    stored = set(
+        pipeline.query(
+            f"SELECT toString(event_id) FROM touchpoints WHERE event_id IN ({ids})"
+        ).split()
+    )
+    missing = [i for i in acknowledged if i not in stored]
+    topic = Topology.from_settings(Settings.from_env(pipeline.env)).raw.name
+
+    async def on_raw() -> set[str]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=pipeline.env["TRACKER_KAFKA_BOOTSTRAP"],
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        found: set[str] = set()
+        try:
+            while batches := await consumer.getmany(timeout_ms=3000):
+                for records in batches.values():
+                    found.update(
+                        i for i in missing if any(i.encode() in (r.value or b"") for r in records)
+                    )
+        finally:
+            await consumer.stop()
+        return found
+
+    on_topic = asyncio.run(on_raw())
+    behind: dict[str, int] = {}
+
+    async def lag() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await _worker_caught_up(pipeline.env, behind)
+
+    asyncio.run(lag())
+    return (
+        f"{len(missing)} acknowledged events not stored: {missing[:10]}; on the raw topic: "
+        f"{sorted(on_topic)[:10]}; the worker's consumers behind: {behind}"
+    )
+
+
 def test_broker_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     broker = LocalKafka(tmp_path / "kafka", free_port())
     broker.start()
@@ -154,14 +205,12 @@ def test_broker_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
         total = len(load.acknowledged)
         ids = ",".join(f"'{i}'" for i in load.acknowledged)
         expected = f"{total}\t{total}"
-        assert (
-            pipeline.wait_for(
-                f"SELECT count(), uniqExact(event_id) FROM touchpoints WHERE event_id IN ({ids})",
-                expected,
-                timeout=120,
-            )
-            == expected
+        stored = pipeline.wait_for(
+            f"SELECT count(), uniqExact(event_id) FROM touchpoints WHERE event_id IN ({ids})",
+            expected,
+            timeout=120,
         )
+        assert stored == expected, where_missing(pipeline, load.acknowledged)
         assert pipeline.query("SELECT count() - uniqExact(event_id) FROM touchpoints") == "0\n"
     finally:
         load.stopping.set()
