@@ -139,9 +139,9 @@ def where_missing(pipeline: Pipeline, acknowledged: list[str]) -> str:
         ).split()
     )
     missing = [i for i in acknowledged if i not in stored]
-    topic = Topology.from_settings(Settings.from_env(pipeline.env)).raw.name
+    topology = Topology.from_settings(Settings.from_env(pipeline.env))
 
-    async def on_raw() -> set[str]:
+    async def on(topic: str) -> set[str]:
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=pipeline.env["TRACKER_KAFKA_BOOTSTRAP"],
@@ -160,7 +160,18 @@ def where_missing(pipeline: Pipeline, acknowledged: list[str]) -> str:
             await consumer.stop()
         return found
 
-    on_topic = asyncio.run(on_raw())
+    where = {
+        name: len(asyncio.run(on(spec.name)))
+        for name, spec in (
+            ("raw", topology.raw),
+            ("identity", topology.identity),
+            ("journey", topology.journey),
+        )
+    }
+    letters = pipeline.query(
+        "SELECT count() FROM dead_letters WHERE "
+        + " OR ".join(f"positionUTF8(payload, '{i}') > 0" for i in missing[:50])
+    ).strip()
     behind: dict[str, int] = {}
 
     async def lag() -> None:
@@ -170,8 +181,9 @@ def where_missing(pipeline: Pipeline, acknowledged: list[str]) -> str:
 
     asyncio.run(lag())
     return (
-        f"{len(missing)} acknowledged events not stored: {missing[:10]}; on the raw topic: "
-        f"{sorted(on_topic)[:10]}; the worker's consumers behind: {behind}"
+        f"{len(missing)} acknowledged events not stored: {missing[:5]}; how many of them each "
+        f"topic holds: {where}; dead letters naming them: {letters}; the worker's consumers "
+        f"behind: {behind}"
     )
 
 
