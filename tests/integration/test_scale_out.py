@@ -161,14 +161,6 @@ def scaled_out(kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Pipeline, li
     pipeline.stop()
 
 
-# Open defect (issue 10), found at merge time and not yet explained: after the SIGKILL, the
-# survivor sometimes stalls taking over the killed worker's partitions, and in one run it
-# committed them with events not stored (273 of 400). The stitch role is experimental until
-# this test passes every time (docs/operations.md).
-@pytest.mark.xfail(
-    strict=False,
-    reason="a killed stitch worker's events can be lost or stall (open defect, issue 10)",
-)
 def test_two_stitch_workers_and_a_writer_match_one_worker_through_a_kill(
     kafka: LocalKafka,
     tmp_path: Path,
@@ -192,7 +184,13 @@ def test_two_stitch_workers_and_a_writer_match_one_worker_through_a_kill(
     # Nothing lost or written twice was asserted by outcome(), for both runs.
     assert len(events) >= 300
     assert len(single["customers"]) < CUSTOMERS * 2  # the merges did happen
-    if scaled != single:
-        # Open defect (issue 10): after the kill, some customers are grouped differently than
-        # one worker groups them. Reported, not hidden: the test fails on any loss above.
-        pytest.xfail("customers or sessions differ from one worker's after a stitch worker's kill")
+    assert scaled["customers"] == single["customers"]
+    assert scaled["journeys"] == single["journeys"]
+    if scaled["sessions"] != single["sessions"]:
+        # Open defect (issue 10): the killed worker's last batch had sent its session rows but
+        # not saved its state; the survivor replays the events in other batches and never
+        # learns those intermediate sessions, so they stay unretired beside the right ones
+        # (every one-worker session is there too). Rows and customers are checked above.
+        extra = set(scaled["sessions"]) - set(single["sessions"])
+        assert set(single["sessions"]) <= set(scaled["sessions"])
+        pytest.xfail(f"{len(extra)} intermediate sessions of the killed worker left unretired")
