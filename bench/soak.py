@@ -504,7 +504,7 @@ def report(results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         m, lag = r["memory"], r["lag_seconds"]
         lines.append(
-            f"{r['store']}: {r['minutes']:g} min; accepted {r['accepted']['beacon_events']:,} beacon events, "
+            f"{r['store']}: {r['minutes']:.1f} min; accepted {r['accepted']['beacon_events']:,} beacon events, "
             f"{r['accepted']['clicks']:,} clicks, {r['accepted']['calls']:,} calls = {r['expected_events']:,}; "
             f"stored {r['stored_events']:,} in {r['rows']:,} rows: lost {r['lost']}, duplicated {r['duplicated_rows']}; "
             f"{r['customers']:,} customers; lag p50 {lag['p50']:.2f} s, p95 {lag['p95']:.2f} s, max {lag['max']:.2f} s; "
