@@ -2,6 +2,7 @@
 
     python bench/soak.py [--minutes 10] [--rate 300] [--clicks 20] [--calls 5]
     python bench/soak.py --minutes 3 --stores memory,rocksdb  # each table store, one after the other
+    python bench/soak.py --visitors 100000 --rate 1000 --clicks 0 --calls 0  # memory per customer
 
 On its own local Kafka broker it runs the product as a user runs it (``python -m tracker worker``
 and ``serve beacon|links|calls``, one data directory, embedded chDB), then offers at once:
@@ -16,6 +17,10 @@ the stored touchpoints and the lag of the last window (a stitched row's ``insert
 ``received_ts``). After the load it waits for everything accepted to be stored, then checks that
 every accepted event is in ClickHouse exactly once: touchpoints ``uniqExact(event_id)`` against the
 beacon's and redirects' 2xx answers plus the calls, and ``count()`` against the distinct versions.
+
+With ``--visitors N`` the beacon load is N distinct anonymous visitors instead (``--per-visitor``
+page views each, in batches of 100): each a new customer, so the samples show what a customer
+adds to the worker's memory.
 
 Memory is flat when the worker's RSS in the last third of the load is within 10 % (or 64 MiB) of
 its RSS at the end of the first third, while the customers it holds keep growing. ``--stores``
