@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agents.batches import Checkpoint, acked_batches
+from agents.batches import AckGate, Checkpoint, acked_batches
 from tracker.kafka import clients
 from tracker.settings import Settings
 
@@ -134,6 +134,63 @@ def test_an_agent_that_fails_mid_batch_acknowledges_nothing_of_it() -> None:
     with pytest.raises(RuntimeError):
         asyncio.run(agent())
     assert steps == ["outputs"]
+
+
+class Message:
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = "journey", 0, offset
+
+
+class Event:
+    def __init__(self, offset: int) -> None:
+        self.message = Message(offset)
+
+
+class Consumer:
+    """Faust's consumer as far as acknowledgements go: each acked offset counts as handled."""
+
+    def __init__(self) -> None:
+        self.handled: list[int] = []
+
+    def ack(self, message: Message) -> bool:
+        self.handled.append(message.offset)
+        return True
+
+
+class GatedStream(FakeStream):
+    """A Faust stream whose acknowledgements reach the consumer, as Faust's do."""
+
+    def __init__(self, batches: list[list[Event]], steps: list[str]) -> None:
+        super().__init__([], steps)
+        self._events = batches
+        self.consumer = Consumer()
+
+    async def ack(self, event: Any) -> None:
+        self.consumer.ack(event.message)
+
+    async def noack_take(self, size: int, within: float) -> Any:
+        for batch in self._events:
+            yield batch
+
+
+def test_only_what_a_checkpoint_acknowledges_counts_as_handled() -> None:
+    """Faust acknowledges on its own a message its stream skips around a rebalance (issue 10:
+    a killed stitch worker's events were committed past, never stored). Only the checkpoint's
+    acknowledgements may reach the offsets Faust commits."""
+    stream = GatedStream([[Event(0), Event(1)], [Event(3)]], [])
+    faust_consumer = stream.consumer
+    handled = faust_consumer.handled
+
+    async def agent() -> None:
+        async for _ in acked_batches(stream, 10, 1.0):
+            # Faust skips offset 2 (fetched before a rebalance) and acknowledges it itself.
+            faust_consumer.ack(Message(2))
+
+    asyncio.run(agent())
+    assert handled == [0, 1, 3]
+    gate = vars(faust_consumer)["ack"]
+    assert isinstance(gate, AckGate) and gate.refused == 2
+    assert AckGate.install(faust_consumer) is gate  # one gate, however many agents
 
 
 async def test_every_producer_is_idempotent_and_acknowledged_by_all_replicas() -> None:
