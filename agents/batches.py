@@ -20,8 +20,9 @@ failed attempt left in memory (rows not yet flushed, a graph built ahead of its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka.errors import (
@@ -94,16 +95,85 @@ class Checkpoint(Generic[R]):
         await self._commit(batch)
 
 
+class AckGate:
+    """Lets a Faust consumer count as handled only the messages a :class:`Checkpoint` hands it.
+
+    Faust acknowledges on its own a message its stream skips: one fetched before a rebalance
+    and delivered after it, or one delivered while the flow is suspended. Its offset then
+    counts as done, and the consumer commits past a record no stage has handled: a worker that
+    dies or gives up the partition before the record comes round again loses it (issue 10: a
+    killed stitch worker's events missing downstream). Through the gate the consumer records
+    only what a checkpoint acknowledges once the batch's outputs and state are stored; a skipped
+    message stays unacknowledged and is read again from the committed offset.
+    """
+
+    def __init__(self, ack: Callable[[Any], bool]) -> None:
+        self._ack = ack
+        self._open: set[int] = set()
+        self.refused = 0
+
+    def __call__(self, message: Any) -> bool:
+        if id(message) not in self._open:
+            self.refused += 1
+            log.info(
+                "not acknowledging a message no stage has handled",
+                extra={
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                },
+            )
+            return False
+        return self._ack(message)
+
+    @contextlib.contextmanager
+    def opened(self, messages: Sequence[Any]) -> Iterator[None]:
+        """Acknowledgements of ``messages`` count while this is open."""
+        ids = {id(message) for message in messages}
+        self._open |= ids
+        try:
+            yield
+        finally:
+            self._open -= ids
+
+    @classmethod
+    def install(cls, consumer: Any) -> AckGate:
+        """The gate on a Faust consumer, put in place the first time."""
+        gate = vars(consumer).get("ack")
+        if isinstance(gate, AckGate):
+            return gate
+        gate = cls(consumer.ack)
+        consumer.ack = gate
+        return gate
+
+
 def stream_checkpoint(stream: Any) -> Checkpoint[Any]:
     """The checkpoint of a Faust agent's stream: its app's producer (carrying the tables'
-    changelogs), then the events acknowledged, which Faust commits once all before are."""
+    changelogs), then the events acknowledged, which Faust commits once all before are. Only
+    these acknowledgements count (:class:`AckGate`)."""
+    app = getattr(stream, "app", None)
+    consumer = getattr(app, "consumer", None)
+    gate = AckGate.install(consumer) if consumer is not None else None
 
     async def acknowledge(events: Sequence[Any]) -> None:
-        for event in events:
-            await stream.ack(event)
+        with gate.opened([e.message for e in events]) if gate else contextlib.nullcontext():
+            for event in events:
+                await stream.ack(event)
 
-    app = getattr(stream, "app", None)
-    return Checkpoint(acknowledge, app.producer.flush if app is not None else None)
+    if app is None:
+        return Checkpoint(acknowledge)
+    producer = app.producer
+
+    async def flush() -> None:
+        # Faust buffers each table write and its buffer's own flush waits for them one at a
+        # time (a wait_for per message): hand them all to the producer at once, then flush.
+        pending = producer.buffer.pending
+        while not pending.empty():
+            message = pending.get_nowait()
+            await message.message.channel.publish_message(message, wait=False)
+        await producer.flush()
+
+    return Checkpoint(acknowledge, flush)
 
 
 async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:

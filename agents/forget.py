@@ -305,18 +305,24 @@ class _Touchpoint:
     stitched: bool
 
 
-async def find_person(store: ClickHouseStore, key: str, rounds: int = 6) -> Person:
+async def find_person(store: ClickHouseStore, key: str | Iterable[str], rounds: int = 6) -> Person:
     """The person ``key`` resolves to, from the identity graph as ClickHouse holds it.
 
-    Starting from the identifier, repeatedly: the customers it resolves to (``identities``,
+    ``key`` may be several keys of one identifier: during a salt rotation
+    (``TRACKER_HASH_SALT_PREVIOUS``) an email or phone is stored under either salt's hash
+    (``tracker.privacy.identifier_keys``), and the person is whoever any of them names.
+
+    Starting from the identifiers, repeatedly: the customers it resolves to (``identities``,
     and the customer it would have on its own), every identifier resolving to one of them,
     older customer ids those identifiers were merged from, and the identifiers on touchpoints
     stitched to any of those customers, unless the graph now places that identifier with
     someone else (a split). Stops when nothing new turns up.
     """
-    kind, _, value = key.partition(":")
-    keys = {key}
-    customers = {customer_id_for(Identifier(kind, value))}
+    keys = {key} if isinstance(key, str) else set(key)
+    customers = {
+        customer_id_for(Identifier(kind, value))
+        for kind, _, value in (k.partition(":") for k in keys)
+    }
     events: set[str] = set()
     for _ in range(rounds):
         before = (len(keys), len(customers))

@@ -41,7 +41,7 @@ from tracker.kafka import clients as kafka_clients
 from tracker.kafka.compacted import CompactedState
 from tracker.kafka.probe import KafkaProbe
 from tracker.metrics import WORKER_LAG, WORKER_PARTITION_LAG
-from tracker.privacy import identifier_key
+from tracker.privacy import identifier_keys
 from tracker.settings import Settings
 from tracker.store import ClickHouseStore
 
@@ -477,14 +477,15 @@ class ForgetService(Service):
         ``identifier_only``). Raises ``InvalidIdentifier`` for a malformed identifier,
         ``BackpressureError`` when Kafka does not take the suppression (nothing is erased then),
         a retriable ``StoreError`` when ClickHouse cannot answer (asking again is safe)."""
-        key = identifier_key(
-            identifier, self._settings.hash_salt.value, self._settings.default_phone_region
+        # During a salt rotation an email or phone may be stored under either salt's hash.
+        keys = identifier_keys(
+            identifier, self._settings.hash_salts, self._settings.default_phone_region
         )
-        kind = key.split(":", 1)[0]
+        kind = keys[0].split(":", 1)[0]
         if identifier_only:
-            person, state = Person(frozenset({key})), StateKeys()
+            person, state = Person(frozenset(keys)), StateKeys()
         else:
-            person = await find_person(self._store, key)
+            person = await find_person(self._store, keys)
             state = await state_keys(self._store, person)  # read before the rows go
         await self._suppress(person.keys | {customer_key(c) for c in person.customers})
         async with self._ingest.lock:  # a batch being written now cannot land after the erase

@@ -5,8 +5,9 @@
 
 bench/README.md (section "Fuzz") explains it. In short: on its own local Kafka broker (or
 ``--bootstrap``), the product runs as a user runs it (``python -m tracker worker`` with its
-console and embedded chDB, ``serve beacon``, ``serve links``, ``serve calls``, ``serve email``),
-with secrets set so that signed webhooks can be accepted and forged ones refused. From a fixed
+console and embedded chDB, ``serve beacon``, ``serve links``, ``serve calls``, ``serve email``,
+``serve helpdesk``), with secrets set so that signed webhooks can be accepted and forged ones
+refused (Intercom's is left unset: it must answer 503 with Retry-After). From a fixed
 seed the harness generates cases for every endpoint: oversized and deeply nested bodies, invalid
 UTF-8, compressed bodies (valid, truncated, bombs), huge batches and maps, header injection
 (CR/LF in values, on raw sockets), slug traversal, open redirects, forged, replayed and skewed
@@ -71,6 +72,9 @@ GENERIC_SECRET = "whsec_" + base64.b64encode(GENERIC_KEY).decode()
 TWILIO_TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 MAILGUN_KEY = "key-fuzz-mailgun-signing"
 POSTMARK = ("fuzz", "postmark-password")
+HELPDESK_KEY = b"fuzzing-secret-for-the-helpdesk!"
+HELPDESK_SECRET = "whsec_" + base64.b64encode(HELPDESK_KEY).decode()
+ZENDESK_SECRET = "fuzz-zendesk-signing-secret"
 POOLS = {"spring": {"numbers": ["+18005550101", "+18005550102"], "fallback": "+18005550100"}}
 SEEDED_LINKS = {
     "fz-home": "https://example.com/landing",
@@ -91,8 +95,10 @@ WEIGHTS = {
     "links /api/links": 8,
     "calls POST /v1/calls/{provider}": 12,
     "email POST /v1/email/{provider}": 8,
+    "helpdesk POST /v1/helpdesk/{provider}": 6,
     "console POST /api/query": 5,
     "console GET /api/reports/{name}": 1,
+    "console GET /api/journey": 1,
     "console POST /api/forget": 1,
 }
 
@@ -469,11 +475,11 @@ class Gen:
             kind = f"{kind}/{encoding}"
         return Case("links /api/links", kind, "links", method, path, headers, body, expect=expect)
 
-    def _generic_signed(self, body: bytes, stamp: str | None = None, msg_id: str | None = None) -> dict[str, str]:  # fmt: skip
+    def _generic_signed(self, body: bytes, stamp: str | None = None, msg_id: str | None = None, key: bytes = GENERIC_KEY) -> dict[str, str]:  # fmt: skip
         msg_id = msg_id or f"msg_{self.r.getrandbits(64):x}"
         stamp = stamp or str(int(time.time()))
         signed = f"{msg_id}.{stamp}.".encode() + body
-        signature = base64.b64encode(hmac.new(GENERIC_KEY, signed, hashlib.sha256).digest())
+        signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": stamp,
@@ -595,6 +601,65 @@ class Gen:
             encoding, body = self.encode(body, headers)
         return Case("email POST /v1/email/{provider}", f"{kind}/{encoding}", "email", "POST", f"/v1/email/{provider}", headers, body, expect=expect, repeat=repeat)  # fmt: skip
 
+    def helpdesk(self) -> Case:
+        """Ticket callbacks: Standard Webhooks (generic) and Zendesk, signed, forged, skewed,
+        replayed and hostile; Intercom is left unconfigured (503 with Retry-After)."""
+        r = self.r
+        ticket: dict[str, Any] = {
+            "id": f"fz-T-{r.randrange(10**6)}",
+            "tool": r.choice(["freshdesk", "helpscout", "front"]),
+            "requester": {"email": "ada@example.com", "user_id": f"fz-{r.randrange(1000)}"},
+            "status": r.choice(["open", "pending", "solved", "closed", "nope"]),
+            "opened_at": now_iso(),
+        }
+        for _ in range(r.randrange(3)):
+            ticket[r.choice(["id", "tool", "requester", "status", "opened_at", "solved_at", "reopens", "rating", "queue", "extra"])] = self.value()  # fmt: skip
+        kind = r.choice(["signed", "signed", "forged", "skewed", "replayed", "signed_hostile", "zendesk", "zendesk_forged", "unconfigured", "unknown_provider"])  # fmt: skip
+        event = {"type": r.choice(["ticket.opened", "ticket.solved", "chat.started", "nope"]), "timestamp": now_iso(), "data": ticket}  # fmt: skip
+        body = self.json_body(event)
+        provider, headers, expect, repeat = "generic", {}, None, 1
+        if kind == "signed":
+            headers = self._generic_signed(body, key=HELPDESK_KEY)
+        elif kind == "forged":
+            headers = self._generic_signed(body, key=r.randbytes(32))
+            expect = frozenset({401})
+        elif kind == "skewed":
+            stamp = r.choice([str(int(time.time()) - 3600), str(int(time.time()) + 3600), "0", "abc", "99999999999999999999"])  # fmt: skip
+            headers = self._generic_signed(body, stamp=stamp, key=HELPDESK_KEY)
+            expect = frozenset({401})
+        elif kind == "replayed":
+            headers = self._generic_signed(body, key=HELPDESK_KEY)
+            repeat = 3
+        elif kind == "signed_hostile":
+            _, body = self.hostile_body()
+            headers = self._generic_signed(body, key=HELPDESK_KEY)
+            expect = frozenset({400, 413})
+        elif kind in ("zendesk", "zendesk_forged"):
+            provider = "zendesk"
+            trigger: dict[str, Any] = {"ticket_id": str(r.randrange(10**6)), "updated_at": now_iso(), "status": r.choice(["new", "open", "solved", "closed"]), "requester_email": r.choice(["ada@example.com", "not-an-email", ""])}  # fmt: skip
+            for _ in range(r.randrange(3)):
+                trigger[r.choice(["ticket_id", "updated_at", "status", "event", "satisfaction", "via", "requester_phone"])] = self.value()  # fmt: skip
+            body = self.json_body(trigger)
+            stamp = now_iso()
+            digest = hmac.new(ZENDESK_SECRET.encode(), stamp.encode() + body, hashlib.sha256)
+            signature = base64.b64encode(digest.digest()).decode()
+            if kind == "zendesk_forged":
+                signature = r.choice(["", "AAAA", base64.b64encode(r.randbytes(32)).decode()])
+                expect = frozenset({401})
+            headers = {"X-Zendesk-Webhook-Signature": signature, "X-Zendesk-Webhook-Signature-Timestamp": stamp, "Content-Type": "application/json"}  # fmt: skip
+        elif kind == "unconfigured":
+            provider = "intercom"
+            expect = frozenset({503})
+        else:
+            provider = r.choice(["../generic", "GENERIC", "x" * 300, "generic%2f..", "%00"])
+            expect = frozenset({404})
+        encoding = "plain"
+        if kind in ("signed", "signed_hostile") and r.random() < 0.3:
+            encoding, body = self.encode(body, headers)
+            if encoding != "compressed":
+                expect = None
+        return Case("helpdesk POST /v1/helpdesk/{provider}", f"{kind}/{encoding}", "helpdesk", "POST", f"/v1/helpdesk/{provider}", headers, body, expect=expect, repeat=repeat)  # fmt: skip
+
     def sql_attacks(self) -> list[tuple[str, str]]:
         marker = self.work / "outfile-marker.txt"
         return [
@@ -693,6 +758,24 @@ class Gen:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         return Case("console GET /api/reports/{name}", "report", "console", "GET", path, headers)
 
+    def console_journey(self) -> Case:
+        r = self.r
+        pick = r.randrange(4)
+        if pick == 0:
+            ident = r.choice(["ada@example.com", "email:ada@example.com", "user:fz-1", "+14155550100", "anon:fz-1"])  # fmt: skip
+        elif pick == 1:
+            ident = r.choice(["", " ", "email:", "nope:x", "' OR 1=1 --", "x' UNION SELECT * FROM system.users --", "../../etc/passwd", "\x00"])  # fmt: skip
+        else:
+            ident = self.string()[:5000]
+        params = {"id": ident} if r.random() < 0.9 else {r.choice(["ID", "identifier", "x"]): ident}  # fmt: skip
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        expect = None
+        if r.random() < 0.1:
+            headers["Authorization"] = r.choice(["", "Bearer x"])
+            expect = frozenset({401})
+        path = "/api/journey?" + urlencode(params, quote_via=quote)
+        return Case("console GET /api/journey", "journey", "console", "GET", path, headers, expect=expect)  # fmt: skip
+
     def console_forget(self) -> Case:
         r = self.r
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -714,8 +797,10 @@ class Gen:
             "links /api/links": self.management,
             "calls POST /v1/calls/{provider}": self.calls,
             "email POST /v1/email/{provider}": self.email,
+            "helpdesk POST /v1/helpdesk/{provider}": self.helpdesk,
             "console POST /api/query": self.console_query,
             "console GET /api/reports/{name}": self.console_report,
+            "console GET /api/journey": self.console_journey,
             "console POST /api/forget": self.console_forget,
         }
         names = [n for n in WEIGHTS if n.split(" ", 1)[0] == service]
@@ -849,7 +934,7 @@ async def send_raw(base: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
 
 # Each service is fuzzed in a lane of its own, with its own connections, so that a slow answer
 # (a console query at its time limit) holds up only its own lane.
-LANES = {"beacon": 6, "links": 3, "calls": 3, "email": 2, "console": 2}
+LANES = {"beacon": 6, "links": 3, "calls": 3, "email": 2, "helpdesk": 2, "console": 2}
 
 
 def lane_cases(total: int) -> dict[str, int]:
@@ -952,6 +1037,7 @@ def environment(bootstrap: str, work: Path, ports: dict[str, int]) -> dict[str, 
             "TRACKER_LINKS_PORT": str(ports["links"]),
             "TRACKER_CALLS_PORT": str(ports["calls"]),
             "TRACKER_EMAIL_PORT": str(ports["email"]),
+            "TRACKER_HELPDESK_PORT": str(ports["helpdesk"]),
             "TRACKER_HASH_SALT": "fuzz-salt",
             "TRACKER_API_TOKEN": TOKEN,
             "TRACKER_LINKS_API_RATE": "1000000",
@@ -961,6 +1047,8 @@ def environment(bootstrap: str, work: Path, ports: dict[str, int]) -> dict[str, 
             "TRACKER_MAILGUN_WEBHOOK_SIGNING_KEY": MAILGUN_KEY,
             "TRACKER_POSTMARK_WEBHOOK_USERNAME": POSTMARK[0],
             "TRACKER_POSTMARK_WEBHOOK_PASSWORD": POSTMARK[1],
+            "TRACKER_HELPDESK_WEBHOOK_SECRET": HELPDESK_SECRET,
+            "TRACKER_ZENDESK_WEBHOOK_SECRET": ZENDESK_SECRET,
             "TRACKER_CALL_NUMBER_POOLS": orjson.dumps(POOLS).decode(),
             "TRACKER_QUERY_MAX_SECONDS": "2",
             "TRACKER_BODY_READ_TIMEOUT_SECONDS": "5",
@@ -1042,7 +1130,8 @@ def seed_links(links: str) -> None:
 INVALID_ROWS = {
     "type outside ^[a-z][a-z0-9_]{0,63}$": "NOT match(type, '^[a-z][a-z0-9_]{0,63}$')",
     "channel outside ^[a-z][a-z0-9_]{0,31}$": "channel != '' AND NOT match(channel, '^[a-z][a-z0-9_]{0,31}$')",
-    "source not one of the five": "source NOT IN ('web_beacon', 'shortlink', 'call_webhook', 'email_webhook', 'server')",
+    # The five a client may send, and the one the worker gives helpdesk tickets (docs/touchpoint.md).
+    "source not one of the six": "source NOT IN ('web_beacon', 'shortlink', 'call_webhook', 'email_webhook', 'server', 'support_webhook')",
     "the all-zero event_id": "event_id = toUUID('00000000-0000-0000-0000-000000000000')",
     "ts before 1970 or over a day ahead": "ts < toDateTime64('1970-01-01 00:00:00', 3, 'UTC') OR ts > now64(3) + INTERVAL 25 HOUR",
     "received_ts not during this run": "received_ts < toDateTime64({started}, 3, 'UTC') - INTERVAL 1 MINUTE OR received_ts > now64(3)",
@@ -1117,7 +1206,9 @@ def run(args: argparse.Namespace) -> int:
         broker = LocalKafka(work / "kafka", port=free_port())
         broker.start()
         bootstrap = broker.bootstrap
-    ports = {name: free_port() for name in ("console", "beacon", "links", "calls", "email")}
+    ports = {
+        name: free_port() for name in ("console", "beacon", "links", "calls", "email", "helpdesk")
+    }
     env = environment(bootstrap, work, ports)
     services = [
         Service("worker", ["worker"], ports["console"]),
@@ -1125,6 +1216,7 @@ def run(args: argparse.Namespace) -> int:
         Service("links", ["serve", "links"], ports["links"]),
         Service("calls", ["serve", "calls"], ports["calls"]),
         Service("email", ["serve", "email"], ports["email"]),
+        Service("helpdesk", ["serve", "helpdesk"], ports["helpdesk"]),
     ]
     by_name = {s.name: s for s in services}
     failures: list[str] = []

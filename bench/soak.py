@@ -2,6 +2,7 @@
 
     python bench/soak.py [--minutes 10] [--rate 300] [--clicks 20] [--calls 5]
     python bench/soak.py --minutes 3 --stores memory,rocksdb  # each table store, one after the other
+    python bench/soak.py --visitors 100000 --rate 1000 --clicks 0 --calls 0  # memory per customer
 
 On its own local Kafka broker it runs the product as a user runs it (``python -m tracker worker``
 and ``serve beacon|links|calls``, one data directory, embedded chDB), then offers at once:
@@ -16,6 +17,10 @@ the stored touchpoints and the lag of the last window (a stitched row's ``insert
 ``received_ts``). After the load it waits for everything accepted to be stored, then checks that
 every accepted event is in ClickHouse exactly once: touchpoints ``uniqExact(event_id)`` against the
 beacon's and redirects' 2xx answers plus the calls, and ``count()`` against the distinct versions.
+
+With ``--visitors N`` the beacon load is N distinct anonymous visitors instead (``--per-visitor``
+page views each, in batches of 100): each a new customer, so the samples show what a customer
+adds to the worker's memory.
 
 Memory is flat when the worker's RSS in the last third of the load is within 10 % (or 64 MiB) of
 its RSS at the end of the first third, while the customers it holds keep growing. ``--stores``
@@ -44,6 +49,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,7 +122,7 @@ class Paced(threading.Thread):
 
     def run(self) -> None:
         due = time.monotonic()
-        while not self.stop.is_set():
+        while self.rate > 0 and not self.stop.is_set():
             wait = due - time.monotonic()
             if wait > 0:
                 self.stop.wait(wait)
@@ -182,6 +188,62 @@ def call(calls: str, tag: str) -> Any:
     return send
 
 
+class Visitors(threading.Thread):
+    """``visitors`` distinct anonymous visitors, each sending ``per_visitor`` page views, at
+    ``rate`` events/s in batches of ``BATCH`` events (a server sending for many browsers): every
+    visitor is a new customer, so the worker's state grows by one customer per visitor."""
+
+    BATCH = 100
+
+    def __init__(self, url: str, rate: float, visitors: int, per_visitor: int, tag: str) -> None:
+        super().__init__(name="visitors", daemon=True)
+        self.url, self.rate, self.tag = url, rate, tag
+        self.visitors, self.per_visitor = visitors, per_visitor
+        self.stop = threading.Event()
+        self.sent = self.accepted = 0
+        self.statuses: dict[str, int] = {}
+        self.start_ms = self.end_ms = 0
+
+    def events(self) -> Any:
+        """Each visitor's page views one after the other, ``BATCH`` to a request."""
+        batch: list[dict[str, Any]] = []
+        for visitor in range(self.visitors):
+            for page in range(self.per_visitor):
+                batch.append(
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "type": "page_view",
+                        "anonymous_id": f"soak-{self.tag}-{visitor}",
+                        "page": {"url": f"https://shop.example.com/products/{page}"},
+                    }
+                )
+                if len(batch) == self.BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def run(self) -> None:
+        self.start_ms = int(time.time() * 1000)
+        due = time.monotonic()
+        headers = {"Content-Type": "application/json", "User-Agent": "soak/1"}
+        for batch in self.events():
+            if self.stop.is_set():
+                break
+            wait = due - time.monotonic()
+            if wait > 0 and self.stop.wait(wait):
+                break
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            for event in batch:
+                event["ts"] = event["sent_ts"] = now
+            status = _request(self.url, orjson.dumps(batch), headers, "POST")
+            self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+            self.sent += len(batch)
+            self.accepted += len(batch) if status == 200 else 0
+            due += len(batch) / self.rate
+        self.end_ms = int(time.time() * 1000)
+
+
 # -- one soak -------------------------------------------------------------------------------------
 
 
@@ -195,6 +257,8 @@ def soak(
     kafka_group: int | None,
     work: Path,
     processes: Processes,
+    visitors: int = 0,
+    per_visitor: int = 2,
 ) -> dict[str, Any]:
     from tracker.cli.kafka_local import free_port
     from tracker.kafka.topology import ensure_topics
@@ -249,7 +313,7 @@ def soak(
     if status not in (200, 201):
         raise BenchError(f"creating the short link answered {status}")
 
-    seconds = minutes * 60
+    seconds = visitors * per_visitor / rate if visitors else minutes * 60
     side = [
         Paced("clicks", clicks, click(urls["links"], tag)),
         Paced("calls", calls, call(urls["calls"], tag)),
@@ -277,38 +341,56 @@ def soak(
             stored = int(
                 console_query(ports["console"], "SELECT uniqExact(event_id) FROM touchpoints")
             )
+        customers = -1
+        with contextlib.suppress(OSError, ValueError):
+            customers = int(
+                console_query(ports["console"], "SELECT uniqExact(customer_id) FROM touchpoints")
+            )
         point = {
             "second": round(time.time() - began),
             "stored": stored,
+            "customers": customers,
             **{f"rss_{name}": group_rss(pid) for name, pid in pids.items()},
         }
         log.info(
-            "%s %4ds: stored %d, worker RSS %.0f MiB",
+            "%s %4ds: stored %d of %d customers, worker RSS %.0f MiB",
             store,
             point["second"],
             stored,
+            customers,
             point["rss_worker"] / 2**20,
         )
         return point
 
     log.info(
-        "%s: %.0f min of load: %.0f events/s, %.0f clicks/s, %.0f calls/s",
+        "%s: %.0f s of load: %.0f events/s, %.0f clicks/s, %.0f calls/s",
         store,
-        minutes,
+        seconds,
         rate,
         clicks,
         calls,
     )
-    load, _ = run_generator(
-        f"{urls['beacon']}/v1/events",
-        rate,
-        seconds,
-        int.from_bytes(secrets.token_bytes(4)),
-        work,
-        tag,
-        processes,
-        sample_until,
-    )
+    if visitors:
+        sender = Visitors(f"{urls['beacon']}/v1/events", rate, visitors, per_visitor, tag)
+        sender.start()
+        sample_until(lambda: not sender.is_alive())
+        load: dict[str, Any] = {
+            "accepted": sender.accepted,
+            "statuses": sender.statuses,
+            "start_ms": sender.start_ms,
+            "end_ms": sender.end_ms,
+        }
+    else:
+        load, _ = run_generator(
+            f"{urls['beacon']}/v1/events",
+            rate,
+            seconds,
+            int.from_bytes(secrets.token_bytes(4)),
+            work,
+            tag,
+            processes,
+            sample_until,
+        )
     clicks_accepted, calls_accepted = side[0].accepted, side[1].accepted
     expected = load["accepted"] + clicks_accepted + calls_accepted
     drained = drain(
@@ -329,7 +411,8 @@ def soak(
         processes.stop(pid)
     result = {
         "store": store,
-        "minutes": minutes,
+        "minutes": seconds / 60,
+        "visitors": visitors,
         "offered": {
             "events_per_second": rate,
             "clicks_per_second": clicks,
@@ -402,7 +485,14 @@ def memory_verdict(samples: Sequence[dict[str, Any]], seconds: float) -> dict[st
         return {"flat": None}
     reference, peak = first[-1], max(last)
     growth = peak - reference
+    # The slope: what each customer added to the worker's RSS after the first third.
+    start, end = [s for s in during if s["second"] <= seconds / 3][-1], during[-1]
+    new_customers = end.get("customers", -1) - start.get("customers", -1)
+    per_customer = (
+        (end["rss_worker"] - start["rss_worker"]) / new_customers if new_customers > 0 else None
+    )
     return {
+        "bytes_per_customer": per_customer,
         "rss_first_third_mib": reference / 2**20,
         "rss_last_third_peak_mib": peak / 2**20,
         "growth_mib": growth / 2**20,
@@ -419,7 +509,7 @@ def report(results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         m, lag = r["memory"], r["lag_seconds"]
         lines.append(
-            f"{r['store']}: {r['minutes']:g} min; accepted {r['accepted']['beacon_events']:,} beacon events, "
+            f"{r['store']}: {r['minutes']:.1f} min; accepted {r['accepted']['beacon_events']:,} beacon events, "
             f"{r['accepted']['clicks']:,} clicks, {r['accepted']['calls']:,} calls = {r['expected_events']:,}; "
             f"stored {r['stored_events']:,} in {r['rows']:,} rows: lost {r['lost']}, duplicated {r['duplicated_rows']}; "
             f"{r['customers']:,} customers; lag p50 {lag['p50']:.2f} s, p95 {lag['p95']:.2f} s, max {lag['max']:.2f} s; "
@@ -431,11 +521,17 @@ def report(results: Sequence[dict[str, Any]]) -> str:
                 f"peak {m['rss_last_third_peak_mib']:.0f} MiB in the last third "
                 f"({m['growth_ratio']:+.1%}): {'flat' if m['flat'] else 'GROWING'}"
             )
-        curve = ", ".join(
-            f"{s['second']}s {s['rss_worker'] / 2**20:.0f}"
-            for s in r["samples"][:: max(1, len(r["samples"]) // 12)]
+            if m.get("bytes_per_customer") is not None:
+                lines.append(
+                    f"  after the first third: {m['bytes_per_customer'] / 1024:.1f} KiB of worker RSS per new customer"
+                )
+        lines.append("  second  stored  customers  worker RSS MiB  beacon  links  calls")
+        lines.extend(
+            f"  {s['second']:6d} {s['stored']:7d} {s.get('customers', -1):10d} "
+            f"{s['rss_worker'] / 2**20:15.0f} {s['rss_beacon'] / 2**20:7.0f} "
+            f"{s['rss_links'] / 2**20:6.0f} {s['rss_calls'] / 2**20:6.0f}"
+            for s in r["samples"]
         )
-        lines.append(f"  worker RSS curve (MiB): {curve}")
     if len(results) == 2:
         a, b = results
         ga, gb = a["memory"].get("growth_mib"), b["memory"].get("growth_mib")
@@ -446,7 +542,15 @@ def report(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(minutes: float, rate: float, clicks: float, calls: float, stores: Sequence[str]) -> int:
+def run(
+    minutes: float,
+    rate: float,
+    clicks: float,
+    calls: float,
+    stores: Sequence[str],
+    visitors: int = 0,
+    per_visitor: int = 2,
+) -> int:
     from tracker.cli.kafka_local import LocalKafka, free_port
 
     work = Path(tempfile.mkdtemp(prefix="tracker-bench-soak-"))
@@ -460,7 +564,19 @@ def run(minutes: float, rate: float, clicks: float, calls: float, stores: Sequen
         group = kafka_pgid(work / "kafka")
         for store in stores:
             results.append(
-                soak(store, minutes, rate, clicks, calls, kafka.bootstrap, group, work, processes)
+                soak(
+                    store,
+                    minutes,
+                    rate,
+                    clicks,
+                    calls,
+                    kafka.bootstrap,
+                    group,
+                    work,
+                    processes,
+                    visitors,
+                    per_visitor,
+                )
             )
         ok = True
     finally:
@@ -490,6 +606,7 @@ def _terminate(signum: int, _: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global SAMPLE_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=300.0, help="beacon events/s")
@@ -500,7 +617,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="memory",
         help="table stores to run the load with, one after the other (memory, rocksdb)",
     )
+    parser.add_argument(
+        "--visitors",
+        type=int,
+        default=0,
+        help="instead of the page load, this many distinct anonymous visitors (new customers), "
+        "--per-visitor page views each, at --rate events/s; the run lasts as long as that takes",
+    )
+    parser.add_argument("--per-visitor", type=int, default=2, help="page views per visitor")
+    parser.add_argument(
+        "--sample-seconds", type=float, default=SAMPLE_SECONDS, help="seconds between samples"
+    )
     args = parser.parse_args(argv)
+    SAMPLE_SECONDS = args.sample_seconds
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(message)s",
@@ -510,7 +639,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run(args.minutes, args.rate, args.clicks, args.calls, args.stores.split(","))
+        return run(
+            args.minutes,
+            args.rate,
+            args.clicks,
+            args.calls,
+            args.stores.split(","),
+            args.visitors,
+            args.per_visitor,
+        )
     except BenchError as exc:
         log.error("benchmark failed: %s", exc)
         return 1

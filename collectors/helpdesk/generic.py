@@ -55,7 +55,11 @@ def authenticate(request: WebhookRequest, settings: Settings) -> None:
         verifier.verify(request.body, dict(request.headers), json_parse=False)
     except WebhookVerificationError as exc:
         raise Unauthorized(f"the Standard Webhooks signature does not hold: {exc}") from None
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:  # the library signs text; a JSON body is UTF-8 (RFC 8259)
+        raise Malformed(
+            [FieldError("$", "the body is not UTF-8 text, so not a Standard Webhooks payload")]
+        ) from None
+    except ValueError:
         raise Unauthorized("webhook-signature is not a list of v1,<base64> signatures") from None
 
 

@@ -275,3 +275,46 @@ def test_forgetting_an_email_erases_the_whole_person_and_a_replay_brings_nothing
     replay.wait_until_handled(timeout=120)
     assert counts(replay, ada_rows(ada_ids)) == dict.fromkeys(before, 0)
     assert answers(replay, bob) == bob_before
+
+
+def test_during_a_salt_rotation_forget_erases_a_person_seen_only_under_the_previous_salt(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Carol gave her email before the salt changed, so every row of hers holds the old salt's
+    hash; after the change, `tracker forget` by her email still finds and erases her."""
+    before, after = "salt-before-rotation", "salt-after-rotation"
+    p = Pipeline(component_env(kafka.bootstrap, tmp_path, TRACKER_HASH_SALT=before), tmp_path)
+    p.start()
+    try:
+        now = datetime.now(UTC)
+        carol = [
+            make_event(ts=stamp(now - timedelta(minutes=2)), anonymous_id="carol-laptop"),
+            make_event(
+                ts=stamp(now - timedelta(minutes=1)),
+                type="identify",
+                anonymous_id="carol-laptop",
+                email="carol@example.com",
+            ),
+        ]
+        for event in carol:
+            assert p.post([event])[0] == 200
+        mine = "SELECT count() FROM touchpoints WHERE anonymous_id = 'carol-laptop'"
+        assert p.wait_for(mine, "2", 60) == "2"
+
+        # The salt changes: the worker restarts with the new salt, the old one still valid.
+        p.components[0].stop()
+        p.env |= {"TRACKER_HASH_SALT": after, "TRACKER_HASH_SALT_PREVIOUS": before}
+        p.components[0] = p.worker().start()
+        forgotten = subprocess.run(
+            [sys.executable, "-m", "tracker", "forget", "email:carol@example.com"],
+            env=p.env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout.decode()
+
+        assert "forgotten: the person (" in forgotten
+        assert p.query(mine).strip() == "0"  # her device's rows went with her email's
+        assert p.query("SELECT count() FROM identities WHERE customer_id != ''").strip() == "0"
+    finally:
+        p.stop()

@@ -1,5 +1,5 @@
 """The fuzz harness's fixed-seed slice: 3,000 hostile cases across every endpoint of the real
-product (worker and console, beacon, links, calls, email) on the test broker, checked as the
+product (worker and console, beacon, links, calls, email, helpdesk) on the test broker, checked as the
 full 100,000-case run is (bench/fuzz.py explains every check)."""
 
 from __future__ import annotations

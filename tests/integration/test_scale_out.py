@@ -161,13 +161,17 @@ def scaled_out(kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Pipeline, li
     pipeline.stop()
 
 
-# Open defect (issue 10), found at merge time and not yet explained: after the SIGKILL, the
-# survivor sometimes stalls taking over the killed worker's partitions, and in one run it
-# committed them with events not stored (273 of 400). The stitch role is experimental until
-# this test passes every time (docs/operations.md).
+# Open defect (issue 10), not yet fixed. Of eight runs on this machine, one lost events (187 of
+# 400 stored; an earlier session saw 273) and two left some of the killed worker's session rows
+# unretired. In the losing run the killed worker had committed nothing yet on the identity log
+# and two journey partitions; the survivor took them over, began the identity log at offset 123
+# of 160 instead of its start, and committed 160: the records before were never handled. The
+# worker now commits only what its stages acknowledged (agents/batches.py, AckGate), which
+# closes one way to commit unhandled records, not this one. See docs/operations.md.
 @pytest.mark.xfail(
     strict=False,
-    reason="a killed stitch worker's events can be lost or stall (open defect, issue 10)",
+    reason="a killed stitch worker's partitions can be taken over past unhandled records, "
+    "and its last sessions left unretired (open defect, issue 10)",
 )
 def test_two_stitch_workers_and_a_writer_match_one_worker_through_a_kill(
     kafka: LocalKafka,
@@ -192,7 +196,6 @@ def test_two_stitch_workers_and_a_writer_match_one_worker_through_a_kill(
     # Nothing lost or written twice was asserted by outcome(), for both runs.
     assert len(events) >= 300
     assert len(single["customers"]) < CUSTOMERS * 2  # the merges did happen
-    if scaled != single:
-        # Open defect (issue 10): after the kill, some customers are grouped differently than
-        # one worker groups them. Reported, not hidden: the test fails on any loss above.
-        pytest.xfail("customers or sessions differ from one worker's after a stitch worker's kill")
+    assert scaled["customers"] == single["customers"]
+    assert scaled["journeys"] == single["journeys"]
+    assert scaled["sessions"] == single["sessions"]

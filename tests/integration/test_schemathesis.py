@@ -52,6 +52,7 @@ def services(
         TRACKER_LINKS_API_BURST="1000000",
         TRACKER_GENERIC_WEBHOOK_SECRET="whsec_" + base64.b64encode(b"s" * 32).decode(),
         TRACKER_MAILGUN_WEBHOOK_SIGNING_KEY="mailgun-key",
+        TRACKER_HELPDESK_WEBHOOK_SECRET="whsec_" + base64.b64encode(b"h" * 32).decode(),
         TRACKER_CALL_NUMBER_POOLS=orjson.dumps(POOLS).decode(),
         TRACKER_QUERY_MAX_SECONDS="2",
         TRACKER_BODY_READ_TIMEOUT_SECONDS="2",
@@ -65,6 +66,7 @@ def services(
             pipeline.links(),
             pipeline.calls(),
             pipeline.email(),
+            pipeline.helpdesk(),
         ):
             started.append(component.start())
         yield {
@@ -73,6 +75,7 @@ def services(
             "links": f"http://127.0.0.1:{env['TRACKER_LINKS_PORT']}",
             "calls": pipeline.calls_url,
             "email": pipeline.email_url,
+            "helpdesk": pipeline.helpdesk_url,
         }
     finally:
         for component in reversed(started):
@@ -112,7 +115,7 @@ CHECKS = [
 ]
 
 
-@pytest.mark.parametrize("surface", ["beacon", "links", "calls", "email", "console"])
+@pytest.mark.parametrize("surface", ["beacon", "links", "calls", "email", "helpdesk", "console"])
 def test_every_operation_answers_as_its_document_says(
     services: dict[str, str], surface: str
 ) -> None:

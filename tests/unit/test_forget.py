@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -13,10 +16,14 @@ from agents.forget import (
     audit_row,
     customer_key,
     erase_statements,
+    find_person,
 )
 from agents.ingest import IngestPipeline, RawMessage
+from agents.services import ForgetService
 from tests.chdb_probe import probe
-from tracker.privacy import InvalidIdentifier, hash_identifier, identifier_key
+from tracker.privacy import InvalidIdentifier, hash_identifier, identifier_key, identifier_keys
+from tracker.settings import Settings
+from tracker.store import QueryResult
 from tracker.store.sink import MemorySink
 from tracker.touchpoint import RequestContext, accept
 
@@ -214,3 +221,90 @@ def test_records_of_the_stitching_topics_that_name_a_forgotten_identifier_are_re
     letter = orjson.dumps({"payload": orjson.dumps({"anonymous_id": "ada-laptop"}).decode()})
     assert forgotten.names_text(letter.decode())
     assert not forgotten.names_text(letter.decode().replace("ada-laptop", "ada-laptop-2"))
+
+
+# -- forget during a salt rotation -----------------------------------------------------------------
+
+
+class _Graph:
+    """A stand-in for the store's identity graph: ``identities`` rows only (identifier,
+    customer, own customer), answering the queries find_person and the erase send."""
+
+    database, cluster = "tracker", ""
+
+    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+        self.rows = rows
+        self.deleted: list[dict[str, Any]] = []
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> QueryResult:
+        params = params or {}
+        keys, customers = set(params.get("keys", ())), set(params.get("customers", ()))
+        if sql.startswith("SELECT identifier, customer_id, own_customer_id FROM identities"):
+            return QueryResult([], [r for r in self.rows if r[0] in keys or r[1] in customers])
+        if sql.startswith("SELECT count() FROM `tracker`.`identities`"):
+            found = [r for r in self.rows if r[0] in keys or r[1] in customers]
+            return QueryResult([], [(len(found),)])
+        if sql.startswith("SELECT count()"):
+            return QueryResult([], [(0,)])
+        return QueryResult([], [])  # no touchpoints, merges or calls
+
+    async def command_with(self, sql: str, params: dict[str, Any]) -> None:
+        self.deleted.append(params)
+
+    async def insert(self, *_: Any) -> None:
+        pass
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send(self, topic: str, _value: bytes | None, key: bytes) -> asyncio.Future[None]:
+        self.sent.append((topic, key))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+OLD_SALT, NEW_SALT = "salt-2025", "salt-2026"
+OLD_EMAIL = identifier_key("email:ada@example.com", OLD_SALT, "US")
+
+
+def _stored_under_the_old_salt() -> _Graph:
+    """Ada, stitched before the rotation: her email hashed with the old salt, and her device."""
+    return _Graph([(OLD_EMAIL, "c-ada", "c-ada-email"), ("anon:ada-laptop", "c-ada", "c-ada")])
+
+
+async def test_during_a_salt_rotation_forget_finds_a_person_stored_under_the_previous_salt() -> (
+    None
+):
+    settings = Settings.from_env(
+        {"TRACKER_HASH_SALT": NEW_SALT, "TRACKER_HASH_SALT_PREVIOUS": OLD_SALT}
+    )
+    graph, producer = _stored_under_the_old_salt(), _Producer()
+    ingest: Any = SimpleNamespace(lock=asyncio.Lock())
+    service = ForgetService(settings, "forgotten", cast(Any, graph), ForgottenIdentifiers(), ingest)
+    service._producer = cast(Any, producer)
+
+    answer = await service.forget("email:ada@example.com")
+
+    new_email = identifier_key("email:ada@example.com", NEW_SALT, "US")
+    suppressed = {key.decode() for topic, key in producer.sent if topic == "forgotten"}
+    # Both hashes of her email, her device and her customer are suppressed and erased.
+    assert {OLD_EMAIL, new_email, "anon:ada-laptop", "customer:c-ada"} <= suppressed
+    assert answer["rows"]["identities"] == 2
+    assert "c-ada" in graph.deleted[0]["customers"]
+
+
+async def test_without_the_previous_salt_the_person_under_the_old_hash_is_not_found() -> None:
+    graph = _stored_under_the_old_salt()
+    current_only = identifier_key("email:ada@example.com", NEW_SALT, "US")
+
+    person = await find_person(graph, current_only)  # type: ignore[arg-type]
+    both = await find_person(
+        graph,  # type: ignore[arg-type]
+        identifier_keys("email:ada@example.com", (NEW_SALT, OLD_SALT), "US"),
+    )
+
+    assert "anon:ada-laptop" not in person.keys and "c-ada" not in person.customers
+    assert {"anon:ada-laptop", OLD_EMAIL} <= both.keys and "c-ada" in both.customers

@@ -391,6 +391,27 @@ async def test_generic_tampered_body_gets_401_and_bad_type_400(
     assert not publisher.tickets and len(publisher.dead_letters) == 1
 
 
+async def test_generic_signed_body_that_is_not_utf8_is_a_400_that_says_so(
+    client: TestClient[Any, Any], publisher: MemoryPublisher
+) -> None:
+    body = b'{"type": "ticket.opened", "data": {"id": "T-\xff\xfe"}}'
+    msg_id, now = "msg_3Lz9", str(int(datetime.now(UTC).timestamp()))
+    key = base64.b64decode(GENERIC_SECRET.removeprefix("whsec_"))
+    signature = hmac.new(key, f"{msg_id}.{now}.".encode() + body, hashlib.sha256).digest()
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": now,
+        "webhook-signature": "v1," + base64.b64encode(signature).decode(),
+    }
+
+    response = await client.post("/v1/helpdesk/generic", data=body, headers=headers)
+
+    assert response.status == 400  # it was a 401 blaming the signature header
+    assert "not UTF-8" in (await response.json())["error"]
+    assert not publisher.tickets
+
+
 async def test_unknown_provider_is_404(client: TestClient[Any, Any]) -> None:
     response = await client.post("/v1/helpdesk/freshdesk", data=b"{}")
     assert response.status == 404

@@ -17,6 +17,7 @@ from schemathesis.core.result import Ok
 from collectors.beacon import create_app as create_beacon
 from collectors.calls import create_app as create_calls
 from collectors.email import create_app as create_email
+from collectors.helpdesk import create_app as create_helpdesk
 from collectors.links import create_app as create_links
 from collectors.links._api import OPENAPI as LINKS_OPENAPI
 from tracker.console import create_console
@@ -46,6 +47,7 @@ def apps(tmp_path: Path) -> dict[str, tuple[web.Application, dict[str, Any]]]:
         "beacon": (create_beacon(settings, MemoryPublisher()), document("beacon")),
         "calls": (create_calls(settings, MemoryPublisher()), document("calls")),
         "email": (create_email(settings, MemoryPublisher()), document("email")),
+        "helpdesk": (create_helpdesk(settings, MemoryPublisher()), document("helpdesk")),
         "console": (create_console(settings, store, lambda: True, _forget), document("console")),
         "links": (create_links(settings, MemoryPublisher()), LINKS_OPENAPI),
     }
@@ -67,7 +69,7 @@ def documented(spec: dict[str, Any]) -> set[tuple[str, str]]:
     return {(m, path) for path, item in spec["paths"].items() for m in item if m in METHODS}
 
 
-@pytest.mark.parametrize("surface", ["beacon", "calls", "email", "console", "links"])
+@pytest.mark.parametrize("surface", ["beacon", "calls", "email", "helpdesk", "console", "links"])
 def test_every_route_is_documented_and_every_documented_route_exists(
     tmp_path: Path, surface: str
 ) -> None:
@@ -77,7 +79,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(
     assert documented(spec) - routes == set(), "documented routes the app does not serve"
 
 
-@pytest.mark.parametrize("surface", ["beacon", "calls", "email", "console", "links"])
+@pytest.mark.parametrize("surface", ["beacon", "calls", "email", "helpdesk", "console", "links"])
 def test_each_document_is_openapi_3_1_that_schemathesis_reads(tmp_path: Path, surface: str) -> None:
     _, spec = apps(tmp_path)[surface]
     assert spec["openapi"] == "3.1.0"
