@@ -187,14 +187,6 @@ def where_missing(pipeline: Pipeline, acknowledged: list[str]) -> str:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open defect: after a broker SIGKILL under load, acknowledged events that are on the raw "
-        "topic were missing from touchpoints while every consumer group of the worker had "
-        "committed to the end (2 of 620 and 19 of 620 in two runs); docs/reliability.md, Faults"
-    ),
-)
 def test_broker_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     broker = LocalKafka(tmp_path / "kafka", free_port())
     broker.start()
