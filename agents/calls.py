@@ -12,18 +12,15 @@ import uuid
 from collections import ChainMap
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
-import orjson
-
+from agents.callback_state import CallbackState
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage, enriched
 from collectors.calls.pools import NumberPool, PoolBook, Reservation
 from collectors.calls.records import TERMINAL_STATUSES, CallCallback, status_rank
-from tracker.deadletter import DeadLetter
-from tracker.errors import FieldError, StateTooLarge
-from tracker.metrics import CALL_CALLBACKS_MERGED, CALL_POOL_CALLS, STATE_FOLDED
+from tracker.metrics import CALL_CALLBACKS_MERGED, CALL_POOL_CALLS
 from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
@@ -379,7 +376,17 @@ class CallsPipeline:
         self.tracking_numbers = tracking_numbers
         self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
         self.pools = pools
-        self.max_state_bytes = max_state_bytes
+        self.state = CallbackState(
+            stage="calls",
+            noun="call",
+            namespace=CALL_NAMESPACE,
+            read=CallCallback.from_wire,
+            key=lambda callback: callback.call_key,
+            merged=CALL_CALLBACKS_MERGED,
+            max_callbacks=MAX_CALLBACKS_PER_CALL,
+            max_state_bytes=max_state_bytes,
+            dead_letters=dead_letters,
+        )
 
     def discard(self) -> None:
         """Forget the rows a failed attempt added and did not write."""
@@ -388,43 +395,9 @@ class CallsPipeline:
 
     async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
         """Outputs first, state last: a batch that fails midway leaves the state as it was."""
-        touched: dict[str, dict[str, Any]] = {}
-        sizes: dict[str, int] = {}  # bytes of each touched call's state, as Kafka carries it
-        changed: set[str] = set()
-        fresh: set[str] = set()  # calls this batch is the first to see
-        for message in messages:
-            try:
-                callback = CallCallback.from_wire(_object(message.value))
-            except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-                self._dead_letter(message, f"call callback is malformed: {exc!r}")
-                continue
-            key = callback.call_key
-            known = touched.get(key)
-            if known is None:
-                known = dict(state.get(key) or {})
-                sizes[key] = len(key.encode()) + len(orjson.dumps(known))
-                if not known:
-                    fresh.add(key)
-            if callback.callback_id in known:
-                CALL_CALLBACKS_MERGED.labels("duplicate").inc()
-            elif len(known) >= MAX_CALLBACKS_PER_CALL:
-                CALL_CALLBACKS_MERGED.labels("over_limit").inc()
-            else:
-                wire = callback.to_wire()
-                grown = sizes[key] + len(orjson.dumps({callback.callback_id: wire}))
-                if grown <= self.max_state_bytes:
-                    known[callback.callback_id] = wire
-                    sizes[key] = grown
-                    changed.add(key)
-                    CALL_CALLBACKS_MERGED.labels("merged").inc()
-                elif known:  # the call is known well enough: further detail is counted, not kept
-                    CALL_CALLBACKS_MERGED.labels("over_size").inc()
-                    STATE_FOLDED.labels("call").inc()
-                else:
-                    raise StateTooLarge("the call's first callback", grown, self.max_state_bytes)
-            touched[key] = known
-        merged: dict[str, dict[str, Any]] = {}
-        for key, known in touched.items():
+        folded = self.state.fold(messages, state)
+        written: dict[str, dict[str, Any]] = {}
+        for key, known in folded.touched.items():
             record = merge_callbacks(CallCallback.from_wire(w) for w in known.values())
             tracking = self.tracking_numbers
             joined = self.pools.join(record) if self.pools is not None else None
@@ -433,13 +406,13 @@ class CallsPipeline:
             else:
                 pool, reservation = joined
                 touchpoint, tracking = pool_touchpoint(record, tracking, pool, reservation)
-                if key in fresh:
+                if key in folded.fresh:
                     outcome = "attributed" if reservation else "unattributed"
                     CALL_POOL_CALLS.labels(pool.name, outcome).inc()
             numbers = {f"phone:{h}" for h in (record.caller_hash, record.called_hash) if h}
             if self.forgotten.forgets(touchpoint) or any(n in self.forgotten for n in numbers):
                 continue  # a forgotten person's calls are not stored again
-            merged[record.event_id] = known
+            written[record.event_id] = known
             self.calls.add(
                 record.event_id,
                 record.call_ts,
@@ -449,47 +422,4 @@ class CallsPipeline:
             self.touchpoints.add(
                 touchpoint.event_id, touchpoint.ts, enriched(touchpoint), touchpoint.version
             )
-        await self.dead_letters.flush()
-        refused = {**(await self.calls.flush()).refused, **(await self.touchpoints.flush()).refused}
-        for (event_id, version), reason in refused.items():
-            # ClickHouse refused the merged record itself: keep its callbacks as a dead letter.
-            self.dead_letters.add(*_refused_letter(event_id, version, reason, merged[event_id]))
-        if refused:
-            await self.dead_letters.flush()
-        for key in changed:
-            state[key] = touched[key]
-
-    def _dead_letter(self, message: RawMessage, reason: str) -> None:
-        letter = DeadLetter(
-            dead_letter_id=str(uuid.uuid5(CALL_NAMESPACE, message.coordinates)),
-            source="worker",
-            stage="calls",
-            reason=reason,
-            errors=(FieldError("$", reason),),
-            payload=message.value.decode("utf-8", errors="replace"),
-            received_ts=datetime.now(UTC),
-        )
-        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, letter)
-
-
-def _object(value: bytes) -> dict[str, Any]:
-    wire = orjson.loads(value)
-    if not isinstance(wire, dict):
-        raise TypeError("a call callback must be a JSON object")
-    return wire
-
-
-def _refused_letter(
-    event_id: str, version: int, reason: str, callbacks: dict[str, Any]
-) -> tuple[str, datetime, DeadLetter]:
-    letter = DeadLetter(
-        dead_letter_id=str(uuid.uuid5(CALL_NAMESPACE, f"refused:{event_id}:{version}")),
-        source="worker",
-        stage="calls",
-        reason=f"ClickHouse refused the call record: {reason}",
-        errors=(FieldError("$", reason),),
-        payload=orjson.dumps(list(callbacks.values())).decode(),
-        received_ts=datetime.now(UTC),
-        event_id=event_id,
-    )
-    return letter.dead_letter_id, letter.received_ts, letter
+        await self.state.write((self.calls, self.touchpoints), written, folded, state)

@@ -398,11 +398,12 @@ async def _touchpoints(store: ClickHouseStore, person: Person) -> list[_Touchpoi
 class StateKeys:
     """The keys of compacted topics that name a person, to tombstone: the Faust tables'
     changelogs (journey_state by customer, identity_links by identifier set, call_state by
-    call) and the aliases topic (by identifier, and by identifier set)."""
+    call, ticket_state by ticket) and the aliases topic (by identifier, and by identifier set)."""
 
     journey_state: frozenset[bytes] = frozenset()
     identity_links: frozenset[bytes] = frozenset()
     call_state: frozenset[bytes] = frozenset()
+    ticket_state: frozenset[bytes] = frozenset()
     aliases: frozenset[bytes] = frozenset()
 
     def counts(self) -> dict[str, int]:
@@ -410,13 +411,14 @@ class StateKeys:
             "journey_state": len(self.journey_state),
             "identity_links": len(self.identity_links),
             "call_state": len(self.call_state),
+            "ticket_state": len(self.ticket_state),
             "aliases": len(self.aliases),
         }
 
 
 async def state_keys(store: ClickHouseStore, person: Person) -> StateKeys:
     """Read before the rows are deleted: the identifier sets come from the person's touchpoints,
-    the call keys from their call records. Faust tables key by JSON (a ``str`` table's key is
+    the call and ticket keys from their call and ticket records. Faust tables key by JSON (a ``str`` table's key is
     the JSON string), the aliases topic by the plain key."""
     links: set[tuple[Identifier, ...]] = set()
     for touchpoint in await _touchpoints(store, person):
@@ -427,10 +429,16 @@ async def state_keys(store: ClickHouseStore, person: Person) -> StateKeys:
     if where:
         found = await store.query(f"SELECT provider, call_id FROM calls WHERE {where}", params)
         calls = {f"{provider}:{call_id}" for provider, call_id in found.rows}
+    tickets: set[str] = set()
+    where, params = _where(FORGET_TABLES["tickets"], person)
+    if where:
+        found = await store.query(f"SELECT provider, ticket_id FROM tickets WHERE {where}", params)
+        tickets = {f"{provider}:{ticket_id}" for provider, ticket_id in found.rows}
     return StateKeys(
         journey_state=frozenset(orjson.dumps(c) for c in person.customers),
         identity_links=frozenset(orjson.dumps("|".join(i.key for i in link)) for link in links),
         call_state=frozenset(orjson.dumps(c) for c in calls),
+        ticket_state=frozenset(orjson.dumps(t) for t in tickets),
         aliases=frozenset(
             [k.encode() for k in person.keys] + [link_key(link).encode() for link in links]
         ),

@@ -351,12 +351,7 @@ class HealthService(Service):
         self._ingest = ingest
         self._forgotten = forgotten
         self._runner: web.AppRunner | None = None
-        self._kafka = KafkaProbe(
-            settings.bootstrap_servers,
-            settings.kafka_probe_seconds,
-            settings.produce_timeout_seconds,
-            client_id=settings.worker_id,
-        )
+        self._kafka = KafkaProbe(settings, client_id=settings.worker_id)
         self.started_agents = False
         super().__init__(**kwargs)
 
@@ -417,6 +412,7 @@ class ForgetService(Service):
             "journey_state": f"{settings.worker_id}-journey_state-changelog",
             "identity_links": f"{settings.worker_id}-identity_links-changelog",
             "call_state": f"{settings.worker_id}-call_state-changelog",
+            "ticket_state": f"{settings.worker_id}-ticket_state-changelog",
             "aliases": aliases_topic,
         }
         self._reservations_topic = reservations_topic
@@ -555,6 +551,7 @@ class ForgetService(Service):
                 ("journey_state", state.journey_state),
                 ("identity_links", state.identity_links),
                 ("call_state", state.call_state),
+                ("ticket_state", state.ticket_state),
                 ("aliases", state.aliases),
             )
             if self._state_topics[name]
@@ -672,12 +669,7 @@ class ConsoleService(Service):
         self._forget = forget
         self._reservations = reservations
         self._runner: web.AppRunner | None = None
-        self._kafka = KafkaProbe(
-            settings.bootstrap_servers,
-            settings.kafka_probe_seconds,
-            settings.produce_timeout_seconds,
-            client_id=settings.worker_id,
-        )
+        self._kafka = KafkaProbe(settings, client_id=settings.worker_id)
         self.started_agents = False
         super().__init__(**kwargs)
 

@@ -16,17 +16,14 @@ import logging
 import uuid
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
-import orjson
-
+from agents.callback_state import CallbackState
 from agents.forget import ForgottenIdentifiers
 from agents.ingest import RawMessage, enriched
 from collectors.helpdesk.records import KINDS, LIFECYCLE, SOURCE, SupportCallback
-from tracker.deadletter import DeadLetter
-from tracker.errors import FieldError, StateTooLarge
-from tracker.metrics import STATE_FOLDED, TICKET_CALLBACKS_MERGED
+from tracker.metrics import TICKET_CALLBACKS_MERGED
 from tracker.store.sink import Sink
 from tracker.touchpoint import Touchpoint
 
@@ -284,7 +281,17 @@ class TicketsPipeline:
         self.touchpoints = touchpoints
         self.dead_letters = dead_letters
         self.forgotten = ForgottenIdentifiers() if forgotten is None else forgotten
-        self.max_state_bytes = max_state_bytes
+        self.state = CallbackState(
+            stage="tickets",
+            noun="ticket",
+            namespace=TICKET_NAMESPACE,
+            read=SupportCallback.from_wire,
+            key=lambda callback: callback.ticket_key,
+            merged=TICKET_CALLBACKS_MERGED,
+            max_callbacks=MAX_CALLBACKS_PER_TICKET,
+            max_state_bytes=max_state_bytes,
+            dead_letters=dead_letters,
+        )
 
     def discard(self) -> None:
         """Forget the rows a failed attempt added and did not write."""
@@ -293,96 +300,17 @@ class TicketsPipeline:
 
     async def handle(self, messages: Sequence[RawMessage], state: MutableMapping[str, Any]) -> None:
         """Outputs first, state last: a batch that fails midway leaves the state as it was."""
-        touched: dict[str, dict[str, Any]] = {}
-        sizes: dict[str, int] = {}
-        changed: set[str] = set()
-        for message in messages:
-            try:
-                callback = SupportCallback.from_wire(_object(message.value))
-            except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-                self._dead_letter(message, f"helpdesk callback is malformed: {exc!r}")
-                continue
-            key = callback.ticket_key
-            known = touched.get(key)
-            if known is None:
-                known = dict(state.get(key) or {})
-                sizes[key] = len(key.encode()) + len(orjson.dumps(known))
-            if callback.callback_id in known:
-                TICKET_CALLBACKS_MERGED.labels("duplicate").inc()
-            elif len(known) >= MAX_CALLBACKS_PER_TICKET:
-                TICKET_CALLBACKS_MERGED.labels("over_limit").inc()
-            else:
-                wire = callback.to_wire()
-                grown = sizes[key] + len(orjson.dumps({callback.callback_id: wire}))
-                if grown <= self.max_state_bytes:
-                    known[callback.callback_id] = wire
-                    sizes[key] = grown
-                    changed.add(key)
-                    TICKET_CALLBACKS_MERGED.labels("merged").inc()
-                elif known:
-                    TICKET_CALLBACKS_MERGED.labels("over_size").inc()
-                    STATE_FOLDED.labels("ticket").inc()
-                else:
-                    raise StateTooLarge("the ticket's first callback", grown, self.max_state_bytes)
-            touched[key] = known
-        merged: dict[str, dict[str, Any]] = {}
-        for key in changed:  # a batch of retries alone rewrites nothing
-            known = touched[key]
+        folded = self.state.fold(messages, state)
+        written: dict[str, dict[str, Any]] = {}
+        for key in folded.changed:  # a batch of retries alone rewrites nothing
+            known = folded.touched[key]
             record = merge_callbacks(SupportCallback.from_wire(w) for w in known.values())
             touchpoint = ticket_touchpoint(record)
             if self.forgotten.forgets(touchpoint):
                 continue  # a forgotten person's tickets are not stored again
-            merged[record.event_id] = known
+            written[record.event_id] = known
             self.tickets.add(record.event_id, record.opened_at, ticket_row(record), record.version)
-            for written in (touchpoint, csat_touchpoint(record)):
-                if written is not None:
-                    self.touchpoints.add(
-                        written.event_id, written.ts, enriched(written), written.version
-                    )
-        await self.dead_letters.flush()
-        refused = {
-            **(await self.tickets.flush()).refused,
-            **(await self.touchpoints.flush()).refused,
-        }
-        for (event_id, version), reason in refused.items():
-            callbacks = merged.get(event_id, {})
-            self.dead_letters.add(*_refused_letter(event_id, version, reason, callbacks))
-        if refused:
-            await self.dead_letters.flush()
-        for key in changed:
-            state[key] = touched[key]
-
-    def _dead_letter(self, message: RawMessage, reason: str) -> None:
-        letter = DeadLetter(
-            dead_letter_id=str(uuid.uuid5(TICKET_NAMESPACE, message.coordinates)),
-            source="worker",
-            stage="tickets",
-            reason=reason,
-            errors=(FieldError("$", reason),),
-            payload=message.value.decode("utf-8", errors="replace"),
-            received_ts=datetime.now(UTC),
-        )
-        self.dead_letters.add(letter.dead_letter_id, letter.received_ts, letter)
-
-
-def _object(value: bytes) -> dict[str, Any]:
-    wire = orjson.loads(value)
-    if not isinstance(wire, dict):
-        raise TypeError("a helpdesk callback must be a JSON object")
-    return wire
-
-
-def _refused_letter(
-    event_id: str, version: int, reason: str, callbacks: dict[str, Any]
-) -> tuple[str, datetime, DeadLetter]:
-    letter = DeadLetter(
-        dead_letter_id=str(uuid.uuid5(TICKET_NAMESPACE, f"refused:{event_id}:{version}")),
-        source="worker",
-        stage="tickets",
-        reason=f"ClickHouse refused the ticket record: {reason}",
-        errors=(FieldError("$", reason),),
-        payload=orjson.dumps(list(callbacks.values())).decode(),
-        received_ts=datetime.now(UTC),
-        event_id=event_id,
-    )
-    return letter.dead_letter_id, letter.received_ts, letter
+            for made in (touchpoint, csat_touchpoint(record)):
+                if made is not None:
+                    self.touchpoints.add(made.event_id, made.ts, enriched(made), made.version)
+        await self.state.write((self.tickets, self.touchpoints), written, folded, state)

@@ -47,6 +47,7 @@ from agents.stitching import (
 )
 from agents.streams import add_calls, add_dead_letters, add_stitching, add_tickets, table_store
 from collectors.calls.pools import PoolBook
+from tracker.kafka.clients import security
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
 from tracker.metrics import WORKER_READY
@@ -71,6 +72,22 @@ class _Worker(faust.Worker):
     def _schedule_shutdown(self, signal: Any) -> None:
         self._deadline.arm()
         super()._schedule_shutdown(signal)
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The Faust app's TLS and SASL, the same as every other client's (tracker/kafka/clients.py)."""
+    chosen = settings.kafka_security
+    context = security(settings).get("ssl_context")
+    if chosen.uses_sasl:
+        return faust.SASLCredentials(
+            username=chosen.sasl_username,
+            password=chosen.sasl_password.value,
+            mechanism=chosen.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHouseStore | None]:
@@ -123,6 +140,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
+        broker_credentials=broker_credentials(settings),
         store=table_store(settings),
         web_enabled=False,
         topic_partitions=settings.topic_partitions,

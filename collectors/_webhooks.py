@@ -6,22 +6,25 @@ Kafka is away, and what a dead letter keeps of a refused body."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from tracker.errors import BackpressureError
+from tracker.deadletter import DeadLetter
+from tracker.errors import BackpressureError, FieldError
 from tracker.http import (
     add_health_routes,
     client_key,
     json_error,
+    json_response,
     rate_limited,
     read_body,
     request_metrics,
 )
+from tracker.metrics import COLLECTOR_EVENTS
 from tracker.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DEAD_LETTER_PAYLOAD",
+    "CallbackProvider",
+    "accept_callbacks",
     "kept",
+    "read_callbacks",
     "read_webhook",
     "refused",
     "unavailable",
@@ -41,6 +47,29 @@ __all__ = [
 MAX_DEAD_LETTER_PAYLOAD: Final = 256 * 1024
 
 log = logging.getLogger(__name__)
+
+
+class BoundedCallback(Protocol):
+    """A callback read from a provider, which says which of its fields are over their bounds."""
+
+    def limit_errors(self) -> list[tuple[str, str]]: ...
+
+
+Callback = TypeVar("Callback", bound=BoundedCallback)
+
+
+class CallbackProvider(Protocol[Callback]):
+    """A provider as the collectors dispatch to it: who it is, how to check that a request is
+    really from it, and how to read its callbacks."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def authenticate(self) -> Callable[[WebhookRequest, Settings], None]: ...
+
+    @property
+    def normalize(self) -> Callable[[WebhookRequest, Settings], list[Callback]]: ...
 
 
 class Lifecycle(Protocol):
@@ -147,3 +176,82 @@ def kept(body: bytes, redact: Callable[[bytes], str]) -> str:
         return redact(body)
     cut = len(body) - MAX_DEAD_LETTER_PAYLOAD
     return f"{redact(body[:MAX_DEAD_LETTER_PAYLOAD])}... [{cut} more bytes not kept]"
+
+
+async def accept_callbacks(
+    webhook: WebhookRequest,
+    provider: CallbackProvider[Callback],
+    settings: Settings,
+    *,
+    collector: str,
+    counter: Counter,
+    publish: Callable[[Sequence[Callback], Sequence[DeadLetter]], Awaitable[None]],
+    redact: Callable[[bytes], str],
+    what: str,
+) -> web.Response:
+    """A provider's webhook, authenticated, read into callbacks and published: 200 once Kafka
+    holds them; 401/403/503 for a signature or credentials that do not hold; 200 with the reason
+    for an authentic callback about something else; 400 and a dead letter (its body redacted by
+    ``redact``) for a payload that cannot be read; 503 with ``Retry-After`` when Kafka is away.
+    ``what`` names the callbacks in the 400's reason."""
+    # Imported here: the calls package imports this module as it loads.
+    from collectors.calls._common import Ignored, Malformed, WebhookError
+
+    try:
+        provider.authenticate(webhook, settings)
+    except WebhookError as exc:
+        return refused(collector, provider.name, exc, counter, settings.retry_after_seconds)
+    try:
+        callbacks = read_callbacks(provider, webhook, settings)
+    except Ignored as exc:
+        counter.labels(provider.name, "ignored").inc()
+        return json_response({"accepted": 0, "ignored": str(exc)})
+    except Malformed as exc:
+        letter = DeadLetter.for_payload(
+            kept(webhook.body, redact),
+            source=collector,
+            stage="collect",
+            errors=exc.errors,
+            received_ts=webhook.received_ts,
+        )
+        try:
+            await publish([], [letter])
+        except BackpressureError as backpressure:
+            return unavailable(backpressure)
+        counter.labels(provider.name, "malformed").inc()
+        COLLECTOR_EVENTS.labels(collector, "rejected").inc()
+        return json_error(
+            400,
+            f"not a {provider.name} {what} Tracker can read: {exc}",
+            errors=[e.as_dict() for e in exc.errors],
+        )
+    try:
+        await publish(callbacks, [])
+    except BackpressureError as exc:
+        return unavailable(exc)
+    counter.labels(provider.name, "accepted").inc()
+    COLLECTOR_EVENTS.labels(collector, "accepted").inc(len(callbacks))
+    return json_response({"accepted": len(callbacks)})
+
+
+def read_callbacks(
+    provider: CallbackProvider[Callback], webhook: WebhookRequest, settings: Settings
+) -> list[Callback]:
+    """The provider's callbacks in ``webhook``, each within its bounds, or ``Malformed``. A payload shaped in a way no rule foresaw is still the sender's problem: 400 and a dead
+    letter, never a 500 that the provider would retry forever."""
+    from collectors.calls._common import Malformed
+
+    try:
+        callbacks = provider.normalize(webhook, settings)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError) as exc:
+        log.warning(
+            "webhook callback not understood",
+            extra={"provider": provider.name, "error": repr(exc)},
+        )
+        shown = repr(exc)[:200]
+        raise Malformed([FieldError("$", f"the payload could not be read: {shown}")]) from exc
+    # Every provider's fields are bounded as they are read; this holds whatever one composes.
+    errors = [FieldError(f, reason) for c in callbacks for f, reason in c.limit_errors()]
+    if errors:
+        raise Malformed(errors)
+    return callbacks

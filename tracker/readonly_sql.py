@@ -33,6 +33,36 @@ _DIALECT = ClickHouse()
 # What a statement may start with. Each only reads; anything else (KILL, SET, SYSTEM, INSERT...) is refused.
 _READING = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 
+# Words that start a statement that writes or changes the server. After WITH's expressions, the
+# statement proper must be a SELECT, not one of these.
+_WRITING = {
+    "INSERT",
+    "ALTER",
+    "DROP",
+    "CREATE",
+    "TRUNCATE",
+    "RENAME",
+    "DELETE",
+    "UPDATE",
+    "OPTIMIZE",
+    "ATTACH",
+    "DETACH",
+    "EXCHANGE",
+    "UNDROP",
+    "GRANT",
+    "REVOKE",
+    "KILL",
+    "SYSTEM",
+    "SET",
+    "USE",
+    "BACKUP",
+    "RESTORE",
+    "MOVE",
+    "REPLACE",
+    "UPSERT",
+    "MERGE",
+}
+
 # Token types whose text is data, not SQL: strings and numbers.
 _LITERALS = {
     TokenType.STRING,
@@ -192,6 +222,25 @@ def _check_kind(statement: list[Token]) -> None:
             f"the console only reads: one SELECT, WITH ... SELECT, SHOW, DESCRIBE, EXPLAIN "
             f"or EXISTS statement is allowed, not {shown}"
         )
+    if kind == "WITH":
+        _check_with_selects(statement)
+
+
+def _check_with_selects(statement: list[Token]) -> None:
+    """``WITH ... SELECT``: the first statement word outside parentheses must be SELECT."""
+    depth = 0
+    for token in statement:
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and (word := _word(token)) in _WRITING | {"SELECT"}:
+            if word != "SELECT":
+                raise QueryRefused(
+                    f"WITH ... {word} writes or changes the server; the console only reads: "
+                    "WITH ... SELECT"
+                )
+            return
 
 
 def _check_token(statement: list[Token], index: int, token: Token) -> None:

@@ -24,7 +24,16 @@ from tracker.privacy import (
 )
 from tracker.ratelimit import RATE_LIMIT_SURFACES, RateLimit
 
-__all__ = ["CAMPAIGN_KEYS", "WORKER_ROLES", "NumberPool", "Secret", "Settings", "Source"]
+__all__ = [
+    "CAMPAIGN_KEYS",
+    "KAFKA_SECURITY_PROTOCOLS",
+    "WORKER_ROLES",
+    "KafkaSecurity",
+    "NumberPool",
+    "Secret",
+    "Settings",
+    "Source",
+]
 
 CAMPAIGN_KEYS: Final = ("source", "medium", "name", "term", "content")
 CALL_TRANSCRIPT_MODES: Final = ("off", "topics", "store")
@@ -78,6 +87,30 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self.value)
+
+
+KAFKA_SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka client authenticates and encrypts (``TRACKER_KAFKA_SECURITY_PROTOCOL``,
+    ``TRACKER_KAFKA_SASL_*``, ``TRACKER_KAFKA_SSL_CAFILE``): a managed cluster's settings."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = Secret("")
+    ssl_cafile: str = ""
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +212,7 @@ class Settings:
     # Health and shutdown (docs/operations.md): how often a collector looks at Kafka, how long
     # a stopping process may take, and how often one repeated log line may be written.
     kafka_probe_seconds: float = 2.0
+    kafka_security: KafkaSecurity = KafkaSecurity()
     shutdown_grace_seconds: float = 30.0
     log_repeat_seconds: float = 60.0
     # What this worker process runs (WORKER_ROLES, docs/operations.md "Worker roles"), and the
@@ -315,10 +349,41 @@ class Settings:
             **_supervisor_settings(reader),
             **_source_settings(reader),
             kafka_probe_seconds=reader.number("TRACKER_KAFKA_PROBE_SECONDS", 2.0),
+            kafka_security=_kafka_security(reader),
             shutdown_grace_seconds=reader.number("TRACKER_SHUTDOWN_GRACE_SECONDS", 30.0),
             log_repeat_seconds=reader.number("TRACKER_LOG_REPEAT_SECONDS", 60.0),
             **_privacy_settings(reader),
         )
+
+
+def _kafka_security(reader: _Reader) -> KafkaSecurity:
+    protocol = reader.text("TRACKER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper() or "PLAINTEXT"
+    if protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"TRACKER_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)},"
+            f" got {protocol!r}"
+        )
+    mechanism = reader.text("TRACKER_KAFKA_SASL_MECHANISM", "PLAIN").upper() or "PLAIN"
+    if mechanism not in KAFKA_SASL_MECHANISMS:
+        raise ConfigError(
+            f"TRACKER_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+            f"got {mechanism!r}"
+        )
+    security = KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=reader.text("TRACKER_KAFKA_SASL_USERNAME", ""),
+        sasl_password=Secret(reader.text("TRACKER_KAFKA_SASL_PASSWORD", "")),
+        ssl_cafile=reader.text("TRACKER_KAFKA_SSL_CAFILE", ""),
+    )
+    if security.uses_sasl and not (security.sasl_username and security.sasl_password):
+        raise ConfigError(
+            f"TRACKER_KAFKA_SECURITY_PROTOCOL={protocol} needs TRACKER_KAFKA_SASL_USERNAME and "
+            "TRACKER_KAFKA_SASL_PASSWORD"
+        )
+    if security.ssl_cafile and not Path(security.ssl_cafile).is_file():
+        raise ConfigError(f"TRACKER_KAFKA_SSL_CAFILE is not a file: {security.ssl_cafile!r}")
+    return security
 
 
 def _privacy_settings(reader: _Reader) -> dict[str, Any]:

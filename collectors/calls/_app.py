@@ -1,26 +1,17 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from aiohttp import web
 
-from collectors._webhooks import kept, read_webhook, refused, unavailable, webhook_app
+from collectors._webhooks import accept_callbacks, read_webhook, webhook_app
 from collectors.calls import asterisk, freeswitch, generic, plivo, telnyx, twilio, vonage
-from collectors.calls._common import (
-    Ignored,
-    Malformed,
-    Provider,
-    WebhookError,
-    WebhookRequest,
-    redact_numbers,
-)
+from collectors.calls._common import Provider, redact_numbers
 from collectors.calls.records import CallCallback
 from tracker.deadletter import DeadLetter
-from tracker.errors import BackpressureError, FieldError
-from tracker.http import json_error, json_response
-from tracker.metrics import CALL_WEBHOOKS, COLLECTOR_EVENTS
+from tracker.http import json_error
+from tracker.metrics import CALL_WEBHOOKS
 from tracker.settings import Settings
 
 COLLECTOR = "calls"
@@ -36,8 +27,6 @@ PROVIDERS: dict[str, Provider] = {
         generic.PROVIDER,
     )
 }
-
-log = logging.getLogger(__name__)
 
 
 class CallPublisher(Protocol):
@@ -85,58 +74,13 @@ async def post_callback(request: web.Request) -> web.Response:
     webhook = await read_webhook(request, settings, public_url(request, settings))
     if isinstance(webhook, web.Response):
         return webhook
-    try:
-        provider.authenticate(webhook, settings)
-    except WebhookError as exc:
-        return refused(COLLECTOR, provider.name, exc, CALL_WEBHOOKS, settings.retry_after_seconds)
-    try:
-        callbacks = _normalize(provider, webhook, settings)
-    except Ignored as exc:
-        CALL_WEBHOOKS.labels(provider.name, "ignored").inc()
-        return json_response({"accepted": 0, "ignored": str(exc)})
-    except Malformed as exc:
-        letter = DeadLetter.for_payload(
-            kept(webhook.body, redact_numbers),
-            source=COLLECTOR,
-            stage="collect",
-            errors=exc.errors,
-            received_ts=webhook.received_ts,
-        )
-        try:
-            await request.app[PUBLISHER_KEY].publish_calls([], [letter])
-        except BackpressureError as backpressure:
-            return unavailable(backpressure)
-        CALL_WEBHOOKS.labels(provider.name, "malformed").inc()
-        COLLECTOR_EVENTS.labels(COLLECTOR, "rejected").inc()
-        return json_error(
-            400,
-            f"not a {provider.name} call callback Tracker can read: {exc}",
-            errors=[e.as_dict() for e in exc.errors],
-        )
-    try:
-        await request.app[PUBLISHER_KEY].publish_calls(callbacks)
-    except BackpressureError as exc:
-        return unavailable(exc)
-    CALL_WEBHOOKS.labels(provider.name, "accepted").inc()
-    COLLECTOR_EVENTS.labels(COLLECTOR, "accepted").inc(len(callbacks))
-    return json_response({"accepted": len(callbacks)})
-
-
-def _normalize(
-    provider: Provider, webhook: WebhookRequest, settings: Settings
-) -> list[CallCallback]:
-    """A payload shaped in a way no rule foresaw is still the sender's problem: 400 and a dead
-    letter, never a 500 that the provider would retry forever."""
-    try:
-        callbacks = provider.normalize(webhook, settings)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError) as exc:
-        log.warning(
-            "call callback not understood", extra={"provider": provider.name, "error": repr(exc)}
-        )
-        shown = repr(exc)[:200]
-        raise Malformed([FieldError("$", f"the payload could not be read: {shown}")]) from exc
-    # Every provider's fields are bounded as they are read; this holds whatever one composes.
-    errors = [FieldError(f, reason) for c in callbacks for f, reason in c.limit_errors()]
-    if errors:
-        raise Malformed(errors)
-    return callbacks
+    return await accept_callbacks(
+        webhook,
+        provider,
+        settings,
+        collector=COLLECTOR,
+        counter=CALL_WEBHOOKS,
+        publish=request.app[PUBLISHER_KEY].publish_calls,
+        redact=redact_numbers,
+        what="call callback",
+    )

@@ -1,5 +1,5 @@
 """Forgetting a person end to end: a customer known by email, phone, user id and device, with a
-purchase, a survey answer, a call, a friction and a dead letter, forgotten by the email through
+purchase, a survey answer, a call, a helpdesk ticket, a friction and a dead letter, forgotten by the email through
 `tracker forget`, on a real Kafka broker and the real ClickHouse engine; then the raw topics
 replayed from offset 0 by a new consumer group, and nothing of the person comes back."""
 
@@ -19,6 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import Pipeline, component_env, make_event
 from tests.integration.test_calls import GENERIC_SECRET, generic_callback
+from tests.integration.test_helpdesk import zendesk
+from tests.unit.test_helpdesk_webhooks import ZENDESK_SECRET
 from tracker.cli.kafka_local import LocalKafka
 from tracker.kafka.topology import Topology
 from tracker.privacy import identifier_key
@@ -32,13 +34,20 @@ BOB_EMAIL, BOB_ANON = "bob@example.com", "bob-phone"
 EMAIL_KEY = identifier_key(f"email:{ADA_EMAIL}", SALT, "US")
 PHONE_KEY = identifier_key(f"phone:{ADA_PHONE}", SALT, "US")
 ADA_KEYS = [EMAIL_KEY, PHONE_KEY, f"user:{ADA_USER}", f"anon:{ADA_ANON}"]
+ADA_TICKET, ADA_CALL = "4711", "call-ada-7f3c"
 
 
 @pytest.fixture
 def forget_pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
-    env = component_env(kafka.bootstrap, tmp_path, TRACKER_GENERIC_WEBHOOK_SECRET=GENERIC_SECRET)
+    env = component_env(
+        kafka.bootstrap,
+        tmp_path,
+        TRACKER_GENERIC_WEBHOOK_SECRET=GENERIC_SECRET,
+        TRACKER_ZENDESK_WEBHOOK_SECRET=ZENDESK_SECRET,
+    )
     running = Pipeline(env, tmp_path).start()
     running.components.append(running.calls().start())
+    running.components.append(running.helpdesk().start())
     yield running
     running.stop()
 
@@ -70,6 +79,7 @@ def ada_rows(ids: list[str]) -> dict[str, str]:
             f"left_identifier IN {_in(ADA_KEYS)} OR right_identifier IN {_in(ADA_KEYS)}"
         ),
         "calls": f"caller_hash = '{phone}' OR called_hash = '{phone}'",
+        "tickets": f"email_hash = '{email}' OR phone_hash = '{phone}'",
         "dead_letters": f"position(payload, '{ADA_ANON}') > 0",
     }
 
@@ -116,8 +126,8 @@ def latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
 
 def tell_the_story(p: Pipeline) -> datetime:
     """Ada: a visit that gives her email and user id, her phone by a CRM update, a purchase, an
-    unhappy NPS answer (a friction), a call from her phone and an event refused for its time (a
-    dead letter). Bob: a visit, his email, a purchase."""
+    unhappy NPS answer (a friction), a call from her phone, a helpdesk ticket from her email and
+    an event refused for its time (a dead letter). Bob: a visit, his email, a purchase."""
     start = datetime.now(UTC) - timedelta(minutes=30)
 
     def at(minutes: float) -> str:
@@ -142,9 +152,8 @@ def tell_the_story(p: Pipeline) -> datetime:
         assert p.post([event])[0] == 200
     refused = make_event(ts="last tuesday", anonymous_id=ADA_ANON)
     assert p.post([refused])[0] == 400
-    call_id = "call-" + uuid.uuid4().hex
     call: dict[str, object] = {
-        "call_id": call_id,
+        "call_id": ADA_CALL,
         "direction": "inbound",
         "from": ADA_PHONE,
         "to": "+18005550100",
@@ -153,7 +162,17 @@ def tell_the_story(p: Pipeline) -> datetime:
         "answered_at": at(6),
         "talk_seconds": 120,
     }
-    assert generic_callback(p, call_id, call) == 200
+    assert generic_callback(p, ADA_CALL, call) == 200
+    status, _ = zendesk(
+        p,
+        ticket_id=ADA_TICKET,
+        event="opened",
+        status="New",
+        requester_email=ADA_EMAIL,
+        created_at=at(7),
+        updated_at=at(7),
+    )
+    assert status == 200
     return start
 
 
@@ -162,7 +181,7 @@ def test_forgetting_an_email_erases_the_whole_person_and_a_replay_brings_nothing
 ) -> None:
     p = forget_pipeline
     start = tell_the_story(p)
-    assert p.wait_for("SELECT count() FROM touchpoints", "10", timeout=60) == "10"  # 7 + 3
+    assert p.wait_for("SELECT count() FROM touchpoints", "11", timeout=60) == "11"  # 8 + 3
     p.wait_until_handled()
     found = p.query(
         "SELECT arrayJoin(arrayConcat(groupUniqArray(customer_id), groupUniqArray(own_customer_id)))"
@@ -174,7 +193,8 @@ def test_forgetting_an_email_erases_the_whole_person_and_a_replay_brings_nothing
     ).split()
     assert ada_ids and bob_ids and not set(ada_ids) & set(bob_ids)
     before = counts(p, ada_rows(ada_ids))
-    for table in ("touchpoints", "sessions", "journeys", "frictions", "identities", "calls"):
+    tables = ("touchpoints", "sessions", "journeys", "frictions", "identities", "calls", "tickets")
+    for table in tables:
         assert before[table] > 0, (table, before)
     assert before["dead_letters"] == 1
     bob = {  # what Bob is, however many versions of his rows a replay writes
@@ -223,6 +243,13 @@ def test_forgetting_an_email_erases_the_whole_person_and_a_replay_brings_nothing
     assert any(f'"{c}"'.encode() in tombstoned for c in ada_ids)
     aliases = latest(settings.bootstrap_servers, Topology.from_settings(settings).aliases.name)
     assert all(aliases.get(k.encode(), None) is None for k in ADA_KEYS)
+    # Her call's and her ticket's merged callbacks, which hold her hashes, are tombstoned too.
+    for table, key in (
+        ("call_state", f"generic:{ADA_CALL}"),
+        ("ticket_state", f"zendesk:{ADA_TICKET}"),
+    ):
+        state = latest(settings.bootstrap_servers, f"{settings.worker_id}-{table}-changelog")
+        assert f'"{key}"'.encode() in state and state[f'"{key}"'.encode()] is None, table
 
     # Late events and a late call naming any of her identifiers are not stored.
     late = make_event(ts=stamp(start + timedelta(minutes=20)), phone=ADA_PHONE)

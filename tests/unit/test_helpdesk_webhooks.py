@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
+from collectors._webhooks import read_callbacks
 from collectors.calls._common import Ignored, Malformed, WebhookRequest
 from collectors.helpdesk import PROVIDERS, create_app
-from collectors.helpdesk._app import _normalize
 from collectors.helpdesk.records import SupportCallback, hash_email, hash_phone
 from tracker.kafka.producer import MemoryPublisher
 from tracker.settings import Settings
@@ -442,7 +442,7 @@ def test_a_verified_body_of_any_shape_is_read_or_refused_with_a_reason(
         max_event_age=timedelta(days=730),
     )
     try:
-        callbacks = _normalize(PROVIDERS[name], request, SETTINGS)
+        callbacks = read_callbacks(PROVIDERS[name], request, SETTINGS)
     except (Malformed, Ignored) as exc:
         assert str(exc)
         return

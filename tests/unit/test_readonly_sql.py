@@ -69,6 +69,8 @@ def test_one_read_only_statement_passes_as_written(
         ("SELECT 1; SELECT 2", "one statement per request"),
         ("SELECT 1 /* c */; -- d\n SELECT 2", "one statement per request"),
         ("DROP TABLE links", "not DROP"),
+        ("WITH 1 AS n DROP TABLE links", "WITH ... DROP"),
+        ("WITH t AS (SELECT 1) INSERT INTO links SELECT * FROM t", "WITH ... INSERT"),
         ("INSERT INTO links SELECT * FROM links", "not INSERT"),
         ("SET readonly = 0", "not SET"),
         ("SYSTEM SHUTDOWN", "not SYSTEM"),

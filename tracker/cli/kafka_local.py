@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import tracker
@@ -122,12 +123,21 @@ class LocalKafka:
     """One broker-and-controller process with its data in ``folder``. Start and stop it at will."""
 
     def __init__(
-        self, folder: Path, port: int, controller_port: int | None = None, heap: str = "512m"
+        self,
+        folder: Path,
+        port: int,
+        controller_port: int | None = None,
+        heap: str = "512m",
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
+        """``sasl_users`` (name to password): also listen for SASL/PLAIN clients on
+        :attr:`sasl_port`, as a managed cluster asks them to."""
         self.folder = folder
         self.port = port
         self.controller_port = controller_port or free_port()
         self.heap = heap
+        self.sasl_users = dict(sasl_users or {})
+        self.sasl_port = free_port() if self.sasl_users else None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -138,6 +148,30 @@ class LocalKafka:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def _listeners(self) -> list[str]:
+        """The listeners' lines: plaintext for the broker and controller, and SASL/PLAIN on
+        :attr:`sasl_port` when there are ``sasl_users``."""
+        plain = f"PLAINTEXT://127.0.0.1:{self.port}"
+        controller = f"CONTROLLER://127.0.0.1:{self.controller_port}"
+        if self.sasl_port is None:
+            return [
+                f"listeners={plain},{controller}",
+                f"advertised.listeners={plain}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        sasl = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+        users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_users.items())
+        return [
+            f"listeners={plain},{controller},{sasl}",
+            f"advertised.listeners={plain},{sasl}",
+            "listener.security.protocol.map="
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            "sasl.enabled.mechanisms=PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+        ]
+
     def _config(self) -> Path:
         path = self.folder / "server.properties"
         path.write_text(
@@ -146,10 +180,8 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    *self._listeners(),
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                     f"log.dirs={self.folder / 'data'}",
                     "offsets.topic.replication.factor=1",
                     "offsets.topic.num.partitions=4",

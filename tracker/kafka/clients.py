@@ -12,6 +12,7 @@ Each takes the connection from :class:`~tracker.settings.Settings` (:func:`conne
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -19,15 +20,35 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tracker.settings import Settings
 
-__all__ = ["DELIVERY", "admin", "connection", "consumer", "producer"]
+__all__ = ["DELIVERY", "admin", "connection", "consumer", "producer", "security"]
 
 DELIVERY: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
 """What every producer promises: not overridable by a caller."""
 
 
 def connection(settings: Settings) -> dict[str, Any]:
-    """Where and how every client connects."""
-    return {"bootstrap_servers": settings.bootstrap_servers}
+    """Where and how every client connects: the bootstrap servers, and TLS and SASL as
+    ``TRACKER_KAFKA_SECURITY_PROTOCOL`` says (docs/settings.md)."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
+    return options | security(settings)
+
+
+def security(settings: Settings) -> dict[str, Any]:
+    """The clients' TLS and SASL options; empty for a plaintext cluster."""
+    chosen = settings.kafka_security
+    if chosen.protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": chosen.protocol}
+    if chosen.uses_tls:
+        # The system's certificate authorities, or the cluster's own CA file.
+        options["ssl_context"] = ssl.create_default_context(cafile=chosen.ssl_cafile or None)
+    if chosen.uses_sasl:
+        options |= {
+            "sasl_mechanism": chosen.sasl_mechanism,
+            "sasl_plain_username": chosen.sasl_username,
+            "sasl_plain_password": chosen.sasl_password.value,
+        }
+    return options
 
 
 def producer(settings: Settings, client_id: str, **tuning: Any) -> AIOKafkaProducer:

@@ -14,7 +14,9 @@ import logging
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
+from tracker.kafka.clients import security
 from tracker.metrics import KAFKA_REACHABLE
+from tracker.settings import Settings
 
 __all__ = ["KafkaProbe"]
 
@@ -22,18 +24,19 @@ log = logging.getLogger(__name__)
 
 
 class KafkaProbe:
-    def __init__(
-        self, bootstrap_servers: str, interval: float, timeout: float, client_id: str
-    ) -> None:
-        self._bootstrap = bootstrap_servers
-        self._interval = interval
-        self._timeout = timeout
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        """Looks every TRACKER_KAFKA_PROBE_SECONDS, giving up after
+        TRACKER_PRODUCE_TIMEOUT_SECONDS, connected as every other client is."""
+        self._bootstrap = settings.bootstrap_servers
+        self._security = security(settings)
+        self._interval = settings.kafka_probe_seconds
+        self._timeout = settings.produce_timeout_seconds
         self._client_id = client_id
         self._client: AIOKafkaClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._look_now = asyncio.Event()
         self.reachable = False
-        self.reason = f"not connected to Kafka at {bootstrap_servers} yet"
+        self.reason = f"not connected to Kafka at {self._bootstrap} yet"
         KAFKA_REACHABLE.set(0)
 
     async def start(self) -> None:
@@ -75,6 +78,7 @@ class KafkaProbe:
                 bootstrap_servers=self._bootstrap,
                 client_id=f"{self._client_id}-probe",
                 request_timeout_ms=int(self._timeout * 1000),
+                **self._security,
             )
             try:
                 await client.bootstrap()

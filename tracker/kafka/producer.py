@@ -90,12 +90,7 @@ class KafkaPublisher:
 
     async def start(self) -> None:
         """Connect in the background: a collector starts, and answers 503, while Kafka is away."""
-        self._probe = KafkaProbe(
-            self._settings.bootstrap_servers,
-            self._settings.kafka_probe_seconds,
-            self._settings.produce_timeout_seconds,
-            client_id="tracker-collector",
-        )
+        self._probe = KafkaProbe(self._settings, client_id="tracker-collector")
         await self._probe.start()
         self._connecting = asyncio.create_task(self._connect_until_up())
 
