@@ -103,7 +103,20 @@ def stream_checkpoint(stream: Any) -> Checkpoint[Any]:
             await stream.ack(event)
 
     app = getattr(stream, "app", None)
-    return Checkpoint(acknowledge, app.producer.flush if app is not None else None)
+    if app is None:
+        return Checkpoint(acknowledge)
+    producer = app.producer
+
+    async def flush() -> None:
+        # Faust buffers each table write and its buffer's own flush waits for them one at a
+        # time (a wait_for per message): hand them all to the producer at once, then flush.
+        pending = producer.buffer.pending
+        while not pending.empty():
+            message = pending.get_nowait()
+            await message.message.channel.publish_message(message, wait=False)
+        await producer.flush()
+
+    return Checkpoint(acknowledge, flush)
 
 
 async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:

@@ -35,6 +35,7 @@ from agents.journey import (
     conversion_rule,
     conversions,
     frictions,
+    name_uuid,
     rated_touchpoints,
     sessionize,
     stage_changes,
@@ -246,7 +247,7 @@ def friction_id(friction: Friction) -> str:
     key = f"{friction.event_id}|{friction.reason}"
     if friction.reason == NEGATIVE_CALL_TOPIC:  # one friction per topic a call flags
         key += f"|{friction.detail}"
-    return str(uuid.uuid5(_FRICTION_NAMESPACE, key))
+    return name_uuid(_FRICTION_NAMESPACE, key)
 
 
 class CustomerJourney:

@@ -8,6 +8,7 @@ one arrives; a late event within the allowed lateness yields corrected session v
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "conversion_rule",
     "conversions",
     "frictions",
+    "name_uuid",
     "rated_touchpoints",
     "sessionize",
     "stage_changes",
@@ -38,6 +40,18 @@ __all__ = [
 ]
 
 _SESSION_NAMESPACE: Final = uuid.UUID("9b0f3c8e-3c1a-4d8e-8f0b-5a2e7c6d1e42")
+
+
+def name_uuid(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))`` without the UUID object (a third of the cost):
+    session and friction ids are made again for every event of each customer a batch touches."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 CONTACT_TYPES: Final = frozenset({"call", "chat", "support_email", "ticket"})
 # The helpdesk's touchpoints (agents/tickets.py), whose first reply, resolution and reopens are
 # judged against the friction thresholds.
@@ -167,7 +181,7 @@ def _starts_new_session(
 def _session(customer_id: str, members: Sequence[JourneyEvent]) -> Session:
     first = members[0]
     return Session(
-        session_id=str(uuid.uuid5(_SESSION_NAMESPACE, f"{customer_id}|{first.event_id}")),
+        session_id=name_uuid(_SESSION_NAMESPACE, f"{customer_id}|{first.event_id}"),
         start=first.ts,
         end=members[-1].ts,
         event_ids=tuple(e.event_id for e in members),

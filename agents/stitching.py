@@ -54,7 +54,7 @@ from agents.identity import (
     link_record,
 )
 from agents.ingest import RawMessage, undeliverable
-from agents.journey import Friction, JourneyEvent, Session
+from agents.journey import Friction, JourneyEvent, Session, name_uuid
 from tracker.errors import StateTooLarge
 from tracker.identity_log import split_command
 from tracker.kafka import clients as kafka_clients
@@ -703,9 +703,10 @@ class JourneyStage:
     ) -> None:
         # Keyed per customer: an event that moves writes a new row there, and the retraction
         # left behind (versioned on another partition) cannot hide it.
-        key = str(uuid.uuid5(_FRICTION_ROW_NAMESPACE, f"{customer}|{friction_id(friction)}"))
+        own = friction_id(friction)
+        key = name_uuid(_FRICTION_ROW_NAMESPACE, f"{customer}|{own}")
         # channel, type, name, stage and is_bot of the touchpoint it is on (for the rollups)
-        channel, kind, name, stage, is_bot = _place(places.get(friction_id(friction)))
+        channel, kind, name, stage, is_bot = _place(places.get(own))
         record = FrictionRecord(
             key,
             version,

@@ -545,6 +545,8 @@ def measure_worker(
             count = int(console_query(console, "SELECT count() FROM touchpoints").strip())
             if count and first_seen is None:
                 first_seen = time.monotonic()
+            if count < mix.events:
+                continue  # each read costs the worker CPU: the journeys only once all are in
             events = int(console_query(console, LIVE_JOURNEYS_SQL).split()[1] or 0)
             now = stitched("journey")
             if now != handled:
@@ -771,7 +773,7 @@ async def replay(rows: Sequence[Any], traced: bool) -> dict[str, Any]:
 # -- orchestration ------------------------------------------------------------------------------
 
 
-def run_bench(customers: int, rounds: int) -> int:
+def run_bench(customers: int, rounds: int, worker_only: bool = False) -> int:
     from tracker.cli.kafka_local import LocalKafka, free_port
     from tracker.kafka.topology import Topology, ensure_topics
     from tracker.settings import Settings
@@ -837,6 +839,17 @@ def run_bench(customers: int, rounds: int) -> int:
                 topology.journey.name,
                 time.perf_counter() - began,
             )
+            if worker_only:  # a quick check of the product alone: no baseline, no JSON
+                product = measure_worker(
+                    kafka.bootstrap, prefix, mix, work, f"{run_tag}-{round_}", processes
+                )
+                log.info(
+                    "one worker (no baseline measured): %.0f events/s; CPU-seconds per 1,000 "
+                    "events %.2f",
+                    product["events_per_second"],
+                    product["cpu_seconds_per_1000_events"]["worker"],
+                )
+                continue
             log.info("round %d: baseline, a pass-through Faust agent", round_)
             baselines.append(
                 measure_passthrough(
@@ -881,6 +894,8 @@ def run_bench(customers: int, rounds: int) -> int:
         else:
             log.error("kept %s for its logs", work)
 
+    if worker_only:
+        return 0
     log.info("in-process replay of the same events (state memory)")
     logic = asyncio.run(replay(rows, traced=False))
     # tracemalloc slows every allocation: a quarter of the customers is enough for per-customer
@@ -992,6 +1007,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--customers", type=int, default=CUSTOMERS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="measure one worker only, without the baseline or two workers (a quick check)",
+    )
     commands = parser.add_subparsers(dest="command")
     through = commands.add_parser("passthrough", help="(internal) the baseline's Faust worker")
     through.add_argument("--bootstrap", required=True)
@@ -1014,7 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run_bench(args.customers, args.rounds)
+        return run_bench(args.customers, args.rounds, args.worker_only)
     except BenchError as exc:
         log.error("benchmark failed: %s", exc)
         return 1

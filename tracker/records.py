@@ -12,7 +12,7 @@ back, parsing the time fields. The journey topic's commands (:class:`RoutedEvent
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, ClassVar, Final, Union
 
@@ -46,6 +46,25 @@ def _time(value: Any) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _built(cls: type[Any], wire: dict[str, Any]) -> Any:
+    """``cls(**wire)``, by position when ``wire`` has exactly the fields: keyword arguments from
+    decoded JSON (keys that are not interned) cost a string comparison per field pair, about
+    35 µs for a touchpoint. Anything else (a field missing, one unknown) goes by keyword, so it
+    fails or takes a default as it always did."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls) if f.init)
+    if len(wire) == len(names):
+        try:
+            return cls(*[wire[name] for name in names])
+        except KeyError:
+            pass
+    return cls(**wire)
+
+
 class _Codec:
     """``to_wire`` / ``from_wire`` for a flat dataclass whose ``_TIMES`` fields are datetimes."""
 
@@ -60,7 +79,7 @@ class _Codec:
         wire = dict(_loaded(data))
         for name in cls._TIMES:
             wire[name] = _time(wire[name])
-        return cls(**wire)
+        return _built(cls, wire)
 
 
 @dataclass(slots=True)
@@ -135,7 +154,8 @@ class EnrichedTouchpoint(_Codec):
         wire["device_ts"] = datetime.fromisoformat(wire["device_ts"])
         wire["received_ts"] = datetime.fromisoformat(wire["received_ts"])
         wire["sent_ts"] = _time(wire["sent_ts"])
-        return cls(**wire)
+        built: EnrichedTouchpoint = _built(cls, wire)
+        return built
 
     def stitched(
         self,

@@ -54,14 +54,30 @@ def test_no_offset_is_committed_when_a_step_before_fails(fail_at: str) -> None:
     assert not [step for step in steps if step.startswith("commit")]
 
 
+class BufferedWrite:
+    """A table write as Faust buffers it: a future message whose channel publishes it."""
+
+    def __init__(self, key: str, steps: list[str]) -> None:
+        self.message = self
+        self.channel = self
+        self.key = key
+        self.steps = steps
+
+    async def publish_message(self, message: BufferedWrite, wait: bool = True) -> None:
+        self.steps.append(f"send {message.key}")
+
+
 class FakeStream:
-    """A Faust stream: batches to take, acknowledgements, and the app's producer."""
+    """A Faust stream: batches to take, acknowledgements, and the app's producer with its
+    buffer of table writes."""
 
     def __init__(self, batches: list[list[int]], steps: list[str]) -> None:
         self._batches = batches
         self.steps = steps
         self.app = self
         self.producer = self
+        self.buffer = self
+        self.pending: asyncio.Queue[BufferedWrite] = asyncio.Queue()
 
     async def flush(self) -> None:
         self.steps.append("producer")
@@ -87,6 +103,24 @@ def test_a_faust_agent_acknowledges_a_batch_only_after_its_state_and_the_produce
         *("outputs", "state", "producer", "ack 1", "ack 2"),
         *("outputs", "state", "producer", "ack 3"),
     ]
+
+
+def test_a_batch_s_table_writes_are_sent_before_the_producer_flush_and_the_acks() -> None:
+    steps: list[str] = []
+    stream = FakeStream([[1, 2]], steps)
+
+    async def agent() -> None:
+        async for events in acked_batches(stream, 10, 1.0):
+            await Stage(steps).handle(events)
+            for key in ("customer-a", "customer-b"):  # as a table's __setitem__ buffers them
+                stream.pending.put_nowait(BufferedWrite(key, steps))
+
+    asyncio.run(agent())
+    assert steps == [
+        *("outputs", "state", "send customer-a", "send customer-b", "producer"),
+        *("ack 1", "ack 2"),
+    ]
+    assert stream.pending.empty()
 
 
 def test_an_agent_that_fails_mid_batch_acknowledges_nothing_of_it() -> None:

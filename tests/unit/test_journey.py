@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from agents.journey import (
     SessionRules,
     conversions,
     frictions,
+    name_uuid,
     sessionize,
     stage_changes,
 )
@@ -194,3 +196,11 @@ def test_the_funnel_never_moves_back_and_support_is_a_side_stage() -> None:
 
 def test_a_purchase_without_value_is_no_conversion() -> None:
     assert conversions([JourneyEvent("p", at(0), "purchase")]) == []
+
+
+@given(st.uuids(), st.text())
+def test_ids_made_from_names_are_the_standard_name_based_uuids(
+    namespace: uuid.UUID, name: str
+) -> None:
+    # Session and friction ids already stored were made by uuid.uuid5: they must not change.
+    assert name_uuid(namespace, name) == str(uuid.uuid5(namespace, name))

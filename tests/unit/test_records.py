@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from agents.ingest import RawMessage, enriched
 from agents.outputs import OutputSink, Writer
@@ -120,6 +121,19 @@ def test_journey_records_written_before_typed_records_still_decode() -> None:
     assert isinstance(routed, RoutedEvent) and isinstance(moved, Restitch)
     assert routed.touchpoint.ts == t.ts and routed.touchpoint.survey_touchpoint_id == ""
     assert moved.touchpoints[t.event_id].email_hash == t.email_hash
+
+
+def test_a_record_with_a_field_it_does_not_have_is_refused_as_before() -> None:
+    """Records decode by position when the wire holds exactly their fields; any other wire goes
+    by keyword, so an unknown field still fails (and the record becomes a dead letter)."""
+    wire = orjson.loads(touchpoint().to_wire())
+    extra = {**wire, "shoe_size": 44}
+    swapped = {**{k: v for k, v in wire.items() if k != "channel"}, "chanel": "web"}
+    decode = TOUCHPOINTS.record
+    assert decode is not None
+    for bad in (extra, swapped):
+        with pytest.raises(TypeError):
+            decode(orjson.dumps(bad))
 
 
 class _Kafka:
