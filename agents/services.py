@@ -699,6 +699,8 @@ class ConsoleService(Service):
             answers = False
         if not answers:
             reasons.append("ClickHouse does not answer (see TRACKER_CLICKHOUSE_URL)")
+        for table, error in sorted(self._store.write_faults().items()):
+            reasons.append(f"ClickHouse refuses writes to {table}, retrying: {error}")
         return reasons
 
     async def on_start(self) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +70,53 @@ _TIMEOUT_EXCEEDED = 159
 _MEMORY_LIMIT_EXCEEDED = 241
 _TOO_MANY_ROWS = 396
 
+# Errors of the engine's own storage and resources, not of the statement: the same statement
+# succeeds once the disk, memory or files are back, so a write waits them out.
+_ENGINE_FAULTS = frozenset(
+    {
+        74,  # CANNOT_READ_FROM_FILE_DESCRIPTOR
+        75,  # CANNOT_WRITE_TO_FILE_DESCRIPTOR
+        76,  # CANNOT_OPEN_FILE
+        77,  # CANNOT_CLOSE_FILE
+        159,  # TIMEOUT_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE
+        252,  # TOO_MANY_PARTS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        425,  # SYSTEM_ERROR
+        999,  # KEEPER_EXCEPTION
+    }
+)
+# A C++ exception (POCO_EXCEPTION, STD_EXCEPTION) is the engine's when the file system refused it.
+_WRAPPED = frozenset({1000, 1001})
+_FILE_SYSTEM_REFUSALS = (
+    "filesystem error",
+    "Operation not permitted",
+    "Permission denied",
+    "No space left on device",
+    "Read-only file system",
+    "Disk quota exceeded",
+)
+_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def engine_fault(exc: BaseException) -> bool:
+    """Whether ClickHouse failed for a reason of its own (storage, memory, files), which passes,
+    rather than because of the statement or its rows."""
+    code = getattr(exc, "code", None)
+    if not isinstance(code, int):
+        found = _CODE.search(str(exc))
+        code = int(found.group(1)) if found else None
+    if code in _ENGINE_FAULTS:
+        return True
+    message = str(exc)
+    return code in _WRAPPED and any(refusal in message for refusal in _FILE_SYSTEM_REFUSALS)
+
 
 class ClickHouseStore:
     """ClickHouse through clickhouse-connect: embedded chDB for ``chdb://``, a server for ``http(s)://``.
@@ -83,6 +131,7 @@ class ClickHouseStore:
         self.cluster = cluster  # TRACKER_CLICKHOUSE_CLUSTER: migrations run ON CLUSTER, replicated
         self._client: Any = None
         self._database_ready = False
+        self._write_faults: dict[str, str] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     @property
@@ -147,7 +196,7 @@ class ClickHouseStore:
             raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
         except Exception as exc:
             self._forget_client()
-            raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
+            raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=engine_fault(exc)) from exc
 
     def _read_only(self, fn: str, limits: QueryLimits | None, *args: Any, **kwargs: Any) -> Any:
         """One read-only call on a client of its own, closed after it: nothing of one answer,
@@ -238,7 +287,18 @@ class ClickHouseStore:
     def insert_sync(
         self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
     ) -> None:
-        self._call("insert", f"{self.database}.{table}", rows, column_names=list(columns))
+        try:
+            self._call("insert", f"{self.database}.{table}", rows, column_names=list(columns))
+        except StoreError as exc:
+            if exc.retriable:
+                self._write_faults[table] = str(exc)[:300]
+            raise
+        self._write_faults.pop(table, None)
+
+    def write_faults(self) -> dict[str, str]:
+        """The tables whose last insert failed for a reason that passes, with that reason:
+        reads may still answer while writes wait (a full or read-only disk)."""
+        return dict(self._write_faults)
 
     def command_sync(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return self._call("command", sql, parameters=parameters)
