@@ -1,6 +1,7 @@
 """Answers for analysts at scale: 10 million touchpoints, the reports timed against a full scan.
 
     python bench/analytics.py [--rows 10000000] [--bootstrap-rounds 10]
+    python bench/analytics.py --data DIR --only journey,scorecard   # load once, time again
 
 bench/README.md ("Reports on 10 million touchpoints") explains it. In short:
 
@@ -260,8 +261,16 @@ def load(store: ClickHouseStore, rows: int) -> dict[str, float]:
     return spent
 
 
+FIGURES = ("journey", "scorecard", "funnel", "paths", "attribution")
+
+
 def measure(
-    store: ClickHouseStore, rows: int, repeats: int, bootstrap_rounds: int, settings: Settings
+    store: ClickHouseStore,
+    rows: int,
+    repeats: int,
+    bootstrap_rounds: int,
+    settings: Settings,
+    only: frozenset[str] = frozenset(FIGURES),
 ) -> list[Timing]:
     def scalar(sql: str) -> Any:
         return store.run_sync(store.query_sync, sql).rows[0][0]
@@ -289,6 +298,27 @@ def measure(
     )
     timings.append(Timing("full scan of touchpoints (baseline)", scan, details={"rows": scanned}))
 
+    if "journey" in only:
+        timings += _journey(store, rows, repeats, settings, read_shared, read_json)
+    if "scorecard" in only:
+        timings += _scorecard(store, repeats, span)
+    if only & {"funnel", "paths", "attribution"}:
+        timings += _others(store, bootstrap_rounds, span, only)
+    return timings
+
+
+def _journey(
+    store: ClickHouseStore,
+    rows: int,
+    repeats: int,
+    settings: Settings,
+    read_shared: Callable[[str], list[dict[str, Any]]],
+    read_json: Callable[[str], list[dict[str, Any]]],
+) -> list[Timing]:
+    timings: list[Timing] = []
+    # What any read costs through clickhouse-connect over chDB, whatever it reads.
+    seconds, _ = best_of(repeats, lambda: read_shared("SELECT 1 AS x"))
+    timings.append(Timing("empty query (SELECT 1), for scale", seconds))
     # A signed-in customer: two identity keys, touchpoints stitched to two customer ids.
     someone = f"anon:a{(rows // EVENTS_PER_CUSTOMER // 2) // 10 * 10}"
     seconds, journey = best_of(repeats, lambda: find_journey(settings, someone, read_shared))
@@ -299,9 +329,20 @@ def measure(
     # ~15 ms a read whatever the data, so this figure is for information.
     seconds, journey = best_of(repeats, lambda: find_journey(settings, someone, read_json))
     timings.append(Timing("journey lookup, a client per read", seconds))
+    return timings
+
+
+def _report(
+    store: ClickHouseStore, span: dict[str, str], name: str, **options: str
+) -> Callable[[], list[dict[str, Any]]]:
+    return lambda: run_report(store, name, {**span, **options})
+
+
+def _scorecard(store: ClickHouseStore, repeats: int, span: dict[str, str]) -> list[Timing]:
+    timings: list[Timing] = []
 
     def report(name: str, **options: str) -> Callable[[], list[dict[str, Any]]]:
-        return lambda: run_report(store, name, {**span, **options})
+        return _report(store, span, name, **options)
 
     # The scorecard from the rollups (events, reach, frictions, scores), then with the
     # conversion columns, which read each converting customer's events (docs/reports.md).
@@ -326,13 +367,25 @@ def measure(
         timings.append(
             Timing(f"scorecard by {by}, with conversions", seconds, details={"rows": len(found)})
         )
-    seconds, found = best_of(1, report("funnel", steps=FUNNEL))
-    timings.append(
-        Timing("funnel, 5 steps", seconds, details={"customers": [r["customers"] for r in found]})
-    )
-    seconds, found = best_of(1, report("paths"))
-    timings.append(Timing("paths by channel", seconds, details={"rows": len(found)}))
-    for model in MODELS:
+    return timings
+
+
+def _others(
+    store: ClickHouseStore, bootstrap_rounds: int, span: dict[str, str], only: frozenset[str]
+) -> list[Timing]:
+    timings: list[Timing] = []
+
+    def report(name: str, **options: str) -> Callable[[], list[dict[str, Any]]]:
+        return _report(store, span, name, **options)
+
+    if "funnel" in only:
+        seconds, found = best_of(1, report("funnel", steps=FUNNEL))
+        customers = [r["customers"] for r in found]
+        timings.append(Timing("funnel, 5 steps", seconds, details={"customers": customers}))
+    if "paths" in only:
+        seconds, found = best_of(1, report("paths"))
+        timings.append(Timing("paths by channel", seconds, details={"rows": len(found)}))
+    for model in MODELS if "attribution" in only else ():
         options = {"model": model, "seed": "1"}
         if model in ("markov", "shapley"):
             options["bootstrap_rounds"] = str(bootstrap_rounds)
@@ -379,23 +432,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bootstrap-rounds", type=int, default=10, help="for markov and shapley's intervals"
     )
     parser.add_argument("--keep", action="store_true", help="keep the ClickHouse folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="a folder to keep the loaded data in; a later run with the same folder and --rows "
+        "migrates it and skips the load",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(FIGURES),
+        help=f"comma-separated figures to time besides the scan: {', '.join(FIGURES)}",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(part.strip() for part in args.only.split(",") if part.strip())
+    if unknown := only - set(FIGURES):
+        parser.error(f"--only: unknown figures {', '.join(sorted(unknown))}")
     if args.rows < 1000 or args.rows % EVENTS_PER_CUSTOMER:
         parser.error(f"--rows must be a multiple of {EVENTS_PER_CUSTOMER}, at least 1000")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    work = Path(tempfile.mkdtemp(prefix="tracker-bench-analytics-"))
+    work = args.data or Path(tempfile.mkdtemp(prefix="tracker-bench-analytics-"))
+    work.mkdir(parents=True, exist_ok=True)
     store = ClickHouseStore(f"chdb://{work / 'clickhouse'}", "tracker")
     settings = Settings.from_env({"TRACKER_DATA_DIR": str(work)})
     try:
         store.run_sync(store.migrate_sync)
-        loading = load(store, args.rows)
-        timings = measure(store, args.rows, args.repeats, args.bootstrap_rounds, settings)
+        stored = store.run_sync(store.query_sync, "SELECT count() FROM touchpoints").rows[0][0]
+        loading = load(store, args.rows) if stored == 0 else {}
+        timings = measure(store, args.rows, args.repeats, args.bootstrap_rounds, settings, only)
     finally:
         store.close()
-        if not args.keep:
+        if not args.keep and args.data is None:
             shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(
-        f"\n{args.rows:,} touchpoints loaded in {sum(loading.values()):.0f} s "
+        f"\n{args.rows:,} touchpoints, reused from {args.data}\n\n"
+        if not loading
+        else f"\n{args.rows:,} touchpoints loaded in {sum(loading.values()):.0f} s "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in loading.items())})\n\n"
     )
     sys.stdout.write(render(timings))

@@ -220,7 +220,7 @@ class Settings:
     worker_role: str = "all"
     worker_health_port: int = 8010
     # Where the worker keeps its tables' state between changelog writes (agents/streams.py).
-    table_store: str = "memory"
+    table_store: str = "rocksdb"
     # Salt rotation (docs/privacy.md): the salt being replaced, still tried by lookups.
     hash_salt_previous: Secret = Secret("")
     # Personal data in URLs and properties (tracker/privacy.py, docs/privacy.md).
@@ -310,7 +310,7 @@ class Settings:
             worker_id=reader.text("TRACKER_WORKER_ID", "tracker"),
             worker_role=_worker_role(reader.text("TRACKER_WORKER_ROLE", "all")),
             worker_health_port=reader.port("TRACKER_WORKER_HEALTH_PORT", 8010),
-            table_store=reader.choice("TRACKER_TABLE_STORE", "memory", ("memory", "rocksdb")),
+            table_store=reader.choice("TRACKER_TABLE_STORE", "rocksdb", ("memory", "rocksdb")),
             host=reader.text("TRACKER_HOST", "127.0.0.1"),
             console_host=reader.text("TRACKER_CONSOLE_HOST", "127.0.0.1"),
             console_port=reader.port("TRACKER_CONSOLE_PORT", 8000),

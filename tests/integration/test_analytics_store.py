@@ -54,6 +54,22 @@ def _granules(store: ClickHouseStore, sql: str, table: str) -> tuple[int, int]:
     return read, total
 
 
+def _granules_by_table(store: ClickHouseStore, sql: str) -> list[tuple[str, int, int]]:
+    """(table, granules read, granules in all) of every table read in the plan of ``sql``,
+    subqueries included."""
+    plan = store.run_sync(
+        store.raw_query_sync, f"EXPLAIN indexes = 1 {sql}", "TabSeparatedRaw", QueryLimits()
+    ).decode()
+    found = []
+    for step in plan.split("ReadFromMergeTree (")[1:]:
+        table = step[: step.index(")")].rsplit(".", 1)[-1]
+        read = re.search(r"Parts: \d+ \| Granules: (\d+)", step)
+        total = re.search(r"Granules: \d+/(\d+)", step)
+        if read and total:
+            found.append((table, int(read.group(1)), int(total.group(1))))
+    return found
+
+
 def _many_customers(store: ClickHouseStore) -> None:
     """EVENTS page views of CUSTOMERS anonymous visitors, each stitched to its own customer."""
     store.run_sync(
@@ -102,6 +118,13 @@ def test_a_journey_lookup_reads_a_few_granules_among_many_customers(
         read_granules, total = _granules(store, sql, "touchpoints_by_customer")
         assert total >= 70, total  # the table is large enough for a scan to show
         assert read_granules * 10 <= total, (sql, read_granules, total)  # at most a tenth
+    # Every read (identities too, a row per customer here) goes through a primary key: no
+    # bloom-filter pass over a whole table. (The plan leaves out the customer_refs subqueries.)
+    plans = [step for sql in queries for step in _granules_by_table(store, sql)]
+    assert {"touchpoints_by_customer", "identities"} <= {t for t, _, _ in plans}
+    for table, read_granules, total in plans:
+        if total >= 20:
+            assert read_granules * 10 <= total, (table, read_granules, total)
 
 
 def test_the_view_reads_a_customer_by_identity_key_and_attributes_merges(

@@ -84,6 +84,8 @@ def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_k
         "frictions": "cityHash64(friction_id)",
         "touchpoints_by_customer": "cityHash64(event_id)",  # as touchpoints: its MV is per shard
         "forget_audit": "cityHash64(forget_id)",  # one row per forget, never replaced
+        # hints filled per shard by its views; a duplicate on two shards is harmless
+        "customer_refs": "cityHash64(customer_id)",
     }
 
 
@@ -118,6 +120,10 @@ def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_th
         "touchpoints_by_customer_mv",
         "touchpoint_daily_touchpoints_mv",
         "touchpoint_daily_frictions_mv",
+        "customer_refs_identities_mv",
+        "customer_refs_touchpoints_mv",
+        "customer_refs_sessions_mv",
+        "customer_refs_frictions_mv",
     }
     daily = next(v for v in views if "touchpoint_daily_touchpoints_mv" in v)
     assert f"ON CLUSTER `{CLUSTER}` TO `tracker`.touchpoint_daily_local AS" in daily
