@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka.errors import (
@@ -46,6 +46,7 @@ __all__ = [
     "BatchRunner",
     "Checkpoint",
     "DeadLetterPolicy",
+    "HandledOffsets",
     "acked_batches",
     "dead_letter_policy",
     "is_record_refused",
@@ -95,24 +96,102 @@ class Checkpoint(Generic[R]):
         await self._commit(batch)
 
 
-class AckGate:
-    """Lets a Faust consumer count as handled only the messages a :class:`Checkpoint` hands it.
+class HandledOffsets:
+    """Per partition, how far its records were handled, counted without a hole.
 
-    Faust acknowledges on its own a message its stream skips: one fetched before a rebalance
-    and delivered after it, or one delivered while the flow is suspended. Its offset then
-    counts as done, and the consumer commits past a record no stage has handled: a worker that
-    dies or gives up the partition before the record comes round again loses it (issue 10: a
-    killed stitch worker's events missing downstream). Through the gate the consumer records
-    only what a checkpoint acknowledges once the batch's outputs and state are stored; a skipped
-    message stays unacknowledged and is read again from the committed offset.
+    A partition starts at its *floor*: the group's committed offset, or the partition's first
+    offset when the group has committed none. A record is handled only at the partition's next
+    offset (:meth:`admit`); one beyond it means the consumer skipped records (a fetch position
+    kept from elsewhere, a jump Faust took for a gap), and the partition must be read again
+    from :meth:`next`. Acknowledgements count only in the same order (:meth:`acknowledge`), and
+    the offset to commit is the end of that unbroken run (:meth:`commit_point`): a commit can
+    then never pass a record no stage handled.
     """
 
-    def __init__(self, ack: Callable[[Any], bool]) -> None:
-        self._ack = ack
+    HANDLE, SEEN, SKIPPED = "handle", "seen", "skipped"
+
+    def __init__(self) -> None:
+        self._next: dict[Any, int] = {}
+        self._acked: dict[Any, int] = {}
+
+    def knows(self, tp: Any) -> bool:
+        return tp in self._next
+
+    def start(self, tp: Any, floor: int) -> None:
+        self._next[tp] = self._acked[tp] = floor
+
+    def next(self, tp: Any) -> int:
+        return self._next[tp]
+
+    def admit(self, tp: Any, offset: int) -> str:
+        """Whether the record at ``offset`` is the partition's next to handle, was handled
+        already (a redelivery), or lies beyond records not yet read (the partition must be
+        read again from :meth:`next`)."""
+        expected = self._next[tp]
+        if offset < expected:
+            return self.SEEN
+        if offset > expected:
+            return self.SKIPPED
+        self._next[tp] = offset + 1
+        return self.HANDLE
+
+    def acknowledge(self, tp: Any, offset: int) -> bool:
+        """Counts the acknowledgement of ``offset`` only if every record before it is."""
+        if self._acked.get(tp) != offset:
+            return False
+        self._acked[tp] = offset + 1
+        return True
+
+    def commit_point(self, tp: Any, committed: int | None) -> int | None:
+        """The offset to commit: the end of the unbroken run, when it is past ``committed``."""
+        point = self._acked.get(tp)
+        if point is None or (committed is not None and point <= committed):
+            return None
+        return point
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        """The partitions left this consumer: whoever reads them next starts from its floor."""
+        for tp in tps:
+            self._next.pop(tp, None)
+            self._acked.pop(tp, None)
+
+
+class AckGate:
+    """Lets a Faust consumer commit only over records a :class:`Checkpoint` handled, in order.
+
+    Faust, left to itself, can commit past records no stage has handled, and a worker that dies
+    or gives up the partition before they come round again loses them (issue 10: a killed stitch
+    worker's events missing downstream):
+
+    - it acknowledges on its own a message its stream skips (one fetched before a rebalance and
+      delivered after it, or one delivered while the flow is suspended);
+    - it counts a jump in offsets as a gap already done, and with no committed offset it
+      commits whatever run of acknowledgements it holds, wherever that run starts: a partition
+      taken over at a late fetch position is committed past its first records.
+
+    Through the gate, for each partition of our (non-compacted) topics: a batch keeps only the
+    records at the partition's next offset, counted from the committed offset or, with none,
+    from the partition's first offset (:class:`HandledOffsets`); a record beyond it sends the
+    consumer back to read the skipped records, so a fault costs a delay, never a record. Only
+    the checkpoint's acknowledgements count, in that order, and the offset committed is the end
+    of their unbroken run. Compacted topics (the links mirror) have holes by design: there the
+    gate counts the checkpoint's acknowledgements and Faust's own rule commits them.
+    """
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self._faust_ack: Callable[[Any], bool] = consumer.ack
+        self._faust_new_offset: Callable[[Any], int | None] | None = getattr(
+            consumer, "_new_offset", None
+        )
         self._open: set[int] = set()
+        self._compacted: set[str] = set()
+        self.handled = HandledOffsets()
         self.refused = 0
+        self.rewound = 0
 
     def __call__(self, message: Any) -> bool:
+        """Faust's ``consumer.ack``: counts only what a checkpoint acknowledges, in order."""
         if id(message) not in self._open:
             self.refused += 1
             log.info(
@@ -123,8 +202,111 @@ class AckGate:
                     "offset": message.offset,
                 },
             )
+            self._release(message)
             return False
-        return self._ack(message)
+        if message.topic not in self._compacted and not self.handled.acknowledge(
+            message.tp, message.offset
+        ):
+            self.refused += 1
+            log.warning(
+                "not acknowledging a message out of order: the partition is read again",
+                extra={
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                },
+            )
+            self._release(message)
+            return False
+        return self._faust_ack(message)
+
+    def _release(self, message: Any) -> None:
+        """Lets Faust stop waiting for a message (a rebalance waits for every message it
+        delivered) without counting its offset as handled."""
+        message.acked = True
+        unacked = getattr(self._consumer, "_unacked_messages", None)
+        if unacked is not None:
+            unacked.discard(message)
+
+    def new_offset(self, tp: Any) -> int | None:
+        """Faust's ``consumer._new_offset``: the offset to commit for ``tp``, the end of the
+        run the checkpoint acknowledged, never a gap Faust counted as done."""
+        if tp.topic in self._compacted and self._faust_new_offset is not None:
+            return self._faust_new_offset(tp)
+        consumer = self._consumer
+        committed = consumer._committed_offset.get(tp)
+        point = self.handled.commit_point(tp, committed)
+        # Faust's own bookkeeping of what was acknowledged and of gaps plays no part.
+        consumer._gap.pop(tp, None)
+        through = point if point is not None else committed
+        acked = consumer._acked.get(tp)
+        if acked:
+            done = [offset for offset in acked if through is None or offset < through]
+            acked[:] = [offset for offset in acked if through is not None and offset >= through]
+            consumer._acked_index[tp].difference_update(done)
+        return point
+
+    async def admit(self, events: Sequence[Any], *, compacted: bool = False) -> list[Any]:
+        """The events of a batch the stage may handle: each partition's records in order from
+        where handling stopped. A partition delivered from beyond that point is read again from
+        it; a record handled already is not handled twice."""
+        kept: list[Any] = []
+        rewind: dict[Any, int] = {}
+        for event in events:
+            message = event.message
+            if compacted:
+                self._compacted.add(message.topic)
+                kept.append(event)
+                continue
+            tp = message.tp
+            if tp in rewind:
+                self._release(message)
+                continue
+            if not self.handled.knows(tp):
+                floor = await self._floor(tp)
+                if floor is None:  # no longer this consumer's: its next owner reads it
+                    self._release(message)
+                    continue
+                self.handled.start(tp, floor)
+            verdict = self.handled.admit(tp, message.offset)
+            if verdict == HandledOffsets.HANDLE:
+                kept.append(event)
+                continue
+            self._release(message)
+            if verdict == HandledOffsets.SKIPPED:
+                rewind[tp] = self.handled.next(tp)
+                log.warning(
+                    "a partition was delivered past records not yet handled: reading them again",
+                    extra={
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                        "from_offset": rewind[tp],
+                    },
+                )
+        for tp, offset in rewind.items():
+            self.rewound += 1
+            try:
+                await self._consumer.seek_wait({tp: offset})
+            except Exception as exc:  # revoked meanwhile: its next owner reads from the commit
+                log.info("could not seek a partition", extra={"error": repr(exc)})
+                self.handled.forget([tp])
+        return kept
+
+    async def _floor(self, tp: Any) -> int | None:
+        """Where handling of ``tp`` starts: the group's committed offset, or the partition's
+        first offset when the group has committed none. None if ``tp`` is not ours."""
+        consumer = self._consumer
+        if tp not in consumer.assignment():
+            return None
+        committed = consumer._committed_offset.get(tp)
+        if committed is not None:
+            return int(committed)
+        earliest = await consumer.earliest_offsets(tp)
+        return int(earliest.get(tp) or 0)
+
+    async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
+        self.handled.forget(revoked)
 
     @contextlib.contextmanager
     def opened(self, messages: Sequence[Any]) -> Iterator[None]:
@@ -142,9 +324,19 @@ class AckGate:
         gate = vars(consumer).get("ack")
         if isinstance(gate, AckGate):
             return gate
-        gate = cls(consumer.ack)
+        gate = cls(consumer)
         consumer.ack = gate
+        if gate._faust_new_offset is not None:
+            consumer._new_offset = gate.new_offset
+        app = getattr(consumer, "app", None)
+        if app is not None:
+            app.on_partitions_revoked.connect(gate._on_revoked)
         return gate
+
+
+def _stream_gate(stream: Any) -> AckGate | None:
+    consumer = getattr(getattr(stream, "app", None), "consumer", None)
+    return AckGate.install(consumer) if consumer is not None else None
 
 
 def stream_checkpoint(stream: Any) -> Checkpoint[Any]:
@@ -152,8 +344,7 @@ def stream_checkpoint(stream: Any) -> Checkpoint[Any]:
     changelogs), then the events acknowledged, which Faust commits once all before are. Only
     these acknowledgements count (:class:`AckGate`)."""
     app = getattr(stream, "app", None)
-    consumer = getattr(app, "consumer", None)
-    gate = AckGate.install(consumer) if consumer is not None else None
+    gate = _stream_gate(stream)
 
     async def acknowledge(events: Sequence[Any]) -> None:
         with gate.opened([e.message for e in events]) if gate else contextlib.nullcontext():
@@ -176,20 +367,30 @@ def stream_checkpoint(stream: Any) -> Checkpoint[Any]:
     return Checkpoint(acknowledge, flush)
 
 
-async def acked_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
+async def acked_batches(
+    stream: Any, size: int, within: float, *, compacted: bool = False
+) -> AsyncIterator[list[Any]]:
     """Batches of up to ``size`` events, or what came ``within`` seconds. The loop body handles
     a batch (outputs, then state); when it asks for the next one the batch is checkpointed
     (:class:`Checkpoint`), so a body that raises (or a worker that dies in it) leaves the batch to
-    be delivered again."""
+    be delivered again. Each partition's records come in order from where handling stopped
+    (:class:`AckGate`); ``compacted`` says the topic is compacted, its offsets with holes."""
     checkpoint = stream_checkpoint(stream)
+    gate = _stream_gate(stream)
     async for events in stream.noack_take(size, within=within):
-        yield events
-        await checkpoint.after(events)
+        kept = await gate.admit(events, compacted=compacted) if gate else events
+        del events  # what the gate released must not be held while Faust waits at a rebalance
+        if not kept:
+            continue
+        yield kept
+        await checkpoint.after(kept)
 
 
-async def run_batches(stream: Any, runner: BatchRunner[Any], size: int, within: float) -> None:
+async def run_batches(
+    stream: Any, runner: BatchRunner[Any], size: int, within: float, *, compacted: bool = False
+) -> None:
     """Run a Faust stream's batches through ``runner``, acknowledging each once it is handled."""
-    async for events in acked_batches(stream, size, within):
+    async for events in acked_batches(stream, size, within, compacted=compacted):
         await runner.run(events)
 
 

@@ -121,7 +121,13 @@ def add_links_mirror(
 
     @app.agent(topic, name="links")
     async def links(stream: Any) -> None:
-        await run_batches(stream, runner, settings.sink_batch_size, settings.sink_flush_seconds)
+        await run_batches(
+            stream,
+            runner,
+            settings.sink_batch_size,
+            settings.sink_flush_seconds,
+            compacted=True,  # its offsets have holes by design
+        )
 
 
 def _ts(raw: Any) -> datetime | None:

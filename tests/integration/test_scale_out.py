@@ -161,18 +161,12 @@ def scaled_out(kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Pipeline, li
     pipeline.stop()
 
 
-# Open defect (issue 10), not yet fixed. Of eight runs on this machine, one lost events (187 of
-# 400 stored; an earlier session saw 273) and two left some of the killed worker's session rows
-# unretired. In the losing run the killed worker had committed nothing yet on the identity log
-# and two journey partitions; the survivor took them over, began the identity log at offset 123
-# of 160 instead of its start, and committed 160: the records before were never handled. The
-# worker now commits only what its stages acknowledged (agents/batches.py, AckGate), which
-# closes one way to commit unhandled records, not this one. See docs/operations.md.
-@pytest.mark.xfail(
-    strict=False,
-    reason="a killed stitch worker's partitions can be taken over past unhandled records, "
-    "and its last sessions left unretired (open defect, issue 10)",
-)
+# The survivor takes over partitions the killed worker had committed nothing (or little) on, and
+# its consumer can begin them at a late fetch position: the identity log at offset 117 of 160, two
+# journey partitions at 43 and 41. Faust then committed past the records before, unhandled (events
+# lost, or the killed worker's last sessions left unretired). The worker's agents now read such a
+# partition again from where handling stopped (agents/batches.py, AckGate), and this test is
+# strict on every row, customer, journey and session.
 def test_two_stitch_workers_and_a_writer_match_one_worker_through_a_kill(
     kafka: LocalKafka,
     tmp_path: Path,

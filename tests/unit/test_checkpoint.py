@@ -4,12 +4,16 @@ offsets; and the one factory of Kafka clients (tracker/kafka/clients.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from faust.transport.consumer import Consumer as FaustBase
+from faust.types import TP
+from intervaltree import IntervalTree  # type: ignore[import-untyped]
 
-from agents.batches import AckGate, Checkpoint, acked_batches
+from agents.batches import AckGate, Checkpoint, HandledOffsets, acked_batches
 from tracker.kafka import clients
 from tracker.settings import Settings
 
@@ -136,61 +140,230 @@ def test_an_agent_that_fails_mid_batch_acknowledges_nothing_of_it() -> None:
     assert steps == ["outputs"]
 
 
+class FaustConsumer:
+    """Faust's consumer as far as acknowledgements and commits go: its own ``ack``,
+    ``_new_offset`` and commit filter (Faust's code, not a copy), over partitions whose records
+    it delivers from a fetch position that a seek moves."""
+
+    ack: Any = FaustBase.ack
+    _new_offset: Any = FaustBase._new_offset
+    _should_commit: Any = FaustBase._should_commit
+    _filter_committable_offsets: Any = FaustBase._filter_committable_offsets
+
+    def __init__(self, logs: dict[TP, range], positions: dict[TP, int]) -> None:
+        self.logs, self.positions = logs, dict(positions)
+        self.app = FakeApp()
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        self._unacked_messages: set[Message] = set()
+        self._n_acked = 0
+        self._waiting_for_ack = None
+        self.seeks: list[tuple[int, int]] = []
+        self.commits: list[dict[int, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.logs)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.logs[tp].start for tp in tps}
+
+    async def seek_wait(self, offsets: dict[TP, int]) -> None:
+        for tp, offset in offsets.items():
+            self.positions[tp] = offset
+            self.seeks.append((tp.partition, offset))
+
+    def fetch(self, size: int) -> list[Message]:
+        messages = []
+        for tp, log in self.logs.items():
+            at = self.positions[tp]
+            for offset in range(at, min(at + size, log.stop)):
+                messages.append(Message(tp, offset))
+                self._unacked_messages.add(messages[-1])
+            self.positions[tp] = min(at + size, log.stop)
+        return messages
+
+    def commit(self) -> None:
+        offsets = self._filter_committable_offsets(list(self._acked))
+        self._committed_offset.update(offsets)
+        if offsets:
+            self.commits.append({tp.partition: offset for tp, offset in offsets.items()})
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.topics = self
+        self.on_partitions_revoked = self
+        self.receivers: list[Any] = []
+
+    def acks_enabled_for(self, topic: str) -> bool:
+        return True
+
+    def connect(self, receiver: Any) -> None:
+        self.receivers.append(receiver)
+
+    async def revoke(self, tps: set[TP]) -> None:
+        for receiver in self.receivers:
+            await receiver(self, tps)
+
+
 class Message:
-    def __init__(self, offset: int) -> None:
-        self.topic, self.partition, self.offset = "journey", 0, offset
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.tp, self.topic, self.partition, self.offset = tp, tp.topic, tp.partition, offset
+        self.acked = False
 
 
 class Event:
-    def __init__(self, offset: int) -> None:
-        self.message = Message(offset)
-
-
-class Consumer:
-    """Faust's consumer as far as acknowledgements go: each acked offset counts as handled."""
-
-    def __init__(self) -> None:
-        self.handled: list[int] = []
-
-    def ack(self, message: Message) -> bool:
-        self.handled.append(message.offset)
-        return True
+    def __init__(self, message: Message) -> None:
+        self.message = message
 
 
 class GatedStream(FakeStream):
-    """A Faust stream whose acknowledgements reach the consumer, as Faust's do."""
+    """A Faust agent's stream over :class:`FaustConsumer`: batches as fetched, acknowledgements
+    reaching the consumer as Faust's do, and Faust's commit after each batch."""
 
-    def __init__(self, batches: list[list[Event]], steps: list[str]) -> None:
-        super().__init__([], steps)
-        self._events = batches
-        self.consumer = Consumer()
+    def __init__(self, consumer: FaustConsumer, steps: list[str] | None = None) -> None:
+        super().__init__([], steps or [])
+        self.consumer = consumer
 
     async def ack(self, event: Any) -> None:
         self.consumer.ack(event.message)
 
     async def noack_take(self, size: int, within: float) -> Any:
-        for batch in self._events:
-            yield batch
+        for _ in range(20):
+            messages = self.consumer.fetch(size)
+            if not messages:
+                return
+            yield [Event(m) for m in messages]
+            self.consumer.commit()
+
+
+def handled_by(stream: GatedStream) -> list[int]:
+    """The offsets an agent handles, in order."""
+    handled: list[int] = []
+
+    async def agent() -> None:
+        async for events in acked_batches(stream, 10, 1.0):
+            handled.extend(e.message.offset for e in events)
+
+    asyncio.run(agent())
+    return handled
+
+
+JOURNEY_2 = TP("journey", 2)
+
+
+def test_a_partition_taken_over_without_a_commit_is_read_from_its_first_record() -> None:
+    """Issue 10: the survivor took over a partition the killed worker had committed nothing on
+    and began it at offset 45, not 0; Faust, with no committed offset, committed 50 over
+    records no stage had handled. The records before are read and handled first."""
+    consumer = FaustConsumer({JOURNEY_2: range(0, 50)}, {JOURNEY_2: 45})
+    handled = handled_by(GatedStream(consumer))
+    assert handled == list(range(0, 50))
+    assert consumer.seeks == [(2, 0)]
+    assert [c[2] for c in consumer.commits] == [10, 20, 30, 40, 50]  # never past a record
+
+
+def test_a_partition_s_first_record_is_its_log_start_not_offset_zero() -> None:
+    consumer = FaustConsumer({JOURNEY_2: range(30, 40)}, {JOURNEY_2: 35})
+    assert handled_by(GatedStream(consumer)) == list(range(30, 40))
+    assert consumer.seeks == [(2, 30)]
+
+
+def test_a_partition_delivered_one_past_its_commit_is_read_from_the_commit() -> None:
+    """Faust lets a run of acknowledgements starting one past the committed offset commit
+    over the record at the committed offset."""
+    consumer = FaustConsumer({JOURNEY_2: range(0, 20)}, {JOURNEY_2: 11})
+    consumer._committed_offset[JOURNEY_2] = 10
+    assert handled_by(GatedStream(consumer)) == list(range(10, 20))
+    assert consumer.seeks == [(2, 10)]
+    assert consumer.commits == [{2: 20}]
+
+
+def test_a_gap_faust_recorded_is_never_committed_over() -> None:
+    """Faust counts a jump in delivered offsets as a gap already done and commits over it."""
+    consumer = FaustConsumer({JOURNEY_2: range(0, 5)}, {JOURNEY_2: 0})
+    stream = GatedStream(consumer)
+    assert handled_by(stream) == [0, 1, 2, 3, 4]
+    consumer.logs[JOURNEY_2] = range(0, 12)
+    consumer.positions[JOURNEY_2] = 8  # the fetch jumped over 5, 6 and 7 ...
+    consumer._gap[JOURNEY_2].addi(5, 8)  # ... which Faust recorded as a gap
+    assert handled_by(stream) == [5, 6, 7, 8, 9, 10, 11]
+    assert consumer.seeks == [(2, 5)]
+    assert [c[2] for c in consumer.commits] == [5, 12]
+
+
+def test_records_redelivered_after_they_were_handled_are_not_handled_again() -> None:
+    consumer = FaustConsumer({JOURNEY_2: range(0, 6)}, {JOURNEY_2: 0})
+    stream = GatedStream(consumer)
+    assert handled_by(stream) == list(range(6))
+    consumer.positions[JOURNEY_2] = 2  # a fetch from before the last commit comes round again
+    assert handled_by(stream) == []
+    assert consumer.commits == [{2: 6}]
+    assert not consumer._unacked_messages  # released: a rebalance does not wait for them
+
+
+def test_a_revoked_partition_starts_again_from_the_group_s_commit() -> None:
+    consumer = FaustConsumer({JOURNEY_2: range(0, 4)}, {JOURNEY_2: 0})
+    stream = GatedStream(consumer)
+    assert handled_by(stream) == [0, 1, 2, 3]
+    asyncio.run(consumer.app.revoke({JOURNEY_2}))
+    consumer._committed_offset[JOURNEY_2] = 2  # as the group stands when it comes back
+    consumer.logs[JOURNEY_2] = range(0, 6)
+    consumer.positions[JOURNEY_2] = 2
+    assert handled_by(stream) == [2, 3, 4, 5]
+    assert consumer.seeks == []
+
+
+def test_a_compacted_topic_s_holes_are_not_records_to_wait_for() -> None:
+    links = TP("links", 0)
+    consumer = FaustConsumer({links: range(7, 9)}, {links: 7})
+    handled: list[int] = []
+
+    async def agent() -> None:
+        async for events in acked_batches(GatedStream(consumer), 10, 1.0, compacted=True):
+            handled.extend(e.message.offset for e in events)
+
+    asyncio.run(agent())
+    assert handled == [7, 8] and consumer.seeks == [] and consumer.commits == [{0: 9}]
 
 
 def test_only_what_a_checkpoint_acknowledges_counts_as_handled() -> None:
     """Faust acknowledges on its own a message its stream skips around a rebalance (issue 10:
     a killed stitch worker's events were committed past, never stored). Only the checkpoint's
     acknowledgements may reach the offsets Faust commits."""
-    stream = GatedStream([[Event(0), Event(1)], [Event(3)]], [])
-    faust_consumer = stream.consumer
-    handled = faust_consumer.handled
+    consumer = FaustConsumer({JOURNEY_2: range(0, 2)}, {JOURNEY_2: 0})
+    stream = GatedStream(consumer)
 
     async def agent() -> None:
         async for _ in acked_batches(stream, 10, 1.0):
             # Faust skips offset 2 (fetched before a rebalance) and acknowledges it itself.
-            faust_consumer.ack(Message(2))
+            skipped = Message(JOURNEY_2, 2)
+            consumer._unacked_messages.add(skipped)
+            consumer.ack(skipped)
 
     asyncio.run(agent())
-    assert handled == [0, 1, 3]
-    gate = vars(faust_consumer)["ack"]
-    assert isinstance(gate, AckGate) and gate.refused == 2
-    assert AckGate.install(faust_consumer) is gate  # one gate, however many agents
+    assert consumer.commits == [{2: 2}]
+    gate = vars(consumer)["ack"]
+    assert isinstance(gate, AckGate) and gate.refused == 1
+    assert not consumer._unacked_messages
+    assert AckGate.install(consumer) is gate  # one gate, however many agents
+
+
+def test_handled_offsets_count_only_an_unbroken_run_from_the_floor() -> None:
+    handled = HandledOffsets()
+    handled.start(JOURNEY_2, 10)
+    assert handled.admit(JOURNEY_2, 12) == HandledOffsets.SKIPPED
+    assert handled.next(JOURNEY_2) == 10
+    assert [handled.admit(JOURNEY_2, o) for o in (10, 11, 9)] == ["handle", "handle", "seen"]
+    assert not handled.acknowledge(JOURNEY_2, 11)  # 10 first
+    assert handled.commit_point(JOURNEY_2, 10) is None
+    assert handled.acknowledge(JOURNEY_2, 10) and handled.acknowledge(JOURNEY_2, 11)
+    assert handled.commit_point(JOURNEY_2, 10) == 12
+    assert handled.commit_point(JOURNEY_2, 12) is None
+    handled.forget([JOURNEY_2])
+    assert not handled.knows(JOURNEY_2) and handled.commit_point(JOURNEY_2, None) is None
 
 
 async def test_every_producer_is_idempotent_and_acknowledged_by_all_replicas() -> None:
