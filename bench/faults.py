@@ -195,7 +195,9 @@ def raw_end(up: Up, topic: str, limit: float = 120.0) -> int:
 
     async def read() -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=up.bootstrap, request_timeout_ms=5000)
-        consumer = AIOKafkaConsumer(bootstrap_servers=up.bootstrap, request_timeout_ms=5000)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=up.bootstrap, request_timeout_ms=5000, auto_offset_reset="earliest"
+        )
         try:
             async with asyncio.timeout(60):
                 await admin.start()
@@ -208,7 +210,6 @@ def raw_end(up: Up, topic: str, limit: float = 120.0) -> int:
                 await consumer.start()
                 consumer.assign(partitions)
                 ends = await consumer.end_offsets(partitions)
-                await consumer.seek_to_beginning(*partitions)
                 events: set[str] = set()
                 while any([await consumer.position(p) < ends[p] for p in partitions]):
                     for records in (await consumer.getmany(timeout_ms=1000)).values():
