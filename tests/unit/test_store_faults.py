@@ -64,6 +64,19 @@ def store_with(client: Client) -> ClickHouseStore:
             "Code: 1000. DB::Exception: Access to file denied: Permission denied. (POCO_EXCEPTION)",
             True,
         ),
+        (
+            "Code: 252. DB::Exception: Too many parts (3001 with average size of 1.00 KiB) in "
+            "table 'tracker.touchpoints'. Merges are processing significantly slower than "
+            "inserts. (TOO_MANY_PARTS)",
+            True,
+        ),
+        # One batch spanning too many partitions is the rows' doing: written one by one.
+        (
+            "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than "
+            "100). The limit is controlled by 'max_partitions_per_insert_block' setting. "
+            "(TOO_MANY_PARTS)",
+            False,
+        ),
         (TYPE_MISMATCH, False),
         ("Code: 1001. DB::Exception: std::out_of_range: vector. (STD_EXCEPTION)", False),
         (

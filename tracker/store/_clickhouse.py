@@ -103,6 +103,9 @@ _FILE_SYSTEM_REFUSALS = (
     "Disk quota exceeded",
 )
 _CODE = re.compile(r"Code: (\d+)\.")
+# TOO_MANY_PARTS also says that one batch spans too many partitions: that is the rows' doing, so
+# the sink writes them one by one (as any refusal of rows), never retries the batch as it is.
+_ROWS_NOT_ENGINE = ("Too many partitions for single INSERT block",)
 
 
 def engine_fault(exc: BaseException) -> bool:
@@ -112,9 +115,9 @@ def engine_fault(exc: BaseException) -> bool:
     if not isinstance(code, int):
         found = _CODE.search(str(exc))
         code = int(found.group(1)) if found else None
-    if code in _ENGINE_FAULTS:
-        return True
     message = str(exc)
+    if code in _ENGINE_FAULTS:
+        return not any(rows in message for rows in _ROWS_NOT_ENGINE)
     return code in _WRAPPED and any(refusal in message for refusal in _FILE_SYSTEM_REFUSALS)
 
 
