@@ -193,32 +193,21 @@ class AckGate:
     def __call__(self, message: Any) -> bool:
         """Faust's ``consumer.ack``: counts only what a checkpoint acknowledges, in order."""
         if id(message) not in self._open:
-            self.refused += 1
-            log.info(
-                "not acknowledging a message no stage has handled",
-                extra={
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
-                },
-            )
-            self._release(message)
-            return False
+            return self._refuse(message, logging.INFO, "no stage has handled it")
         if message.topic not in self._compacted and not self.handled.acknowledge(
             message.tp, message.offset
         ):
-            self.refused += 1
-            log.warning(
-                "not acknowledging a message out of order: the partition is read again",
-                extra={
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
-                },
+            return self._refuse(
+                message, logging.WARNING, "out of order: the partition is read again"
             )
-            self._release(message)
-            return False
         return self._faust_ack(message)
+
+    def _refuse(self, message: Any, level: int, why: str) -> bool:
+        self.refused += 1
+        where = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+        log.log(level, f"not acknowledging a message: {why}", extra=where)
+        self._release(message)
+        return False
 
     def _release(self, message: Any) -> None:
         """Lets Faust stop waiting for a message (a rebalance waits for every message it
