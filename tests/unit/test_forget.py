@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
@@ -190,7 +191,10 @@ def test_the_audit_row_names_nobody() -> None:
         {"journey_state": 2},
         at=datetime(2026, 11, 30, tzinfo=UTC),
     )
-    text = repr(row)
+    audit_id, *rest = row
+    uuid.UUID(audit_id)
+    # The random id is left out: its hex can happen to contain "a-1" or "c-1".
+    text = repr(rest)
     assert not any(part in text for part in ("e-hash", "p-hash", "u-1", "a-1", "c-1", "sf:9"))
     assert dict(zip(AUDIT_COLUMNS, row, strict=True))["rows"] == {"touchpoints": 4}
     assert dict(zip(AUDIT_COLUMNS, row, strict=True))["identifiers"] == 5
