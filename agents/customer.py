@@ -72,6 +72,10 @@ class JourneyRules:
     """The most bytes :meth:`CustomerJourney.bounded_state` may take as JSON, with its key."""
 
 
+_STATE_FIELDS: Final = 29
+"""Items of :meth:`StoredEvent.to_state` today; state written before some fields has fewer."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     event: JourneyEvent
@@ -81,8 +85,13 @@ class StoredEvent:
     late: bool = False
     routed: int = 0
     """The identity-log position of the decision that sent the event here."""
+    saved: list[Any] | None = field(default=None, compare=False, repr=False)
+    """The state this was read from, when in today's form: saved again as it was read, since a
+    stored event never changes (a new version, late or route makes a new one)."""
 
     def to_state(self) -> list[Any]:
+        if self.saved is not None:
+            return self.saved
         e = self.event
         return [
             e.event_id,
@@ -147,7 +156,7 @@ class StoredEvent:
             reopens=s[27] if len(s) > 27 else 0,
             call_topics=tuple(s[28]) if len(s) > 28 else (),
         )
-        return cls(event, s[18], s[19], s[20], s[21])
+        return cls(event, s[18], s[19], s[20], s[21], s if len(s) == _STATE_FIELDS else None)
 
 
 @dataclass(slots=True)
@@ -530,11 +539,20 @@ class CustomerJourney:
         it, the oldest events are folded into the history (even part of the current session,
         whose rest then counts as a session of its own), then the oldest moves are forgotten;
         both are counted. Raises :class:`StateTooLarge` if even the newest event cannot fit."""
+        return self._bounded()[0]
+
+    def encoded_state(self) -> bytes:
+        """:meth:`bounded_state` as the JSON a changelog-backed table keeps, encoded once:
+        measuring the state against the limit encodes it anyway."""
+        return self._bounded()[1]
+
+    def _bounded(self) -> tuple[dict[str, Any], bytes]:
         state = self.to_state()
         limit = self.rules.max_state_bytes
-        size = _size(self.customer_id, state)
+        encoded = orjson.dumps(state)
+        size = len(encoded) + len(self.customer_id.encode())
         if size <= limit:
-            return state
+            return state, encoded
         # Aim well below the limit, so that a customer at the edge does not fold on every event.
         excess = size - limit * 3 // 4
         ordered = self._ordered()
@@ -559,10 +577,11 @@ class CustomerJourney:
             excess -= len(orjson.dumps({identifier: self.forwards.pop(identifier)}))
             STATE_FOLDED.labels("journey_forwards").inc()
         state = self.to_state()
-        size = _size(self.customer_id, state)
+        encoded = orjson.dumps(state)
+        size = len(encoded) + len(self.customer_id.encode())
         if size > limit:
             raise StateTooLarge(f"customer {self.customer_id[:64]}'s journey", size, limit)
-        return state
+        return state, encoded
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -581,11 +600,14 @@ class CustomerJourney:
 
     @classmethod
     def from_state(
-        cls, customer_id: str, rules: JourneyRules, state: Mapping[str, Any] | None
+        cls, customer_id: str, rules: JourneyRules, state: Mapping[str, Any] | bytes | None
     ) -> CustomerJourney:
+        """The journey :meth:`to_state` kept, or its JSON (:meth:`encoded_state`)."""
         journey = cls(customer_id, rules)
         if not state:
             return journey
+        if isinstance(state, bytes):
+            return cls.from_state(customer_id, rules, orjson.loads(state))
         for raw in state["events"]:
             stored = StoredEvent.from_state(raw)
             journey.events[stored.event.event_id] = stored
@@ -599,11 +621,6 @@ class CustomerJourney:
             journey._frictions[friction_id(f)] = f
         journey._friction_places = dict(state.get("friction_places", {}))
         return journey
-
-
-def _size(key: str, state: Any) -> int:
-    """Bytes of a state record as Kafka carries it: the JSON value and the key."""
-    return len(orjson.dumps(state)) + len(key.encode())
 
 
 def _signature(session: Session) -> list[Any]:

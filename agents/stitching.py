@@ -499,7 +499,8 @@ class JourneyStage:
     async def handle(
         self, records: Sequence[tuple[str, bytes, RawMessage]], state: MutableMapping[str, Any]
     ) -> None:
-        """``records`` are (customer id, value, source) of the journey topic, in order."""
+        """``records`` are (customer id, value, source) of the journey topic, in order.
+        ``state`` keeps each customer's journey as JSON (:meth:`CustomerJourney.encoded_state`)."""
         touched: dict[str, _Touched] = {}
         passed_on: dict[str, list[tuple[StoredEvent, EnrichedTouchpoint | None]]] = {}
         histories: dict[str, History] = {}
@@ -594,7 +595,7 @@ class JourneyStage:
         saved = {
             customer: None
             if journey.merged_into and not journey.events and not journey.forwards
-            else journey.bounded_state()
+            else journey.encoded_state()
             for customer, journey in ((c, e.journey) for c, e in touched.items())
         }
         for customer, kept in saved.items():

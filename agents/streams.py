@@ -264,6 +264,7 @@ def add_stitching(
     journey_state = app.Table(
         "journey_state",
         key_type=str,
+        value_type=bytes,  # raw: the stage's own JSON, encoded once (not once per copy)
         partitions=topology.journey.partitions,
         use_partitioner=True,  # batches span partitions: place each key by its own hash
         options=table_options(settings),

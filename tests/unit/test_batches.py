@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,4 +224,4 @@ def test_the_journey_stage_stitches_the_batch_mates_of_an_event_its_rules_cannot
         f"00000000-0000-4000-8000-{n:012d}" for n in range(4)
     ]
     assert len(letters.flushed) == 1 and "OverflowError" in letters.flushed[0].reason
-    assert len(state["cust-1"]["events"]) == 4
+    assert len(orjson.loads(state["cust-1"])["events"]) == 4
