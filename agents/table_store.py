@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.stores import STORES
 from faust.stores.rocksdb import Store
+
+from tracker.kafka.clients import key_hash
 
 __all__ = ["STORE_SCHEME", "KeyedRocksDBStore"]
 
@@ -24,12 +25,12 @@ STORE_SCHEME = "keyed-rocksdb"
 class KeyedRocksDBStore(Store):
     def _partition_of(self, key: bytes) -> int:
         partitions = self.table.partitions or self.app.conf.topic_partitions
-        return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+        return int(key_hash(key) % partitions)
 
     def _set(self, key: bytes, value: bytes | None) -> None:
-        partition = self._partition_of(key)
-        self._key_index[key] = partition
-        self._db_for_partition(partition).put(key, value)
+        # Faust's key index (a locked LRU) only saves the search that _get and _contains here
+        # do not make: a key's partition is its hash.
+        self._db_for_partition(self._partition_of(key)).put(key, value)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Faust's serialized stores inherit an ``update`` that needs an in-memory dict."""
@@ -42,6 +43,15 @@ class KeyedRocksDBStore(Store):
         if db is None:  # not a partition of this worker's
             return None
         return db.get(key)
+
+    def _contains(self, key: bytes) -> bool:
+        """Faust's asks every partition's database when a key is not in its index."""
+        return self._get(key) is not None
+
+    def _del(self, key: bytes) -> None:
+        db = self._dbs.get(self._partition_of(key))
+        if db is not None:
+            db.delete(key)
 
 
 STORES.aliases[STORE_SCHEME] = f"{__name__}:KeyedRocksDBStore"

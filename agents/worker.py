@@ -47,7 +47,7 @@ from agents.stitching import (
 )
 from agents.streams import add_calls, add_dead_letters, add_stitching, add_tickets, table_store
 from collectors.calls.pools import PoolBook
-from tracker.kafka.clients import security
+from tracker.kafka.clients import partition_by_key, security
 from tracker.kafka.topology import TopicSpec, Topology, ensure_topics
 from tracker.logs import logging_config
 from tracker.metrics import WORKER_READY
@@ -148,6 +148,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # The default placement, with each key's hash computed once (the tables' keys repeat).
+        producer_partitioner=partition_by_key,
         # A killed worker's partitions move on after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
