@@ -438,11 +438,20 @@ class IdentityStage:
                         RoutedEvent.encode(resolution.primary, offset, stitch, event),
                     )
                 )
-        await self._outbox.send_all(outgoing)
-        await self._identities.flush()
-        await self._conflicts.flush()
+        await _side_by_side(
+            self._outbox.send_all(outgoing), self._identities.flush(), self._conflicts.flush()
+        )
         links.update(saved)  # state last: a replay before this sees the links as new again
         STITCH_EVENTS.labels("identity").inc(len(records))
+
+
+async def _side_by_side(*outputs: Awaitable[Any]) -> None:
+    """Outputs that do not depend on each other, written at once: Kafka acknowledges the records
+    while ClickHouse takes the rows. Returns when every one is stored, else raises the first
+    failure once all have ended, so a retry of the batch never races a write still running."""
+    for result in await asyncio.gather(*outputs, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _identifier(key: str) -> Identifier:
@@ -587,8 +596,7 @@ class JourneyStage:
             outgoing.extend(
                 self._restitches(target, passed_on.get(target, []), histories.get(target))
             )
-        await self._outbox.send_all(outgoing)
-        await self._flush(sources)
+        await _side_by_side(self._outbox.send_all(outgoing), self._flush(sources))
         written = [t.received_ts for e in touched.values() for t in e.rows.values()]
         observe_stage_lag("write", written + unstitched)
         # State last, all or nothing: each customer's is bounded first (it may not fit).
