@@ -543,8 +543,10 @@ class CustomerJourney:
 
     def encoded_state(self) -> bytes:
         """:meth:`bounded_state` as the JSON a changelog-backed table keeps, encoded once:
-        measuring the state against the limit encodes it anyway."""
-        return self._bounded()[1]
+        measuring the state against the limit encodes it anyway. Copied to its own length:
+        orjson's bytes keep the buffer they grew in, up to twice that, for as long as they live
+        (in a memory table store, as long as the customer)."""
+        return bytes(memoryview(self._bounded()[1]))
 
     def _bounded(self) -> tuple[dict[str, Any], bytes]:
         state = self.to_state()
