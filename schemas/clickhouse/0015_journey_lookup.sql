@@ -117,3 +117,15 @@ SELECT customer_id, 'journey', customer_id, version,
        formatRowNoNewline('JSONEachRow', customer_id, first_seen, last_seen, events, sessions,
            channels, stage, stage_since, conversions, value, frictions, late_events, merged_into)
 FROM {db}.journeys WHERE customer_id != '';
+
+-- customer_refs (0014) is read no more: its views go, so that writes stop filling it, and the
+-- table with them.
+DROP VIEW IF EXISTS {db}.customer_refs_identities_mv;
+
+DROP VIEW IF EXISTS {db}.customer_refs_touchpoints_mv;
+
+DROP VIEW IF EXISTS {db}.customer_refs_sessions_mv;
+
+DROP VIEW IF EXISTS {db}.customer_refs_frictions_mv;
+
+DROP TABLE IF EXISTS {db}.customer_refs;

@@ -192,3 +192,15 @@ def test_tracker_migrate_on_a_cluster_keeps_its_ledger_on_the_cluster_too() -> N
     inserts = [kwargs for fn, _, kwargs in sent if fn == "insert"]
     assert len(inserts) == len(applied)
     assert all(k["settings"] == {"insert_distributed_sync": 1} for k in inserts)
+
+
+def test_a_dropped_view_goes_from_every_server_and_a_dropped_table_from_every_shard() -> None:
+    assert on_cluster("DROP VIEW IF EXISTS `tracker`.v_mv", "tracker", CLUSTER) == [
+        f"DROP VIEW IF EXISTS `tracker`.v_mv ON CLUSTER `{CLUSTER}`"
+    ]
+    assert on_cluster("DROP TABLE IF EXISTS `tracker`.t", "tracker", CLUSTER) == [
+        f"DROP TABLE IF EXISTS `tracker`.t ON CLUSTER `{CLUSTER}`",
+        f"DROP TABLE IF EXISTS `tracker`.t_local ON CLUSTER `{CLUSTER}`",
+    ]
+    dropped = [s for s in _rendered() if s.startswith("DROP")]
+    assert f"DROP TABLE IF EXISTS `tracker`.customer_refs_local ON CLUSTER `{CLUSTER}`" in dropped
