@@ -56,7 +56,17 @@ from typing import Any
 
 import orjson
 from e2e import run_generator
-from run import RESULTS, ROOT, BenchError, Processes, http_get, tail, tracker_env
+from run import (
+    RESULTS,
+    ROOT,
+    BenchError,
+    Processes,
+    http_get,
+    start_logging,
+    tail,
+    tracker_env,
+    write_results,
+)
 from soak import GENERIC_SECRET, SLUG, TOKEN, Paced, _request, call, click, console_query
 
 log = logging.getLogger("bench.faults")
@@ -669,27 +679,13 @@ def run(faults: Sequence[str], rate: float, seconds: float, refuse_seconds: floa
             shutil.rmtree(work, ignore_errors=True)
         else:
             log.error("kept %s for its logs", work)
-    FAULTS_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    FAULTS_RESULTS.write_bytes(
-        orjson.dumps(
-            {
-                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-                "seconds": round(time.monotonic() - started, 1),
-                "results": results,
-            },
-            option=orjson.OPT_INDENT_2,
-        )
-    )
+    write_results(FAULTS_RESULTS, started, results=results)
     problems = failures(results)
     sys.stdout.write("\n" + table(results))
     for problem in problems:
         sys.stdout.write(f"FAILED: {problem}\n")
     sys.stdout.write(f"JSON in {FAULTS_RESULTS.relative_to(ROOT)}\n")
     return 1 if problems else 0
-
-
-def _terminate(signum: int, _: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -703,14 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:
         parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    signal.signal(signal.SIGTERM, _terminate)
+    start_logging(kafka_level=logging.CRITICAL)
     try:
         return run(faults, args.rate, args.phase_seconds, args.refuse_seconds)
     except BenchError as exc:

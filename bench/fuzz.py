@@ -244,6 +244,20 @@ class Gen:
             return kind, b""
         return kind, self.string().encode("utf-8", "surrogatepass")
 
+    def bad_provider(self) -> str:
+        """A provider path segment no route serves: traversal, case, length, encoded bytes."""
+        return self.r.choice(["../generic", "GENERIC", "x" * 300, "generic%2f..", "%00"])
+
+    def maybe_encoded(
+        self, kind: str, body: bytes, headers: dict[str, str], expect: frozenset[int] | None
+    ) -> tuple[str, bytes, frozenset[int] | None]:
+        """A signed webhook, sometimes sent compressed (signed over the decoded body, as the
+        collector checks it); a broken encoding may answer anything but a 5xx."""
+        if kind in ("signed", "signed_hostile") and self.r.random() < 0.3:
+            encoding, body = self.encode(body, headers)
+            return encoding, body, expect if encoding == "compressed" else None
+        return "plain", body, expect
+
     def encode(self, body: bytes, headers: dict[str, str]) -> tuple[str, bytes]:
         """Maybe compressed: valid, truncated, mislabelled, unknown, or a bomb."""
         r = self.r
@@ -537,14 +551,9 @@ class Gen:
             provider = r.choice(["vonage", "telnyx", "plivo", "asterisk"])
             expect = frozenset({503})
         else:
-            provider = r.choice(["../generic", "GENERIC", "x" * 300, "generic%2f..", "%00"])
+            provider = self.bad_provider()
             expect = frozenset({404})
-        encoding = "plain"
-        if kind in ("signed", "signed_hostile") and r.random() < 0.3:
-            # Signed over the decoded body, as the collector checks it.
-            encoding, body = self.encode(body, headers)
-            if encoding != "compressed":
-                expect = None
+        encoding, body, expect = self.maybe_encoded(kind, body, headers, expect)
         return Case("calls POST /v1/calls/{provider}", f"{kind}/{encoding}", "calls", "POST", f"/v1/calls/{provider}", headers, body, expect=expect, repeat=repeat)  # fmt: skip
 
     def email(self) -> Case:
@@ -651,13 +660,9 @@ class Gen:
             provider = "intercom"
             expect = frozenset({503})
         else:
-            provider = r.choice(["../generic", "GENERIC", "x" * 300, "generic%2f..", "%00"])
+            provider = self.bad_provider()
             expect = frozenset({404})
-        encoding = "plain"
-        if kind in ("signed", "signed_hostile") and r.random() < 0.3:
-            encoding, body = self.encode(body, headers)
-            if encoding != "compressed":
-                expect = None
+        encoding, body, expect = self.maybe_encoded(kind, body, headers, expect)
         return Case("helpdesk POST /v1/helpdesk/{provider}", f"{kind}/{encoding}", "helpdesk", "POST", f"/v1/helpdesk/{provider}", headers, body, expect=expect, repeat=repeat)  # fmt: skip
 
     def sql_attacks(self) -> list[tuple[str, str]]:

@@ -927,14 +927,9 @@ def run_all() -> int:
         else:
             log.error("kept %s for its logs", work)
     figures.sort(key=lambda f: ("beacon", "worker", "validation").index(f.benchmark.split()[0]))
-    report: dict[str, Any] = {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - started, 1),
-        "machine": machine(),
-        "figures": [f.as_dict() for f in figures],
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    report = write_results(
+        RESULTS, started, machine=machine(), figures=[f.as_dict() for f in figures]
+    )
     sys.stdout.write("\n" + table(figures))
     sys.stdout.write(
         f"\n{report['machine']['cpus']} CPUs, Kafka {report['machine']['kafka']}, "
@@ -947,6 +942,31 @@ def run_all() -> int:
 
 def _terminate(signum: int, _: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop processes
+
+
+def start_logging(kafka_level: int = logging.WARNING) -> None:
+    """Every benchmark's logging, set up once: timestamped lines on stderr, aiokafka quieter,
+    and SIGTERM unwinding through the finally blocks that stop the benchmark's processes."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(kafka_level)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def write_results(path: Path, started: float, **fields: Any) -> dict[str, Any]:
+    """Write a run's JSON report to ``path``: when it finished, how long it took, ``fields``."""
+    report: dict[str, Any] = {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 1),
+        **fields,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -966,14 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     consume.add_argument("--chdb", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
+    start_logging()
     try:
         if args.command == "produce-baseline":
             result = asyncio.run(

@@ -42,7 +42,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -63,9 +62,11 @@ from run import (
     BenchError,
     Processes,
     http_get,
+    start_logging,
     tail,
     tracker_env,
     wait_until,
+    write_results,
 )
 
 log = logging.getLogger("bench.soak")
@@ -586,23 +587,9 @@ def run(
             shutil.rmtree(work, ignore_errors=True)
         else:
             log.error("kept %s for its logs", work)
-    SOAK_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    SOAK_RESULTS.write_bytes(
-        orjson.dumps(
-            {
-                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-                "seconds": round(time.monotonic() - started, 1),
-                "results": results,
-            },
-            option=orjson.OPT_INDENT_2,
-        )
-    )
+    write_results(SOAK_RESULTS, started, results=results)
     sys.stdout.write("\n" + report(results) + f"JSON in {SOAK_RESULTS.relative_to(ROOT)}\n")
     return 0
-
-
-def _terminate(signum: int, _: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -630,14 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     SAMPLE_SECONDS = args.sample_seconds
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
+    start_logging()
     try:
         return run(
             args.minutes,

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_FUTURE_SKEW",
     "as_utc",
     "deeper_than",
+    "parse_aware",
     "time_range_error",
 ]
 
@@ -36,6 +37,15 @@ def as_utc(parsed: datetime) -> datetime:
         raise ValueError(
             "is outside the supported time range once its UTC offset applies"
         ) from None
+
+
+def parse_aware(raw: Any) -> datetime:
+    """An ISO 8601 time with its UTC offset, in UTC, as a record on one of our topics carries
+    it. Raises ``ValueError`` (never ``OverflowError``) for text that is not one."""
+    parsed = datetime.fromisoformat(str(raw))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a UTC offset: {str(raw)[:40]!r}")
+    return as_utc(parsed)
 
 
 def time_range_error(

@@ -5,7 +5,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from collectors._webhooks import accept_callbacks, read_webhook, webhook_app
+from collectors._webhooks import Lifecycle, accept_callbacks, read_webhook, webhook_app
 from collectors.calls import asterisk, freeswitch, generic, plivo, telnyx, twilio, vonage
 from collectors.calls._common import Provider, redact_numbers
 from collectors.calls.records import CallCallback
@@ -29,18 +29,8 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
-class CallPublisher(Protocol):
+class CallPublisher(Lifecycle, Protocol):
     """Where the calls collector hands callbacks; returns only once Kafka holds them."""
-
-    @property
-    def ready(self) -> bool: ...
-
-    @property
-    def unready(self) -> str: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
     async def publish_calls(
         self, callbacks: Sequence[CallCallback], dead_letters: Sequence[DeadLetter] = ()

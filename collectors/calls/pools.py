@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import orjson
 
+from tracker.bounds import parse_aware
 from tracker.settings import CAMPAIGN_KEYS, NumberPool
 
 __all__ = [
@@ -111,17 +112,10 @@ class Reservation:
             session_id=str(record["session_id"]),
             anonymous_id=str(record.get("anonymous_id") or ""),
             campaign={k: str(v) for k, v in campaign.items() if k in CAMPAIGN_KEYS and v},
-            reserved_at=_time(record["reserved_at"]),
-            expires_at=_time(record["expires_at"]),
-            written_at=_time(record["written_at"]),
+            reserved_at=parse_aware(record["reserved_at"]),
+            expires_at=parse_aware(record["expires_at"]),
+            written_at=parse_aware(record["written_at"]),
         )
-
-
-def _time(raw: Any) -> datetime:
-    parsed = datetime.fromisoformat(str(raw))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a UTC offset: {raw!r}")
-    return parsed.astimezone(UTC)
 
 
 class PoolBook:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tracker.bounds import as_utc
+from tracker.bounds import parse_aware
 from tracker.privacy import InvalidIdentifier, hash_identifier, normalize_phone
 
 __all__ = [
@@ -177,7 +177,7 @@ class CallCallback:
                 continue
             value = wire[spec.name]
             if spec.name.endswith(("_ts", "_at")):
-                value = _parse_time(value)
+                value = parse_aware(value)
             elif spec.name.endswith("_seconds"):
                 value = float(value)
             elif spec.name in ("recording", "transcribed"):
@@ -198,11 +198,3 @@ class CallCallback:
         if errors := callback.limit_errors():
             raise ValueError("; ".join(f"{name}: {reason}" for name, reason in errors))
         return callback
-
-
-def _parse_time(raw: Any) -> datetime:
-    """An aware time in UTC. Raises ``ValueError``, never ``OverflowError``."""
-    parsed = datetime.fromisoformat(str(raw))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a UTC offset: {str(raw)[:40]!r}")
-    return as_utc(parsed)

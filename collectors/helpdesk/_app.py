@@ -5,7 +5,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from collectors._webhooks import accept_callbacks, read_webhook, webhook_app
+from collectors._webhooks import Lifecycle, accept_callbacks, read_webhook, webhook_app
 from collectors.calls._common import redact_numbers
 from collectors.helpdesk import generic, intercom, zendesk
 from collectors.helpdesk._common import HelpdeskProvider
@@ -22,18 +22,8 @@ PROVIDERS: dict[str, HelpdeskProvider] = {
 }
 
 
-class SupportPublisher(Protocol):
+class SupportPublisher(Lifecycle, Protocol):
     """Where the helpdesk collector hands callbacks; returns only once Kafka holds them."""
-
-    @property
-    def ready(self) -> bool: ...
-
-    @property
-    def unready(self) -> str: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
     async def publish_tickets(
         self, callbacks: Sequence[SupportCallback], dead_letters: Sequence[DeadLetter] = ()

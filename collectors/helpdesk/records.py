@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tracker.bounds import as_utc
+from tracker.bounds import parse_aware
 from tracker.privacy import InvalidIdentifier, hash_identifier, normalize_email, normalize_phone
 
 __all__ = [
@@ -144,7 +144,7 @@ class SupportCallback:
                 continue
             value = wire[spec.name]
             if spec.name.endswith(("_ts", "_at")):
-                value = _parse_time(value)
+                value = parse_aware(value)
             elif spec.name == "rating":
                 value = float(value)
             elif spec.name == "reopens":
@@ -170,10 +170,3 @@ class SupportCallback:
         if errors := callback.limit_errors():
             raise ValueError("; ".join(f"{name}: {reason}" for name, reason in errors))
         return callback
-
-
-def _parse_time(raw: Any) -> datetime:
-    parsed = datetime.fromisoformat(str(raw))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a UTC offset: {str(raw)[:40]!r}")
-    return as_utc(parsed)
