@@ -123,6 +123,54 @@ def test_a_journey_lookup_reads_a_few_granules_among_many_customers(
         assert read_granules * 100 <= total, (read_granules, total)
 
 
+def test_a_lookup_follows_moved_keys_and_finds_frictions_stitched_under_another_id(
+    store: ClickHouseStore,
+) -> None:
+    """A touchpoint stitched to the customer whose key has moved on since is not its; one routed
+    by its key but stitched to a customer id it never had is, with the friction stored there."""
+    own, moved, elsewhere = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO touchpoints (event_id, version, type, source, channel, ts, device_ts, "
+        "received_ts, customer_id, anonymous_id, page_path) VALUES "
+        f"('{own}', 1, 'page_view', 'web', 'direct', '2026-11-01 09:00:00', "
+        "'2026-11-01 09:00:00', now64(3), 'c-1', 'a-1', '/'), "
+        f"('{moved}', 1, 'page_view', 'web', 'direct', '2026-11-01 09:01:00', "
+        "'2026-11-01 09:01:00', now64(3), 'c-1', 'a-2', '/pricing'), "
+        f"('{elsewhere}', 1, 'page_view', 'web', 'direct', '2026-11-01 09:02:00', "
+        "'2026-11-01 09:02:00', now64(3), 'c-9', 'a-1', '/signup')",
+    )
+    # a-2 was c-1's, then split off to a customer of its own.
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO identities (identifier, kind, customer_id, own_customer_id, version, ts) "
+        "VALUES ('anon:a-1', 'anon', 'c-1', 'c-1', 1, now64(3)), "
+        "('anon:a-2', 'anon', 'c-1', 'c-2', 2, now64(3)), "
+        "('anon:a-2', 'anon', 'c-2', 'c-2', 3, now64(3))",
+    )
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO frictions (friction_id, version, customer_id, event_id, ts, reason, "
+        f"severity, detail, retracted) VALUES ('f-1', 1, 'c-9', '{elsewhere}', "
+        "'2026-11-01 09:02:00', 'error_page', 'high', 'HTTP 500', false)",
+    )
+    queries: list[str] = []
+
+    def read(sql: str) -> list[dict[str, Any]]:
+        queries.append(sql)
+        return _read(store, sql)
+
+    journey = find_journey(Settings.from_env({}), "anon:a-1", read)
+    assert journey is not None and journey.customer_id == "c-1"
+    assert journey.identifiers == {"anon": ["a-1"]} and journey.merged_customer_ids == []
+    assert [e.event_id for e in journey.events] == [own, elsewhere]
+    assert [e.frictions for e in journey.events] == [(), (("error_page", "high", "HTTP 500"),)]
+    assert len(queries) == 2  # the second for the frictions stored under c-9
+    moved_away = find_journey(Settings.from_env({}), "anon:a-2", read)
+    assert moved_away is not None and moved_away.customer_id == "c-2"
+    assert [e.event_id for e in moved_away.events] == [moved]
+
+
 def test_the_view_reads_a_customer_by_identity_key_and_attributes_merges(
     store: ClickHouseStore,
 ) -> None:
