@@ -1,4 +1,4 @@
-"""A customer's stitched journey, read from ClickHouse by identity key, never by a scan.
+"""A customer's stitched journey, read from ClickHouse by primary key, never by a scan.
 
 ``tracker journey`` prints it and the console's journey map (``GET /api/journey``) draws it:
 both read it here, through a ``Reader`` (one read-only query in, rows as dicts out), so they
@@ -149,10 +149,12 @@ def find_journey(settings: Settings, raw: str, read: Reader) -> Journey | None:
     typed = typed_identifier(raw)
     parts: Parts = {}
     customer: str | None = None
+    keys: list[str] = []
     if ":" in typed.strip():
         keys = stored_keys(typed, settings)  # the current salt's hash first
         found = f"SELECT link FROM {_LOOKUP} WHERE part = 'identity' AND owner IN {_tuple(keys)}"
         parts = _latest(read(_journey_parts(found, keys)))
+        asked = set(keys)
         customer = next(
             (parts[(k, "identity", k)]["customer_id"] for k in keys if (k, "identity", k) in parts),
             None,
@@ -161,27 +163,30 @@ def find_journey(settings: Settings, raw: str, read: Reader) -> Journey | None:
         customer = _current_customer(settings, typed, read)
         if customer is None:
             return None
-        parts = _latest(read(_journey_parts(_quote(customer))))
-    return _journey(customer, parts, read)
+        # Its rows, and, for an identifier never linked to another, its touchpoints routed by
+        # that key: no identifier row names them.
+        asked = {customer, *keys}
+        parts = _latest(read(_journey_parts(_quote(customer), asked)))
+    return _journey(customer, parts, asked, read)
 
 
-def _journey_parts(customer: str, keys: Iterable[str] = ()) -> str:
+def _journey_parts(customer: str, owners: Iterable[str]) -> str:
     """What a journey reads, given its customer (an SQL value or subquery): the rows stored
-    under the customer, under ``keys``, and under every identifier (and its own customer id)
-    that was ever named under the customer (part ``identifier``)."""
+    under ``owners``, and under the customer, every identifier that was ever named under it
+    (part ``identifier``) and the customer id each had on its own."""
     named = (
         f"SELECT arrayJoin([owner, id, link]) "
         f"FROM {_LOOKUP} WHERE part = 'identifier' AND owner IN ({customer})"
     )
-    where = f"owner IN ({named})"
-    if keys:
-        where = f"owner IN {_tuple(keys)} OR {where}"
-    return f"SELECT owner, part, id, version, doc FROM {_LOOKUP} WHERE {where}"
+    return (
+        f"SELECT owner, part, id, version, doc FROM {_LOOKUP} "
+        f"WHERE owner IN {_tuple(owners)} OR owner IN ({named})"
+    )
 
 
-def _journey(customer: str, parts: Parts, read: Reader) -> Journey:
-    """The journey of ``customer`` from what ``_journey_parts`` read (and, rarely, one more
-    read of where other identity keys resolve now)."""
+def _journey(customer: str, parts: Parts, asked: set[str], read: Reader) -> Journey:
+    """The journey of ``customer`` from what ``_journey_parts`` read, ``asked`` the owners it
+    named (and, rarely, one more read of where other identity keys resolve now)."""
     identities = _sorted_identities(
         (doc for (_, part, _), doc in parts.items() if part == "identity"), customer
     )
@@ -199,7 +204,7 @@ def _journey(customer: str, parts: Parts, read: Reader) -> Journey:
     # Rarely (after a split, or before identities has a key), a touchpoint under the customer
     # carries a key read nowhere above, or was stitched to a customer id outside its own:
     # where those keys resolve now, and the frictions stored under those ids, in one more read.
-    elsewhere = {r["identity_key"] for r in candidates.values()} - keys - set(resolved) - {""}
+    elsewhere = {r["identity_key"] for r in candidates.values()} - asked - set(resolved) - {""}
     read_owners = {owner for owner, _, _ in parts}
     stitched_elsewhere = {r["customer_id"] for r in candidates.values()} - read_owners - {""}
     if elsewhere or stitched_elsewhere:

@@ -169,6 +169,28 @@ def test_a_lookup_follows_moved_keys_and_finds_frictions_stitched_under_another_
     moved_away = find_journey(Settings.from_env({}), "anon:a-2", read)
     assert moved_away is not None and moved_away.customer_id == "c-2"
     assert [e.event_id for e in moved_away.events] == [moved]
+    # Looked up by a customer id it had on its own, and by one it never had.
+    by_id = find_journey(Settings.from_env({}), "c-2", read)
+    assert by_id is not None and [e.event_id for e in by_id.events] == [moved]
+    assert find_journey(Settings.from_env({}), "c-404", read) is None
+
+
+def test_a_lookup_by_an_identifier_never_linked_finds_its_touchpoints(
+    store: ClickHouseStore,
+) -> None:
+    event = str(uuid.UUID(int=5))
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO touchpoints (event_id, version, type, source, channel, ts, device_ts, "
+        f"received_ts, customer_id, anonymous_id, page_path) VALUES ('{event}', 1, "
+        "'page_view', 'web', 'direct', '2026-11-01 09:00:00', '2026-11-01 09:00:00', now64(3), "
+        "'c-5', 'a-5', '/')",
+    )
+    for raw in ("anon:a-5", "c-5"):
+        journey = find_journey(Settings.from_env({}), raw, lambda sql: _read(store, sql))
+        assert journey is not None and journey.customer_id == "c-5", raw
+        assert [e.event_id for e in journey.events] == [event], raw
+        assert journey.identifiers == {}, raw
 
 
 def test_the_view_reads_a_customer_by_identity_key_and_attributes_merges(
