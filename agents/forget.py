@@ -99,8 +99,8 @@ FORGET_TABLES: Final[dict[str, Naming]] = {
     "journeys": Naming(customers=("customer_id", "merged_into")),
     "frictions": Naming(customers=("customer_id",), events=("event_id",)),
     "identities": Naming(customers=("customer_id",), keys=("identifier",)),
-    # what journey lookups read per customer id: identifiers, identity keys (0014)
-    "customer_refs": Naming(customers=("customer_id",), keys=("ref",)),
+    # what a journey shows, under a customer id or an identifier key, as JSON (0015)
+    "journey_lookup": Naming(customers=("owner",), keys=("owner", "id"), events=("id",)),
     "identity_conflicts": Naming(
         keys=("left_identifier", "right_identifier"), events=("event_id",)
     ),

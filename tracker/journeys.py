@@ -1,4 +1,4 @@
-"""A customer's stitched journey, read from ClickHouse by identity key, never by a scan.
+"""A customer's stitched journey, read from ClickHouse by primary key, never by a scan.
 
 ``tracker journey`` prints it and the console's journey map (``GET /api/journey``) draws it:
 both read it here, through a ``Reader`` (one read-only query in, rows as dicts out), so they
@@ -44,10 +44,10 @@ _CRM = "crm:"
 # A bare phone number as people type it: digits, spaces and punctuation, at least 7 digits.
 _BARE_PHONE = re.compile(r"^\+?[0-9(][0-9 ().\-]*[0-9]$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
-# Journey lookups read touchpoints through this table, ordered by identity key (0008), after
-# finding what to read in this one, ordered by customer id (0014).
+# Journey lookups read this table, ordered by customer id or identity key (0015); the customer
+# of an identifier never linked to another is found in the touchpoints ordered by key (0008).
 _BY_KEY = "touchpoints_by_customer"
-_REFS = "customer_refs"
+_LOOKUP = "journey_lookup"
 
 Reader = Callable[[str], list[dict[str, Any]]]
 """Runs one read-only query, returning its rows as dicts (as JSONEachRow prints them)."""
@@ -133,71 +133,105 @@ def typed_identifier(raw: str) -> str:
     return text
 
 
+Parts = dict[tuple[str, str, str], dict[str, Any]]
+"""Rows of ``journey_lookup`` by (owner, part, id), each at its highest version, decoded."""
+
+
 def find_journey(settings: Settings, raw: str, read: Reader) -> Journey | None:
     """The journey of the customer ``raw`` (an identifier, a bare email or phone number, or a
-    customer id) belongs to now. Every read goes through a primary key, never a scan: the
-    customer's rows are named in ``customer_refs`` (ordered by customer id, 0014), then read
-    from each table by its own key. Reads skip FINAL and keep each key's highest version, as
-    FINAL would, at a fraction of its cost on a single key."""
+    customer id) belongs to now, in one read of ``journey_lookup`` (0015) through its primary
+    key: the identifier's row, what is stored under its customer (identifiers, sessions,
+    frictions, the journeys row, touchpoints) and under each identifier named there and the
+    customer id it had on its own (touchpoints, and the identifier's current row, which says
+    whether it still resolves here). A customer id, or an identifier never linked to another,
+    takes a read or two more to find the customer. Reads skip FINAL and keep each key's highest
+    version, as FINAL would, at a fraction of its cost."""
     typed = typed_identifier(raw)
-    found = _identities_by_identifier(settings, typed, read) if ":" in typed.strip() else None
-    if found is None:
+    parts: Parts = {}
+    customer: str | None = None
+    keys: list[str] = []
+    if ":" in typed.strip():
+        keys = stored_keys(typed, settings)  # the current salt's hash first
+        found = f"SELECT link FROM {_LOOKUP} WHERE part = 'identity' AND owner IN {_tuple(keys)}"
+        parts = _latest(read(_journey_parts(found, keys)))
+        asked = set(keys)
+        customer = next(
+            (parts[(k, "identity", k)]["customer_id"] for k in keys if (k, "identity", k) in parts),
+            None,
+        )
+    if customer is None:
         customer = _current_customer(settings, typed, read)
         if customer is None:
             return None
-        identities = _identities_of(customer, read)
-    else:
-        customer, identities = found
+        # Its rows, and, for an identifier never linked to another, its touchpoints routed by
+        # that key: no identifier row names them.
+        asked = {customer, *keys}
+        parts = _latest(read(_journey_parts(_quote(customer), asked)))
+    return _journey(customer, parts, asked, read)
+
+
+def _journey_parts(customer: str, owners: Iterable[str]) -> str:
+    """What a journey reads, given its customer (an SQL value or subquery): the rows stored
+    under ``owners``, and under the customer, every identifier that was ever named under it
+    (part ``identifier``) and the customer id each had on its own."""
+    named = (
+        f"SELECT arrayJoin([owner, id, link]) "
+        f"FROM {_LOOKUP} WHERE part = 'identifier' AND owner IN ({customer})"
+    )
+    return (
+        f"SELECT owner, part, id, version, doc FROM {_LOOKUP} "
+        f"WHERE owner IN {_tuple(owners)} OR owner IN ({named})"
+    )
+
+
+def _journey(customer: str, parts: Parts, asked: set[str], read: Reader) -> Journey:
+    """The journey of ``customer`` from what ``_journey_parts`` read, ``asked`` the owners it
+    named (and, rarely, one more read of where other identity keys resolve now)."""
+    identities = _sorted_identities(
+        (doc for (_, part, _), doc in parts.items() if part == "identity"), customer
+    )
     keys = {r["identifier"] for r in identities}
     old_ids = {r["own_customer_id"] for r in identities} | {customer}
-    # The touchpoints under the customer's identity keys, and under every key a touchpoint
-    # stitched to one of its customer ids carries (customer_refs, kind 'key').
-    wanted = f"SELECT ref FROM {_REFS} WHERE kind = 'key' AND customer_id IN {_tuple(old_ids)}"
-    where = f"identity_key IN ({wanted})"
-    if keys:
-        where += f" OR identity_key IN {_tuple(keys)}"
-    candidates = read(
-        "SELECT toString(event_id) AS event_id, ts, type, name, channel, source, session_id, "
-        "stage, value, customer_id, identity_key, survey_kind, survey_score "
-        f"FROM {_BY_KEY} WHERE {where} ORDER BY version DESC LIMIT 1 BY event_id",
-    )
-    elsewhere = {r["identity_key"] for r in candidates} - keys - {""}
-    resolved = (
-        {
-            r["identifier"]: r["customer_id"]
-            for r in read(
-                "SELECT identifier, customer_id FROM identities "
-                f"WHERE identifier IN {_tuple(elsewhere)} "
-                "ORDER BY version DESC LIMIT 1 BY identifier",
-            )
-        }
-        if elsewhere
-        else {}
-    )
+    owners = keys | old_ids
+    candidates: dict[str, dict[str, Any]] = {}
+    for (owner, part, i), doc in parts.items():
+        # A touchpoint is stored under its customer id and its identity key: the highest
+        # version of the two counts.
+        newer = i not in candidates or doc["version"] > candidates[i]["version"]
+        if part == "touchpoint" and owner in owners and newer:
+            candidates[i] = doc
+    resolved = {i: doc["customer_id"] for (_, part, i), doc in parts.items() if part == "identity"}
+    # Rarely (after a split, or before identities has a key), a touchpoint under the customer
+    # carries a key read nowhere above, or was stitched to a customer id outside its own:
+    # where those keys resolve now, and the frictions stored under those ids, in one more read.
+    elsewhere = {r["identity_key"] for r in candidates.values()} - asked - set(resolved) - {""}
+    read_owners = {owner for owner, _, _ in parts}
+    stitched_elsewhere = {r["customer_id"] for r in candidates.values()} - read_owners - {""}
+    if elsewhere or stitched_elsewhere:
+        more = _latest(read(_more_parts(elsewhere, stitched_elsewhere)))
+        parts = {**parts, **more}
+        resolved.update(
+            {i: doc["customer_id"] for (_, part, i), doc in more.items() if part == "identity"}
+        )
     rows = [
         r
-        for r in candidates
+        for r in candidates.values()
         if belongs(r["identity_key"], r["customer_id"], customer, keys, old_ids, resolved)
     ]
-    sessions: dict[str, str] = {}
-    detected: list[dict[str, Any]] = []
     event_ids = {r["event_id"] for r in rows}
-    # The customer's sessions and the frictions on its touchpoints, in one read: the rows
-    # customer_refs names, each at its highest version, checked against what they say now.
-    stitched_to = old_ids | {r["customer_id"] for r in rows}
-    for part in read(_sessions_and_frictions(customer, stitched_to)):
-        if part["part"] == "session":
-            if part["customer_id"] == customer and not part["gone"]:
-                sessions.update(dict.fromkeys(part["event_ids"], part["id"]))
-        elif not part["gone"] and part["event_ids"][0] in event_ids:
-            detected.append(part)
+    sessions: dict[str, str] = {}
+    stored_frictions: list[dict[str, Any]] = []
+    summary: dict[str, Any] | None = None
+    for (owner, part, id_), doc in parts.items():
+        if part == "session" and owner == customer and not doc["retired"]:
+            sessions.update(dict.fromkeys(doc["event_ids"], id_))
+        elif part == "friction" and not doc["retracted"] and doc["event_id"] in event_ids:
+            stored_frictions.append(doc)
+        elif part == "journey" and owner == customer:
+            summary = doc
     frictions: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    for f in sorted(detected, key=lambda f: (f["at"], f["reason"])):
-        frictions[f["event_ids"][0]].append((f["reason"], f["severity"], f["detail"]))
-    summary = read(
-        f"SELECT * FROM journeys WHERE customer_id = {_quote(customer)} "
-        "ORDER BY version DESC LIMIT 1",
-    )
+    for f in sorted(stored_frictions, key=lambda f: (f["ts"], f["reason"])):
+        frictions[f["event_id"]].append((f["reason"], f["severity"], f["detail"]))
     events = [
         TimelineEvent(
             event_id=r["event_id"],
@@ -225,48 +259,20 @@ def find_journey(settings: Settings, raw: str, read: Reader) -> Journey | None:
         customer_id=customer,
         identifiers=dict(by_kind),
         merged_customer_ids=sorted(old_ids - {customer}),
-        summary=_summary(summary[0]) if summary else None,
+        summary=_summary(summary) if summary is not None else None,
         events=events,
     )
 
 
-_IDENTITY_COLUMNS = "identifier, kind, customer_id, own_customer_id"
-
-
-def _identities_by_identifier(
-    settings: Settings, raw: str, read: Reader
-) -> tuple[str, list[dict[str, Any]]] | None:
-    """The customer an identifier resolves to in ``identities`` and that customer's identifiers,
-    in one read; None if the identifier was never linked (``identities`` has no row for it)."""
-    keys = stored_keys(raw, settings)  # the current salt's hash first
-    same_customer = (
-        f"SELECT ref FROM {_REFS} WHERE kind = 'identifier' AND customer_id IN "
-        f"(SELECT customer_id FROM identities WHERE identifier IN {_tuple(keys)})"
-    )
-    current = {
-        r["identifier"]: r
-        for r in read(
-            f"SELECT {_IDENTITY_COLUMNS} FROM identities "
-            f"WHERE identifier IN {_tuple(keys)} OR identifier IN ({same_customer}) "
-            "ORDER BY version DESC LIMIT 1 BY identifier",
-        )
-    }
-    customer = next((current[k]["customer_id"] for k in keys if k in current), None)
-    if customer is None:
-        return None
-    return customer, _sorted_identities(current.values(), customer)
-
-
-def _identities_of(customer: str, read: Reader) -> list[dict[str, Any]]:
-    """The identifiers that resolve to ``customer`` now, by kind and identifier."""
-    named = (
-        f"SELECT ref FROM {_REFS} WHERE kind = 'identifier' AND customer_id = {_quote(customer)}"
-    )
-    found = read(
-        f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE identifier IN ({named}) "
-        "ORDER BY version DESC LIMIT 1 BY identifier",
-    )
-    return _sorted_identities(found, customer)
+def _latest(rows: Iterable[dict[str, Any]]) -> Parts:
+    """Rows of ``journey_lookup`` by (owner, part, id), each at its highest version (as FINAL
+    would keep it): its ``doc`` decoded, with that ``version``."""
+    best: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for r in rows:
+        key, version = (r["owner"], r["part"], r["id"]), int(r["version"])
+        if key not in best or version > best[key][0]:
+            best[key] = (version, r["doc"])
+    return {key: {**orjson.loads(doc), "version": version} for key, (version, doc) in best.items()}
 
 
 def _sorted_identities(rows: Iterable[dict[str, Any]], customer: str) -> list[dict[str, Any]]:
@@ -276,26 +282,13 @@ def _sorted_identities(rows: Iterable[dict[str, Any]], customer: str) -> list[di
     )
 
 
-def _sessions_and_frictions(customer: str, stitched_to: Iterable[str]) -> str:
-    """The customer's sessions (id, event ids) and the frictions detected for any customer id
-    its touchpoints were stitched to (event id, reason, severity, detail), with ``gone`` set for
-    a retired session or a retracted friction."""
-    sessions = (
-        f"SELECT ref FROM {_REFS} WHERE kind = 'session' AND customer_id = {_quote(customer)}"
+def _more_parts(keys: Iterable[str], customers: Iterable[str]) -> str:
+    """Where identity ``keys`` resolve now, and the frictions stored under ``customers``."""
+    wanted = [(part, set(owners)) for part, owners in (("identity", keys), ("friction", customers))]
+    where = " OR ".join(
+        f"(part = '{part}' AND owner IN {_tuple(owners)})" for part, owners in wanted if owners
     )
-    frictions = (
-        f"SELECT ref FROM {_REFS} WHERE kind = 'friction' AND customer_id IN {_tuple(stitched_to)}"
-    )
-    return f"""
-SELECT 'session' AS part, session_id AS id, customer_id, event_ids, retired AS gone,
-       start AS at, '' AS reason, '' AS severity, '' AS detail
-FROM sessions WHERE session_id IN ({sessions})
-ORDER BY version DESC LIMIT 1 BY session_id
-UNION ALL
-SELECT 'friction', friction_id, customer_id, [event_id], retracted, ts, reason, severity, detail
-FROM frictions WHERE friction_id IN ({frictions})
-ORDER BY version DESC LIMIT 1 BY friction_id
-"""
+    return f"SELECT owner, part, id, version, doc FROM {_LOOKUP} WHERE {where}"
 
 
 def belongs(

@@ -112,19 +112,85 @@ def test_a_journey_lookup_reads_a_few_granules_among_many_customers(
     assert journey is not None and journey.customer_id == "c-42"
     assert len(journey.events) == 6  # three of a-42, three of a-43 that merged in
     assert journey.merged_customer_ids == ["c-43"]
-    lookups = [q for q in queries if "touchpoints_by_customer" in q]
-    assert lookups
-    for sql in lookups:
-        read_granules, total = _granules(store, sql, "touchpoints_by_customer")
-        assert total >= 70, total  # the table is large enough for a scan to show
-        assert read_granules * 10 <= total, (sql, read_granules, total)  # at most a tenth
-    # Every read (identities too, a row per customer here) goes through a primary key: no
-    # bloom-filter pass over a whole table. (The plan leaves out the customer_refs subqueries.)
-    plans = [step for sql in queries for step in _granules_by_table(store, sql)]
-    assert {"touchpoints_by_customer", "identities"} <= {t for t, _, _ in plans}
-    for table, read_granules, total in plans:
-        if total >= 20:
-            assert read_granules * 10 <= total, (table, read_granules, total)
+    # One read, of the table ordered by owner (0015), through its primary key: a few granules
+    # of thousands, and no other table (the plan leaves out the IN subqueries, which read the
+    # same table by the same key).
+    assert len(queries) == 1 and "journey_lookup" in queries[0]
+    plans = _granules_by_table(store, queries[0])
+    assert [t for t, _, _ in plans] == ["journey_lookup"]
+    for _, read_granules, total in plans:
+        assert total >= 1000, total  # the table is large enough for a scan to show
+        assert read_granules * 100 <= total, (read_granules, total)
+
+
+def test_a_lookup_follows_moved_keys_and_finds_frictions_stitched_under_another_id(
+    store: ClickHouseStore,
+) -> None:
+    """A touchpoint stitched to the customer whose key has moved on since is not its; one routed
+    by its key but stitched to a customer id it never had is, with the friction stored there."""
+    own, moved, elsewhere = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO touchpoints (event_id, version, type, source, channel, ts, device_ts, "
+        "received_ts, customer_id, anonymous_id, page_path) VALUES "
+        f"('{own}', 1, 'page_view', 'web', 'direct', '2026-11-01 09:00:00', "
+        "'2026-11-01 09:00:00', now64(3), 'c-1', 'a-1', '/'), "
+        f"('{moved}', 1, 'page_view', 'web', 'direct', '2026-11-01 09:01:00', "
+        "'2026-11-01 09:01:00', now64(3), 'c-1', 'a-2', '/pricing'), "
+        f"('{elsewhere}', 1, 'page_view', 'web', 'direct', '2026-11-01 09:02:00', "
+        "'2026-11-01 09:02:00', now64(3), 'c-9', 'a-1', '/signup')",
+    )
+    # a-2 was c-1's, then split off to a customer of its own.
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO identities (identifier, kind, customer_id, own_customer_id, version, ts) "
+        "VALUES ('anon:a-1', 'anon', 'c-1', 'c-1', 1, now64(3)), "
+        "('anon:a-2', 'anon', 'c-1', 'c-2', 2, now64(3)), "
+        "('anon:a-2', 'anon', 'c-2', 'c-2', 3, now64(3))",
+    )
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO frictions (friction_id, version, customer_id, event_id, ts, reason, "
+        f"severity, detail, retracted) VALUES ('f-1', 1, 'c-9', '{elsewhere}', "
+        "'2026-11-01 09:02:00', 'error_page', 'high', 'HTTP 500', false)",
+    )
+    queries: list[str] = []
+
+    def read(sql: str) -> list[dict[str, Any]]:
+        queries.append(sql)
+        return _read(store, sql)
+
+    journey = find_journey(Settings.from_env({}), "anon:a-1", read)
+    assert journey is not None and journey.customer_id == "c-1"
+    assert journey.identifiers == {"anon": ["a-1"]} and journey.merged_customer_ids == []
+    assert [e.event_id for e in journey.events] == [own, elsewhere]
+    assert [e.frictions for e in journey.events] == [(), (("error_page", "high", "HTTP 500"),)]
+    assert len(queries) == 2  # the second for the frictions stored under c-9
+    moved_away = find_journey(Settings.from_env({}), "anon:a-2", read)
+    assert moved_away is not None and moved_away.customer_id == "c-2"
+    assert [e.event_id for e in moved_away.events] == [moved]
+    # Looked up by a customer id it had on its own, and by one it never had.
+    by_id = find_journey(Settings.from_env({}), "c-2", read)
+    assert by_id is not None and [e.event_id for e in by_id.events] == [moved]
+    assert find_journey(Settings.from_env({}), "c-404", read) is None
+
+
+def test_a_lookup_by_an_identifier_never_linked_finds_its_touchpoints(
+    store: ClickHouseStore,
+) -> None:
+    event = str(uuid.UUID(int=5))
+    store.run_sync(
+        store.command_sync,
+        "INSERT INTO touchpoints (event_id, version, type, source, channel, ts, device_ts, "
+        f"received_ts, customer_id, anonymous_id, page_path) VALUES ('{event}', 1, "
+        "'page_view', 'web', 'direct', '2026-11-01 09:00:00', '2026-11-01 09:00:00', now64(3), "
+        "'c-5', 'a-5', '/')",
+    )
+    for raw in ("anon:a-5", "c-5"):
+        journey = find_journey(Settings.from_env({}), raw, lambda sql: _read(store, sql))
+        assert journey is not None and journey.customer_id == "c-5", raw
+        assert [e.event_id for e in journey.events] == [event], raw
+        assert journey.identifiers == {}, raw
 
 
 def test_the_view_reads_a_customer_by_identity_key_and_attributes_merges(

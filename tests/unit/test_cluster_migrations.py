@@ -86,6 +86,8 @@ def test_replacing_keeps_its_version_column_and_each_table_shards_by_its_dedup_k
         "forget_audit": "cityHash64(forget_id)",  # one row per forget, never replaced
         # hints filled per shard by its views; a duplicate on two shards is harmless
         "customer_refs": "cityHash64(customer_id)",
+        # what a journey shows, per owner, filled per shard by its views (0015)
+        "journey_lookup": "cityHash64(owner)",
     }
 
 
@@ -124,6 +126,11 @@ def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_th
         "customer_refs_touchpoints_mv",
         "customer_refs_sessions_mv",
         "customer_refs_frictions_mv",
+        "journey_lookup_identities_mv",
+        "journey_lookup_touchpoints_mv",
+        "journey_lookup_sessions_mv",
+        "journey_lookup_frictions_mv",
+        "journey_lookup_journeys_mv",
     }
     daily = next(v for v in views if "touchpoint_daily_touchpoints_mv" in v)
     assert f"ON CLUSTER `{CLUSTER}` TO `tracker`.touchpoint_daily_local AS" in daily
@@ -185,3 +192,15 @@ def test_tracker_migrate_on_a_cluster_keeps_its_ledger_on_the_cluster_too() -> N
     inserts = [kwargs for fn, _, kwargs in sent if fn == "insert"]
     assert len(inserts) == len(applied)
     assert all(k["settings"] == {"insert_distributed_sync": 1} for k in inserts)
+
+
+def test_a_dropped_view_goes_from_every_server_and_a_dropped_table_from_every_shard() -> None:
+    assert on_cluster("DROP VIEW IF EXISTS `tracker`.v_mv", "tracker", CLUSTER) == [
+        f"DROP VIEW IF EXISTS `tracker`.v_mv ON CLUSTER `{CLUSTER}`"
+    ]
+    assert on_cluster("DROP TABLE IF EXISTS `tracker`.t", "tracker", CLUSTER) == [
+        f"DROP TABLE IF EXISTS `tracker`.t ON CLUSTER `{CLUSTER}`",
+        f"DROP TABLE IF EXISTS `tracker`.t_local ON CLUSTER `{CLUSTER}`",
+    ]
+    dropped = [s for s in _rendered() if s.startswith("DROP")]
+    assert f"DROP TABLE IF EXISTS `tracker`.customer_refs_local ON CLUSTER `{CLUSTER}`" in dropped

@@ -18,6 +18,7 @@ _CREATE_MATERIALIZED_VIEW = re.compile(
     re.MULTILINE,
 )
 _FROM_TABLE = re.compile(r"\bFROM (`[^`]+`\.\w+)")
+_DROP = re.compile(r"^DROP (VIEW|TABLE) IF EXISTS (`[^`]+`\.\w+)\s*$")
 _INSERT_SELECT = re.compile(r"^INSERT INTO `[^`]+`\.\w+\b[^;]*?\bSELECT\b", re.DOTALL)
 _ALTER_TABLE = re.compile(r"^(ALTER TABLE `[^`]+`\.)(\w+)", re.MULTILINE)
 _ALTER_COLUMNS = re.compile(r"^\s*(ADD|DROP|MODIFY|COMMENT|RENAME) COLUMN\b", re.MULTILINE)
@@ -68,6 +69,8 @@ def on_cluster(statement: str, database: str, cluster: str) -> list[str]:
       ``s_local`` to ``t_local``: each shard rolls up the rows it stores.
     - ``INSERT INTO t SELECT ...`` (a backfill) runs once, as written: the distributed tables
       read every shard and route each row to its shard.
+    - ``DROP VIEW IF EXISTS v`` drops ``v`` on every server; ``DROP TABLE IF EXISTS t`` drops the
+      distributed ``t``, then ``t_local`` on every shard.
 
     Anything else is refused, so that a new migration cannot land half-rendered on a cluster.
     """
@@ -97,6 +100,14 @@ def on_cluster(statement: str, database: str, cluster: str) -> list[str]:
         ]
     if _INSERT_SELECT.match(code) is not None:
         return [code]
+    if (drop := _DROP.match(code)) is not None:
+        kind, name = drop.group(1), drop.group(2)
+        if kind == "VIEW":
+            return [f"DROP VIEW IF EXISTS {name}{where}"]
+        return [
+            f"DROP TABLE IF EXISTS {name}{where}",
+            f"DROP TABLE IF EXISTS {name}{LOCAL_SUFFIX}{where}",
+        ]
     if (view := _CREATE_VIEW.match(code)) is not None:
         return [_JOIN.sub(r"GLOBAL \1", f"{view.group(0)}{where}{code[view.end() :]}")]
     raise ConfigError(f"migration statement {code[:60]!r}... has no cluster rendering")
