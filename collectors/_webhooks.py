@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError
 from tracker.http import (
+    RAW_BODIES,
     add_health_routes,
     client_key,
     json_error,
@@ -101,6 +102,7 @@ def webhook_app(
 
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        handler_args=RAW_BODIES,
         middlewares=[
             request_metrics(collector),
             rate_limited(

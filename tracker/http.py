@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+import brotli
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if sys.version_info >= (3, 14):
+    from compression.zstd import ZstdDecompressor, ZstdError
+else:
+    from backports.zstd import ZstdDecompressor, ZstdError
 
 from tracker.metrics import COLLECTOR_REQUEST_SECONDS, COLLECTOR_REQUESTS, RATE_LIMITED
 from tracker.privacy import truncate_ip
@@ -19,6 +27,7 @@ from tracker.ratelimit import RateLimit, TokenBuckets, retry_after
 
 __all__ = [
     "HEALTH_PATHS",
+    "RAW_BODIES",
     "Handler",
     "Readiness",
     "RequestLimiter",
@@ -33,8 +42,12 @@ __all__ = [
     "request_metrics",
 ]
 
-# Content-Encodings a request body may carry; aiohttp decodes them as it reads.
+# Content-Encodings a request body may carry; read_body decodes them.
 BODY_ENCODINGS = ("gzip", "deflate", "br", "zstd")
+# Every app that reads through read_body gets its bodies as sent: had aiohttp's parser decoded
+# them, a body that is not what its Content-Encoding says would get the parser's plain-text 400
+# before any handler ran, instead of read_body's reason in JSON.
+RAW_BODIES: dict[str, Any] = {"auto_decompress": False}
 
 # What keeps a service from its work, in words an operator can act on: none means ready. A bare
 # bool is accepted too (False: not ready, for no stated reason).
@@ -173,7 +186,12 @@ async def read_body(
         return _too_large(max_bytes)
     try:
         async with asyncio.timeout(wait_seconds):
-            return await request.read()
+            sent = await request.read()
+        return decode_body(sent, encoding, max_bytes) if encoding in BODY_ENCODINGS else sent
+    except BodyTooLarge:
+        return _too_large(max_bytes)
+    except InvalidEncoding:
+        return json_error(400, f"body is not valid {encoding} data, as its Content-Encoding says")
     except TimeoutError:
         response = json_error(
             408,
@@ -190,6 +208,64 @@ async def read_body(
                 400, f"body is not valid {encoding} data, as its Content-Encoding says"
             )
         return json_error(400, f"body could not be read: {str(exc).strip()[:200]}")
+
+
+class BodyTooLarge(Exception):
+    """A body that decodes to more than the service takes."""
+
+
+class InvalidEncoding(Exception):
+    """A body that is not what its Content-Encoding says: corrupt, or cut short."""
+
+
+def decode_body(sent: bytes, encoding: str, max_bytes: int) -> bytes:
+    """``sent`` decoded as ``encoding`` says (one of :data:`BODY_ENCODINGS`), never more than
+    ``max_bytes`` of it held: a compression bomb stops at the limit."""
+    try:
+        if encoding == "br":
+            return _unbrotli(sent, max_bytes)
+        if encoding == "zstd":
+            return _unstream(lambda: ZstdDecompressor(), sent, max_bytes)
+        if encoding == "gzip":
+            wbits = 16 + zlib.MAX_WBITS
+        elif sent[:1] and sent[0] & 0x0F == 8:
+            wbits = zlib.MAX_WBITS  # deflate as RFC 9110 means it: zlib's wrapper
+        else:
+            wbits = -zlib.MAX_WBITS  # deflate as some clients send it: the bare stream
+        return _unstream(lambda: zlib.decompressobj(wbits), sent, max_bytes)
+    except (zlib.error, ZstdError, brotli.error) as exc:
+        raise InvalidEncoding(str(exc)) from None
+
+
+def _unstream(start: Callable[[], Any], sent: bytes, max_bytes: int) -> bytes:
+    """A zlib or zstd stream of one or more members, each ending whole."""
+    out = bytearray()
+    rest = sent
+    while True:
+        decoder = start()
+        out += decoder.decompress(rest, max_bytes + 1 - len(out))
+        if len(out) > max_bytes:
+            raise BodyTooLarge
+        if not decoder.eof:
+            raise InvalidEncoding("the body ends before its compressed stream does")
+        rest = decoder.unused_data
+        if not rest:
+            return bytes(out)
+
+
+def _unbrotli(sent: bytes, max_bytes: int) -> bytes:
+    decoder = brotli.Decompressor()
+    out = bytearray(decoder.process(sent, output_buffer_limit=max_bytes + 1))
+    while len(out) <= max_bytes and not decoder.can_accept_more_data():
+        more = decoder.process(b"", output_buffer_limit=max_bytes + 1 - len(out))
+        if not more:
+            break
+        out += more
+    if len(out) > max_bytes:
+        raise BodyTooLarge
+    if not decoder.is_finished():
+        raise InvalidEncoding("the body ends before its compressed stream does")
+    return bytes(out)
 
 
 def _too_large(max_bytes: int) -> web.Response:

@@ -24,6 +24,7 @@ from tracker.deadletter import DeadLetter
 from tracker.errors import BackpressureError, FieldError, ValidationError
 from tracker.http import (
     HEALTH_PATHS,
+    RAW_BODIES,
     Handler,
     RequestLimiter,
     add_health_routes,
@@ -75,6 +76,7 @@ def create_app(
     without it, that endpoint answers 503 for a configured pool."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        handler_args=RAW_BODIES,
         middlewares=[request_metrics(COLLECTOR), _cors(settings), _rate_limited(settings)],
     )
     app[PUBLISHER_KEY] = publisher

@@ -27,6 +27,7 @@ from collectors.links._model import (
 from collectors.links._state import LinkState, LinkTable
 from tracker.errors import BackpressureError, ValidationError
 from tracker.http import (
+    RAW_BODIES,
     RequestLimiter,
     add_health_routes,
     client_ip,
@@ -121,7 +122,7 @@ def create_app(
     links = Links(settings, publisher, state)
     # No middleware: aiohttp's middleware chain alone cost about 40% of redirect throughput, so
     # each route is measured by a wrapper instead (health routes are not measured).
-    app = web.Application(client_max_size=MAX_API_BODY)
+    app = web.Application(client_max_size=MAX_API_BODY, handler_args=RAW_BODIES)
     app[LINKS_KEY] = links
     add_health_routes(app, lambda: links.unready)
     app.router.add_get(
