@@ -121,6 +121,9 @@ def load(p: Pipeline) -> None:
         "(SELECT count() FROM frictions FINAL WHERE reason = 'error_page')"
     )
     assert p.wait_for(settled, "18\t4\t6\t1", 90) == "18\t4\t6\t1"
+    # Those counts hold while C' is still being merged into C (its touchpoints restitched, their
+    # stages and sessions rewritten): the reports are read once the worker has handled it all.
+    p.wait_until_handled(90)
 
 
 RANGE = {"from": DAY0.date().isoformat(), "to": (DAY0 + timedelta(days=3)).date().isoformat()}
