@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,19 @@ def store(chdb_path: Path) -> Iterator[ClickHouseStore]:
 def _read(store: ClickHouseStore, sql: str) -> list[dict[str, Any]]:
     data: bytes = store.run_sync(store.raw_query_sync, sql, "JSONEachRow", QueryLimits())
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def _recorded(
+    store: ClickHouseStore,
+) -> tuple[list[str], Callable[[str], list[dict[str, Any]]]]:
+    """A reader of ``store`` that keeps each query it ran, in order."""
+    queries: list[str] = []
+
+    def read(sql: str) -> list[dict[str, Any]]:
+        queries.append(sql)
+        return _read(store, sql)
+
+    return queries, read
 
 
 def _granules(store: ClickHouseStore, sql: str, table: str) -> tuple[int, int]:
@@ -102,12 +115,7 @@ def test_a_journey_lookup_reads_a_few_granules_among_many_customers(
         "INSERT INTO identities (identifier, kind, customer_id, own_customer_id, version, ts) "
         "VALUES ('anon:a-43', 'anon', 'c-42', 'c-43', 2, now64(3))",
     )
-    queries: list[str] = []
-
-    def read(sql: str) -> list[dict[str, Any]]:
-        queries.append(sql)
-        return _read(store, sql)
-
+    queries, read = _recorded(store)
     journey = find_journey(Settings.from_env({}), "anon:a-42", read)
     assert journey is not None and journey.customer_id == "c-42"
     assert len(journey.events) == 6  # three of a-42, three of a-43 that merged in
@@ -154,12 +162,7 @@ def test_a_lookup_follows_moved_keys_and_finds_frictions_stitched_under_another_
         f"severity, detail, retracted) VALUES ('f-1', 1, 'c-9', '{elsewhere}', "
         "'2026-11-01 09:02:00', 'error_page', 'high', 'HTTP 500', false)",
     )
-    queries: list[str] = []
-
-    def read(sql: str) -> list[dict[str, Any]]:
-        queries.append(sql)
-        return _read(store, sql)
-
+    queries, read = _recorded(store)
     journey = find_journey(Settings.from_env({}), "anon:a-1", read)
     assert journey is not None and journey.customer_id == "c-1"
     assert journey.identifiers == {"anon": ["a-1"]} and journey.merged_customer_ids == []
