@@ -133,6 +133,7 @@ class ClickHouseStore:
         self.database = database
         self.cluster = cluster  # TRACKER_CLICKHOUSE_CLUSTER: migrations run ON CLUSTER, replicated
         self._client: Any = None
+        self._readers: dict[QueryLimits, Any] = {}  # read-only clients, one per set of limits
         self._database_ready = False
         self._write_faults: dict[str, str] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -202,16 +203,12 @@ class ClickHouseStore:
             raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=engine_fault(exc)) from exc
 
     def _read_only(self, fn: str, limits: QueryLimits | None, *args: Any, **kwargs: Any) -> Any:
-        """One read-only call on a client of its own, closed after it: nothing of one answer,
-        and no setting, can reach another. ClickHouse itself refuses any write (readonly=1)."""
+        """One read-only call, within ``limits``. ClickHouse itself refuses any write and any
+        change of setting (readonly=1), so nothing of one call reaches the next."""
         try:
-            client = self._open((limits or QueryLimits()).settings())
+            return self._on_reader(limits or QueryLimits(), fn, *args, **kwargs)
         except ConfigError:
             raise
-        except OperationalError as exc:
-            raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
-        try:
-            return getattr(client, fn)(*args, **kwargs)
         except OperationalError as exc:
             raise StoreError(f"ClickHouse is unreachable: {exc}", retriable=True) from exc
         except DatabaseError as exc:
@@ -220,8 +217,20 @@ class ClickHouseStore:
             raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
         except Exception as exc:
             raise StoreError(f"ClickHouse {fn} failed: {exc}", retriable=False) from exc
-        finally:
+
+    def _on_reader(self, limits: QueryLimits, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` on the read-only client kept for ``limits``: opening one costs more than a
+        small query. A client that saw a failure is closed, since chDB may put what the failed
+        call left in front of the next answer on that client."""
+        client = self._readers.get(limits)
+        if client is None:
+            client = self._readers[limits] = self._open(limits.settings())
+        try:
+            return getattr(client, fn)(*args, **kwargs)
+        except BaseException:
+            del self._readers[limits]
             client.close()
+            raise
 
     def migrate_sync(self) -> list[int]:
         """Apply the migrations not yet applied; return their numbers. Safe to run again."""
@@ -351,6 +360,9 @@ class ClickHouseStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
         if self._client is not None:
             self._client.close()
         self._client = None
