@@ -24,7 +24,7 @@ from tracker.metrics import WORKER_EVENTS
 from tracker.store.sink import FlushResult, Sink
 from tracker.store.tables import DEAD_LETTERS, TABLES, TOUCHPOINTS, Table
 
-__all__ = ["OutputSink", "Sender", "Writer", "output_record"]
+__all__ = ["OutputSink", "Sender", "Writer", "is_touchpoint", "output_record"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,14 @@ def output_record(table: Table, key: str, version: int, record: Any) -> tuple[by
     """The (key, value) of one record on the outputs topic."""
     head = orjson.dumps({"table": table.name, "key": key, "version": version})
     return f"{table.name}|{key}".encode(), head[:-1] + b',"record":' + _wire(record) + b"}"
+
+
+_TOUCHPOINT_PREFIX = f"{TOUCHPOINTS.name}|".encode()
+
+
+def is_touchpoint(key: bytes | None) -> bool:
+    """Whether an outputs record (keyed by :func:`output_record`) is a touchpoint's."""
+    return key is not None and key.startswith(_TOUCHPOINT_PREFIX)
 
 
 class OutputSink:

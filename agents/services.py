@@ -32,7 +32,7 @@ from agents.forget import (
 )
 from agents.identity import AliasReplica
 from agents.ingest import IngestPipeline, RawMessage
-from agents.outputs import Writer
+from agents.outputs import Writer, is_touchpoint
 from collectors.calls.pools import PoolBook
 from tracker.console import create_console
 from tracker.errors import BackpressureError
@@ -294,6 +294,11 @@ class WriterService(BatchIngestService):
     ) -> None:
         self._writer = writer
         super().__init__(settings, topic, None, dead_letters, **kwargs)
+
+    def weight(self, record: Any) -> int:
+        # Sized in touchpoints, as an all-in-one worker's batches are: the sessions, journeys and
+        # frictions each one brings ride along, so an insert costs the same per event.
+        return 1 if is_touchpoint(record.key) else 0
 
     async def handle(self, records: Sequence[Any]) -> None:
         await self._writer.handle([_source(r) for r in records])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,6 +13,8 @@ import pytest
 
 from agents.ingest import RawMessage, enriched
 from agents.outputs import OutputSink, Writer
+from agents.services import WriterService
+from agents.worker import build_worker
 from tracker.deadletter import DeadLetter
 from tracker.errors import FieldError
 from tracker.records import (
@@ -25,6 +28,7 @@ from tracker.records import (
     SessionRecord,
     journey_command,
 )
+from tracker.settings import Settings
 from tracker.store.sink import MemorySink
 from tracker.store.tables import TABLES, TOUCHPOINTS
 from tracker.touchpoint import RequestContext, accept
@@ -164,3 +168,30 @@ async def test_what_a_stitch_worker_hands_over_is_what_the_writer_stores() -> No
         assert stored[name].rows[(key, 3)] == record, name
     [letter] = [r for (_, v), r in stored["dead_letters"].rows.items() if v == 0]
     assert letter.stage == "write" and "malformed" in letter.reason
+
+
+async def test_the_writer_sizes_its_batches_in_touchpoints_not_in_the_rows_they_bring(
+    tmp_path: Path,
+) -> None:
+    """A writer batch holds as many events as an all-in-one worker's, so it costs as few inserts:
+    only the touchpoints count towards TRACKER_SINK_BATCH_SIZE."""
+    kafka = _Kafka()
+    handed = 0
+    for name, record in records():
+        table = TABLES[name]
+        sink = OutputSink(kafka, "outputs", table)
+        sink.add(str(getattr(record, table.key)), getattr(record, table.time), record, 1)
+        handed += (await sink.flush()).forwarded
+    settings = Settings.from_env(
+        {"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_WORKER_ROLE": "write"}
+    )
+    _, services, store = build_worker(settings)
+    assert store is not None
+    store.close()
+    [writer] = [s for s in services if isinstance(s, WriterService)]
+
+    weights = [writer.weight(r) for r in kafka.sent]
+
+    assert handed == len(kafka.sent) > 1
+    assert sum(weights) == 1  # the one touchpoint among them
+    assert weights[[TABLES[name] for name, _ in records()].index(TOUCHPOINTS)] == 1
