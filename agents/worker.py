@@ -147,6 +147,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, list[Service], ClickHou
         topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_batch_size=1_048_576,
         broker_commit_interval=1.0,
         # The default placement, with each key's hash computed once (the tables' keys repeat).
         producer_partitioner=partition_by_key,
