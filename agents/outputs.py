@@ -2,17 +2,20 @@
 
 With embedded chDB only one process can hold ClickHouse. Workers of role ``stitch`` run ingest,
 identity and journey and give each record they would have written to an :class:`OutputSink`,
-which sends it through Kafka (the ``outputs`` topic, keyed by table and record key so that a
-record's versions stay on one partition, in order). The ``write`` worker reads that topic with
-:class:`Writer`: it decodes each typed record, writes a batch through the same idempotent
-ClickHouse sinks the ``all`` worker uses, and its consumer commits only after the insert
-(the one checkpoint order, agents/services.py).
+which sends a batch's rows of one table through Kafka (the ``outputs`` topic) in a few records
+of up to :data:`CHUNK_BYTES` each: a Kafka record per row cost the stitch workers and the writer
+more than the rows themselves. Rows are versioned and the sinks idempotent, so no order between
+records is needed. The ``write`` worker reads that topic with :class:`Writer`: it decodes each
+typed row, writes a batch through the same idempotent ClickHouse sinks the ``all`` worker uses,
+and its consumer commits only after the insert (the one checkpoint order, agents/services.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -24,7 +27,14 @@ from tracker.metrics import WORKER_EVENTS
 from tracker.store.sink import FlushResult, Sink
 from tracker.store.tables import DEAD_LETTERS, TABLES, TOUCHPOINTS, Table
 
-__all__ = ["OutputSink", "Sender", "Writer", "is_touchpoint", "output_record"]
+__all__ = [
+    "CHUNK_BYTES",
+    "OutputSink",
+    "Sender",
+    "Writer",
+    "output_records",
+    "touchpoints_in",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +43,57 @@ class Sender(Protocol):
     async def send_all(self, records: Sequence[Any]) -> None: ...
 
 
+CHUNK_BYTES = 512 * 1024
+"""The rows an outputs record holds, in bytes of their wire form: well under Kafka's 1 MB."""
+
+TOUCHPOINTS_HEADER = "touchpoints"
+"""The header saying how many touchpoints an outputs record holds: the writer's batch size."""
+
+
 def _wire(record: Any) -> bytes:
     wire = record.to_wire()
     return wire if isinstance(wire, bytes) else orjson.dumps(wire)
 
 
-def output_record(table: Table, key: str, version: int, record: Any) -> tuple[bytes, bytes]:
-    """The (key, value) of one record on the outputs topic."""
-    head = orjson.dumps({"table": table.name, "key": key, "version": version})
-    return f"{table.name}|{key}".encode(), head[:-1] + b',"record":' + _wire(record) + b"}"
+def _row(key: str, version: int, record: Any) -> bytes:
+    head = orjson.dumps({"key": key, "version": version})
+    return head[:-1] + b',"record":' + _wire(record) + b"}"
 
 
-_TOUCHPOINT_PREFIX = f"{TOUCHPOINTS.name}|".encode()
+def output_records(
+    table: Table, rows: Sequence[tuple[str, int, Any]], limit: int = CHUNK_BYTES
+) -> list[tuple[bytes, bytes, int]]:
+    """The (key, value, rows) of the outputs records holding ``rows`` (key, version, record)
+    of ``table``: as few as keep each under ``limit`` bytes (a larger row goes alone)."""
+    chunks: list[list[tuple[str, bytes]]] = [[]]
+    size = 0
+    for key, version, record in rows:
+        row = _row(key, version, record)
+        if chunks[-1] and size + len(row) > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append((key, row))
+        size += len(row)
+    head = b'{"table":' + orjson.dumps(table.name) + b',"rows":['
+    return [
+        (
+            f"{table.name}|{chunk[0][0]}".encode(),
+            head + b",".join(r for _, r in chunk) + b"]}",
+            len(chunk),
+        )
+        for chunk in chunks
+        if chunk
+    ]
 
 
-def is_touchpoint(key: bytes | None) -> bool:
-    """Whether an outputs record (keyed by :func:`output_record`) is a touchpoint's."""
-    return key is not None and key.startswith(_TOUCHPOINT_PREFIX)
+def touchpoints_in(key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> int:
+    """How many touchpoints an outputs record holds, from its header (or, for a record of one
+    row as stitch workers sent before chunks, from its key)."""
+    for name, value in headers or ():
+        if name == TOUCHPOINTS_HEADER:
+            with contextlib.suppress(ValueError):
+                return max(0, int(value))
+    return 1 if key is not None and key.startswith(f"{TOUCHPOINTS.name}|".encode()) else 0
 
 
 class OutputSink:
@@ -71,10 +115,17 @@ class OutputSink:
     async def flush(self) -> FlushResult:
         records, self._records = self._records, {}
         if records:
+            counted = self._table is TOUCHPOINTS
+            chunks = output_records(self._table, [(k, v, r) for (k, v), r in records.items()])
             await self._outbox.send_all(
                 [
-                    Outgoing(self._topic, *output_record(self._table, key, version, record))
-                    for (key, version), record in records.items()
+                    Outgoing(
+                        self._topic,
+                        key,
+                        value,
+                        ((TOUCHPOINTS_HEADER, str(rows).encode()),) if counted else (),
+                    )
+                    for key, value, rows in chunks
                 ]
             )
         return FlushResult(written=0, duplicates=0, forwarded=len(records))
@@ -96,23 +147,36 @@ class Writer:
     async def handle(self, messages: Sequence[RawMessage]) -> None:
         sources: dict[tuple[str, int], RawMessage] = {}
         letters = self._sinks[DEAD_LETTERS.name]
+
+        def refuse(source: RawMessage, exc: Exception) -> None:
+            letter = undeliverable(source, f"output record is malformed: {exc!r}", stage="write")
+            letters.add(letter.dead_letter_id, letter.received_ts, letter)
+
         for message in messages:
             try:
                 wire = orjson.loads(message.value)
                 table = TABLES[wire["table"]]
                 if table.record is None:
                     raise ValueError(f"{table.name} does not come through Kafka")
-                record = table.record(wire["record"])
-                key, version = str(wire["key"]), int(wire["version"])
+                # A record of many rows; a record of one, as stitch workers sent before chunks.
+                chunked = "rows" in wire
+                rows = wire["rows"] if chunked else [wire]
+                if not isinstance(rows, list):
+                    raise TypeError(f"rows must be a list, not {type(rows).__name__}")
             except (KeyError, TypeError, ValueError) as exc:
-                letter = undeliverable(
-                    message, f"output record is malformed: {exc!r}", stage="write"
-                )
-                letters.add(letter.dead_letter_id, letter.received_ts, letter)
+                refuse(message, exc)
                 continue
-            if table is TOUCHPOINTS:
-                sources[(key, version)] = message
-            self._sinks[table.name].add(key, getattr(record, table.time), record, version)
+            for item, row in enumerate(rows):
+                source = replace(message, item=item) if chunked else message
+                try:
+                    record = table.record(row["record"])
+                    key, version = str(row["key"]), int(row["version"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    refuse(source, exc)
+                    continue
+                if table is TOUCHPOINTS:
+                    sources[(key, version)] = source
+                self._sinks[table.name].add(key, getattr(record, table.time), record, version)
         stored = await self._sinks[TOUCHPOINTS.name].flush()
         for (event_id, version), reason in stored.refused.items():
             letter = undeliverable(

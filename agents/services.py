@@ -32,7 +32,7 @@ from agents.forget import (
 )
 from agents.identity import AliasReplica
 from agents.ingest import IngestPipeline, RawMessage
-from agents.outputs import Writer, is_touchpoint
+from agents.outputs import Writer, touchpoints_in
 from collectors.calls.pools import PoolBook
 from tracker.console import create_console
 from tracker.errors import BackpressureError
@@ -298,7 +298,7 @@ class WriterService(BatchIngestService):
     def weight(self, record: Any) -> int:
         # Sized in touchpoints, as an all-in-one worker's batches are: the sessions, journeys and
         # frictions each one brings ride along, so an insert costs the same per event.
-        return 1 if is_touchpoint(record.key) else 0
+        return touchpoints_in(record.key, record.headers)
 
     async def handle(self, records: Sequence[Any]) -> None:
         await self._writer.handle([_source(r) for r in records])

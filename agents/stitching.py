@@ -168,6 +168,7 @@ class Outgoing:
     topic: str
     key: bytes
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 def journey_key(customer_id: str) -> bytes:
@@ -210,7 +211,11 @@ class Outbox(Service):
             futures: list[asyncio.Future[Any]] = []
             try:
                 for r in records:
-                    futures.append(await self._producer.send(r.topic, r.value, key=r.key))
+                    futures.append(
+                        await self._producer.send(
+                            r.topic, r.value, key=r.key, headers=list(r.headers) or None
+                        )
+                    )
                 await asyncio.gather(*futures)
                 return
             except KafkaError as exc:

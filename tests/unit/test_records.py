@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from agents.ingest import RawMessage, enriched
-from agents.outputs import OutputSink, Writer
+from agents.outputs import OutputSink, Writer, output_records, touchpoints_in
 from agents.services import WriterService
 from agents.worker import build_worker
 from tracker.deadletter import DeadLetter
@@ -195,3 +195,48 @@ async def test_the_writer_sizes_its_batches_in_touchpoints_not_in_the_rows_they_
     assert handed == len(kafka.sent) > 1
     assert sum(weights) == 1  # the one touchpoint among them
     assert weights[[TABLES[name] for name, _ in records()].index(TOUCHPOINTS)] == 1
+
+
+async def test_a_batch_of_rows_travels_in_a_few_records_and_every_row_is_stored() -> None:
+    kafka = _Kafka()
+    sink = OutputSink(kafka, "outputs", TOUCHPOINTS)
+    ids = [f"0d4e2b7a-8c31-4f5e-b6a9-{n:012d}" for n in range(300)]
+    for event_id in ids:
+        t = touchpoint(event_id)
+        sink.add(event_id, t.ts, t, 1)
+    assert (await sink.flush()).forwarded == 300
+    assert len(kafka.sent) == 1
+    # Under a limit of a few rows' size, the same rows take several records, each within it.
+    one_row = len(output_records(TOUCHPOINTS, [(ids[0], 1, touchpoint(ids[0]))])[0][1])
+    chunks = output_records(TOUCHPOINTS, [(i, 1, touchpoint(i)) for i in ids], 10 * one_row)
+    assert len(chunks) == 30 and all(len(value) <= 10 * one_row for _, value, _ in chunks)
+    assert sum(rows for _, _, rows in chunks) == 300
+    stored = {name: MemorySink() for name in TABLES if TABLES[name].record}
+    messages = [RawMessage(value, "outputs", 0, n) for n, (_, value, _) in enumerate(chunks)]
+
+    await Writer(stored).handle(messages)
+
+    assert sorted(key for key, _ in stored["touchpoints"].rows) == ids
+    assert touchpoints_in(*_key_and_headers(kafka.sent[0])) == 300
+
+
+def _key_and_headers(record: Any) -> tuple[bytes, Any]:
+    return record.key, record.headers
+
+
+async def test_a_malformed_row_is_a_dead_letter_of_its_own_and_its_record_mates_are_stored() -> (
+    None
+):
+    good = touchpoint()
+    [(_, value, _)] = output_records(TOUCHPOINTS, [(good.event_id, 1, good)])
+    rows = orjson.loads(value)["rows"]
+    bad = [{"key": "k", "version": 1, "record": {}}, {"key": "j", "version": "one"}]
+    broken = {"table": "touchpoints", "rows": [bad[0], *rows, bad[1]]}
+    stored = {name: MemorySink() for name in TABLES if TABLES[name].record}
+
+    await Writer(stored).handle([RawMessage(orjson.dumps(broken), "outputs", 2, 7)])
+
+    assert list(stored["touchpoints"].rows) == [(good.event_id, 1)]
+    letters = list(stored["dead_letters"].rows.values())
+    assert len(letters) == 2  # one per malformed row, though they share a Kafka record
+    assert all(x.stage == "write" and "malformed" in x.reason for x in letters)
