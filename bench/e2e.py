@@ -39,7 +39,6 @@ import platform
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,9 +62,11 @@ from run import (
     console_query,
     http_get,
     percentile,
+    start_logging,
     tail,
     tracker_env,
     wait_until,
+    write_results,
 )
 
 log = logging.getLogger("bench.e2e")
@@ -886,21 +887,19 @@ def run_bench(rates: Sequence[int], seconds: float) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             log.error("kept %s for its logs", work)
-    report: dict[str, Any] = {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - started, 1),
-        "machine": machine_info(),
-        "load_seconds": seconds,
-        "connections": CONNECTIONS,
-        "bars": {
+    report = write_results(
+        E2E_RESULTS,
+        started,
+        machine=machine_info(),
+        load_seconds=seconds,
+        connections=CONNECTIONS,
+        bars={
             "p95_lag_seconds_at_1000": P95_BAR_SECONDS,
             "held_stored_over_accepted": HELD_RATIO,
             "held_lag_growth_seconds": HELD_LAG_GROWTH,
         },
-        "results": results,
-    }
-    E2E_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    E2E_RESULTS.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        results=results,
+    )
     sys.stdout.write("\n" + table(results))
     for r in results:
         load = r["load"]
@@ -922,10 +921,6 @@ def run_bench(rates: Sequence[int], seconds: float) -> int:
     return 0
 
 
-def _terminate(signum: int, _: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop processes
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -942,14 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
+    start_logging()
     try:
         if args.command == "load":
             import uvloop

@@ -43,7 +43,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -64,9 +63,11 @@ from run import (
     Processes,
     console_query,
     machine,
+    start_logging,
     table,
     tail,
     tracker_env,
+    write_results,
 )
 
 log = logging.getLogger("bench.journey")
@@ -937,23 +938,21 @@ def run_bench(customers: int, rounds: int, worker_only: bool = False) -> int:
         "identity heap (resolver + links), bytes/customer": traced["heap_bytes_identity"]
         / traced["customers"],
     }
-    report: dict[str, Any] = {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - started, 1),
-        "machine": machine_without_wrk(),
-        "mix": {**asdict(mix), "event_bytes": event_bytes, "seed": seed},
-        "figures": [f.as_dict() for f in figures],
-        "memory_per_customer": memory,
-        "live_customers": live,
-        "in_process_replay": logic,
-        "ordered_share": {
+    report = write_results(
+        JOURNEY_RESULTS,
+        started,
+        machine=machine_without_wrk(),
+        mix={**asdict(mix), "event_bytes": event_bytes, "seed": seed},
+        figures=[f.as_dict() for f in figures],
+        memory_per_customer=memory,
+        live_customers=live,
+        in_process_replay=logic,
+        ordered_share={
             "cold_replica": routed.ordered_share,
             "replica_keeping_up": logic["ordered_share"],
             "worker_metric": product["ordered_share"],
         },
-    }
-    JOURNEY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    JOURNEY_RESULTS.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    )
     log.info("results\n%s", table(figures))
     for name, value in memory.items():
         log.info("state memory: %s: %.0f", name, value)
@@ -999,10 +998,6 @@ def machine_without_wrk() -> dict[str, Any]:
         return {"cpus": os.cpu_count(), "commit": "", "python": sys.version.split()[0]}
 
 
-def _terminate(signum: int, _: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop processes
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--customers", type=int, default=CUSTOMERS)
@@ -1022,17 +1017,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     through.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    start_logging()  # the pass-through's Faust worker puts its own signal handlers in place
     if args.command == "passthrough":
         passthrough(args.bootstrap, args.topic, args.out, args.total, args.app_id, args.result)
         return 0
-    signal.signal(signal.SIGTERM, _terminate)
     try:
         return run_bench(args.customers, args.rounds, args.worker_only)
     except BenchError as exc:
