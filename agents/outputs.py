@@ -48,6 +48,7 @@ CHUNK_BYTES = 512 * 1024
 
 TOUCHPOINTS_HEADER = "touchpoints"
 """The header saying how many touchpoints an outputs record holds: the writer's batch size."""
+_TOUCHPOINT_KEY = f"{TOUCHPOINTS.name}|".encode()
 
 
 def _wire(record: Any) -> bytes:
@@ -93,7 +94,7 @@ def touchpoints_in(key: bytes | None, headers: Sequence[tuple[str, bytes]] | Non
         if name == TOUCHPOINTS_HEADER:
             with contextlib.suppress(ValueError):
                 return max(0, int(value))
-    return 1 if key is not None and key.startswith(f"{TOUCHPOINTS.name}|".encode()) else 0
+    return 1 if key is not None and key.startswith(_TOUCHPOINT_KEY) else 0
 
 
 class OutputSink:

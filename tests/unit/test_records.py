@@ -217,11 +217,7 @@ async def test_a_batch_of_rows_travels_in_a_few_records_and_every_row_is_stored(
     await Writer(stored).handle(messages)
 
     assert sorted(key for key, _ in stored["touchpoints"].rows) == ids
-    assert touchpoints_in(*_key_and_headers(kafka.sent[0])) == 300
-
-
-def _key_and_headers(record: Any) -> tuple[bytes, Any]:
-    return record.key, record.headers
+    assert touchpoints_in(kafka.sent[0].key, kafka.sent[0].headers) == 300
 
 
 async def test_a_malformed_row_is_a_dead_letter_of_its_own_and_its_record_mates_are_stored() -> (
