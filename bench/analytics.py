@@ -117,7 +117,7 @@ INSERT INTO touchpoints (event_id, version, schema, type, name, source, channel,
     survey_touchpoint_id, user_agent, device_type, is_bot, bot_reason)
 SELECT
     {_event_id("number")},
-    1,
+    0,
     'v1',
     {kind} AS kind,
     if(kind = 'page_view', '', kind),

@@ -231,7 +231,8 @@ def test_the_lookup_table_keeps_every_touchpoint_column_and_forgetting_erases_it
 _DIMENSIONS = "day, channel, type, touchpoint_name, stage, is_bot"
 _ROLLUP = f"""
 SELECT {_DIMENSIONS},
-       uniqMerge(events) AS events, uniqMerge(customers) AS customers,
+       sumMerge(events) + uniqMerge(versioned_events) AS events,
+       uniqCombinedMerge(12)(customers) AS customers,
        sumMerge(conversions) AS conversions, round(sumMerge(conversion_value), 2) AS value,
        sumMerge(frictions) AS frictions,
        sumMerge(nps_n) AS nps_n, sumMerge(nps_sum) AS nps_sum,
@@ -281,7 +282,7 @@ ORDER BY {_DIMENSIONS}
 def _touchpoint(n: int, **fields: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "event_id": str(uuid.UUID(int=n)),
-        "version": 1,
+        "version": 0,  # a touchpoint of one version, as the worker writes a web event
         "type": "page_view",
         "source": "web_beacon",
         "channel": "web",
@@ -320,7 +321,9 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
             n += 1
     _insert(store, "touchpoints", rows)
     # A call learns its outcome: a second version of the same touchpoint counts once.
-    call = _touchpoint(300, type="call", name="support", channel="phone", source="call_webhook")
+    call = _touchpoint(
+        300, type="call", name="support", channel="phone", source="call_webhook", version=1
+    )
     _insert(store, "touchpoints", [call])
     _insert(store, "touchpoints", [{**call, "version": 2}])
     # Frictions on touchpoints, one of them retracted later.
@@ -349,7 +352,8 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
     assert rollup == direct
     totals = _read(
         store,
-        "SELECT uniqMerge(events) AS events, sumMerge(conversions) AS conversions, "
+        "SELECT sumMerge(events) + uniqMerge(versioned_events) AS events, "
+        "sumMerge(conversions) AS conversions, "
         "sumMerge(frictions) AS frictions, sumMerge(nps_promoters) AS promoters "
         "FROM touchpoint_daily",
     )

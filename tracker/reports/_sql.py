@@ -80,14 +80,14 @@ def _days(o: ReportOptions) -> str:
 
 
 def scorecard_rollup(o: ReportOptions) -> str:
-    """Events, identity keys reached and frictions per row key, from the daily rollup (0009)."""
+    """Events, identity keys reached and frictions per row key, from the daily rollup (0016)."""
     aliases, selected = _aliased(ROLLUP_KEYS[o.by])
     bots = "" if o.include_bots else " AND NOT is_bot"
     return f"""
-SELECT {", ".join(aliases)}, toUInt64(uniqMerge(events)) AS events,
-       toUInt64(uniqMerge(customers)) AS keys, sumMerge(frictions) AS frictions
+SELECT {", ".join(aliases)}, sumMerge(events) + uniqMerge(versioned_events) AS events,
+       toUInt64(uniqCombinedMerge(12)(customers)) AS keys, sumMerge(frictions) AS frictions
 FROM (
-    SELECT {selected}, events, customers, frictions
+    SELECT {selected}, events, versioned_events, customers, frictions
     FROM touchpoint_daily
     WHERE {_days(o)}{bots} AND type != {quote(SURVEY_TYPE)}
 )
