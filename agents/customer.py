@@ -13,8 +13,8 @@ counted but do not reshape sessions that are already published.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -224,6 +224,10 @@ class History:
         )
 
 
+RatedPlace = tuple[str, str, str, str]
+"""A touchpoint's channel, type, name (a page's path) and stage, as the rollups group it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stitched:
     """Where one touchpoint stands in its customer's journey."""
@@ -236,6 +240,8 @@ class Stitched:
     """The name of the conversion rule the touchpoint matches; empty if none."""
     survey_touchpoint_id: str = ""
     """For a survey answer, the touchpoint it rates (journey.rated_touchpoints)."""
+    rated: RatedPlace = ("", "", "", "")
+    """For a survey answer, the rated touchpoint's place, when this journey holds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,13 +376,15 @@ class CustomerJourney:
                 if event_id in session.event_ids:
                     session_id = session.session_id
                     break
+        rated = rated_touchpoints(s.event for s in ordered).get(event_id, "")
         return Stitched(
             session_id,
             stage,
             seq,
             stored.late,
             self._conversion(stored.event),
-            rated_touchpoints(s.event for s in ordered).get(event_id, ""),
+            rated,
+            self._rated_place(rated, lambda i: self.stitched(i).stage),
         )
 
     def stitched_all(self) -> dict[str, Stitched]:
@@ -406,7 +414,25 @@ class CustomerJourney:
                 self._conversion(event),
                 rated.get(event.event_id, ""),
             )
+        for answer, touchpoint in rated.items():
+            if touchpoint:
+                place = self._rated_place(touchpoint, lambda i: found[i].stage)
+                found[answer] = replace(found[answer], rated=place)
         return found
+
+    def _rated_place(self, event_id: str, stage_of: Callable[[str], str]) -> RatedPlace:
+        """The channel, type, name (a page's path) and stage of the touchpoint a survey answer
+        rates, for the rollups; empty when this journey does not hold it (or it is an answer)."""
+        held = self.events.get(event_id)
+        if held is None or held.event.is_survey:
+            return ("", "", "", "")
+        e = held.event
+        return (
+            e.channel,
+            e.type,
+            e.page_path if e.type == "page_view" else e.name,
+            stage_of(event_id),
+        )
 
     def _conversion(self, event: JourneyEvent) -> str:
         rule = conversion_rule(event, self.rules.conversions)

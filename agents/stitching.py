@@ -679,6 +679,7 @@ class JourneyStage:
                 stitched.seq,
                 stitched.conversion,
                 stitched.survey_touchpoint_id,
+                stitched.rated,
             )
             self._touchpoints.add(event_id, touchpoint.ts, touchpoint, touchpoint.version)
         update = journey.update()

@@ -109,12 +109,17 @@ def touchpoints_insert(first: int, count: int) -> str:
         f"multiIf({_BUYS}, 'purchase', {_K} < 3, 'awareness', {_K} < 7, 'consideration',"
         " 'purchase')"
     )
+    # An answer rates the page view before it (k - 1), whose place the journey agent writes on it.
+    rated_k = f"({_K} - 1)"
+    rated_channel = f"{_CHANNELS}[cityHash64({_CUSTOMER}, intDiv({rated_k}, 4)) % 6 + 1]"
+    rated_page = f"{_PAGES}[({rated_k} + cityHash64({_CUSTOMER}) % 3) % 8 + 1]"
+    rated_stage = f"multiIf({rated_k} < 3, 'awareness', {rated_k} < 7, 'consideration', 'purchase')"
     score = f"multiIf({_CUSTOMER} % 3 = 0, {_CUSTOMER} % 11, {_CUSTOMER} % 3 = 1, {_CUSTOMER} % 5 + 1, {_CUSTOMER} % 7 + 1)"
     return f"""
 INSERT INTO touchpoints (event_id, version, schema, type, name, source, channel, ts, device_ts,
     received_ts, customer_id, anonymous_id, user_id, session_id, stage, seq, conversion,
     page_url, page_host, page_path, value, currency, survey_kind, survey_score,
-    survey_touchpoint_id, user_agent, device_type, is_bot, bot_reason)
+    survey_touchpoint_id, rated_channel, rated_type, rated_name, rated_stage, user_agent, device_type, is_bot, bot_reason)
 SELECT
     {_event_id("number")},
     0,
@@ -141,6 +146,10 @@ SELECT
     if(kind = 'survey_response', ['nps', 'csat', 'ces'][{_CUSTOMER} % 3 + 1], ''),
     if(kind = 'survey_response', toNullable(toFloat32({score})), NULL),
     if(kind = 'survey_response', toString({_event_id("number - 1")}), ''),
+    if(kind = 'survey_response', {rated_channel}, ''),
+    if(kind = 'survey_response', 'page_view', ''),
+    if(kind = 'survey_response', {rated_page}, ''),
+    if(kind = 'survey_response', {rated_stage}, ''),
     if(number % 100 = 99, 'Googlebot/2.1', 'Mozilla/5.0 Firefox/132.0'),
     'desktop',
     number % 100 = 99,
@@ -363,7 +372,7 @@ def _scorecard(store: ClickHouseStore, repeats: int, span: dict[str, str]) -> li
         )
     # Where the scorecard's time goes: each of its reads on its own.
     asked = parse_options("scorecard", {**span, "by": "touchpoint"})
-    for part in ("rollup", "merges", "surveys", "conversions"):
+    for part in ("rollup", "unplaced", "merges", "conversions"):
         sql: str = getattr(_sql, f"scorecard_{part}")(asked)
 
         def read(sql: str = sql) -> list[tuple[Any, ...]]:

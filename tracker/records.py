@@ -146,6 +146,12 @@ class EnrichedTouchpoint(_Codec):
     """The conversion it counts as, decided when stitched."""
     survey_touchpoint_id: str = ""
     """The touchpoint a survey answer rates: named by the client, or found when stitched."""
+    rated_channel: str = ""
+    """For a survey answer, the rated touchpoint's channel, when the journey held it."""
+    rated_type: str = ""
+    rated_name: str = ""
+    """The rated touchpoint's name; for a page view, its path."""
+    rated_stage: str = ""
 
     @classmethod
     def from_wire(cls, data: Wire) -> EnrichedTouchpoint:
@@ -165,6 +171,7 @@ class EnrichedTouchpoint(_Codec):
         seq: int,
         conversion: str,
         survey_touchpoint_id: str,
+        rated: tuple[str, str, str, str] = ("", "", "", ""),
     ) -> None:
         """Place it in its customer's journey (in place: the record is this batch's own)."""
         self.customer_id = customer_id
@@ -173,6 +180,7 @@ class EnrichedTouchpoint(_Codec):
         self.seq = seq
         self.conversion = conversion
         self.survey_touchpoint_id = survey_touchpoint_id
+        self.rated_channel, self.rated_type, self.rated_name, self.rated_stage = rated
 
     @property
     def may_stitch(self) -> bool:

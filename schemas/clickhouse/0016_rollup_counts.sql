@@ -1,4 +1,4 @@
--- Rollup counts that cost the same whatever the traffic (docs/reports.md#rollups). 0009 kept
+-- Rollups that cost the same to read whatever the traffic (docs/reports.md#rollups). 0009 kept
 -- `events` and `customers` as `uniq` states, which hold a hash of every touchpoint and identity
 -- key up to 65,536 each: merging a month of them took a second on 10 million touchpoints, and
 -- `events` was itself an estimate above 65,536. Now:
@@ -10,8 +10,77 @@
 --   sumMerge(events) + uniqMerge(versioned_events).
 -- - `customers` is a fixed-size sketch, uniqCombined(12): exact for a few dozen identity keys,
 --   within about 2 % beyond, and never more than a few kilobytes a row.
+-- - The survey sums are kept on the touchpoint an answer rates (its day and bot flag are the
+--   answer's), from the rated touchpoint's place the journey agent now writes on the answer.
+--   0009 kept them on the answer's own row, and the scorecard found the rated touchpoint at query
+--   time, an `event_id` lookup that touched every granule of `touchpoints`.
 --
--- The table is made again and filled from what is stored, as 0009 did.
+-- The table is made again and filled from what is stored, as 0009 did; answers stored before
+-- this migration have no place and add up under type '(unrated)'.
+
+-- A touchpoint's columns, for a survey answer: the place of the touchpoint it rates, as the journey
+-- agent held it when it stitched the answer (empty when it held none), so that the rollup sums
+-- each answer where the scorecard shows it.
+ALTER TABLE {db}.touchpoints
+    ADD COLUMN IF NOT EXISTS rated_channel LowCardinality(String) DEFAULT ''
+    COMMENT 'for a survey answer: the channel of the touchpoint it rates, if the journey held it'
+    AFTER survey_touchpoint_id;
+
+ALTER TABLE {db}.touchpoints
+    ADD COLUMN IF NOT EXISTS rated_type LowCardinality(String) DEFAULT ''
+    COMMENT 'for a survey answer: the type of the touchpoint it rates; empty if unknown'
+    AFTER rated_channel;
+
+ALTER TABLE {db}.touchpoints
+    ADD COLUMN IF NOT EXISTS rated_name String DEFAULT ''
+    COMMENT 'for a survey answer: the name of the touchpoint it rates (a page view: its path)'
+    AFTER rated_type;
+
+ALTER TABLE {db}.touchpoints
+    ADD COLUMN IF NOT EXISTS rated_stage LowCardinality(String) DEFAULT ''
+    COMMENT 'for a survey answer: the stage of the touchpoint it rates'
+    AFTER rated_name;
+
+-- touchpoints_by_customer (0008) keeps every touchpoint column: the same four, and its view made
+-- again to copy them.
+ALTER TABLE {db}.touchpoints_by_customer
+    ADD COLUMN IF NOT EXISTS rated_channel LowCardinality(String) DEFAULT ''
+    COMMENT 'for a survey answer: the channel of the touchpoint it rates, if the journey held it'
+    AFTER survey_touchpoint_id;
+
+ALTER TABLE {db}.touchpoints_by_customer
+    ADD COLUMN IF NOT EXISTS rated_type LowCardinality(String) DEFAULT ''
+    COMMENT 'for a survey answer: the type of the touchpoint it rates; empty if unknown'
+    AFTER rated_channel;
+
+ALTER TABLE {db}.touchpoints_by_customer
+    ADD COLUMN IF NOT EXISTS rated_name String DEFAULT ''
+    COMMENT 'for a survey answer: the name of the touchpoint it rates (a page view: its path)'
+    AFTER rated_type;
+
+ALTER TABLE {db}.touchpoints_by_customer
+    ADD COLUMN IF NOT EXISTS rated_stage LowCardinality(String) DEFAULT ''
+    COMMENT 'for a survey answer: the stage of the touchpoint it rates'
+    AFTER rated_name;
+
+DROP VIEW IF EXISTS {db}.touchpoints_by_customer_mv;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.touchpoints_by_customer_mv TO {db}.touchpoints_by_customer AS
+SELECT
+    identity_key,
+    event_id, version, schema, type, name, source,
+    channel, ts, device_ts, sent_ts, received_ts, customer_id,
+    anonymous_id, user_id, email_hash, phone_hash, session_id, client_session_id,
+    click_id, ad_click_ids, stage, seq, conversion, page_url,
+    page_host, page_path, page_title, referrer, referrer_host, campaign_source,
+    campaign_medium, campaign_name, campaign_term, campaign_content, properties, value,
+    currency, survey_kind, survey_score, survey_comment, survey_touchpoint_id,
+    rated_channel, rated_type, rated_name, rated_stage, consent_analytics,
+    consent_marketing, ip, user_agent, device_type, os, browser,
+    is_bot, bot_reason, locale, timezone, screen, library,
+    inserted_at
+FROM {db}.touchpoints;
+
 DROP VIEW IF EXISTS {db}.touchpoint_daily_touchpoints_mv;
 
 DROP VIEW IF EXISTS {db}.touchpoint_daily_frictions_mv;
@@ -60,25 +129,14 @@ SELECT
     uniqStateIf(event_id, version > 0) AS versioned_events,
     uniqCombinedStateIf(12)(identity_key, identity_key != '') AS customers,
     sumState(toUInt64(conversion != '')) AS conversions,
-    sumState(if(conversion != '', ifNull(toFloat64(value), 0.), 0.)) AS conversion_value,
-    sumState(toUInt64(survey_kind = 'nps' AND survey_score IS NOT NULL)) AS nps_n,
-    sumState(toFloat64(if(survey_kind = 'nps', ifNull(survey_score, 0), 0))) AS nps_sum,
-    sumState(toUInt64(survey_kind = 'nps' AND ifNull(survey_score, -1) >= 9)) AS nps_promoters,
-    sumState(toUInt64(survey_kind = 'nps' AND ifNull(survey_score, 99) <= 6)) AS nps_detractors,
-    sumState(toUInt64(survey_kind = 'csat' AND survey_score IS NOT NULL)) AS csat_n,
-    sumState(toFloat64(if(survey_kind = 'csat', ifNull(survey_score, 0), 0))) AS csat_sum,
-    sumState(toUInt64(survey_kind = 'csat' AND ifNull(survey_score, -1) >= 4)) AS csat_satisfied,
-    sumState(toUInt64(survey_kind = 'ces' AND survey_score IS NOT NULL)) AS ces_n,
-    sumState(toFloat64(if(survey_kind = 'ces', ifNull(survey_score, 0), 0))) AS ces_sum,
-    sumState(toFloat64(if(survey_kind = 'ces', pow(ifNull(survey_score, 0), 2), 0))) AS ces_sum_squares
+    sumState(if(conversion != '', ifNull(toFloat64(value), 0.), 0.)) AS conversion_value
 FROM {db}.touchpoints
 GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
 
 -- What was stored before this migration, each touchpoint's current version once.
 INSERT INTO {db}.touchpoint_daily (
     day, channel, type, touchpoint_name, stage, is_bot, events, versioned_events, customers, conversions,
-    conversion_value, nps_n, nps_sum, nps_promoters, nps_detractors, csat_n, csat_sum,
-    csat_satisfied, ces_n, ces_sum, ces_sum_squares)
+    conversion_value)
 SELECT
     toDate(ts) AS day,
     channel,
@@ -90,7 +148,46 @@ SELECT
     uniqStateIf(event_id, version > 0) AS versioned_events,
     uniqCombinedStateIf(12)(identity_key, identity_key != '') AS customers,
     sumState(toUInt64(conversion != '')) AS conversions,
-    sumState(if(conversion != '', ifNull(toFloat64(value), 0.), 0.)) AS conversion_value,
+    sumState(if(conversion != '', ifNull(toFloat64(value), 0.), 0.)) AS conversion_value
+FROM {db}.touchpoints FINAL
+GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
+
+-- A survey answer's scores add up on the touchpoint it rates (rated_*), on the day of the answer
+-- and with the answer's bot flag; an answer whose touchpoint the journey did not hold adds up
+-- under type '(unrated)', where the scorecard looks for it at query time.
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.touchpoint_daily_surveys_mv TO {db}.touchpoint_daily AS
+SELECT
+    toDate(ts) AS day,
+    if(rated_type != '', rated_channel, '') AS channel,
+    if(rated_type != '', rated_type, '(unrated)') AS type,
+    if(rated_type != '', rated_name, '') AS touchpoint_name,
+    if(rated_type != '', rated_stage, '') AS stage,
+    is_bot,
+    sumState(toUInt64(survey_kind = 'nps' AND survey_score IS NOT NULL)) AS nps_n,
+    sumState(toFloat64(if(survey_kind = 'nps', ifNull(survey_score, 0), 0))) AS nps_sum,
+    sumState(toUInt64(survey_kind = 'nps' AND ifNull(survey_score, -1) >= 9)) AS nps_promoters,
+    sumState(toUInt64(survey_kind = 'nps' AND ifNull(survey_score, 99) <= 6)) AS nps_detractors,
+    sumState(toUInt64(survey_kind = 'csat' AND survey_score IS NOT NULL)) AS csat_n,
+    sumState(toFloat64(if(survey_kind = 'csat', ifNull(survey_score, 0), 0))) AS csat_sum,
+    sumState(toUInt64(survey_kind = 'csat' AND ifNull(survey_score, -1) >= 4)) AS csat_satisfied,
+    sumState(toUInt64(survey_kind = 'ces' AND survey_score IS NOT NULL)) AS ces_n,
+    sumState(toFloat64(if(survey_kind = 'ces', ifNull(survey_score, 0), 0))) AS ces_sum,
+    sumState(toFloat64(if(survey_kind = 'ces', pow(ifNull(survey_score, 0), 2), 0))) AS ces_sum_squares
+FROM {db}.touchpoints
+WHERE survey_kind != '' AND survey_score IS NOT NULL
+GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
+
+-- The answers stored before this migration: none has its touchpoint's place yet.
+INSERT INTO {db}.touchpoint_daily (
+    day, channel, type, touchpoint_name, stage, is_bot, nps_n, nps_sum, nps_promoters,
+    nps_detractors, csat_n, csat_sum, csat_satisfied, ces_n, ces_sum, ces_sum_squares)
+SELECT
+    toDate(ts) AS day,
+    '' AS channel,
+    '(unrated)' AS type,
+    '' AS touchpoint_name,
+    '' AS stage,
+    is_bot,
     sumState(toUInt64(survey_kind = 'nps' AND survey_score IS NOT NULL)) AS nps_n,
     sumState(toFloat64(if(survey_kind = 'nps', ifNull(survey_score, 0), 0))) AS nps_sum,
     sumState(toUInt64(survey_kind = 'nps' AND ifNull(survey_score, -1) >= 9)) AS nps_promoters,
@@ -102,6 +199,7 @@ SELECT
     sumState(toFloat64(if(survey_kind = 'ces', ifNull(survey_score, 0), 0))) AS ces_sum,
     sumState(toFloat64(if(survey_kind = 'ces', pow(ifNull(survey_score, 0), 2), 0))) AS ces_sum_squares
 FROM {db}.touchpoints FINAL
+WHERE survey_kind != '' AND survey_score IS NOT NULL
 GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
 
 -- A friction adds one where its touchpoint is; its retraction (a row with retracted = true)

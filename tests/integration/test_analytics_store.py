@@ -242,7 +242,7 @@ SELECT {_DIMENSIONS},
        sumMerge(ces_n) AS ces_n, sumMerge(ces_sum) AS ces_sum,
        sumMerge(ces_sum_squares) AS ces_sum_squares
 FROM touchpoint_daily GROUP BY {_DIMENSIONS}
-HAVING events > 0 OR frictions != 0
+HAVING events > 0 OR frictions != 0 OR nps_n + csat_n + ces_n > 0
 ORDER BY {_DIMENSIONS}
 """
 _DIRECT = f"""
@@ -257,7 +257,17 @@ FROM (
            if(type = 'page_view', page_path, name) AS touchpoint_name, stage, is_bot,
            count() AS e, uniqExactIf(identity_key, identity_key != '') AS c,
            countIf(conversion != '') AS conv, sumIf(ifNull(value, 0), conversion != '') AS val,
-           0 AS f,
+           0 AS f, 0 AS nn, 0 AS ns, 0 AS np, 0 AS nd, 0 AS cn, 0 AS cs, 0 AS csat, 0 AS en,
+           0 AS es, 0 AS eq
+    FROM touchpoints FINAL
+    GROUP BY {_DIMENSIONS}
+    UNION ALL
+    -- an answer's scores count where the touchpoint it rates is, else under '(unrated)'
+    SELECT toDate(ts) AS day, if(rated_type != '', rated_channel, '') AS channel,
+           if(rated_type != '', rated_type, '(unrated)') AS type,
+           if(rated_type != '', rated_name, '') AS touchpoint_name,
+           if(rated_type != '', rated_stage, '') AS stage, is_bot,
+           0, 0, 0, 0, 0,
            countIf(survey_kind = 'nps') AS nn, sumIf(toFloat64(ifNull(survey_score, 0)), survey_kind = 'nps') AS ns,
            countIf(survey_kind = 'nps' AND survey_score >= 9) AS np,
            countIf(survey_kind = 'nps' AND survey_score <= 6) AS nd,
@@ -265,7 +275,7 @@ FROM (
            countIf(survey_kind = 'csat' AND survey_score >= 4) AS csat,
            countIf(survey_kind = 'ces') AS en, sumIf(toFloat64(ifNull(survey_score, 0)), survey_kind = 'ces') AS es,
            sumIf(pow(toFloat64(ifNull(survey_score, 0)), 2), survey_kind = 'ces') AS eq
-    FROM touchpoints FINAL
+    FROM touchpoints FINAL WHERE survey_kind != ''
     GROUP BY {_DIMENSIONS}
     UNION ALL
     SELECT toDate(ts), channel, type, name, stage, is_bot, 0, 0, 0, 0, count(),
@@ -274,7 +284,7 @@ FROM (
     GROUP BY toDate(ts), channel, type, name, stage, is_bot
 )
 GROUP BY {_DIMENSIONS}
-HAVING events > 0 OR frictions != 0
+HAVING events > 0 OR frictions != 0 OR nps_n + csat_n + ces_n > 0
 ORDER BY {_DIMENSIONS}
 """
 
@@ -302,6 +312,14 @@ def _insert(store: ClickHouseStore, table: str, rows: list[dict[str, Any]]) -> N
     store.run_sync(store.command_sync, f"INSERT INTO {table} FORMAT JSONEachRow {lines}")
 
 
+_RATED_PAGE = {
+    "rated_channel": "web",
+    "rated_type": "page_view",
+    "rated_name": "/p1",
+    "rated_stage": "consideration",
+}
+
+
 def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
     store: ClickHouseStore,
 ) -> None:
@@ -314,9 +332,13 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
     scores = {"nps": [0, 6, 7, 9, 10, 10], "csat": [1, 4, 5, 5], "ces": [2, 7, 5]}
     n = 200
     for kind, values in scores.items():
-        for score in values:
+        for i, score in enumerate(values):
+            # the first two answers of each kind rate a page the journey held; the rest, none
+            rated = _RATED_PAGE if i < 2 else {}
             rows.append(
-                _touchpoint(n, type="survey_response", survey_kind=kind, survey_score=score)
+                _touchpoint(
+                    n, type="survey_response", survey_kind=kind, survey_score=score, **rated
+                )
             )
             n += 1
     _insert(store, "touchpoints", rows)
@@ -359,3 +381,22 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
     )
     # 60 page views, 8 purchases (7 of them conversions), 13 survey answers, 1 call in 2 versions
     assert totals == [{"events": 82, "conversions": 7, "frictions": 4, "promoters": 3}]
+    answers = _read(
+        store,
+        "SELECT type, touchpoint_name AS name, stage, sumMerge(nps_n) AS nps, "
+        "sumMerge(csat_n) AS csat, sumMerge(ces_n) AS ces FROM touchpoint_daily "
+        "GROUP BY type, name, stage HAVING nps + csat + ces > 0 ORDER BY type",
+    )
+    # two answers of each kind on the page they rate, the other seven where the scorecard
+    # looks for them at query time
+    assert answers == [
+        {"type": "(unrated)", "name": "", "stage": "", "nps": 4, "csat": 2, "ces": 1},
+        {
+            "type": "page_view",
+            "name": "/p1",
+            "stage": "consideration",
+            "nps": 2,
+            "csat": 2,
+            "ces": 2,
+        },
+    ]

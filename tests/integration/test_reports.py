@@ -240,6 +240,28 @@ def test_scorecard_from_the_rollups_alone(loaded: Pipeline) -> None:
     assert [list(r) for r in fast] == [list(r) for r in full]  # the same columns, in order
 
 
+def test_answers_carry_the_place_of_the_touchpoint_they_rate_into_the_rollup(
+    loaded: Pipeline,
+) -> None:
+    """The journey agent writes on each answer the channel, type, name and stage of the
+    touchpoint it rates, as that touchpoint is stored, so the rollup sums every score there
+    and the scorecard looks none up at query time."""
+    answers = loaded.query(
+        "SELECT count(), countIf(a.place = (t.channel, t.type, t.name, t.stage)) FROM ("
+        " SELECT survey_touchpoint_id AS rated, (rated_channel, rated_type, rated_name,"
+        " rated_stage) AS place FROM touchpoints FINAL WHERE survey_kind != '') AS a"
+        " INNER JOIN (SELECT toString(event_id) AS id, channel, type,"
+        " if(type = 'page_view', page_path, name) AS name, stage FROM touchpoints FINAL) AS t"
+        " ON t.id = a.rated"
+    )
+    assert answers.split() == ["5", "5"]
+    unrated = loaded.query(
+        "SELECT sumMerge(nps_n) + sumMerge(csat_n) + sumMerge(ces_n) FROM touchpoint_daily"
+        " WHERE type = '(unrated)'"
+    )
+    assert unrated.strip() == "0"
+
+
 def test_funnel(loaded: Pipeline) -> None:
     steps = "page_view:/landing,page_view:/pricing,purchase"
     rows = report(loaded, "funnel", steps=steps)

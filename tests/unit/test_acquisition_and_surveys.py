@@ -160,15 +160,28 @@ def test_a_survey_never_rates_a_survey_nor_a_later_touchpoint(spec: list[tuple[i
 
 def test_stitched_touchpoints_carry_their_conversion_and_rated_touchpoint() -> None:
     journey = CustomerJourney("c1", JourneyRules())
-    journey.add(_event("p", 0, type="purchase", value=30.0), 1, "user:u")
-    journey.add(_event("free", 1, type="purchase", value=0.0), 1, "user:u")
+    journey.add(_event("home", 0, channel="web", page_path="/"), 1, "user:u")
+    journey.add(_event("p", 1, type="purchase", name="order", value=30.0), 1, "user:u")
+    journey.add(_event("free", 2, type="purchase", name="sample", value=0.0), 1, "user:u")
     journey.add(
-        _event("s", 2, type="survey_response", survey_kind="csat", survey_score=2.0), 1, "user:u"
+        _event("s", 3, type="survey_response", survey_kind="csat", survey_score=2.0), 1, "user:u"
     )
+    answer = dict(type="survey_response", survey_kind="nps", survey_score=9.0)
+    journey.add(_event("s-home", 4, survey_touchpoint_id="home", **answer), 1, "user:u")
+    journey.add(_event("s-gone", 5, survey_touchpoint_id="elsewhere", **answer), 1, "user:u")
     stitched = journey.stitched_all()
     assert stitched["p"].conversion == "purchase" and stitched["free"].conversion == ""
     assert stitched["s"].survey_touchpoint_id == "free"
-    assert journey.stitched("s") == stitched["s"]
+    # Each answer carries where the rollups count its score: the rated touchpoint's channel,
+    # type, name (a page's path) and stage; nothing for a touchpoint the journey does not hold.
+    assert stitched["s"].rated == ("", "purchase", "sample", stitched["free"].stage)
+    assert stitched["s-home"].rated == ("web", "page_view", "/", stitched["home"].stage)
+    assert stitched["home"].stage != stitched["free"].stage
+    assert stitched["s-gone"].survey_touchpoint_id == "elsewhere"
+    assert stitched["s-gone"].rated == ("", "", "", "")
+    assert stitched["home"].rated == ("", "", "", "")
+    for event_id in ("s", "s-home", "s-gone"):
+        assert journey.stitched(event_id) == stitched[event_id]
 
 
 def test_frictions_are_placed_on_their_touchpoint_and_retractions_where_they_were() -> None:

@@ -122,6 +122,7 @@ def test_materialized_views_roll_up_each_shard_and_backfills_run_once_through_th
         "touchpoints_by_customer_mv",
         "touchpoint_daily_touchpoints_mv",
         "touchpoint_daily_frictions_mv",
+        "touchpoint_daily_surveys_mv",
         "customer_refs_identities_mv",
         "customer_refs_touchpoints_mv",
         "customer_refs_sessions_mv",

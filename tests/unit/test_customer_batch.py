@@ -12,7 +12,7 @@ from agents.journey import JourneyEvent
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 PAGES = ("/", "/pricing", "/support", "/checkout", "/blog")
-TYPES = ("page_view", "page_view", "identify", "purchase", "call")
+TYPES = ("page_view", "page_view", "identify", "purchase", "call", "survey_response")
 
 events_strategy = st.lists(
     st.builds(
@@ -25,6 +25,8 @@ events_strategy = st.lists(
             page_path=path,
             queue="support" if kind == "call" else "",
             value=50.0 if kind == "purchase" else None,
+            survey_kind="nps" if kind == "survey_response" else "",
+            survey_score=9.0 if kind == "survey_response" else None,
         ),
         st.integers(0, 60),
         st.integers(0, 6 * 60),

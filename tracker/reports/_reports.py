@@ -32,20 +32,32 @@ def _ratio(part: float, whole: float) -> float | None:
 
 
 def scorecard(query: _sql.Query, o: ReportOptions) -> list[Row]:
-    """Events, reach and frictions from the daily rollup, less the identity keys that belong to
-    one customer now; survey answers on the touchpoints they rate; conversions per customer."""
+    """Events, reach, frictions and the survey answers on the touchpoints they rate from the
+    daily rollup, less the identity keys that belong to one customer now; the answers stored
+    without their touchpoint's place found at query time; conversions per customer."""
     names = _sql.KEY_NAMES[o.by]
     width = len(names)
     surveys: dict[tuple[Any, ...], dict[str, tuple[Any, ...]]] = defaultdict(dict)
-    rated = query(_sql.scorecard_surveys(o))
-    if any(row[width] == _sql.UNRATED for row in rated):
-        rated = [row for row in rated if row[width] != _sql.UNRATED]
-        rated += query(_sql.scorecard_unrated(o))
-    for row in rated:
-        key, kind, figures = tuple(row[:width]), row[width], row[width + 1 :]
-        if kind in surveys[key]:  # the same touchpoint, rated both ways
-            figures = tuple(a + b for a, b in zip(surveys[key][kind], figures, strict=True))
-        surveys[key][kind] = figures
+    rolled = query(_sql.scorecard_rollup(o))
+    for row in rolled:
+        # as scorecard_surveys counts: n, promoters, detractors, satisfied, sum, sum of squares
+        n = dict(zip(_sql.SURVEY_SUMS, row[width + 3 :], strict=True))
+        surveys[tuple(row[:width])] = {
+            "nps": (n["nps_n"], n["nps_promoters"], n["nps_detractors"], 0, n["nps_sum"], 0.0),
+            "csat": (n["csat_n"], 0, 0, n["csat_satisfied"], n["csat_sum"], 0.0),
+            "ces": (n["ces_n"], 0, 0, 0, n["ces_sum"], n["ces_sum_squares"]),
+        }
+    unplaced = query(_sql.scorecard_unplaced(o))
+    if unplaced and unplaced[0][0]:
+        rated = query(_sql.scorecard_surveys(o))
+        if any(row[width] == _sql.UNRATED for row in rated):
+            rated = [row for row in rated if row[width] != _sql.UNRATED]
+            rated += query(_sql.scorecard_unrated(o))
+        for row in rated:
+            key, kind, figures = tuple(row[:width]), row[width], row[width + 1 :]
+            if kind in surveys[key]:  # the same touchpoint, rated both ways
+                figures = tuple(a + b for a, b in zip(surveys[key][kind], figures, strict=True))
+            surveys[key][kind] = figures
     extra = {tuple(row[:width]): row[width] for row in query(_sql.scorecard_merges(o))}
     converted_by: dict[tuple[Any, ...], int] = {}
     if o.conversion:
@@ -53,9 +65,9 @@ def scorecard(query: _sql.Query, o: ReportOptions) -> list[Row]:
             tuple(row[:width]): row[width] for row in query(_sql.scorecard_conversions(o))
         }
     rows = []
-    for row in query(_sql.scorecard_rollup(o)):
+    for row in rolled:
         key = tuple(row[:width])
-        events, keys, frictions = row[width:]
+        events, keys, frictions = row[width : width + 3]
         customers = keys - extra.get(key, 0)
         out: Row = dict(zip(names, key, strict=True))
         out.update(events=events, customers=customers)

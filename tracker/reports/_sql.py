@@ -66,6 +66,21 @@ ROLLUP_KEYS = {
     "stage": ("stage",),
 }
 SURVEY_TYPE = "survey_response"
+SURVEY_SUMS = (
+    "nps_n",
+    "nps_promoters",
+    "nps_detractors",
+    "nps_sum",
+    "csat_n",
+    "csat_satisfied",
+    "csat_sum",
+    "ces_n",
+    "ces_sum",
+    "ces_sum_squares",
+)
+UNRATED = "(unrated)"
+"""The kind under which ``scorecard_surveys`` counts the answers it found no touchpoint for, and
+the rollup's type for the answers stored without their touchpoint's place."""
 
 
 def _aliased(keys: Sequence[str]) -> tuple[list[str], str]:
@@ -80,19 +95,34 @@ def _days(o: ReportOptions) -> str:
 
 
 def scorecard_rollup(o: ReportOptions) -> str:
-    """Events, identity keys reached and frictions per row key, from the daily rollup (0016)."""
+    """Per row key, from the daily rollup (0016): events, identity keys reached, frictions, and
+    the survey sums of the answers that rate its touchpoints (n, promoters, detractors,
+    satisfied, sum and sum of squares, for each of NPS, CSAT and CES)."""
     aliases, selected = _aliased(ROLLUP_KEYS[o.by])
     bots = "" if o.include_bots else " AND NOT is_bot"
+    sums = ", ".join(f"sumMerge({c}) AS {c}" for c in SURVEY_SUMS)
     return f"""
 SELECT {", ".join(aliases)}, sumMerge(events) + uniqMerge(versioned_events) AS events,
-       toUInt64(uniqCombinedMerge(12)(customers)) AS keys, sumMerge(frictions) AS frictions
+       toUInt64(uniqCombinedMerge(12)(customers)) AS keys, sumMerge(frictions) AS frictions,
+       {sums}
 FROM (
-    SELECT {selected}, events, versioned_events, customers, frictions
+    SELECT {selected}, events, versioned_events, customers, frictions, {", ".join(SURVEY_SUMS)}
     FROM touchpoint_daily
-    WHERE {_days(o)}{bots} AND type != {quote(SURVEY_TYPE)}
+    WHERE {_days(o)}{bots} AND type NOT IN ({quote(SURVEY_TYPE)}, {quote(UNRATED)})
 )
 GROUP BY {", ".join(aliases)}
 HAVING events > 0
+"""
+
+
+def scorecard_unplaced(o: ReportOptions) -> str:
+    """How many answers in the range the rollup holds without the touchpoint they rate (stored
+    before 0016, or rating one their journey did not hold): the scorecard looks for those at
+    query time (``scorecard_surveys``)."""
+    bots = "" if o.include_bots else " AND NOT is_bot"
+    return f"""
+SELECT sumMerge(nps_n) + sumMerge(csat_n) + sumMerge(ces_n)
+FROM touchpoint_daily WHERE {_days(o)}{bots} AND type = {quote(UNRATED)}
 """
 
 
@@ -161,8 +191,6 @@ GROUP BY {", ".join(f"b.{a}" for a in aliases)}
 
 _SCORES = """count(), countIf(score >= 9), countIf(score <= 6), countIf(score >= 4),
        sum(score), sum(score * score)"""
-UNRATED = "(unrated)"
-"""The kind under which ``scorecard_surveys`` counts the answers it found no touchpoint for."""
 
 
 def _answers(o: ReportOptions) -> str:
@@ -176,15 +204,25 @@ def _answers(o: ReportOptions) -> str:
             o.end_ts,
             "survey_kind != '' AND survey_score IS NOT NULL AND customer_id != ''",
         )
-        + " LIMIT 1 BY answer"
+        + f" AND event_id NOT IN ({_placed(o)}) LIMIT 1 BY answer"
+    )
+
+
+def _placed(o: ReportOptions) -> str:
+    """The answers in the range stored with the place of the touchpoint they rate: the rollup
+    holds their scores there."""
+    return (
+        f"SELECT event_id FROM touchpoints WHERE ts >= {moment(o.start_ts)}"
+        f" AND ts < {moment(o.end_ts)} AND survey_kind != '' AND rated_type != ''"
     )
 
 
 def scorecard_surveys(o: ReportOptions) -> str:
-    """The survey answers in the range on the touchpoints they rate, as stored with them
-    (survey_touchpoint_id: named by the client, else the customer's most recent non-survey
-    touchpoint before it, as the journey agent found it); the answers stored without one, or
-    naming a touchpoint not stored, are counted under the kind ``UNRATED``."""
+    """The survey answers in the range stored without their touchpoint's place (so not in the
+    rollup's sums, see ``scorecard_unplaced``) on the touchpoints they rate, as stored with
+    them (survey_touchpoint_id: named by the client, else the customer's most recent
+    non-survey touchpoint before it, as the journey agent found it); the answers stored without
+    one, or naming a touchpoint not stored, are counted under the kind ``UNRATED``."""
     aliases, selected = _aliased(KEYS[o.by])
     return f"""
 SELECT {", ".join(aliases)}, if(found, kind, {quote(UNRATED)}) AS rated_kind, {_SCORES}
