@@ -1,15 +1,16 @@
--- Rollups that cost the same to read whatever the traffic (docs/reports.md#rollups). 0009 kept
--- `events` and `customers` as `uniq` states, which hold a hash of every touchpoint and identity
--- key up to 65,536 each: merging a month of them took a second on 10 million touchpoints, and
--- `events` was itself an estimate above 65,536. Now:
+-- Rollups that read in less time (docs/reports.md#rollups). 0009 kept `events` as a `uniq` state,
+-- which holds a hash of every touchpoint up to 65,536: merging a month of them took half a
+-- second on 10 million touchpoints, and `events` was itself an estimate above 65,536. Now:
 --
 -- - `events` is a sum, exact: a touchpoint of one version (every web, link and email event is
 --   version 0) is written once, so each of its rows is one touchpoint. A touchpoint written in
 --   versions (a call or ticket learning its outcome, version 1 and up) counts in
 --   `versioned_events`, a `uniq` of its event_id, so its versions count once. Read events as
 --   sumMerge(events) + uniqMerge(versioned_events).
--- - `customers` is a fixed-size sketch, uniqCombined(12): exact for a few dozen identity keys,
---   within about 2 % beyond, and never more than a few kilobytes a row.
+-- - `customers` stays a `uniq` of identity keys: exact up to 65,536 a row, within about 1 %
+--   beyond. A fixed-size sketch (uniqCombined(12)) merges ten times faster but is an estimate
+--   from a few hundred keys on, and reach is the denominator of a conversion rate whose
+--   numerator is exact.
 -- - The survey sums are kept on the touchpoint an answer rates (its day and bot flag are the
 --   answer's), from the rated touchpoint's place the journey agent now writes on the answer.
 --   0009 kept them on the answer's own row, and the scorecard found the rated touchpoint at query
@@ -97,7 +98,7 @@ CREATE TABLE IF NOT EXISTS {db}.touchpoint_daily
     is_bot           Bool,
     events           AggregateFunction(sum, UInt64) COMMENT 'touchpoints written in one version (version 0): each row is one',
     versioned_events AggregateFunction(uniq, UUID) COMMENT 'touchpoints written in versions (calls, tickets): each once',
-    customers        AggregateFunction(uniqCombined(12), String) COMMENT 'distinct identity keys, a fixed-size sketch',
+    customers        AggregateFunction(uniq, String) COMMENT 'distinct identity keys',
     conversions      AggregateFunction(sum, UInt64),
     conversion_value AggregateFunction(sum, Float64) COMMENT 'value of the conversions',
     frictions        AggregateFunction(sum, Int64) COMMENT 'frictions detected less those retracted',
@@ -127,7 +128,7 @@ SELECT
     is_bot,
     sumState(toUInt64(version = 0)) AS events,
     uniqStateIf(event_id, version > 0) AS versioned_events,
-    uniqCombinedStateIf(12)(identity_key, identity_key != '') AS customers,
+    uniqStateIf(identity_key, identity_key != '') AS customers,
     sumState(toUInt64(conversion != '')) AS conversions,
     sumState(if(conversion != '', ifNull(toFloat64(value), 0.), 0.)) AS conversion_value
 FROM {db}.touchpoints
@@ -146,7 +147,7 @@ SELECT
     is_bot,
     sumState(toUInt64(version = 0)) AS events,
     uniqStateIf(event_id, version > 0) AS versioned_events,
-    uniqCombinedStateIf(12)(identity_key, identity_key != '') AS customers,
+    uniqStateIf(identity_key, identity_key != '') AS customers,
     sumState(toUInt64(conversion != '')) AS conversions,
     sumState(if(conversion != '', ifNull(toFloat64(value), 0.), 0.)) AS conversion_value
 FROM {db}.touchpoints FINAL

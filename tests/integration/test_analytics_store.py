@@ -232,7 +232,7 @@ _DIMENSIONS = "day, channel, type, touchpoint_name, stage, is_bot"
 _ROLLUP = f"""
 SELECT {_DIMENSIONS},
        sumMerge(events) + uniqMerge(versioned_events) AS events,
-       uniqCombinedMerge(12)(customers) AS customers,
+       uniqMerge(customers) AS customers,
        sumMerge(conversions) AS conversions, round(sumMerge(conversion_value), 2) AS value,
        sumMerge(frictions) AS frictions,
        sumMerge(nps_n) AS nps_n, sumMerge(nps_sum) AS nps_sum,

@@ -103,7 +103,7 @@ def scorecard_rollup(o: ReportOptions) -> str:
     sums = ", ".join(f"sumMerge({c}) AS {c}" for c in SURVEY_SUMS)
     return f"""
 SELECT {", ".join(aliases)}, sumMerge(events) + uniqMerge(versioned_events) AS events,
-       toUInt64(uniqCombinedMerge(12)(customers)) AS keys, sumMerge(frictions) AS frictions,
+       toUInt64(uniqMerge(customers)) AS keys, sumMerge(frictions) AS frictions,
        {sums}
 FROM (
     SELECT {selected}, events, versioned_events, customers, frictions, {", ".join(SURVEY_SUMS)}
