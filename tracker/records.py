@@ -171,7 +171,7 @@ class EnrichedTouchpoint(_Codec):
         seq: int,
         conversion: str,
         survey_touchpoint_id: str,
-        rated: tuple[str, str, str, str] = ("", "", "", ""),
+        rated: tuple[str, str, str, str],
     ) -> None:
         """Place it in its customer's journey (in place: the record is this batch's own)."""
         self.customer_id = customer_id

@@ -155,7 +155,8 @@ GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
 
 -- A survey answer's scores add up on the touchpoint it rates (rated_*), on the day of the answer
 -- and with the answer's bot flag; an answer whose touchpoint the journey did not hold adds up
--- under type '(unrated)', where the scorecard looks for it at query time.
+-- under type '(unrated)', where the scorecard looks for it at query time. An answer never stitched
+-- to a customer (no consent) rates nothing, as in the scorecard.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.touchpoint_daily_surveys_mv TO {db}.touchpoint_daily AS
 SELECT
     toDate(ts) AS day,
@@ -175,7 +176,7 @@ SELECT
     sumState(toFloat64(if(survey_kind = 'ces', ifNull(survey_score, 0), 0))) AS ces_sum,
     sumState(toFloat64(if(survey_kind = 'ces', pow(ifNull(survey_score, 0), 2), 0))) AS ces_sum_squares
 FROM {db}.touchpoints
-WHERE survey_kind != '' AND survey_score IS NOT NULL
+WHERE survey_kind != '' AND survey_score IS NOT NULL AND customer_id != ''
 GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
 
 -- The answers stored before this migration: none has its touchpoint's place yet.
@@ -200,7 +201,7 @@ SELECT
     sumState(toFloat64(if(survey_kind = 'ces', ifNull(survey_score, 0), 0))) AS ces_sum,
     sumState(toFloat64(if(survey_kind = 'ces', pow(ifNull(survey_score, 0), 2), 0))) AS ces_sum_squares
 FROM {db}.touchpoints FINAL
-WHERE survey_kind != '' AND survey_score IS NOT NULL
+WHERE survey_kind != '' AND survey_score IS NOT NULL AND customer_id != ''
 GROUP BY day, channel, type, touchpoint_name, stage, is_bot;
 
 -- A friction adds one where its touchpoint is; its retraction (a row with retracted = true)

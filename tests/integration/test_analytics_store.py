@@ -275,7 +275,7 @@ FROM (
            countIf(survey_kind = 'csat' AND survey_score >= 4) AS csat,
            countIf(survey_kind = 'ces') AS en, sumIf(toFloat64(ifNull(survey_score, 0)), survey_kind = 'ces') AS es,
            sumIf(pow(toFloat64(ifNull(survey_score, 0)), 2), survey_kind = 'ces') AS eq
-    FROM touchpoints FINAL WHERE survey_kind != ''
+    FROM touchpoints FINAL WHERE survey_kind != '' AND customer_id != ''
     GROUP BY {_DIMENSIONS}
     UNION ALL
     SELECT toDate(ts), channel, type, name, stage, is_bot, 0, 0, 0, 0, count(),
@@ -341,6 +341,10 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
                 )
             )
             n += 1
+    # an answer never stitched to a customer (no consent): a touchpoint, rating nothing
+    rows.append(
+        _touchpoint(n, type="survey_response", survey_kind="nps", survey_score=0, customer_id="")
+    )
     _insert(store, "touchpoints", rows)
     # A call learns its outcome: a second version of the same touchpoint counts once.
     call = _touchpoint(
@@ -379,8 +383,8 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
         "sumMerge(frictions) AS frictions, sumMerge(nps_promoters) AS promoters "
         "FROM touchpoint_daily",
     )
-    # 60 page views, 8 purchases (7 of them conversions), 13 survey answers, 1 call in 2 versions
-    assert totals == [{"events": 82, "conversions": 7, "frictions": 4, "promoters": 3}]
+    # 60 page views, 8 purchases (7 of them conversions), 14 survey answers, 1 call in 2 versions
+    assert totals == [{"events": 83, "conversions": 7, "frictions": 4, "promoters": 3}]
     answers = _read(
         store,
         "SELECT type, touchpoint_name AS name, stage, sumMerge(nps_n) AS nps, "
@@ -388,7 +392,7 @@ def test_rollups_answer_as_a_direct_aggregation_of_touchpoints_and_frictions(
         "GROUP BY type, name, stage HAVING nps + csat + ces > 0 ORDER BY type",
     )
     # two answers of each kind on the page they rate, the other seven where the scorecard
-    # looks for them at query time
+    # looks for them at query time, and the unstitched answer nowhere
     assert answers == [
         {"type": "(unrated)", "name": "", "stage": "", "nps": 4, "csat": 2, "ces": 1},
         {
