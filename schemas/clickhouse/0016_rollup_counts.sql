@@ -82,6 +82,25 @@ SELECT
     inserted_at
 FROM {db}.touchpoints;
 
+-- A row a writer stored while the view was made again is copied again: what the last minutes
+-- stored, of which ReplacingMergeTree removes the copies the view made too.
+INSERT INTO {db}.touchpoints_by_customer
+SELECT
+    identity_key,
+    event_id, version, schema, type, name, source,
+    channel, ts, device_ts, sent_ts, received_ts, customer_id,
+    anonymous_id, user_id, email_hash, phone_hash, session_id, client_session_id,
+    click_id, ad_click_ids, stage, seq, conversion, page_url,
+    page_host, page_path, page_title, referrer, referrer_host, campaign_source,
+    campaign_medium, campaign_name, campaign_term, campaign_content, properties, value,
+    currency, survey_kind, survey_score, survey_comment, survey_touchpoint_id,
+    rated_channel, rated_type, rated_name, rated_stage, consent_analytics,
+    consent_marketing, ip, user_agent, device_type, os, browser,
+    is_bot, bot_reason, locale, timezone, screen, library,
+    inserted_at
+FROM {db}.touchpoints
+WHERE inserted_at >= now64(3) - toIntervalMinute(10);
+
 DROP VIEW IF EXISTS {db}.touchpoint_daily_touchpoints_mv;
 
 DROP VIEW IF EXISTS {db}.touchpoint_daily_frictions_mv;
