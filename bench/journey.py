@@ -77,7 +77,7 @@ CUSTOMERS = 20_000
 ROUNDS = 2
 BAR = 0.50
 BATCH = 5000  # TRACKER_SINK_BATCH_SIZE's default: the agents' noack_take size
-WITHIN = 1.0  # TRACKER_SINK_FLUSH_SECONDS's default
+WITHIN = 0.5  # TRACKER_SINK_FLUSH_SECONDS's default
 SALT = "bench-salt"
 STARTED = datetime(2026, 11, 16, tzinfo=UTC)  # event times spread over the two days after
 

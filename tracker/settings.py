@@ -326,7 +326,7 @@ class Settings:
             produce_timeout_seconds=reader.number("TRACKER_PRODUCE_TIMEOUT_SECONDS", 5.0),
             retry_after_seconds=reader.integer("TRACKER_RETRY_AFTER_SECONDS", 5, minimum=1),
             sink_batch_size=reader.integer("TRACKER_SINK_BATCH_SIZE", 5000, minimum=1),
-            sink_flush_seconds=reader.number("TRACKER_SINK_FLUSH_SECONDS", 1.0),
+            sink_flush_seconds=reader.number("TRACKER_SINK_FLUSH_SECONDS", 0.5),
             trust_forwarded_for=reader.flag("TRACKER_TRUST_FORWARDED_FOR", False),
             max_event_age_days=reader.integer("TRACKER_MAX_EVENT_AGE_DAYS", 730, minimum=1),
             default_phone_region=reader.text("TRACKER_DEFAULT_PHONE_REGION", "US").upper(),
