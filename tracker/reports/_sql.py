@@ -127,11 +127,13 @@ FROM touchpoint_daily WHERE {_days(o)}{bots} AND type = {quote(UNRATED)}
 
 
 def _multi_key_identities() -> str:
-    """Identifiers of the customers that more than one identifier resolves to now."""
+    """Identifiers of the customers that more than one identifier resolves to now, in one read
+    of ``identities``."""
     return """
-    SELECT identifier, customer_id FROM identities FINAL
-    WHERE customer_id IN (
-        SELECT customer_id FROM identities FINAL GROUP BY customer_id HAVING count() > 1)
+    SELECT identifier, customer_id FROM (
+        SELECT identifier, customer_id, count() OVER (PARTITION BY customer_id) AS keys
+        FROM identities FINAL)
+    WHERE keys > 1
 """
 
 
@@ -148,16 +150,16 @@ def scorecard_merges(o: ReportOptions) -> str:
     """Per row key, how many more identity keys than customers the rollup counted: the
     customers reached through two identity keys or more, re-attributed as they stand now."""
     aliases, selected = _aliased(KEYS[o.by])
-    multi = _multi_key_identities()
+    # The join alone keeps the multi-key identities: filtering the scan with IN as well read
+    # identities twice and cost more than it saved (bench/analytics.py).
     return f"""
 SELECT {", ".join(f"t.{a}" for a in aliases)},
        uniqExact(t.identity_key) - uniqExact(m.customer_id) AS extra_keys
 FROM (
     SELECT {selected}, identity_key
     FROM {_by_key(o, o.start_ts, o.end_ts, f"type != {quote(SURVEY_TYPE)}")}
-      AND identity_key IN (SELECT identifier FROM ({multi}))
 ) AS t
-INNER JOIN ({multi}) AS m ON m.identifier = t.identity_key
+INNER JOIN ({_multi_key_identities()}) AS m ON m.identifier = t.identity_key
 GROUP BY {", ".join(f"t.{a}" for a in aliases)}
 HAVING extra_keys > 0
 """
