@@ -1,8 +1,10 @@
-"""The local broker `tracker up` runs: it starts whatever its random cluster id, and keeps data."""
+"""The local broker `tracker up` runs: it starts whatever its random cluster id or a taken
+controller port, and keeps data."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -44,5 +46,24 @@ def test_a_cluster_id_starting_with_a_dash_formats_and_data_survives_a_restart(
         broker.stop()
         broker.start()
         assert asyncio.run(_read_all(broker.bootstrap)) == [b"before restart"]
+    finally:
+        broker.stop()
+
+
+def test_a_broker_whose_controller_port_was_taken_starts_on_another_and_keeps_its_data(
+    tmp_path: Path,
+) -> None:
+    """`tracker up` puts the controller on the client port + 1, which anything may hold (9093
+    on a developer's machine); the supervisor's restart finds it taken as well."""
+    broker = LocalKafka(tmp_path / "kafka", free_port(), controller_port=free_port())
+    broker.start()
+    try:
+        asyncio.run(_produce(broker.bootstrap, b"before restart"))
+        broker.stop()
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", broker.controller_port))
+            squatter.listen()
+            broker.start()
+            assert asyncio.run(_read_all(broker.bootstrap)) == [b"before restart"]
     finally:
         broker.stop()

@@ -246,6 +246,13 @@ class LocalKafka:
             raise LocalKafkaError(
                 f"port {self.port} is already in use; stop what holds it, or set TRACKER_KAFKA_LOCAL_PORT"
             )
+        if not _port_free(self.controller_port):
+            # Only this broker talks to its controller, so any free port will do.
+            taken, self.controller_port = self.controller_port, free_port()
+            log.warning(
+                "the Kafka controller's port is taken: using another",
+                extra={"taken": taken, "port": self.controller_port},
+            )
         libs = fetch_kafka()
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self._config()
@@ -291,6 +298,17 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` now, as Kafka's does (address reuse on)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _port_open(port: int) -> bool:
