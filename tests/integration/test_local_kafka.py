@@ -67,3 +67,29 @@ def test_a_broker_whose_controller_port_was_taken_starts_on_another_and_keeps_it
             assert asyncio.run(_read_all(broker.bootstrap)) == [b"before restart"]
     finally:
         broker.stop()
+
+
+def test_a_controller_port_taken_while_the_broker_starts_does_not_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port was free when checked and taken before Kafka bound it: start launches again."""
+    checks = []
+    port_free = kafka_local._port_free
+
+    def free_when_first_checked(port: int) -> bool:
+        checks.append(port)
+        return len(checks) == 1 or port_free(port)
+
+    monkeypatch.setattr(kafka_local, "_port_free", free_when_first_checked)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        broker = LocalKafka(tmp_path / "kafka", free_port(), controller_port=taken)
+        try:
+            broker.start()
+            asyncio.run(_produce(broker.bootstrap, b"started"))
+            assert broker.controller_port != taken
+            assert asyncio.run(_read_all(broker.bootstrap)) == [b"started"]
+        finally:
+            broker.stop()

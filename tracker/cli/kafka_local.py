@@ -224,8 +224,13 @@ class LocalKafka:
         self.launch()
         assert self._process is not None
         deadline = time.monotonic() + timeout
+        relaunches = 2
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                if relaunches and not _port_free(self.controller_port):
+                    relaunches -= 1  # taken while the JVM started: launch picks another
+                    self.launch()
+                    continue
                 raise LocalKafkaError(
                     f"Kafka exited with {self._process.returncode}; see {self.folder / 'kafka.log'}"
                 )
