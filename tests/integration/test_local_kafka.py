@@ -61,6 +61,8 @@ def test_a_broker_whose_controller_port_was_taken_starts_on_another_and_keeps_it
         asyncio.run(_produce(broker.bootstrap, b"before restart"))
         broker.stop()
         with socket.socket() as squatter:
+            # Address reuse: the broker's own connections may linger in TIME_WAIT on the port.
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", broker.controller_port))
             squatter.listen()
             broker.start()
