@@ -77,7 +77,6 @@ CUSTOMERS = 20_000
 ROUNDS = 2
 BAR = 0.50
 BATCH = 5000  # TRACKER_SINK_BATCH_SIZE's default: the agents' noack_take size
-WITHIN = 0.5  # TRACKER_SINK_FLUSH_SECONDS's default
 SALT = "bench-salt"
 STARTED = datetime(2026, 11, 16, tzinfo=UTC)  # event times spread over the two days after
 
@@ -363,7 +362,7 @@ def passthrough(
 
     @app.agent(source, name="passthrough")
     async def forward(stream: Any) -> None:
-        async for events in stream.noack_take(BATCH, within=WITHIN):
+        async for events in stream.noack_take(BATCH, within=settings.sink_flush_seconds):
             await outbox.send_all([Outgoing(out, e.key, e.value) for e in events])
             for event in events:
                 await stream.ack(event)

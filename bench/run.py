@@ -57,7 +57,6 @@ WARMUP_SECONDS = 2
 BEACON_BATCHES = (1, 20)
 WORKER_EVENTS = 100_000
 SINK_BATCH = 5000  # TRACKER_SINK_BATCH_SIZE's default; the worker runs with it
-SINK_FLUSH_SECONDS = 0.5  # TRACKER_SINK_FLUSH_SECONDS's default
 BEACON_BAR = 0.30
 ROUNDS = 2  # each side is measured this often, alternately; the best round counts
 WORKER_BAR = 0.50
@@ -753,10 +752,12 @@ async def consume_baseline(bootstrap: str, topic: str, total: int, url: str) -> 
     from aiokafka import AIOKafkaConsumer
 
     from agents.ingest import enriched
+    from tracker.settings import Settings
     from tracker.store import ClickHouseStore
     from tracker.store.tables import TOUCHPOINTS
     from tracker.touchpoint import Touchpoint
 
+    window = Settings.from_env({}).sink_flush_seconds  # the worker's batch window, as it runs
     store = ClickHouseStore(url, "tracker")
     store.run_sync(store.migrate_sync)  # the project's own tables
     store.close()
@@ -781,7 +782,7 @@ async def consume_baseline(bootstrap: str, topic: str, total: int, url: str) -> 
     try:
         while inserted < total:
             rows: list[tuple[Any, ...]] = []
-            deadline = time.monotonic() + SINK_FLUSH_SECONDS
+            deadline = time.monotonic() + window
             while len(rows) < SINK_BATCH and (left := deadline - time.monotonic()) > 0:
                 fetched = await consumer.getmany(
                     timeout_ms=int(left * 1000), max_records=SINK_BATCH - len(rows)
